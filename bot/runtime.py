@@ -1,0 +1,141 @@
+"""The serving runtime of one API process: which version it serves, and how it follows promotions.
+
+Every API process polls the production pointer (one integer) every ``version_poll_seconds``. When it
+changes, the process loads the new version fully in the background and only then swaps it into the
+engine: requests never see a half-loaded model, in-flight answers finish on the old version, and no
+request fails during a promotion or rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from bot import versions
+from bot.engine import Completion, LoadedModel, LocalEngine, SamplingParams
+from bot.models import ModelVersion
+from bot.prompting import prompt_ids, trim_to_budget, with_system_prompt
+from tuneloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class NotReadyError(RuntimeError):
+    """The model is still loading; callers answer 503 and the client retries."""
+
+
+class ServingRuntime:
+    def __init__(self, settings: Settings, db: Engine):
+        self.settings = settings
+        self.db = db
+        self.engine: LocalEngine | None = None
+        self.pointer_revision: int | None = None
+        self.load_error: str | None = None
+        self._extra: dict[str, LoadedModel] = {}  # non-production versions asked for by id
+        self._swap_lock = threading.Lock()
+        self._stop = threading.Event()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self, *, background: bool = True) -> None:
+        if background:
+            threading.Thread(target=self._start, name="tuneloop-runtime", daemon=True).start()
+        else:
+            self._start(follow=False)
+
+    def _start(self, follow: bool = True) -> None:
+        try:
+            self.sync_with_pointer()
+        except Exception as exc:  # surfaced by /readyz and 503s, never a crash loop
+            log.exception("loading the production model failed")
+            self.load_error = str(exc)
+            return
+        while follow and not self._stop.wait(self.settings.version_poll_seconds):
+            try:
+                self.sync_with_pointer()
+            except Exception:
+                log.exception("following the production pointer failed; keeping the current version")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.engine is not None:
+            self.engine.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    @property
+    def production_id(self) -> str | None:
+        return self.engine.current.spec.id if self.engine else None
+
+    # --- following promotions ----------------------------------------------------------------------
+    def sync_with_pointer(self) -> bool:
+        """Load and swap to the production version if the pointer moved. Returns True on a swap."""
+        with Session(self.db) as session:
+            pointer = versions.production_pointer(session)
+            if pointer.revision == self.pointer_revision:
+                return False
+            version = session.get(ModelVersion, pointer.version_id)
+        self.swap(version)
+        self.pointer_revision = pointer.revision
+        return True
+
+    def swap(self, version: ModelVersion) -> None:
+        """Load ``version`` fully, then serve it. Requests already decoding finish on the old one."""
+        with self._swap_lock:
+            if self.engine is not None and self.engine.current.spec.id == version.id:
+                return
+            loaded = self._extra.pop(version.id, None) or self._load(version)
+            if self.engine is None:
+                self.engine = LocalEngine(loaded, max_batch_size=self.settings.max_batch_size)
+            else:
+                self.engine.swap(loaded)
+
+    def _load(self, version: ModelVersion) -> LoadedModel:
+        spec = versions.version_spec(version, self.settings)
+        return LoadedModel.load(spec, device=self.settings.device, dtype=self.settings.dtype)
+
+    def loaded_for(self, version: ModelVersion) -> LoadedModel:
+        """The loaded model for ``version``: production, or one other version kept loaded on demand."""
+        if self.engine is None:
+            raise NotReadyError("The model is still loading; retry in a few seconds.")
+        if version.id == self.engine.current.spec.id:
+            return self.engine.current
+        with self._swap_lock:
+            if version.id not in self._extra:
+                self._extra.clear()  # keep at most one extra version in memory
+                self._extra[version.id] = self._load(version)
+            return self._extra[version.id]
+
+    # --- generation --------------------------------------------------------------------------------
+    def encode(self, loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
+        """System prompt + history, trimmed from the oldest turn to fit the context budget."""
+        budget = min(self.settings.context_budget, loaded.max_context) - max_tokens
+        if budget <= 0:
+            from bot.prompting import PromptTooLongError
+
+            raise PromptTooLongError(
+                f"max_tokens={max_tokens} leaves no room for the prompt in a context of "
+                f"{min(self.settings.context_budget, loaded.max_context)} tokens; lower max_tokens."
+            )
+        full = with_system_prompt(self.settings.resolved_system_prompt, messages)
+        _, ids = trim_to_budget(loaded.tokenizer, full, budget)
+        return ids
+
+    def stream(
+        self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams
+    ) -> Iterator[str | Completion]:
+        loaded = self.loaded_for(version)
+        ids = self.encode(loaded, messages, params.max_tokens)
+        return self.engine.stream(ids, params, loaded)
+
+    def generate(self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
+        loaded = self.loaded_for(version)
+        return self.engine.generate(self.encode(loaded, messages, params.max_tokens), params, loaded)
+
+
+__all__ = ["ServingRuntime", "NotReadyError", "prompt_ids"]

@@ -1,0 +1,5 @@
+"""HTTP routes of this package (thin: parse, call a service function, answer)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,1 @@
+"""Staff and admin accounts, API keys, role checks and the audit log."""

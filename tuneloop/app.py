@@ -1,0 +1,73 @@
+"""The app factory: one FastAPI app with every package's routes and the Gradio UI mounted.
+
+Nothing is created at import time; ``create_app(settings)`` builds the database engine, applies
+migrations, makes sure a production version exists and starts loading it in the background
+(``/readyz`` answers 503 until it is loaded).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import tuneloop  # noqa: F401  (sets the offline environment first)
+from tuneloop import db as database
+from tuneloop.api import install_error_handlers
+from tuneloop.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def prepare_database(settings: Settings):
+    """Engine + migrations + version 0 + first admin. Shared by the server, the worker and the CLI."""
+    from bot.versions import ensure_base_version
+    from tuneloop.accounts.service import ensure_first_admin
+
+    engine = database.make_engine(settings.database_url)
+    database.upgrade(engine)
+    with database.session_scope(engine) as session:
+        ensure_base_version(session, settings)
+        one_time = ensure_first_admin(session, settings.admin_username, settings.admin_password)
+    if one_time:
+        print(
+            f"tuneloop: created admin account {settings.admin_username!r} with one-time password: {one_time}\n"
+            "          (shown once; set TUNELOOP_ADMIN_PASSWORD to choose it yourself)",
+            flush=True,
+        )
+    return engine
+
+
+def create_app(settings: Settings | None = None, *, load_model: bool = True, mount_ui: bool = True) -> FastAPI:
+    from bot.runtime import ServingRuntime
+
+    settings = settings or get_settings()
+    engine = prepare_database(settings)
+    runtime = ServingRuntime(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if load_model:
+            runtime.start(background=True)
+        yield
+        runtime.stop()
+
+    app = FastAPI(title="tuneloop", version=tuneloop.__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.db = engine
+    app.state.runtime = runtime
+    install_error_handlers(app)
+
+    from bot.routes import router as bot_router
+    from feedback.routes import router as feedback_router
+    from retrain.routes import router as retrain_router
+
+    app.include_router(bot_router)
+    app.include_router(feedback_router)
+    app.include_router(retrain_router)
+    if mount_ui:
+        from ui import mount_ui as _mount_ui
+
+        app = _mount_ui(app, settings)
+    return app

@@ -1,0 +1,44 @@
+"""`tuneloop serve` and `tuneloop db upgrade`."""
+
+from __future__ import annotations
+
+import typer
+
+from tuneloop.settings import get_settings
+
+serve_app = typer.Typer()
+db_app = typer.Typer(help="Database schema: migrations are applied on startup, or here by hand.", no_args_is_help=True)
+
+
+@serve_app.command("serve")
+def serve(
+    host: str = typer.Option(None, help="Interface to listen on (default: TUNELOOP_HOST, 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default: TUNELOOP_PORT, 8000)."),
+    workers: int = typer.Option(1, help="API processes; each follows the production pointer on its own."),
+    reload: bool = typer.Option(False, help="Restart on code changes (development)."),
+) -> None:
+    """Start the API and the web chat (http://HOST:PORT/). The first start converts the bundled model once."""
+    import uvicorn
+
+    settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    typer.echo(f"tuneloop: serving on http://{host}:{port}/  (chat UI at /, API at /v1, docs at /docs)")
+    uvicorn.run("tuneloop.cli.server:asgi_app", factory=True, host=host, port=port, workers=workers,
+                reload=reload, log_level="info")
+
+
+def asgi_app():
+    from tuneloop.app import create_app
+
+    return create_app(get_settings())
+
+
+@db_app.command("upgrade")
+def upgrade(revision: str = typer.Argument("head", help="Target migration (default: the newest).")) -> None:
+    """Apply database migrations up to REVISION."""
+    from tuneloop import db
+
+    settings = get_settings()
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine, revision)
+    typer.echo(f"database at revision {db.current_revision(engine)} ({engine.url.render_as_string()})")

@@ -1,0 +1,107 @@
+"""The one settings object. Every value can be set as an environment variable with the
+``TUNELOOP_`` prefix (``TUNELOOP_DATABASE_URL=...``) or in a ``.env`` file in the working directory."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_BASE_MODEL = "bundled:smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNELOOP_", env_file=".env", extra="ignore")
+
+    # --- storage -------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="Where the SQLite file, model store and datasets live.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite under data_dir.")
+
+    # --- serving -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_model: str = Field(
+        BUNDLED_BASE_MODEL,
+        description="The bundled SmolLM2 (default) or a path to a local Hugging Face model directory.",
+    )
+    production_alias: str = Field("tuneloop", description="Model name that always means the production version.")
+    serving_backend: Literal["local", "upstream"] = "local"
+    upstream_base_url: str = Field("", description="OpenAI-compatible server used when serving_backend=upstream.")
+    upstream_api_key: str = "not-needed"
+    upstream_model: str = ""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 (fastest on CPU and GPU here), float32 where bf16 is unsupported."
+    )
+    max_batch_size: int = Field(8, ge=1, le=64, description="Concurrent chats decoded together in one batch.")
+    context_budget: int = Field(2048, ge=128, description="Tokens of prompt + answer kept; oldest turns trimmed first.")
+    version_poll_seconds: float = Field(2.0, gt=0, description="How often each API process checks the production pointer.")
+
+    # --- the bot's voice -----------------------------------------------------------------------
+    company_name: str = "Acme Outdoor Gear"
+    bot_persona: str = "a friendly, concise customer-service assistant"
+    system_prompt: str = Field("", description="Overrides the prompt built from company_name and bot_persona.")
+
+    # --- generation defaults -------------------------------------------------------------------
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+    # --- feedback ------------------------------------------------------------------------------
+    allow_self_approval: bool = Field(False, description="Let one person write and approve a correction (one-person teams).")
+    admin_username: str = "admin"
+    admin_password: str = Field("", description="Password for the first admin; empty prints a one-time password once.")
+    scrub_pii: bool = True
+    include_thumbs_up: bool = Field(False, description="Use thumbs-up answers as positive training examples.")
+    prompt_separator: str = "\n\n###\n\n"
+    completion_stop: str = " END"
+    max_upload_bytes: int = Field(50 * 1024 * 1024, description="Largest accepted upload (data import, fine-tune files).")
+
+    # --- retraining ----------------------------------------------------------------------------
+    retrain_cron: str = Field("0 3 * * *", description="When the scheduler considers retraining (cron, worker's local time).")
+    retrain_min_new_examples: int = Field(20, ge=1)
+    validation_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    replay_fraction: float = Field(1.0, ge=0.0, le=1.0, description="Share of earlier approved examples replayed each round.")
+    openai_finetune_base_url: str = Field("", description="Hosted fine-tuning service (OpenAI or compatible).")
+    openai_finetune_api_key: str = ""
+    openai_finetune_base_model: str = "gpt-4.1-mini-2025-04-14"
+
+    # --- gates and promotion -------------------------------------------------------------------
+    gate_similarity_threshold: float = Field(0.75, ge=0.0, le=1.0)
+    gate_forgetting_margin: float = Field(0.05, ge=0.0, le=1.0)
+    gate_general_margin: float = Field(0.10, ge=0.0, le=1.0)
+    gate_perplexity_margin: float = Field(0.15, ge=0.0, description="Allowed relative perplexity increase.")
+    auto_promote: bool = False
+
+    # --- correction memory ---------------------------------------------------------------------
+    memory_enabled: bool = True
+    memory_threshold: float = Field(0.80, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'tuneloop.db').as_posix()}"
+        return self
+
+    @property
+    def model_store_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def resolved_system_prompt(self) -> str:
+        return self.system_prompt or (
+            f"You are {self.bot_persona} for {self.company_name}. "
+            "Answer the customer's question accurately and briefly."
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
