@@ -1,4 +1,4 @@
-"""HTTP routes of this package (thin: parse, call a service function, answer)."""
+"""HTTP routes of feedback (thin: parse, call a service function, answer)."""
 
 from fastapi import APIRouter
 
