@@ -1,5 +1,189 @@
-"""HTTP routes of this package (thin: parse, call a service function, answer)."""
+"""HTTP routes of serving: OpenAI-compatible chat completions and models, conversations, health.
 
-from fastapi import APIRouter
+Thin: parse, call ``bot.conversations``, answer JSON, an SSE stream or one error envelope.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import text
+from sqlmodel import Session
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from bot import conversations, protocol, versions
+from bot.prompting import PromptTooLongError
+from bot.runtime import NotReadyError
+from bot.upstream import UpstreamRejectedError, UpstreamUnavailableError
+from tuneloop.api import ApiError, SessionDep, StaffAccount, error_body
+
+router = APIRouter(tags=["serving"])
+
+
+# --- chat completions ------------------------------------------------------------------------------
+@router.post("/v1/chat/completions", response_model=None)
+def chat_completions(body: protocol.ChatCompletionRequest, request: Request):
+    runtime = request.app.state.runtime
+    turn = _start(runtime, body)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _SSEResponse(_sse(turn, body.model, include_usage), media_type="text/event-stream",
+                            headers={"Cache-Control": "no-cache"})
+    try:
+        turn.wait()
+    except Exception as exc:  # recorded with finish_reason "error"; the client may retry
+        raise ApiError(503, f"Generation failed: {exc}", type="server_error") from exc
+    done = turn.completion
+    return protocol.ChatCompletion(
+        id=protocol.completion_id(), created=int(time.time()), model=body.model,
+        choices=[protocol.Choice(message=protocol.AssistantMessage(content=turn.text),
+                                 finish_reason=turn.finish_reason)],
+        usage=protocol.Usage.of(done.prompt_tokens, done.completion_tokens),
+        system_fingerprint=protocol.fingerprint(turn.version.id),
+        conversation_id=turn.conversation_id, message_id=turn.message_id,
+    )
+
+
+def _start(runtime, body: protocol.ChatCompletionRequest) -> conversations.ChatTurn:
+    """Validate and start the turn; every refusal here happens before anything is stored."""
+    try:
+        return conversations.start_turn(
+            runtime, messages=[m.as_dict() for m in body.messages], params=body.to_sampling_params(runtime.settings),
+            model=body.model, conversation_id=body.conversation_id, end_user=body.user, channel="api",
+        )
+    except versions.UnknownModelError as exc:
+        raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
+    except conversations.UnknownConversationError as exc:
+        raise ApiError(404, str(exc), type="not_found_error", param="conversation_id") from exc
+    except PromptTooLongError as exc:
+        raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
+    except (conversations.NoNewMessageError, UpstreamRejectedError) as exc:
+        raise ApiError(400, str(exc), param="messages") from exc
+    except (NotReadyError, UpstreamUnavailableError) as exc:
+        raise ApiError(503, str(exc), type="server_error", code="model_not_ready") from exc
+
+
+async def _sse(turn: conversations.ChatTurn, model: str, include_usage: bool) -> AsyncIterator[str]:
+    """OpenAI's stream: a role chunk, content chunks, a finish chunk, optionally a usage chunk, [DONE].
+    The blocking decode runs in worker threads; if the client goes away, the turn is closed (and
+    recorded with finish_reason "abort") by the response below."""
+    chunks = protocol.ChunkFactory(model, turn.version.id, turn.conversation_id, turn.message_id)
+    try:
+        yield _event(chunks.delta("", first=True))
+        async for delta in iterate_in_threadpool(turn):
+            yield _event(chunks.delta(delta))
+        yield _event(chunks.finish(turn.finish_reason))
+        if include_usage:
+            done = turn.completion
+            yield _event(chunks.usage(protocol.Usage.of(done.prompt_tokens, done.completion_tokens)))
+    except Exception as exc:  # headers are sent: the error goes into the stream, as OpenAI does
+        yield f"data: {json.dumps(error_body(f'Generation failed: {exc}', 'server_error'))}\n\n"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(turn.close)
+    yield "data: [DONE]\n\n"
+
+
+def _event(chunk: protocol.ChatCompletionChunk) -> str:
+    return f"data: {chunk.model_dump_json()}\n\n"
+
+
+class _SSEResponse(StreamingResponse):
+    """Closes the body iterator when the client disconnects, so the turn is recorded right away
+    rather than whenever the abandoned generator is garbage-collected."""
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
+# --- models --------------------------------------------------------------------------------------
+@router.get("/v1/models", response_model=protocol.ModelList)
+def list_models(request: Request, session: SessionDep) -> protocol.ModelList:
+    settings = request.app.state.settings
+    served = versions.servable_versions(session)
+    production = versions.production_version(session)
+    cards = [protocol.ModelCard(id=settings.production_alias, created=protocol.unix(production.created_at),
+                                owned_by="tuneloop")]
+    cards += [protocol.ModelCard(id=v.id, created=protocol.unix(v.created_at), owned_by="tuneloop") for v in served]
+    return protocol.ModelList(data=cards)
+
+
+# --- conversations -------------------------------------------------------------------------------
+@router.post("/v1/conversations", response_model=protocol.ConversationObject, status_code=201)
+def create_conversation(body: protocol.ConversationCreate, session: SessionDep) -> protocol.ConversationObject:
+    conversation = conversations.create_conversation(session, end_user=body.user or "anonymous", title=body.title)
+    session.commit()
+    return _conversation(conversation)
+
+
+@router.get("/v1/conversations", response_model=protocol.ConversationList)
+def list_conversations(session: SessionDep, _staff: StaffAccount, limit: int = Query(20, ge=1, le=100),
+                       after: str | None = None, user: str | None = None) -> protocol.ConversationList:
+    """Staff only: conversations hold what customers wrote."""
+    try:
+        page, has_more = conversations.list_conversations(session, limit=limit, after=after, end_user=user)
+    except conversations.UnknownConversationError as exc:
+        raise ApiError(400, f"after: {exc}", param="after") from exc
+    data = [_conversation(c) for c in page]
+    return protocol.ConversationList(data=data, first_id=data[0].id if data else None,
+                                     last_id=data[-1].id if data else None, has_more=has_more)
+
+
+@router.get("/v1/conversations/{conversation_id}", response_model=protocol.ConversationObject)
+def get_conversation(conversation_id: str, session: SessionDep) -> protocol.ConversationObject:
+    """Anyone holding the (unguessable) id may read it: that is how a customer gets their history back."""
+    try:
+        conversation = conversations.get_conversation(session, conversation_id)
+    except conversations.UnknownConversationError as exc:
+        raise ApiError(404, str(exc), type="not_found_error", param="conversation_id") from exc
+    messages = conversations.conversation_messages(session, conversation_id)
+    return _conversation(conversation, messages)
+
+
+def _conversation(conversation, messages=None) -> protocol.ConversationObject:
+    return protocol.ConversationObject(
+        id=conversation.id, created_at=protocol.unix(conversation.created_at),
+        updated_at=protocol.unix(conversation.updated_at), end_user=conversation.end_user,
+        channel=conversation.channel, title=conversation.title,
+        messages=None if messages is None else [
+            protocol.MessageObject(
+                id=m.id, created_at=protocol.unix(m.created_at), position=m.position, role=m.role,
+                content=m.content, model_version_id=m.model_version_id, latency_ms=m.latency_ms,
+                prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens, finish_reason=m.finish_reason,
+            ) for m in messages
+        ],
+    )
+
+
+# --- health --------------------------------------------------------------------------------------
+@router.get("/healthz", include_in_schema=False)
+def healthz() -> dict:
+    """The process is up (liveness)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", include_in_schema=False)
+def readyz(request: Request) -> JSONResponse:
+    """200 when the model is loaded (or the upstream answers) and the database is reachable; else 503
+    listing what is missing."""
+    runtime = request.app.state.runtime
+    missing = []
+    if not runtime.ready:
+        missing.append(f"model: {runtime.load_error}" if runtime.load_error else "model: still loading")
+    try:
+        with Session(request.app.state.db) as session:
+            session.exec(text("SELECT 1"))
+    except Exception as exc:
+        missing.append(f"database: {exc.__class__.__name__}: {exc}")
+    body = {"status": "ready" if not missing else "not ready", "missing": missing,
+            "model_version": runtime.production_id}
+    return JSONResponse(body, status_code=200 if not missing else 503)

@@ -4,6 +4,9 @@ Every API process polls the production pointer (one integer) every ``version_pol
 changes, the process loads the new version fully in the background and only then swaps it into the
 engine: requests never see a half-loaded model, in-flight answers finish on the old version, and no
 request fails during a promotion or rollback.
+
+With ``serving_backend=upstream`` there is no local engine: generation goes to ``bot.upstream`` and
+the runtime is ready once the upstream answers.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ class ServingRuntime:
         self._extra: dict[str, LoadedModel] = {}  # non-production versions asked for by id
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
+        self.upstream = None
+        if settings.serving_backend == "upstream":
+            from bot.upstream import UpstreamBackend
+
+            self.upstream = UpstreamBackend(settings)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self, *, background: bool = True) -> None:
@@ -47,6 +55,10 @@ class ServingRuntime:
             self._start(follow=False)
 
     def _start(self, follow: bool = True) -> None:
+        if self.upstream is not None:  # nothing to load; wait (bounded by stop()) until it answers
+            while not self.upstream.check() and follow and not self._stop.wait(self.settings.version_poll_seconds):
+                pass
+            return
         try:
             self.sync_with_pointer()
         except Exception as exc:  # surfaced by /readyz and 503s, never a crash loop
@@ -66,7 +78,7 @@ class ServingRuntime:
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None
+        return self.engine is not None or (self.upstream is not None and self.upstream.reachable)
 
     @property
     def production_id(self) -> str | None:
@@ -129,11 +141,15 @@ class ServingRuntime:
     def stream(
         self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams
     ) -> Iterator[str | Completion]:
+        if self.upstream is not None:
+            return self.upstream.stream(version, with_system_prompt(self.settings.resolved_system_prompt, messages), params)
         loaded = self.loaded_for(version)
         ids = self.encode(loaded, messages, params.max_tokens)
         return self.engine.stream(ids, params, loaded)
 
     def generate(self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
+        if self.upstream is not None:
+            return self.upstream.generate(version, with_system_prompt(self.settings.resolved_system_prompt, messages), params)
         loaded = self.loaded_for(version)
         return self.engine.generate(self.encode(loaded, messages, params.max_tokens), params, loaded)
 

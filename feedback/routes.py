@@ -3,3 +3,15 @@
 from fastapi import APIRouter
 
 router = APIRouter()
+
+from feedback.rating_routes import router as rating_router  # noqa: E402
+
+router.include_router(rating_router)
+
+from feedback.correction_routes import router as correction_router  # noqa: E402
+from feedback.review_routes import router as review_router  # noqa: E402
+from tuneloop.accounts.routes import router as accounts_router  # noqa: E402  (lead: move to app.py)
+
+router.include_router(review_router)
+router.include_router(correction_router)
+router.include_router(accounts_router)

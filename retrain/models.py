@@ -96,6 +96,9 @@ class TrainingFile(SQLModel, table=True):
 
 
 class GateReport(SQLModel, table=True):
+    """The verdict of the four gates on one candidate against the production version of the time:
+    every question with both versions' answers (``items``) and the aggregate per gate (``summary``)."""
+
     id: str = Field(default_factory=lambda: new_id("gate"), primary_key=True)
     candidate_version_id: str = Field(index=True)
     baseline_version_id: str
@@ -103,6 +106,10 @@ class GateReport(SQLModel, table=True):
     passed: bool = False
     summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     items: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # An admin may promote a version whose gates failed, with a written reason (recorded here).
+    override_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    overridden_by: str | None = None
+    overridden_at: datetime | None = None
 
 
 class GoldenExample(SQLModel, table=True):

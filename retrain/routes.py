@@ -3,3 +3,10 @@
 from fastapi import APIRouter
 
 router = APIRouter()
+
+from retrain.dataset_routes import router as dataset_router  # noqa: E402
+router.include_router(dataset_router)
+from retrain.registry_routes import router as registry_router  # noqa: E402
+router.include_router(registry_router)
+from retrain.openai_routes import router as openai_router  # noqa: E402
+router.include_router(openai_router)

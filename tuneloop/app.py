@@ -58,6 +58,11 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
     app.state.db = engine
     app.state.runtime = runtime
     install_error_handlers(app)
+    from tuneloop.observability import install_observability
+    from tuneloop.protection import install_protection
+
+    install_protection(app, settings)  # inner: limits and body size
+    install_observability(app, settings)  # outer: request id, access log, metrics, GET /metrics
 
     from bot.routes import router as bot_router
     from feedback.routes import router as feedback_router

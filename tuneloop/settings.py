@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     prompt_separator: str = "\n\n###\n\n"
     completion_stop: str = " END"
     max_upload_bytes: int = Field(50 * 1024 * 1024, description="Largest accepted upload (data import, fine-tune files).")
+    duplicate_question_threshold: float = Field(
+        0.80, ge=0.0, le=1.0, description="Question similarity at which two corrections count as near-duplicates.")
+    conflict_answer_threshold: float = Field(
+        0.70, ge=0.0, le=1.0, description="Near-duplicate answers less similar than this (or citing other numbers) conflict.")
 
     # --- retraining ----------------------------------------------------------------------------
     retrain_cron: str = Field("0 3 * * *", description="When the scheduler considers retraining (cron, worker's local time).")
@@ -75,10 +79,30 @@ class Settings(BaseSettings):
     gate_general_margin: float = Field(0.10, ge=0.0, le=1.0)
     gate_perplexity_margin: float = Field(0.15, ge=0.0, description="Allowed relative perplexity increase.")
     auto_promote: bool = False
+    gate_learned_min_pass_rate: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of validation + new-correction items the candidate must answer correctly.")
+    gate_max_tokens: int = Field(96, ge=8, description="Longest answer generated per gate question (tokens).")
 
     # --- correction memory ---------------------------------------------------------------------
     memory_enabled: bool = True
     memory_threshold: float = Field(0.80, ge=0.0, le=1.0)
+
+    # --- operations ----------------------------------------------------------------------------
+    log_format: Literal["json", "text"] = Field("text", description="json: one JSON object per line with the request id.")
+    log_level: str = "INFO"
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    rate_limit_per_minute: float = Field(
+        60.0, ge=0.0, description="Sustained requests per client (API key or IP) on public chat/rating routes; 0 = off."
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a client may send at once before the limit applies.")
+    rate_limit_paths: list[str] = Field(
+        default_factory=lambda: ["/v1/chat/completions", "*/rating*", "*/gradio_api/queue/join", "*/gradio_api/call/*"],
+        description="POST paths (fnmatch patterns) that count against the rate limit.",
+    )
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest JSON request body; multipart uploads use max_upload_bytes."
+    )
+    retention_days: int = Field(365, ge=0, description="Delete conversations idle longer than this; 0 = keep forever.")
 
     @model_validator(mode="after")
     def _derive_paths(self) -> "Settings":

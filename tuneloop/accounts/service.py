@@ -101,3 +101,33 @@ ROLE_RANK = {Role.user: 0, Role.staff: 1, Role.admin: 2}
 
 def has_role(account: Account, needed: Role) -> bool:
     return ROLE_RANK[Role(account.role)] >= ROLE_RANK[needed]
+
+
+def get_account(session: Session, username: str) -> Account:
+    account = session.exec(select(Account).where(Account.username == username)).first()
+    if account is None:
+        raise AccountError(f"no account named {username!r}; see `tuneloop users list`")
+    return account
+
+
+def list_accounts(session: Session) -> list[Account]:
+    return list(session.exec(select(Account).order_by(Account.created_at)).all())
+
+
+def list_api_keys(session: Session, account: Account | None = None) -> list[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.created_at)
+    if account is not None:
+        query = query.where(ApiKey.account_id == account.id)
+    return list(session.exec(query).all())
+
+
+def revoke_api_key_by_id(session: Session, key_id: str, *, actor: str = "cli") -> ApiKey:
+    """Revoke any key (the CLI runs with the server's own rights)."""
+    record = session.get(ApiKey, key_id)
+    if record is None:
+        raise AccountError(f"no API key {key_id!r}; see `tuneloop users list`")
+    if record.revoked_at is None:
+        record.revoked_at = utcnow()
+        session.add(record)
+        audit(session, actor=actor, action="apikey.revoked", object_type="apikey", object_id=key_id)
+    return record

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 02:36:06.450280
+Create Date: 2026-11-22 02:47:12.991452
 """
 from alembic import op
 import sqlalchemy as sa
@@ -113,6 +113,9 @@ def upgrade() -> None:
     sa.Column('passed', sa.Boolean(), nullable=False),
     sa.Column('summary', sa.JSON(), nullable=False),
     sa.Column('items', sa.JSON(), nullable=False),
+    sa.Column('override_reason', sa.Text(), nullable=True),
+    sa.Column('overridden_by', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('overridden_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('gatereport', schema=None) as batch_op:

@@ -1,0 +1,186 @@
+"""Serving benchmark: time to first token and tokens/s through the official openai client against a
+running tuneloop server, for 1, 4, 8 and 16 concurrent chats, compared in the same run with a plain
+transformers `generate` loop and (when llama-cpp-python is installed in this environment) llama.cpp
+on the same SmolLM2 GGUF.
+
+    python bench/serve.py [--max-tokens 64] [--data-dir .bench-data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine, start_server, write_section  # noqa: E402
+
+QUESTIONS = [
+    "How long do I have to return an item?", "Do you ship to Canada?", "What are your opening hours?",
+    "How do I reset my password?", "Can I pay with PayPal?", "How long does shipping take?",
+    "Do you have a student discount?", "How do I track my order?", "Can I cancel my order?",
+    "What is the warranty on tents?", "Do you rent camping gear?", "Can I change my address?",
+    "What is your phone number?", "Do gift cards expire?", "Do you price match?", "Where is your store?",
+]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one_stream(client, question: str, max_tokens: int, out: list) -> None:
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    stream = client.chat.completions.create(
+        model="tuneloop", messages=[{"role": "user", "content": question}], max_tokens=max_tokens,
+        temperature=0, stream=True, stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content and first is None:
+            first = time.perf_counter() - start
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    total = time.perf_counter() - start
+    out.append({"ttft": first or total, "tokens": tokens, "seconds": total})
+
+
+def bench_server(url: str, pid: int, max_tokens: int) -> list[dict]:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+    one_stream(client, "hello", 8, [])  # warm-up
+    rows = []
+    for concurrency in (1, 4, 8, 16):
+        results: list[dict] = []
+        threads = [threading.Thread(target=one_stream, args=(client, QUESTIONS[i % len(QUESTIONS)], max_tokens, results))
+                   for i in range(concurrency)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        ttfts = sorted(r["ttft"] for r in results)
+        rows.append({
+            "concurrency": concurrency,
+            "ttft_p50": statistics.median(ttfts),
+            "ttft_p95": ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))],
+            "per_stream_tok_s": statistics.mean(r["tokens"] / r["seconds"] for r in results),
+            "aggregate_tok_s": sum(r["tokens"] for r in results) / wall,
+            "rss_mb": rss_mb(pid),
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
+def bench_transformers(model_dir: Path, max_tokens: int) -> float:
+    """Baseline: the plain transformers generate loop, one chat at a time, same dtype as the server."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    tokens, seconds = 0, 0.0
+    for question in QUESTIONS[:4]:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False)
+        seconds += time.perf_counter() - start
+        tokens += out.shape[1] - ids["input_ids"].shape[1]
+    return tokens / seconds
+
+
+def bench_llama_cpp(max_tokens: int) -> float | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    from bot.modelstore import bundled_gguf_path
+
+    llm = Llama(model_path=str(bundled_gguf_path()), n_ctx=2048, n_threads=2, verbose=False)
+    tokens, seconds = 0, 0.0
+    for question in QUESTIONS[:4]:
+        start = time.perf_counter()
+        out = llm.create_chat_completion([{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0)
+        seconds += time.perf_counter() - start
+        tokens += out["usage"]["completion_tokens"]
+    return tokens / seconds
+
+
+def plot(rows: list[dict], baselines: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = [r["concurrency"] for r in rows]
+    ax.plot(xs, [r["aggregate_tok_s"] for r in rows], marker="o", label="tuneloop aggregate")
+    ax.plot(xs, [r["per_stream_tok_s"] for r in rows], marker="o", label="tuneloop per stream")
+    for name, value in baselines.items():
+        if value:
+            ax.axhline(value, linestyle="--", label=f"{name} (1 stream)")
+    ax.set_xlabel("concurrent chats")
+    ax.set_ylabel("tokens/s")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--data-dir", default=str(ROOT / ".bench-data"),
+                        help="kept between runs so the model is converted once")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"TUNELOOP_DATA_DIR": args.data_dir, "TUNELOOP_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+               "TUNELOOP_ADMIN_PASSWORD": "bench-admin", "TUNELOOP_MEMORY_ENABLED": "false"}
+        proc, url = start_server(env)
+        try:
+            rows = bench_server(url, proc.pid, args.max_tokens)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    model_dir = Path(args.data_dir) / "models" / "base" / "smollm2-135m-instruct"
+    baselines = {"transformers generate": bench_transformers(model_dir, args.max_tokens),
+                 "llama.cpp": bench_llama_cpp(args.max_tokens)}
+    print(baselines)
+    plot(rows, baselines, ROOT / "docs" / "img" / "serve.png")
+    single = rows[0]["per_stream_tok_s"]
+    at8 = next(r for r in rows if r["concurrency"] == 8)["aggregate_tok_s"]
+    hf, lcpp = baselines["transformers generate"], baselines["llama.cpp"]
+    lines = [
+        "## Serving (`bench/serve.py`)", "",
+        f"Measured {machine()['date']} on {machine()['cores']} cores, torch {machine()['torch']}, "
+        f"transformers {machine()['transformers']}; SmolLM2-135M-Instruct, greedy, {args.max_tokens} new tokens, "
+        "official openai client streaming against `tuneloop serve`.", "",
+        "| concurrent chats | TTFT p50 (s) | TTFT p95 (s) | tok/s per stream | tok/s aggregate | server RSS (MB) |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r['concurrency']} | {r['ttft_p50']:.2f} | {r['ttft_p95']:.2f} | {r['per_stream_tok_s']:.1f} | "
+          f"{r['aggregate_tok_s']:.1f} | {r['rss_mb']:.0f} |" for r in rows],
+        "",
+        f"Baselines in the same run (one stream): transformers `generate` {hf:.1f} tok/s; "
+        + (f"llama.cpp {lcpp:.1f} tok/s." if lcpp else "llama.cpp not installed in this environment (see below)."),
+        "",
+        f"Ratios: single stream vs transformers generate {single / hf:.2f}x"
+        + (f"; single stream vs llama.cpp {single / lcpp:.2f}x (goal ≥ 0.5x); aggregate at 8 chats vs llama.cpp "
+           f"single stream {at8 / lcpp:.2f}x (goal ≥ 1.5x)." if lcpp else "."),
+        "", "![serving throughput](img/serve.png)",
+    ]
+    write_section("serve", "\n".join(lines), {"machine": machine(), "rows": rows, "baselines": baselines})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""The wire protocol of the chat API, laid out like OpenAI's API reference.
+
+Fields are in the order of the spec (https://platform.openai.com/docs/api-reference/chat). Our
+extensions are fenced in a commented block at the end of each model. Only what tuneloop serves is
+declared; unknown request fields are ignored, as OpenAI-compatible servers usually do, except those
+whose silent dropping would change the answer (``n > 1``, ``logprobs``, tools), which are rejected.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bot.engine import SamplingParams
+from tuneloop.settings import Settings
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{secrets.token_hex(12)}"
+
+
+def unix(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+# --- requests ----------------------------------------------------------------------------------
+class ChatMessage(BaseModel):
+    """One message. ``content`` is a string or a list of text parts (``[{"type": "text", "text": …}]``),
+    which is joined into one string; other part types (images, audio, files) are rejected.
+    ``developer`` is OpenAI's newer name for ``system`` and is treated as such."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            if not isinstance(value, str):
+                raise ValueError("content must be a string or a list of text parts")
+            return value
+        texts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(f"only text content parts are supported ({{'type': 'text', 'text': ...}}); got {kind!r}")
+            texts.append(part["text"])
+        return "".join(texts)
+
+    @field_validator("role", mode="after")
+    @classmethod
+    def _developer_is_system(cls, value: str) -> str:
+        return "system" if value == "developer" else value
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str
+    logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens.")
+    n: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    tools: list[Any] | None = None
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    user: str | None = Field(None, description="End-user id; conversations are stored under it.")
+
+    # --- tuneloop extensions ------------------------------------------------------------------
+    conversation_id: str | None = Field(
+        None, description="Continue this stored conversation: the server appends only the messages that follow "
+        "the stored ones (send the full history, as OpenAI clients do, or just the new user message).",
+    )
+    # -------------------------------------------------------------------------------------------
+
+    @model_validator(mode="after")
+    def _supported(self) -> "ChatCompletionRequest":
+        if self.n not in (None, 1):
+            raise ValueError("n: only n=1 is supported")
+        if self.logprobs:
+            raise ValueError("logprobs: log probabilities are not supported")
+        if self.tools:
+            raise ValueError("tools: tool calling is not supported")
+        if self.messages[-1].role != "user":
+            raise ValueError("messages: the last message must come from the user")
+        return self
+
+    def to_sampling_params(self, defaults: Settings) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            max_tokens=self.max_completion_tokens or self.max_tokens or defaults.max_tokens,
+            temperature=defaults.temperature if self.temperature is None else self.temperature,
+            top_p=defaults.top_p if self.top_p is None else self.top_p,
+            stop=[s for s in stop if s],
+            seed=self.seed,
+        )
+
+
+# --- chat completion responses ------------------------------------------------------------------
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> "Usage":
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str
+
+    # --- tuneloop extensions ------------------------------------------------------------------
+    conversation_id: str
+    message_id: str = Field(description="id of the stored assistant message; rate it with "
+                            "POST /v1/messages/{message_id}/rating")
+    # -------------------------------------------------------------------------------------------
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+    # --- tuneloop extensions ------------------------------------------------------------------
+    conversation_id: str
+    message_id: str
+    # -------------------------------------------------------------------------------------------
+
+
+def fingerprint(version_id: str) -> str:
+    """Changes whenever a different model version answers, as OpenAI's fingerprint does."""
+    return f"fp_tuneloop_{version_id}"
+
+
+class ChunkFactory:
+    """Builds the chunks of one stream: same id, created, model and extension ids in each."""
+
+    def __init__(self, model: str, version_id: str, conversation_id: str, message_id: str):
+        self.common = dict(id=completion_id(), created=int(time.time()), model=model,
+                           system_fingerprint=fingerprint(version_id), conversation_id=conversation_id,
+                           message_id=message_id)
+
+    def delta(self, content: str, *, first: bool = False) -> ChatCompletionChunk:
+        delta = Delta(role="assistant", content=content) if first else Delta(content=content)
+        return ChatCompletionChunk(**self.common, choices=[ChunkChoice(delta=delta)])
+
+    def finish(self, reason: str) -> ChatCompletionChunk:
+        return ChatCompletionChunk(**self.common, choices=[ChunkChoice(delta=Delta(), finish_reason=reason)])
+
+    def usage(self, usage: Usage) -> ChatCompletionChunk:
+        return ChatCompletionChunk(**self.common, choices=[], usage=usage)
+
+
+# --- models --------------------------------------------------------------------------------------
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# --- conversations (tuneloop's own resources, shaped like OpenAI list objects) -------------------
+class ConversationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = Field(None, description="End-user id (default: anonymous).")
+    title: str = ""
+
+
+class MessageObject(BaseModel):
+    id: str
+    object: Literal["conversation.message"] = "conversation.message"
+    created_at: int
+    position: int
+    role: str
+    content: str
+    model_version_id: str | None = None
+    latency_ms: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+class ConversationObject(BaseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    created_at: int
+    updated_at: int
+    end_user: str
+    channel: str
+    title: str
+    messages: list[MessageObject] | None = None
+
+
+class ConversationList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ConversationObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+# --- ratings -------------------------------------------------------------------------------------
+class RatingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: Literal["up", "down", 1, -1]
+    comment: str = Field("", max_length=4000)
+    rater: str | None = Field(None, max_length=200, description="End-user or session id (default: anonymous).")
+
+
+class RatingObject(BaseModel):
+    id: str
+    object: Literal["message.rating"] = "message.rating"
+    message_id: str
+    value: int
+    comment: str
+    rater: str
+    model_version_id: str | None
+    created_at: int

@@ -1,0 +1,145 @@
+"""Corrections, their approval and the audit log over HTTP (thin: see feedback.corrections)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Form, Query, UploadFile
+from pydantic import BaseModel, Field
+from sqlmodel import Session, col, select
+
+from feedback import corrections as service
+from feedback.errors import http_errors
+from feedback.models import Correction, CorrectionSource, CorrectionStatus
+from feedback.similarity import find_similar
+from tuneloop.accounts.models import AuditEvent
+from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep, StaffAccount
+from tuneloop.settings import Settings
+
+router = APIRouter(tags=["corrections"])
+
+
+class CorrectionCreate(BaseModel):
+    answer: str = Field(description="the answer the bot should have given")
+    message_id: str | None = Field(None, description="assistant message being corrected; omit for knowledge Q/A")
+    question: str | None = Field(None, description="cleaned-up question; defaults to the user's message")
+    key_facts: list[str] = Field(default_factory=list)
+    source: Literal["conversation", "knowledge"] | None = None
+    submit: bool = Field(False, description="submit for approval right away")
+
+
+class CorrectionUpdate(BaseModel):
+    question: str | None = None
+    answer: str | None = None
+    key_facts: list[str] | None = None
+
+
+class Rejection(BaseModel):
+    reason: str = Field(description="what the author should change")
+
+
+def correction_as_dict(session: Session, settings: Settings, correction: Correction, *,
+                       with_similar: bool | None = None) -> dict:
+    """The correction plus, while it awaits a decision, approved near-duplicates and conflicts."""
+    body = {"object": "correction", **correction.model_dump(mode="json", warnings=False)}
+    if with_similar is None:
+        with_similar = correction.status in service.OPEN_STATUSES
+    if with_similar:
+        similar = [s.as_dict() for s in find_similar(session, settings, correction)]
+        body["similar"], body["has_conflict"] = similar, any(s["conflict"] for s in similar)
+    return body
+
+
+@router.post("/v1/corrections", status_code=201)
+def create(body: CorrectionCreate, staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
+    with http_errors():
+        correction = service.create_correction(
+            session, settings, actor=staff.username, answer=body.answer, message_id=body.message_id,
+            question=body.question, key_facts=body.key_facts,
+            source=CorrectionSource(body.source) if body.source else None,
+            status=CorrectionStatus.submitted if body.submit else CorrectionStatus.draft)
+        session.commit()
+        return correction_as_dict(session, settings, correction)
+
+
+@router.get("/v1/corrections")
+def list_(_staff: StaffAccount, session: SessionDep, status: CorrectionStatus | None = None,
+          lineage_id: str | None = None, message_id: str | None = None,
+          limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0, alias="after")) -> dict:
+    rows, has_more = service.list_corrections(session, status=status, lineage_id=lineage_id, message_id=message_id,
+                                              limit=limit, offset=offset)
+    return {"object": "list", "data": [{"object": "correction", **c.model_dump(mode="json", warnings=False)} for c in rows],
+            "has_more": has_more, "next_after": offset + limit if has_more else None}
+
+
+@router.get("/v1/corrections/{correction_id}")
+def get(correction_id: str, _staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
+    with http_errors():
+        return correction_as_dict(session, settings, service.get_correction(session, correction_id))
+
+
+@router.patch("/v1/corrections/{correction_id}")
+def update(correction_id: str, body: CorrectionUpdate, staff: StaffAccount, session: SessionDep,
+           settings: SettingsDep) -> dict:
+    with http_errors():
+        correction = service.update_correction(session, settings, correction_id, actor=staff.username,
+                                               question=body.question, answer=body.answer, key_facts=body.key_facts)
+        session.commit()
+        return correction_as_dict(session, settings, correction)
+
+
+@router.post("/v1/corrections/{correction_id}/submit")
+def submit(correction_id: str, staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
+    with http_errors():
+        correction = service.submit_correction(session, correction_id, actor=staff.username)
+        session.commit()
+        return correction_as_dict(session, settings, correction, with_similar=True)
+
+
+@router.post("/v1/corrections/{correction_id}/approve")
+def approve(correction_id: str, staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
+    with http_errors():
+        correction = service.approve_correction(session, settings, correction_id, actor=staff.username)
+    session.commit()
+    return correction_as_dict(session, settings, correction)
+
+
+@router.post("/v1/corrections/{correction_id}/reject")
+def reject(correction_id: str, body: Rejection, staff: StaffAccount, session: SessionDep,
+           settings: SettingsDep) -> dict:
+    with http_errors():
+        correction = service.reject_correction(session, settings, correction_id, actor=staff.username,
+                                               reason=body.reason)
+    session.commit()
+    return correction_as_dict(session, settings, correction)
+
+
+@router.post("/v1/corrections/import", status_code=201)
+def import_file(file: UploadFile, staff: StaffAccount, session: SessionDep, settings: SettingsDep,
+                      status: Literal["approved", "submitted"] = Form("submitted")) -> dict:
+    """Import question/answer pairs from CSV, TSV, XLSX, JSON or JSONL: all rows or none.
+    Importing straight to ``approved`` skips two-person review and needs an admin."""
+    from feedback.importer import import_file as run_import, save_upload
+
+    if status == "approved" and str(staff.role) != "admin":
+        raise ApiError(403, "importing as approved skips review and needs an admin; import as submitted instead",
+                       type="permission_error")
+    with http_errors(), save_upload(file, settings) as path:
+        created = run_import(session, settings, path, actor=staff.username, status=CorrectionStatus(status))
+        session.commit()
+    return {"object": "import", "imported": len(created), "ids": [c.id for c in created]}
+
+
+@router.get("/v1/audit")
+def audit_log(_admin: AdminAccount, session: SessionDep, object_type: str | None = None,
+              object_id: str | None = None, actor: str | None = None,
+              limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, alias="after")) -> dict:
+    query = select(AuditEvent)
+    for column, value in ((AuditEvent.object_type, object_type), (AuditEvent.object_id, object_id),
+                          (AuditEvent.actor, actor)):
+        if value:
+            query = query.where(column == value)
+    rows = session.exec(query.order_by(col(AuditEvent.id).desc()).offset(offset).limit(limit + 1)).all()
+    return {"object": "list", "data": [r.model_dump(mode="json", warnings=False) for r in rows[:limit]],
+            "has_more": len(rows) > limit, "next_after": offset + limit if len(rows) > limit else None}
+

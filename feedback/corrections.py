@@ -1,0 +1,206 @@
+"""Expert corrections: the answer the bot should have given, with two-person approval.
+
+Lifecycle of one *lineage* (all revisions share ``lineage_id``)::
+
+    draft --submit--> submitted --approve--> approved --(newer revision approved)--> superseded
+                                 --reject---> rejected
+
+Editing a draft or submitted correction changes it in place. Editing an approved one creates the next
+revision (status draft); the approved revision stays in the training data until its successor is
+approved. Approval and rejection need a second person unless ``settings.allow_self_approval``.
+Every state change writes an audit event in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlmodel import Session, col, func, select
+
+from bot.models import Message
+from feedback.errors import ConflictError, FeedbackError, ForbiddenError, NotFoundError
+from feedback.models import Correction, CorrectionSource, CorrectionStatus, ReviewStatus
+from feedback.pii import scrub_fields
+from feedback.review import mark_message
+from tuneloop.accounts.service import audit
+from tuneloop.db import new_id, utcnow
+from tuneloop.settings import Settings
+
+OPEN_STATUSES = (CorrectionStatus.draft, CorrectionStatus.submitted)
+
+
+def get_correction(session: Session, correction_id: str) -> Correction:
+    correction = session.get(Correction, correction_id)
+    if correction is None:
+        raise NotFoundError(f"no correction {correction_id!r}; list them with GET /v1/corrections")
+    return correction
+
+
+def list_corrections(session: Session, *, status: CorrectionStatus | None = None, lineage_id: str | None = None,
+                     message_id: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Correction], bool]:
+    """Newest first. Returns one page and whether more follow."""
+    query = select(Correction)
+    if status:
+        query = query.where(Correction.status == status)
+    if lineage_id:
+        query = query.where(Correction.lineage_id == lineage_id)
+    if message_id:
+        query = query.where(Correction.message_id == message_id)
+    query = query.order_by(col(Correction.created_at).desc(), col(Correction.id)).offset(offset).limit(limit + 1)
+    rows = list(session.exec(query).all())
+    return rows[:limit], len(rows) > limit
+
+
+def approved_corrections(session: Session) -> list[Correction]:
+    """The current approved revision of every lineage: what goes into training data."""
+    query = select(Correction).where(Correction.status == CorrectionStatus.approved)
+    return list(session.exec(query.order_by(col(Correction.lineage_id), col(Correction.revision))).all())
+
+
+def question_before(session: Session, message: Message) -> str:
+    """The user's message that the assistant ``message`` answered."""
+    query = (select(Message).where(Message.conversation_id == message.conversation_id, Message.role == "user",
+                                   Message.position < message.position)
+             .order_by(col(Message.position).desc()))
+    previous = session.exec(query).first()
+    return previous.content if previous else ""
+
+
+def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[str]) -> tuple[dict, list]:
+    question, answer = question.strip(), answer.strip()
+    facts = [f.strip() for f in key_facts if f and f.strip()]
+    if not answer:
+        raise FeedbackError("answer must not be empty: write the answer the bot should have given")
+    if not question:
+        raise FeedbackError("question must not be empty: give the customer's question")
+    fields = {"question": question, "answer": answer}
+    fields.update({f"key_facts.{i}": fact for i, fact in enumerate(facts)})
+    masked: list[dict[str, Any]] = []
+    if settings.scrub_pii:
+        fields, masked = scrub_fields(fields)
+    return {"question": fields["question"], "answer": fields["answer"],
+            "key_facts": [fields[f"key_facts.{i}"] for i in range(len(facts))]}, masked
+
+
+def create_correction(session: Session, settings: Settings, *, actor: str, answer: str,
+                      message_id: str | None = None, question: str | None = None,
+                      key_facts: Sequence[str] = (), source: CorrectionSource | None = None,
+                      status: CorrectionStatus = CorrectionStatus.draft, origin: dict | None = None) -> Correction:
+    """A correction for an assistant message (the question defaults to the user's message before it)
+    or, without ``message_id``, a standalone knowledge question/answer pair."""
+    conversation_id = None
+    if message_id:
+        message = session.get(Message, message_id)
+        if message is None or message.role != "assistant":
+            raise NotFoundError(f"no assistant message {message_id!r}; pick one from GET /v1/review/queue")
+        conversation_id = message.conversation_id
+        question = question if question and question.strip() else question_before(session, message)
+        source = source or CorrectionSource.conversation
+        mark_message(session, message_id, ReviewStatus.corrected, actor=actor)
+    else:
+        source = source or CorrectionSource.knowledge
+    if status not in (CorrectionStatus.draft, CorrectionStatus.submitted, CorrectionStatus.approved):
+        raise FeedbackError("a new correction starts as draft or submitted")
+    fields, masked = _clean(settings, question or "", answer, key_facts)
+    correction_id = new_id("corr")
+    correction = Correction(id=correction_id, lineage_id=correction_id, source=CorrectionSource(source),
+                            message_id=message_id, conversation_id=conversation_id, status=status, author=actor,
+                            pii_masked=masked, origin=origin or {}, **fields)
+    if status == CorrectionStatus.approved:  # imports by an admin: approved on arrival
+        correction.reviewer, correction.decided_at = actor, utcnow()
+    session.add(correction)
+    audit(session, actor=actor, action="correction.created", object_type="correction", object_id=correction.id,
+          status=str(status), source=str(source), message_id=message_id)
+    session.flush()
+    return correction
+
+
+def update_correction(session: Session, settings: Settings, correction_id: str, *, actor: str,
+                      question: str | None = None, answer: str | None = None,
+                      key_facts: Sequence[str] | None = None) -> Correction:
+    """Edit in place while draft/submitted; editing an approved correction makes its next revision."""
+    current = get_correction(session, correction_id)
+    fields, masked = _clean(settings, current.question if question is None else question,
+                            current.answer if answer is None else answer,
+                            current.key_facts if key_facts is None else key_facts)
+    if current.status in OPEN_STATUSES:
+        for name, value in fields.items():
+            setattr(current, name, value)
+        current.pii_masked, current.updated_at = masked, utcnow()
+        session.add(current)
+        audit(session, actor=actor, action="correction.edited", object_type="correction", object_id=current.id)
+        return current
+    if current.status != CorrectionStatus.approved:
+        raise ConflictError(f"correction {current.id} is {current.status}; only draft, submitted or approved "
+                            "corrections can be edited (write a new one instead)")
+    pending = _pending_revision(session, current.lineage_id)
+    if pending is not None:
+        raise ConflictError(f"revision {pending.revision} ({pending.id}) of this correction is already {pending.status}; "
+                            "edit that one")
+    latest = session.exec(select(func.max(Correction.revision)).where(Correction.lineage_id == current.lineage_id)).one()
+    revision = Correction(lineage_id=current.lineage_id, revision=(latest or current.revision) + 1,
+                          source=current.source, message_id=current.message_id,
+                          conversation_id=current.conversation_id, author=actor, pii_masked=masked,
+                          origin={**current.origin, "previous_revision_id": current.id}, **fields)
+    session.add(revision)
+    audit(session, actor=actor, action="correction.revised", object_type="correction", object_id=revision.id,
+          lineage_id=current.lineage_id, revision=revision.revision, previous=current.id)
+    session.flush()
+    return revision
+
+
+def submit_correction(session: Session, correction_id: str, *, actor: str) -> Correction:
+    correction = get_correction(session, correction_id)
+    if correction.status != CorrectionStatus.draft:
+        raise ConflictError(f"correction {correction.id} is already {correction.status}; only a draft can be submitted")
+    correction.status, correction.updated_at = CorrectionStatus.submitted, utcnow()
+    session.add(correction)
+    audit(session, actor=actor, action="correction.submitted", object_type="correction", object_id=correction.id)
+    return correction
+
+
+def approve_correction(session: Session, settings: Settings, correction_id: str, *, actor: str) -> Correction:
+    """Approve a submitted correction; the lineage's previously approved revision becomes superseded."""
+    correction = _decidable(session, settings, correction_id, actor)
+    for previous in session.exec(select(Correction).where(Correction.lineage_id == correction.lineage_id,
+                                                          Correction.status == CorrectionStatus.approved)).all():
+        previous.status, previous.updated_at = CorrectionStatus.superseded, utcnow()
+        session.add(previous)
+        audit(session, actor=actor, action="correction.superseded", object_type="correction", object_id=previous.id,
+              by=correction.id)
+    correction.status, correction.reviewer = CorrectionStatus.approved, actor
+    correction.decided_at = correction.updated_at = utcnow()
+    session.add(correction)
+    audit(session, actor=actor, action="correction.approved", object_type="correction", object_id=correction.id,
+          lineage_id=correction.lineage_id, revision=correction.revision)
+    return correction
+
+
+def reject_correction(session: Session, settings: Settings, correction_id: str, *, actor: str, reason: str) -> Correction:
+    if not reason or not reason.strip():
+        raise FeedbackError("reason must not be empty: tell the author what to change")
+    correction = _decidable(session, settings, correction_id, actor)
+    correction.status, correction.reviewer, correction.review_reason = CorrectionStatus.rejected, actor, reason.strip()
+    correction.decided_at = correction.updated_at = utcnow()
+    session.add(correction)
+    audit(session, actor=actor, action="correction.rejected", object_type="correction", object_id=correction.id,
+          reason=correction.review_reason)
+    return correction
+
+
+def _decidable(session: Session, settings: Settings, correction_id: str, actor: str) -> Correction:
+    correction = get_correction(session, correction_id)
+    if correction.status != CorrectionStatus.submitted:
+        hint = "submit it first" if correction.status == CorrectionStatus.draft else "it was already decided"
+        raise ConflictError(f"correction {correction.id} is {correction.status}, not submitted; {hint}")
+    if correction.author == actor and not settings.allow_self_approval:
+        raise ForbiddenError("you wrote this correction; another staff member must approve or reject it "
+                             "(one-person teams: set TUNELOOP_ALLOW_SELF_APPROVAL=true)")
+    return correction
+
+
+def _pending_revision(session: Session, lineage_id: str) -> Correction | None:
+    return session.exec(select(Correction).where(Correction.lineage_id == lineage_id,
+                                                 col(Correction.status).in_(OPEN_STATUSES))).first()
+

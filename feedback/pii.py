@@ -1,0 +1,90 @@
+"""Mask personal data before it can reach training data: e-mail addresses, phone numbers and payment
+card numbers (only digit runs that pass the Luhn check, so order numbers survive).
+
+``scrub`` returns the cleaned text and what was masked; the reviewer sees that list (``pii_masked``)
+next to the correction, so a false positive (a company hotline, say) is noticed before approval.
+Placeholders never match the patterns again, so scrubbing twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+EMAIL = "[EMAIL]"
+PHONE = "[PHONE]"
+CARD = "[CARD]"
+
+_EMAIL_RE = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+# 13-19 digits, optionally grouped by spaces or dashes (card numbers).
+_CARD_RE = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+# International (+CC ...) or grouped national numbers: 7-15 digits with separators or brackets.
+_PHONE_RE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,4}(?![\w])"
+    r"|(?<![\w+])\+\d{8,15}(?!\w)"
+)
+
+
+@dataclass(frozen=True)
+class Masked:
+    kind: str  # email | phone | card
+    preview: str  # enough of the original for a reviewer to recognise it, not enough to reuse it
+
+    def as_dict(self, field: str) -> dict[str, str]:
+        return {"field": field, "kind": self.kind, "preview": self.preview}
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _preview(text: str) -> str:
+    return text[:2] + "…" + text[-2:] if len(text) > 6 else "…"
+
+
+def scrub(text: str) -> tuple[str, list[Masked]]:
+    """Return ``text`` with e-mails, card numbers (Luhn-valid) and phone numbers replaced."""
+    found: list[Masked] = []
+
+    def _email(m: re.Match) -> str:
+        found.append(Masked("email", _preview(m.group())))
+        return EMAIL
+
+    def _card(m: re.Match) -> str:
+        digits = re.sub(r"\D", "", m.group())
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            found.append(Masked("card", "…" + digits[-4:]))
+            return CARD
+        return m.group()
+
+    def _phone(m: re.Match) -> str:
+        digits = re.sub(r"\D", "", m.group())
+        if not 7 <= len(digits) <= 15 or _looks_like_date_or_amount(m.group()):
+            return m.group()
+        found.append(Masked("phone", _preview(m.group())))
+        return PHONE
+
+    text = _EMAIL_RE.sub(_email, text)
+    text = _CARD_RE.sub(_card, text)
+    text = _PHONE_RE.sub(_phone, text)
+    return text, found
+
+
+def _looks_like_date_or_amount(candidate: str) -> bool:
+    # 2024-05-01, 01.05.2024 and 1.000.000 are not phone numbers.
+    return bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d{1,3}(?:[.,]\d{3})+", candidate))
+
+
+def scrub_fields(fields: dict[str, str]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Scrub several named texts at once; the masked list says which field each came from."""
+    cleaned, masked = {}, []
+    for name, value in fields.items():
+        cleaned[name], found = scrub(value)
+        masked += [m.as_dict(name) for m in found]
+    return cleaned, masked

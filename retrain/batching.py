@@ -1,0 +1,93 @@
+"""Turning examples into token ids and padded batches for the trainer.
+
+An example is ``{"messages": [system, ...context..., user], "completion": answer, ...}`` (what
+``retrain.datasets.load_examples`` returns) or an OpenAI chat-format line whose last message is the
+assistant's answer. The prompt is tokenized with ``bot.prompting`` exactly as serving lays it out, so
+the model learns on the layout it is later asked in.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bot.prompting import PromptTooLongError, completion_text, prompt_ids, trim_to_budget
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]
+    weights: list[float]  # loss weight of each token as a *target* (prompt_loss_weight or 1)
+    completion_mask: list[bool]  # True where the token belongs to the answer
+
+
+def split_chat_example(example: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
+    """(prompt messages, answer) of either example shape; raises ValueError if there is no answer."""
+    if "completion" in example:
+        return list(example["messages"]), str(example["completion"])
+    messages = example.get("messages") or []
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("a training example must end with an assistant message")
+    prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+    return prompt, str(messages[-1]["content"])
+
+
+def encode_example(tokenizer: Any, example: dict[str, Any], *, max_seq_len: int,
+                   prompt_loss_weight: float) -> EncodedExample | None:
+    """Prompt ids + completion ids (the answer and the template's end-of-turn marker).
+
+    Long prompts lose their oldest context turns first (as serving trims them); an example whose
+    answer alone does not fit is dropped (None)."""
+    messages, answer = split_chat_example(example)
+    completion = tokenizer(completion_text(tokenizer, messages, answer), add_special_tokens=False)["input_ids"]
+    budget = max_seq_len - len(completion)
+    if budget < 1:
+        return None
+    try:
+        _kept, prompt = trim_to_budget(tokenizer, messages, budget)
+    except PromptTooLongError:
+        return None
+    return EncodedExample(
+        input_ids=prompt + completion,
+        weights=[prompt_loss_weight] * len(prompt) + [1.0] * len(completion),
+        completion_mask=[False] * len(prompt) + [True] * len(completion),
+    )
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, *, seed: int, epoch: int,
+                           bucket_batches: int = 8) -> list[list[int]]:
+    """Indices grouped into batches of similar length, so padding stays small.
+
+    Shuffle all indices (seeded by seed and epoch), cut them into buckets of ``bucket_batches``
+    batches, sort each bucket by length, cut it into batches, then shuffle the batch order. The result
+    is deterministic for a given seed and epoch and still mixes examples across epochs."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    bucket = batch_size * bucket_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), bucket):
+        chunk = sorted(order[start:start + bucket], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(encoded: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example of this batch only."""
+    width = max(len(e.input_ids) for e in encoded)
+    n = len(encoded)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    weights = torch.zeros((n, width), dtype=torch.float32)
+    completion = torch.zeros((n, width), dtype=torch.bool)
+    for row, e in enumerate(encoded):
+        k = len(e.input_ids)
+        input_ids[row, :k] = torch.tensor(e.input_ids)
+        attention[row, :k] = 1
+        weights[row, :k] = torch.tensor(e.weights)
+        completion[row, :k] = torch.tensor(e.completion_mask)
+    return {"input_ids": input_ids, "attention_mask": attention, "weights": weights, "completion_mask": completion}

@@ -1,0 +1,152 @@
+"""Dataset snapshots: an immutable, content-hashed freeze of the approved training examples.
+
+``create_snapshot`` writes ``datasets_dir/<id>/``::
+
+    train.jsonl, valid.jsonl                                  OpenAI chat format (+ "tuneloop" metadata)
+    train.prompt_completion.jsonl, valid.prompt_completion.jsonl   legacy prompt/completion format
+    manifest.json                                             counts, content hash, parent, example ids
+
+Split: each *lineage* (all revisions of one correction) goes wholly to train or to validation,
+decided by a seeded hash of its id, so revisions of one correction never straddle the split and a
+lineage stays on the same side in every later snapshot. About ``settings.validation_fraction`` of
+lineages go to validation (at least one). With fewer than 5 examples everything stays in train and
+validation is empty: a validation set of one or two examples measures nothing.
+
+The id is ``snap_`` + the first 12 hex digits of the content hash; the same content returns the
+existing snapshot. Files are written to a temporary directory and renamed into place, and never
+modified afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from feedback.errors import NotFoundError
+from feedback.export import chat_record, training_examples, write_chat_jsonl, write_prompt_completion_jsonl
+from retrain.models import DatasetSnapshot
+from tuneloop.accounts.service import audit
+from tuneloop.db import utcnow
+from tuneloop.settings import Settings
+
+SPLIT_SEED = "tuneloop-split-v1"
+MIN_EXAMPLES_FOR_VALIDATION = 5
+SPLITS = ("train", "valid")
+
+
+def split_examples(examples: list[dict[str, Any]], fraction: float) -> tuple[list[dict], list[dict]]:
+    """Deterministic train/validation split by lineage (see the module docstring)."""
+    if len(examples) < MIN_EXAMPLES_FOR_VALIDATION or fraction <= 0:
+        return list(examples), []
+    lineages = sorted({e["lineage_id"] for e in examples})
+    score = {lin: int(hashlib.sha256(f"{SPLIT_SEED}:{lin}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+             for lin in lineages}
+    valid_lineages = {lin for lin in lineages if score[lin] < fraction}
+    if not valid_lineages and len(lineages) > 1:
+        valid_lineages = {min(lineages, key=score.__getitem__)}
+    if len(valid_lineages) == len(lineages):
+        valid_lineages.discard(max(lineages, key=score.__getitem__))
+    train = [e for e in examples if e["lineage_id"] not in valid_lineages]
+    valid = [e for e in examples if e["lineage_id"] in valid_lineages]
+    return train, valid
+
+
+def content_hash(train: list[dict], valid: list[dict]) -> str:
+    canonical = json.dumps({"train": [chat_record(e) for e in train], "valid": [chat_record(e) for e in valid]},
+                           sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def create_snapshot(session: Session, settings: Settings, actor: str, *, tokenizer: Any = None) -> DatasetSnapshot:
+    """Freeze the current approved examples. Returns the existing snapshot when nothing changed."""
+    examples = training_examples(session, settings, tokenizer)
+    train, valid = split_examples(examples, settings.validation_fraction)
+    digest = content_hash(train, valid)
+    existing = session.exec(select(DatasetSnapshot).where(DatasetSnapshot.content_hash == digest)).first()
+    if existing is not None:
+        return existing
+    snapshot_id = f"snap_{digest[:12]}"
+    parent = session.exec(select(DatasetSnapshot).order_by(col(DatasetSnapshot.created_at).desc())).first()
+    counts = {"train": len(train), "valid": len(valid),
+              "by_source": dict(sorted(Counter(e["source"] for e in examples).items()))}
+    snapshot = DatasetSnapshot(id=snapshot_id, content_hash=digest, parent_id=parent.id if parent else None,
+                               created_by=actor, n_train=len(train), n_valid=len(valid), counts=counts,
+                               path=snapshot_id, created_at=utcnow())
+    _write_files(settings, snapshot, train, valid)
+    session.add(snapshot)
+    audit(session, actor=actor, action="snapshot.created", object_type="datasetsnapshot", object_id=snapshot_id,
+          n_train=len(train), n_valid=len(valid))
+    session.flush()
+    return snapshot
+
+
+def _write_files(settings: Settings, snapshot: DatasetSnapshot, train: list[dict], valid: list[dict]) -> None:
+    final = settings.datasets_dir / snapshot.path
+    if final.is_dir():  # written by an earlier attempt whose transaction failed: same content, keep it
+        return
+    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{snapshot.id}.", dir=settings.datasets_dir))
+    try:
+        for split, rows in zip(SPLITS, (train, valid)):
+            write_chat_jsonl(rows, staging / f"{split}.jsonl")
+            write_prompt_completion_jsonl(rows, staging / f"{split}.prompt_completion.jsonl", settings)
+        manifest = {
+            "id": snapshot.id, "content_hash": snapshot.content_hash, "parent_id": snapshot.parent_id,
+            "created_at": snapshot.created_at.isoformat(), "created_by": snapshot.created_by,
+            "counts": snapshot.counts, "validation_fraction": settings.validation_fraction, "split_seed": SPLIT_SEED,
+            "prompt_separator": settings.prompt_separator, "completion_stop": settings.completion_stop,
+            "examples": [{"id": e["id"], "lineage_id": e["lineage_id"], "source": e["source"], "split": split}
+                         for split, rows in zip(SPLITS, (train, valid)) for e in rows],
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not final.is_dir():
+            raise
+
+
+def list_snapshots(session: Session, *, limit: int = 50) -> list[DatasetSnapshot]:
+    """Newest first."""
+    return list(session.exec(select(DatasetSnapshot).order_by(col(DatasetSnapshot.created_at).desc())
+                             .limit(limit)).all())
+
+
+def get_snapshot(session: Session, snapshot_id: str) -> DatasetSnapshot:
+    snapshot = session.get(DatasetSnapshot, snapshot_id)
+    if snapshot is None:
+        raise NotFoundError(f"no dataset snapshot {snapshot_id!r}; list them with `tuneloop data snapshots`")
+    return snapshot
+
+
+def snapshot_dir(settings: Settings, snapshot: DatasetSnapshot) -> Path:
+    return settings.datasets_dir / snapshot.path
+
+
+def read_manifest(settings: Settings, snapshot: DatasetSnapshot) -> dict[str, Any]:
+    return json.loads((snapshot_dir(settings, snapshot) / "manifest.json").read_text())
+
+
+def load_examples(settings: Settings, snapshot: DatasetSnapshot, split: str = "train",
+                  *, format: str = "chat") -> list[dict[str, Any]]:
+    """The records of one split: chat lines (``messages`` + ``tuneloop`` metadata) or, with
+    ``format="prompt_completion"``, legacy lines."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    name = f"{split}.jsonl" if format == "chat" else f"{split}.prompt_completion.jsonl"
+    path = snapshot_dir(settings, snapshot) / name
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def snapshot_as_dict(snapshot: DatasetSnapshot) -> dict[str, Any]:
+    return {"id": snapshot.id, "object": "dataset.snapshot", "content_hash": snapshot.content_hash,
+            "parent_id": snapshot.parent_id, "created_at": snapshot.created_at.isoformat(),
+            "created_by": snapshot.created_by, "n_train": snapshot.n_train, "n_valid": snapshot.n_valid,
+            "counts": snapshot.counts, "path": snapshot.path}

@@ -1,0 +1,309 @@
+"""Evaluation gates: may a candidate version replace the one in production?
+
+Every gate asks both versions the same questions (greedy decoding, correction memory off: the
+engine is used directly) and judges each answer against a reference with ``retrain.matching``
+(embedding similarity ≥ ``gate_similarity_threshold`` and every key fact present). The four gates:
+
+1. **learned** — the snapshot's validation split plus the corrections that are new since the parent
+   (examples whose lineage is not in any ancestor's snapshot). The candidate must answer at least
+   ``gate_learned_min_pass_rate`` of them correctly (default 1.0: all).
+2. **not_forgotten** — every earlier approved correction (those in an ancestor's snapshot; the suite
+   grows each round). The candidate's pass rate may fall at most ``gate_forgetting_margin`` (default
+   0.05) below production's; every item that passes on production and fails on the candidate is
+   listed by name either way.
+3. **golden** — the admin-curated must-pass questions (``retrain.golden``): all must pass.
+4. **general** — the shipped general questions (``retrain/general/questions.json``) and perplexity on
+   a short general text (``retrain/general/text.txt``): the pass rate may fall at most
+   ``gate_general_margin`` (0.10) and perplexity may rise at most ``gate_perplexity_margin`` (0.15,
+   relative) compared with production.
+
+A gate with no questions passes (and says so). Answers are capped at 1.5× the reference's length
++ 8 tokens (at most ``gate_max_tokens``, 96), and questions are decoded in batches sorted by prompt
+length, so a few hundred questions take minutes on a CPU. See docs/gates.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from bot import versions
+from bot.engine import LoadedModel, LocalEngine, SamplingParams, perplexity
+from bot.models import ModelVersion, VersionStatus
+from bot.prompting import trim_to_budget, with_system_prompt
+from retrain.matching import match_answers
+from retrain.models import DatasetSnapshot, GateReport
+from tuneloop.accounts.service import audit
+from tuneloop.db import session_scope, utcnow
+from tuneloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GENERAL_DIR = Path(__file__).parent / "general"
+GATES = ("learned", "not_forgotten", "golden", "general")
+
+
+@dataclass
+class GateItem:
+    """One question a gate asks: the prompt (system … user), the reference answer, its key facts."""
+
+    gate: str
+    name: str
+    messages: list[dict[str, str]]
+    reference: str
+    key_facts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GateOutcome:
+    passed: bool
+    summary: dict[str, Any]
+    items: list[dict[str, Any]]
+
+
+# --- what the gates ask ------------------------------------------------------------------------
+def _user_item(settings: Settings, gate: str, name: str, question: str, answer: str, facts: list[str]) -> GateItem:
+    messages = with_system_prompt(settings.resolved_system_prompt, [{"role": "user", "content": question}])
+    return GateItem(gate, name, messages, answer, list(facts))
+
+
+def general_items(settings: Settings) -> list[GateItem]:
+    questions = json.loads((GENERAL_DIR / "questions.json").read_text(encoding="utf-8"))
+    return [_user_item(settings, "general", q["id"], q["question"], q["answer"], q["key_facts"]) for q in questions]
+
+
+def general_texts() -> list[str]:
+    """The general text for perplexity, one paragraph per entry."""
+    text = (GENERAL_DIR / "text.txt").read_text(encoding="utf-8")
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def golden_items(session: Session, settings: Settings) -> list[GateItem]:
+    from retrain.golden import list_golden
+
+    return [_user_item(settings, "golden", f"{g.id}: {g.question[:60]}", g.question, g.answer, g.key_facts)
+            for g in list_golden(session)]
+
+
+def _record_item(gate: str, record: dict[str, Any]) -> GateItem:
+    """A snapshot line (chat format: messages ending with the reference answer, + "tuneloop" metadata)."""
+    meta = record.get("tuneloop") or {}
+    *prompt, reference = record["messages"]
+    name = f"{meta.get('correction_id') or meta.get('id')}: {prompt[-1]['content'][:60]}"
+    return GateItem(gate, name, prompt, reference["content"], list(meta.get("key_facts") or []))
+
+
+def _snapshot_lineages(session: Session, settings: Settings, snapshot_id: str | None) -> set[str]:
+    from retrain.datasets import read_manifest
+
+    snapshot = session.get(DatasetSnapshot, snapshot_id) if snapshot_id else None
+    if snapshot is None:
+        return set()
+    return {e["lineage_id"] for e in read_manifest(settings, snapshot)["examples"]}
+
+
+def correction_items(session: Session, settings: Settings, candidate: ModelVersion) -> tuple[list[GateItem], list[GateItem]]:
+    """(learned, not_forgotten) items for ``candidate``, from its snapshot and the approved corrections."""
+    from feedback.export import training_examples
+    from retrain.datasets import load_examples
+    from retrain.registry import lineage
+
+    earlier: set[str] = set()
+    for ancestor in lineage(session, candidate)[1:]:
+        earlier |= _snapshot_lineages(session, settings, ancestor.snapshot_id)
+    learned: list[GateItem] = []
+    snapshot = session.get(DatasetSnapshot, candidate.snapshot_id) if candidate.snapshot_id else None
+    if snapshot is not None:
+        new_train = [r for r in load_examples(settings, snapshot, "train")
+                     if (r.get("tuneloop") or {}).get("lineage_id") not in earlier]
+        learned = [_record_item("learned", r) for r in load_examples(settings, snapshot, "valid") + new_train]
+    not_forgotten = [
+        GateItem("not_forgotten", f"{e['correction_id']}: {e['messages'][-1]['content'][:60]}", e["messages"],
+                 e["completion"], list(e.get("key_facts") or []))
+        for e in training_examples(session, settings)
+        if e.get("correction_id") and e["lineage_id"] in earlier
+    ]
+    return learned, not_forgotten
+
+
+# --- asking ------------------------------------------------------------------------------------
+def _answer_budget(tokenizer: Any, reference: str, settings: Settings) -> int:
+    """Tokens to generate for one question: enough for an answer like the reference, rounded up to
+    16 so questions share batches."""
+    n = len(tokenizer(reference, add_special_tokens=False)["input_ids"])
+    return min(settings.gate_max_tokens, 16 * math.ceil((1.5 * n + 8) / 16))
+
+
+def answer_all(loaded: LoadedModel, items: list[GateItem], settings: Settings) -> list[str]:
+    """Greedy answers of ``loaded`` to every item, decoded in length-sorted batches."""
+    engine = LocalEngine(loaded, max_batch_size=max(settings.max_batch_size, 16))
+    answers = [""] * len(items)
+    try:
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[_answer_budget(loaded.tokenizer, item.reference, settings)].append(i)
+        for max_tokens, indices in sorted(groups.items()):
+            budget = min(settings.context_budget, loaded.max_context) - max_tokens
+            prompts = {i: trim_to_budget(loaded.tokenizer, items[i].messages, budget)[1] for i in indices}
+            order = sorted(indices, key=lambda i: len(prompts[i]))
+            done = engine.generate_many([prompts[i] for i in order], SamplingParams(max_tokens=max_tokens, temperature=0))
+            for i, completion in zip(order, done):
+                answers[i] = completion.text.strip()
+    finally:
+        engine.close()
+    return answers
+
+
+# --- judging -----------------------------------------------------------------------------------
+def evaluate(settings: Settings, candidate: LoadedModel, baseline: LoadedModel, items: list[GateItem],
+             texts: list[str] | None = None) -> GateOutcome:
+    """Run every gate of ``items`` on both models and judge them (no database involved)."""
+    started = time.perf_counter()
+    texts = general_texts() if texts is None else texts
+    cand_answers = answer_all(candidate, items, settings)
+    base_answers = cand_answers if baseline is candidate else answer_all(baseline, items, settings)
+    refs, facts = [i.reference for i in items], [i.key_facts for i in items]
+    matches = match_answers(cand_answers + base_answers, refs + refs, facts + facts,
+                            threshold=settings.gate_similarity_threshold)
+    n = len(items)
+    rows = []
+    for k, item in enumerate(items):
+        cand, base = matches[k], matches[n + k]
+        rows.append({
+            "gate": item.gate, "name": item.name, "question": item.messages[-1]["content"],
+            "reference": item.reference, "key_facts": item.key_facts,
+            "candidate": {"answer": cand_answers[k], **cand.as_dict()},
+            "production": {"answer": base_answers[k], **base.as_dict()},
+            "verdict": _verdict(cand.passed, base.passed),
+        })
+    ppl = None
+    if texts:
+        cand_ppl = perplexity(candidate, texts)
+        ppl = (cand_ppl, cand_ppl if baseline is candidate else perplexity(baseline, texts))
+    gates = {gate: _judge(gate, [r for r in rows if r["gate"] == gate], settings, ppl) for gate in GATES}
+    reasons = [g["reason"] for g in gates.values() if not g["passed"]]
+    summary = {
+        "passed": not reasons, "reasons": reasons, "gates": gates,
+        "candidate_version_id": candidate.spec.id, "baseline_version_id": baseline.spec.id,
+        "thresholds": {k: getattr(settings, k) for k in (
+            "gate_similarity_threshold", "gate_learned_min_pass_rate", "gate_forgetting_margin",
+            "gate_general_margin", "gate_perplexity_margin", "gate_max_tokens")},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return GateOutcome(not reasons, summary, rows)
+
+
+def _verdict(candidate_passed: bool, production_passed: bool) -> str:
+    if candidate_passed:
+        return "pass" if production_passed else "fixed"
+    return "newly_failing" if production_passed else "fail"
+
+
+def _judge(gate: str, rows: list[dict], settings: Settings, ppl: tuple[float, float] | None) -> dict[str, Any]:
+    n = len(rows)
+    cand = sum(r["candidate"]["passed"] for r in rows)
+    prod = sum(r["production"]["passed"] for r in rows)
+    cand_rate, prod_rate = (cand / n, prod / n) if n else (1.0, 1.0)
+    newly_failing = [r["name"] for r in rows if r["verdict"] == "newly_failing"]
+    result: dict[str, Any] = {"total": n, "candidate_passed": cand, "production_passed": prod,
+                              "candidate_rate": round(cand_rate, 4), "production_rate": round(prod_rate, 4),
+                              "newly_failing": newly_failing}
+    eps = 1e-9
+    if gate == "learned":
+        ok = cand_rate + eps >= settings.gate_learned_min_pass_rate
+        reason = (f"learned: the candidate answered {cand}/{n} new or validation corrections correctly; "
+                  f"needs {settings.gate_learned_min_pass_rate:.0%}")
+    elif gate == "not_forgotten":
+        ok = cand_rate + eps >= prod_rate - settings.gate_forgetting_margin
+        reason = (f"not_forgotten: pass rate {cand_rate:.0%} vs production {prod_rate:.0%} (margin "
+                  f"{settings.gate_forgetting_margin:.0%}); newly failing: {', '.join(newly_failing)}")
+    elif gate == "golden":
+        ok = cand == n
+        failing = [r["name"] for r in rows if not r["candidate"]["passed"]]
+        reason = f"golden: {n - cand} must-pass question(s) failed: {', '.join(failing)}"
+    else:
+        ok = cand_rate + eps >= prod_rate - settings.gate_general_margin
+        reason = (f"general: pass rate {cand_rate:.0%} vs production {prod_rate:.0%} "
+                  f"(margin {settings.gate_general_margin:.0%})")
+        if ppl is not None:
+            limit = ppl[1] * (1 + settings.gate_perplexity_margin)
+            result.update(candidate_perplexity=round(ppl[0], 3), production_perplexity=round(ppl[1], 3))
+            if ppl[0] > limit:
+                reason = reason if not ok else "general:"
+                reason += (f" perplexity {ppl[0]:.2f} vs production {ppl[1]:.2f} "
+                           f"(allowed up to {limit:.2f})")
+                ok = False
+    if n == 0 and gate != "general":
+        result["note"] = "no questions for this gate"
+    result["passed"] = ok
+    result["reason"] = "" if ok else reason
+    return result
+
+
+# --- running on the registry -------------------------------------------------------------------
+def run_gates(settings: Settings, db_engine: Engine, candidate_id: str) -> GateReport:
+    """Gate ``candidate_id`` against the current production version, store the GateReport and link
+    it from the version. A candidate that passes becomes ``approved`` (and, with
+    ``settings.auto_promote``, is promoted). Takes minutes on a CPU for a few hundred questions;
+    the database is only used briefly before and after."""
+    with Session(db_engine, expire_on_commit=False) as session:
+        candidate = session.get(ModelVersion, candidate_id)
+        if candidate is None or candidate.status == VersionStatus.deleted:
+            from retrain.registry import VersionNotFoundError
+
+            raise VersionNotFoundError(f"no model version {candidate_id!r} to gate")
+        if candidate.hosted_model:
+            from retrain.registry import InvalidStateError
+
+            raise InvalidStateError(f"{candidate_id} is served by a hosted API; the gates run local models only")
+        baseline = versions.production_version(session)
+        learned, not_forgotten = correction_items(session, settings, candidate)
+        items = learned + not_forgotten + golden_items(session, settings) + general_items(settings)
+        candidate_spec, baseline_spec = (versions.version_spec(v, settings) for v in (candidate, baseline))
+    cand_model = LoadedModel.load(candidate_spec, device=settings.device, dtype=settings.dtype)
+    base_model = cand_model if baseline_spec == candidate_spec else LoadedModel.load(
+        baseline_spec, device=settings.device, dtype=settings.dtype)
+    outcome = evaluate(settings, cand_model, base_model, items)
+    del cand_model, base_model
+    report = _store(db_engine, candidate_id, baseline_spec.id, outcome)
+    if outcome.passed and settings.auto_promote:
+        _auto_promote(settings, db_engine, candidate_id)
+    return report
+
+
+def _store(db_engine: Engine, candidate_id: str, baseline_id: str, outcome: GateOutcome) -> GateReport:
+    from retrain.registry import _set_status
+
+    with session_scope(db_engine) as session:
+        report = GateReport(candidate_version_id=candidate_id, baseline_version_id=baseline_id,
+                            passed=outcome.passed, summary=outcome.summary, items=outcome.items, created_at=utcnow())
+        session.add(report)
+        version = session.get(ModelVersion, candidate_id)
+        version.gate_report_id = report.id
+        if outcome.passed and version.status == VersionStatus.candidate:
+            _set_status(session, version, VersionStatus.approved, "gates")
+        session.add(version)
+        audit(session, actor="gates", action="version.gated", object_type="modelversion", object_id=candidate_id,
+              report_id=report.id, passed=outcome.passed, reasons=outcome.summary["reasons"])
+    return report
+
+
+def _auto_promote(settings: Settings, db_engine: Engine, candidate_id: str) -> None:
+    from retrain.registry import RegistryError, PromotionConflictError, auto_promote
+
+    try:
+        with session_scope(db_engine) as session:
+            version = session.get(ModelVersion, candidate_id)
+            if version.status == VersionStatus.approved:
+                auto_promote(session, settings, version)
+    except (RegistryError, PromotionConflictError) as exc:
+        log.warning("auto-promotion of %s skipped: %s", candidate_id, exc)

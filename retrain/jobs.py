@@ -1,0 +1,228 @@
+"""Fine-tune jobs: create, list, get, cancel, and their events, metrics and checkpoints.
+
+A job continues from a parent model version (default: production) on a dataset snapshot or on an
+uploaded training file. Status moves ``validating_files → queued → running → succeeded | failed |
+cancelled``; the worker (retrain/worker.py) makes every move after creation except a cancel of a job
+that has not started. Routes, the CLI and the scheduler all call these functions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from bot.models import ModelVersion
+from retrain.models import DatasetSnapshot, FineTuneJob, JobEvent, JobMetric, JobStatus, TrainingFile
+from retrain.trainer import TrainConfig
+from tuneloop.accounts.service import audit
+from tuneloop.db import utcnow
+from tuneloop.settings import Settings
+
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+ACTIVE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+
+
+class JobError(ValueError):
+    """Bad input (400); ``param`` names the offending field, as OpenAI's error envelope does."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class JobNotFoundError(LookupError):
+    """No such job, file or snapshot (404)."""
+
+
+class JobConflictError(JobError):
+    """The job is not in a state that allows this (409), e.g. cancelling a finished job."""
+
+
+def normalize_hyperparameters(values: dict[str, Any] | None) -> dict[str, Any]:
+    """Drop OpenAI's ``"auto"`` values (our defaults apply) and validate the rest with TrainConfig."""
+    cleaned = {k: v for k, v in (values or {}).items() if v is not None and v != "auto"}
+    try:
+        TrainConfig.from_dict(cleaned)
+    except TypeError as exc:
+        raise JobError(f"invalid hyperparameters: {exc}", "hyperparameters") from exc
+    except ValueError as exc:
+        field_name = str(exc).split(" ")[0]
+        raise JobError(str(exc), f"hyperparameters.{field_name}") from exc
+    return cleaned
+
+
+def create_job(session: Session, settings: Settings, *, actor: str, model: str | None = None,
+               snapshot_id: str | None = None, training_file_id: str | None = None,
+               validation_file_id: str | None = None, hyperparameters: dict[str, Any] | None = None,
+               suffix: str | None = None, seed: int | None = None, backend: str = "local") -> FineTuneJob:
+    """Queue a job that continues from ``model`` (a version id, name or the production alias)."""
+    from bot.versions import UnknownModelError, resolve_model
+
+    hyper = normalize_hyperparameters(hyperparameters)
+    try:
+        parent = resolve_model(session, settings, model or settings.production_alias)
+    except UnknownModelError as exc:
+        raise JobError(str(exc), "model") from exc
+    if backend not in ("local", "openai"):
+        raise JobError(f"backend must be 'local' or 'openai', not {backend!r}", "backend")
+    if backend == "local" and parent.hosted_model and not parent.adapter_path:
+        raise JobError(f"{parent.id} is a hosted model; continue it with backend='openai'", "model")
+    if suffix is not None and len(suffix) > 64:
+        raise JobError("suffix must be at most 64 characters", "suffix")
+    if training_file_id:
+        _require_file(session, training_file_id, "training_file")
+        if validation_file_id:
+            _require_file(session, validation_file_id, "validation_file")
+    else:
+        snapshot_id = _require_snapshot(session, snapshot_id).id
+    job = FineTuneJob(backend=backend, parent_version_id=parent.id, snapshot_id=snapshot_id,
+                      training_file_id=training_file_id, validation_file_id=validation_file_id,
+                      hyperparameters=hyper, suffix=suffix, seed=42 if seed is None else int(seed),
+                      created_by=actor, status=JobStatus.validating_files)
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job {job.id} from {parent.id}"
+              + (f" on snapshot {snapshot_id}" if snapshot_id else f" on file {training_file_id}"))
+    audit(session, actor=actor, action="finetune.created", object_type="finetunejob", object_id=job.id,
+          parent=parent.id, snapshot=snapshot_id, training_file=training_file_id)
+    return job
+
+
+def _require_file(session: Session, file_id: str, param: str) -> TrainingFile:
+    record = session.get(TrainingFile, file_id)
+    if record is None:
+        raise JobError(f"no uploaded file {file_id!r}; upload it with POST /v1/files (purpose fine-tune)", param)
+    if record.purpose != "fine-tune":
+        raise JobError(f"file {file_id!r} has purpose {record.purpose!r}, not 'fine-tune'", param)
+    return record
+
+
+def _require_snapshot(session: Session, snapshot_id: str | None) -> DatasetSnapshot:
+    if snapshot_id:
+        snapshot = session.get(DatasetSnapshot, snapshot_id)
+        if snapshot is None:
+            raise JobError(f"no dataset snapshot {snapshot_id!r}; list them with `tuneloop data snapshots`",
+                           "snapshot_id")
+    else:
+        snapshot = session.exec(select(DatasetSnapshot).order_by(col(DatasetSnapshot.created_at).desc())).first()
+        if snapshot is None:
+            raise JobError("there is no dataset snapshot yet; approve corrections and create one first",
+                           "snapshot_id")
+    if snapshot.n_train == 0:
+        raise JobError(f"snapshot {snapshot.id} has no training examples; approve some corrections first",
+                       "snapshot_id")
+    return snapshot
+
+
+def get_job(session: Session, job_id: str) -> FineTuneJob:
+    job = session.get(FineTuneJob, job_id)
+    if job is None:
+        raise JobNotFoundError(f"no fine-tuning job {job_id!r}")
+    return job
+
+
+def list_jobs(session: Session, *, after: str | None = None, limit: int = 20) -> tuple[list[FineTuneJob], bool]:
+    """Newest first; ``after`` is the id of the last job of the previous page. Returns (jobs, has_more)."""
+    query = select(FineTuneJob).order_by(col(FineTuneJob.created_at).desc(), col(FineTuneJob.id).desc())
+    if after:
+        cursor = get_job(session, after)
+        query = query.where((col(FineTuneJob.created_at) < cursor.created_at)
+                            | ((col(FineTuneJob.created_at) == cursor.created_at) & (col(FineTuneJob.id) < cursor.id)))
+    rows = list(session.exec(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def cancel_job(session: Session, job_id: str, *, actor: str) -> FineTuneJob:
+    """A job that has not started is cancelled at once; a running one is flagged, and the worker stops
+    its training process within seconds and marks it cancelled."""
+    job = get_job(session, job_id)
+    if job.status in FINISHED:
+        raise JobConflictError(f"job {job_id} already {job.status}; only a job that has not finished can be cancelled")
+    if job.status == JobStatus.running:
+        job.cancel_requested = True
+        add_event(session, job.id, f"Cancellation requested by {actor}")
+    else:
+        job.status, job.finished_at = JobStatus.cancelled, utcnow()
+        add_event(session, job.id, f"Job cancelled by {actor}")
+    session.add(job)
+    audit(session, actor=actor, action="finetune.cancelled", object_type="finetunejob", object_id=job.id)
+    session.flush()
+    return job
+
+
+def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",
+              data: dict[str, Any] | None = None) -> JobEvent:
+    event = JobEvent(job_id=job_id, message=message, level=level, type=type, data=data, created_at=utcnow())
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_events(session: Session, job_id: str, *, after: int | str | None = None,
+                limit: int = 20, oldest_first: bool = False) -> tuple[list[JobEvent], bool]:
+    """Newest first like OpenAI (``after`` = id of the last event seen, paging backwards), or with
+    ``oldest_first`` the events after ``after`` in order (what ``jobs follow`` streams)."""
+    get_job(session, job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if oldest_first:
+        query = query.order_by(col(JobEvent.id))
+        if after is not None:
+            query = query.where(col(JobEvent.id) > _event_id(after))
+    else:
+        query = query.order_by(col(JobEvent.id).desc())
+        if after is not None:
+            query = query.where(col(JobEvent.id) < _event_id(after))
+    rows = list(session.exec(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def _event_id(value: int | str) -> int:
+    text = str(value).removeprefix("ftevent-")
+    if not text.isdigit():
+        raise JobError(f"'after' must be an event id (ftevent-N), not {value!r}", "after")
+    return int(text)
+
+
+def record_metrics(session: Session, job_id: str, row: dict[str, Any]) -> JobMetric:
+    metric = JobMetric(job_id=job_id, step=int(row["step"]), train_loss=row.get("train_loss"),
+                       train_mean_token_accuracy=row.get("train_accuracy"), valid_loss=row.get("valid_loss"),
+                       valid_mean_token_accuracy=row.get("valid_mean_token_accuracy"))
+    session.add(metric)
+    session.flush()
+    return metric
+
+
+def list_metrics(session: Session, job_id: str) -> list[JobMetric]:
+    get_job(session, job_id)
+    return list(session.exec(select(JobMetric).where(JobMetric.job_id == job_id).order_by(col(JobMetric.step))))
+
+
+def list_checkpoints(session: Session, job_id: str) -> list[dict[str, Any]]:
+    """The adapter a succeeded job produced (we keep the final checkpoint only), with its last metrics."""
+    job = get_job(session, job_id)
+    if job.status != JobStatus.succeeded or not job.result_version_id:
+        return []
+    version = session.get(ModelVersion, job.result_version_id)
+    metrics = list_metrics(session, job_id)
+    last = metrics[-1] if metrics else None
+    return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}", "job": job, "version": version, "metric": last}]
+
+
+def set_status(session: Session, job_id: str, status: JobStatus, *, message: str | None = None,
+               error: dict[str, Any] | None = None, level: str = "info", **values: Any) -> None:
+    """Move a job, stamping started/finished times, and log the move as an event."""
+    stamps: dict[str, datetime] = {}
+    if status == JobStatus.running:
+        stamps["started_at"] = utcnow()
+    if status in FINISHED:
+        stamps["finished_at"] = utcnow()
+    session.exec(update(FineTuneJob).where(FineTuneJob.id == job_id)
+                 .values(status=status, error=error, **stamps, **values))
+    add_event(session, job_id, message or f"Job {status}", level=level)
+
+
+def failure(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": param}

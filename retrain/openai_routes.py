@@ -1,0 +1,203 @@
+"""OpenAI's fine-tuning API served by tuneloop (/v1/files, /v1/fine_tuning/jobs) and the scheduler's
+routes. Thin: parse, call retrain.jobs / retrain.files / retrain.scheduler, answer OpenAI's objects.
+
+Object shapes follow the OpenAI API reference (fields in its order); our extras are fenced below.
+``model`` is the version to continue from: a version id (v3), a name, or the production alias.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from pydantic import BaseModel
+
+from retrain import files as file_service
+from retrain import jobs
+from retrain.models import FineTuneJob, JobEvent, TrainingFile
+from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep, StaffAccount
+
+router = APIRouter(tags=["fine-tuning"])
+
+
+class CreateJobRequest(BaseModel):
+    model: str
+    training_file: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    suffix: str | None = None
+    validation_file: str | None = None
+    integrations: list[dict[str, Any]] | None = None
+    seed: int | None = None
+    method: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    # --- tuneloop extras ---------------------------------------------------------------------
+    snapshot_id: str | None = None  # train on a dataset snapshot instead of an uploaded file
+    backend: str = "local"  # local | openai (the hosted service in settings)
+
+    def merged_hyperparameters(self) -> dict[str, Any]:
+        supervised = ((self.method or {}).get("supervised") or {}).get("hyperparameters") or {}
+        return {**(self.hyperparameters or {}), **supervised}
+
+
+@contextmanager
+def api_errors():
+    try:
+        yield
+    except file_service.FileTooLargeError as exc:
+        raise ApiError(413, str(exc), type="request_too_large", param=exc.param) from exc
+    except jobs.JobConflictError as exc:
+        raise ApiError(409, str(exc), type="conflict_error", param=exc.param) from exc
+    except jobs.JobError as exc:
+        raise ApiError(400, str(exc), param=exc.param) from exc
+    except (jobs.JobNotFoundError, LookupError) as exc:
+        raise ApiError(404, str(exc), type="not_found_error") from exc
+
+
+def _ts(value) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def file_object(record: TrainingFile) -> dict[str, Any]:
+    return {"id": record.id, "object": "file", "bytes": record.bytes, "created_at": _ts(record.created_at),
+            "filename": record.filename, "purpose": record.purpose, "status": record.status, "status_details": None}
+
+
+def job_object(job: FineTuneJob, fine_tuned_model: str | None = None) -> dict[str, Any]:
+    hyper = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto", **job.hyperparameters}
+    hyperparameters = {k: hyper[k] for k in ("batch_size", "learning_rate_multiplier", "n_epochs")}
+    return {
+        "id": job.id, "object": "fine_tuning.job", "created_at": _ts(job.created_at),
+        "error": job.error, "fine_tuned_model": fine_tuned_model, "finished_at": _ts(job.finished_at),
+        "hyperparameters": hyperparameters, "model": job.parent_version_id, "organization_id": "org-tuneloop",
+        "result_files": job.result_files, "seed": job.seed, "status": str(job.status),
+        "trained_tokens": job.trained_tokens, "training_file": job.training_file_id or job.snapshot_id,
+        "validation_file": job.validation_file_id, "estimated_finish": None, "integrations": [],
+        "metadata": None, "suffix": job.suffix,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        # --- tuneloop extras -----------------------------------------------------------------
+        "backend": job.backend, "snapshot_id": job.snapshot_id, "result_version_id": job.result_version_id,
+        "hyperparameters_full": job.hyperparameters,
+    }
+
+
+def _job(session, job: FineTuneJob) -> dict[str, Any]:
+    from bot.models import ModelVersion
+
+    version = session.get(ModelVersion, job.result_version_id) if job.result_version_id else None
+    return job_object(job, version.name if version else None)
+
+
+def event_object(event: JobEvent) -> dict[str, Any]:
+    return {"id": f"ftevent-{event.id}", "object": "fine_tuning.job.event", "created_at": _ts(event.created_at),
+            "level": event.level, "message": event.message, "data": event.data or {}, "type": event.type}
+
+
+# --- files ----------------------------------------------------------------------------------------
+@router.post("/v1/files")
+async def upload_file(session: SessionDep, settings: SettingsDep, _account: StaffAccount,
+                      file: UploadFile = File(...), purpose: str = Form("fine-tune")):
+    content = await file.read(settings.max_upload_bytes + 1)
+    with api_errors():
+        record = file_service.save_upload(session, settings, filename=file.filename or "upload.jsonl",
+                                          content=content, purpose=purpose)
+        session.commit()
+    return file_object(record)
+
+
+@router.get("/v1/files")
+def list_files(session: SessionDep, _account: StaffAccount):
+    return {"object": "list", "data": [file_object(f) for f in file_service.list_files(session)], "has_more": False}
+
+
+@router.get("/v1/files/{file_id}")
+def get_file(file_id: str, session: SessionDep, _account: StaffAccount):
+    with api_errors():
+        return file_object(file_service.get_file(session, file_id))
+
+
+# --- fine-tuning jobs -------------------------------------------------------------------------------
+@router.post("/v1/fine_tuning/jobs")
+def create_job(body: CreateJobRequest, session: SessionDep, settings: SettingsDep, account: StaffAccount):
+    with api_errors():
+        job = jobs.create_job(session, settings, actor=account.username, model=body.model,
+                              snapshot_id=body.snapshot_id, training_file_id=body.training_file,
+                              validation_file_id=body.validation_file, hyperparameters=body.merged_hyperparameters(),
+                              suffix=body.suffix, seed=body.seed, backend=body.backend)
+        session.commit()
+    return _job(session, job)
+
+
+@router.get("/v1/fine_tuning/jobs")
+def list_jobs(session: SessionDep, _account: StaffAccount, after: str | None = None,
+              limit: int = Query(20, ge=1, le=100)):
+    with api_errors():
+        rows, has_more = jobs.list_jobs(session, after=after, limit=limit)
+    return {"object": "list", "data": [_job(session, j) for j in rows], "has_more": has_more}
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}")
+def get_job(job_id: str, session: SessionDep, _account: StaffAccount):
+    with api_errors():
+        return _job(session, jobs.get_job(session, job_id))
+
+
+@router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, session: SessionDep, account: StaffAccount):
+    with api_errors():
+        job = jobs.cancel_job(session, job_id, actor=account.username)
+        session.commit()
+    return _job(session, job)
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/events")
+def list_events(job_id: str, session: SessionDep, _account: StaffAccount, after: str | None = None,
+                limit: int = Query(20, ge=1, le=1000)):
+    with api_errors():
+        rows, has_more = jobs.list_events(session, job_id, after=after, limit=limit)
+    return {"object": "list", "data": [event_object(e) for e in rows], "has_more": has_more}
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+def list_checkpoints(job_id: str, session: SessionDep, _account: StaffAccount):
+    with api_errors():
+        found = jobs.list_checkpoints(session, job_id)
+    data = []
+    for item in found:
+        metric = item["metric"]
+        metrics = {"step": metric.step, "train_loss": metric.train_loss,
+                   "train_mean_token_accuracy": metric.train_mean_token_accuracy, "valid_loss": metric.valid_loss,
+                   "valid_mean_token_accuracy": metric.valid_mean_token_accuracy,
+                   "full_valid_loss": metric.valid_loss,
+                   "full_valid_mean_token_accuracy": metric.valid_mean_token_accuracy} if metric else {}
+        data.append({"id": item["id"], "object": "fine_tuning.job.checkpoint",
+                     "created_at": _ts(item["job"].finished_at), "fine_tuned_model_checkpoint": item["version"].name,
+                     "fine_tuning_job_id": job_id, "metrics": metrics, "step_number": metrics.get("step", 0)})
+    return {"object": "list", "data": data, "has_more": False,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/metrics")
+def list_metrics(job_id: str, session: SessionDep, _account: StaffAccount):
+    """tuneloop extra: every step's metrics (what result.csv holds), for charts."""
+    with api_errors():
+        rows = jobs.list_metrics(session, job_id)
+    return {"object": "list", "data": [m.model_dump(exclude={"id", "job_id", "created_at"}) for m in rows]}
+
+
+# --- scheduler ----------------------------------------------------------------------------------------
+@router.get("/v1/scheduler", tags=["scheduler"])
+def scheduler_state(session: SessionDep, settings: SettingsDep, _account: StaffAccount):
+    from retrain.scheduler import state_as_dict
+
+    return state_as_dict(session, settings)
+
+
+@router.post("/v1/scheduler/train-now", tags=["scheduler"])
+def train_now(session: SessionDep, settings: SettingsDep, account: AdminAccount):
+    from retrain.scheduler import train_now as start
+
+    with api_errors():
+        job = start(session, settings, actor=account.username)
+        session.commit()
+    return _job(session, job)

@@ -1,0 +1,333 @@
+"""The worker process (``tuneloop worker``): owns scheduling and training.
+
+It runs one job at a time, oldest first; later jobs wait in ``queued``. Each job trains in a child
+process (``python -m retrain.worker <job> <settings.json> <result.json>``), so a cancel stops it
+within seconds (the child is killed) and a crash of the child fails only that job, with the reason.
+The worker beats ``FineTuneJob.heartbeat_at`` while a job runs; a worker that starts and finds a job
+``running`` with a stale heartbeat (its worker died) marks it failed. The child dies with its worker
+(PR_SET_PDEATHSIG), and only the worker registers the result, so a killed worker leaves no version.
+
+After a job succeeds the worker registers the adapter as a candidate version and runs the gates.
+Nothing here touches the production pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from retrain import jobs
+from retrain.models import FineTuneJob, JobStatus
+from tuneloop.db import make_engine, session_scope, utcnow
+from tuneloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+STALE_AFTER_SECONDS = 15.0
+
+
+class Worker:
+    def __init__(self, settings: Settings, engine: Engine | None = None, *, worker_id: str | None = None,
+                 poll_seconds: float = 1.0, stale_after: float = STALE_AFTER_SECONDS):
+        self.settings = settings
+        self.engine = engine or make_engine(settings.database_url)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.poll_seconds = poll_seconds
+        self.stale_after = stale_after
+        self.stop_event = threading.Event()
+
+    def run(self, *, with_scheduler: bool = True) -> None:
+        """Serve jobs until ``stop_event`` is set (SIGTERM/SIGINT in ``tuneloop worker``)."""
+        scheduler = None
+        if with_scheduler:
+            from retrain.scheduler import RetrainScheduler
+
+            scheduler = RetrainScheduler(self.settings, self.engine, holder=self.worker_id)
+            scheduler.start()
+        self.recover_stale_jobs()
+        try:
+            while not self.stop_event.is_set():
+                if self.run_next_job() is None:
+                    self.stop_event.wait(self.poll_seconds)
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown()
+
+    def recover_stale_jobs(self) -> list[str]:
+        """Fail jobs left ``running`` by a worker whose heartbeat stopped."""
+        cutoff = utcnow() - timedelta(seconds=self.stale_after)
+        with session_scope(self.engine) as session:
+            stale = session.exec(select(FineTuneJob).where(
+                FineTuneJob.status == JobStatus.running,
+                (col(FineTuneJob.heartbeat_at) < cutoff) | (col(FineTuneJob.heartbeat_at).is_(None)))).all()
+            for job in stale:
+                message = (f"The worker running this job ({job.worker_id}) stopped: no heartbeat since "
+                           f"{job.heartbeat_at}. Start the job again.")
+                jobs.set_status(session, job.id, JobStatus.failed, message=message, level="error",
+                                error=jobs.failure("worker_lost", message))
+        return [job.id for job in stale]
+
+    def run_next_job(self) -> str | None:
+        """Validate waiting jobs, then run the oldest queued one to the end. Returns its id, or None."""
+        self._validate_pending()
+        with session_scope(self.engine) as session:
+            job = session.exec(select(FineTuneJob).where(FineTuneJob.status == JobStatus.queued)
+                               .order_by(col(FineTuneJob.created_at))).first()
+            if job is None:
+                return None
+            claimed = session.exec(update(FineTuneJob).where(
+                FineTuneJob.id == job.id, FineTuneJob.status == JobStatus.queued).values(
+                status=JobStatus.running, started_at=utcnow(), worker_id=self.worker_id, heartbeat_at=utcnow()))
+            if claimed.rowcount != 1:
+                return None  # another worker took it
+            jobs.add_event(session, job.id, f"Fine-tuning job started on worker {self.worker_id}")
+        self._run_child(job.id)
+        return job.id
+
+    def _validate_pending(self) -> None:
+        from retrain.files import get_file, validate_training_file
+
+        with session_scope(self.engine) as session:
+            pending = session.exec(select(FineTuneJob).where(FineTuneJob.status == JobStatus.validating_files)).all()
+            for job in pending:
+                problems: list[str] = []
+                for param, file_id in (("training_file", job.training_file_id),
+                                       ("validation_file", job.validation_file_id)):
+                    if file_id:
+                        problems += [f"{param}: {p}" for p in validate_training_file(self.settings, get_file(session, file_id))]
+                if problems:
+                    message = "The training data is invalid: " + "; ".join(problems)
+                    jobs.set_status(session, job.id, JobStatus.failed, message=message, level="error",
+                                    error=jobs.failure("invalid_training_file", message, "training_file"))
+                else:
+                    jobs.set_status(session, job.id, JobStatus.queued, message="Files validated; job queued")
+
+    # --- the training child ----------------------------------------------------------------------
+    def _run_child(self, job_id: str) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}.", dir=_ensure(self.settings.data_dir / "work")))
+        settings_file, result_file, log_file = workdir / "settings.json", workdir / "result.json", workdir / "child.log"
+        settings_file.write_text(self.settings.model_dump_json())
+        with open(log_file, "wb") as log_handle:
+            child = subprocess.Popen([sys.executable, "-m", "retrain.worker", job_id, str(settings_file), str(result_file)],
+                                     stdout=log_handle, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                     cwd=Path(__file__).resolve().parent.parent)
+            cancelled = self._watch(job_id, child)
+        if cancelled:
+            self._finish_cancelled(job_id)
+        elif child.returncode == 0 and result_file.is_file():
+            self._finish_succeeded(job_id, json.loads(result_file.read_text()))
+        else:
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-8:]
+            reason = _last_error(tail) or f"the training process exited with status {child.returncode}"
+            with session_scope(self.engine) as session:
+                jobs.set_status(session, job_id, JobStatus.failed, message=f"Training failed: {reason}", level="error",
+                                error=jobs.failure("training_failed", reason))
+
+    def _watch(self, job_id: str, child: subprocess.Popen) -> bool:
+        """Beat the heartbeat until the child ends; kill it on cancel or shutdown. True if cancelled."""
+        while True:
+            try:
+                child.wait(timeout=HEARTBEAT_SECONDS)
+                return False
+            except subprocess.TimeoutExpired:
+                pass
+            with session_scope(self.engine) as session:
+                session.exec(update(FineTuneJob).where(FineTuneJob.id == job_id).values(heartbeat_at=utcnow()))
+                wanted = session.get(FineTuneJob, job_id).cancel_requested
+            if wanted or self.stop_event.is_set():
+                child.terminate()
+                try:
+                    child.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                return True
+
+    def _finish_cancelled(self, job_id: str) -> None:
+        with session_scope(self.engine) as session:
+            job = session.get(FineTuneJob, job_id)
+            reason = "cancelled" if job.cancel_requested else "the worker shut down"
+            if job.hosted_job_id:
+                _cancel_hosted(self.settings, job.hosted_job_id)
+            status = JobStatus.cancelled if job.cancel_requested else JobStatus.failed
+            error = None if job.cancel_requested else jobs.failure("worker_stopped", "The worker shut down during training.")
+            jobs.set_status(session, job_id, status, message=f"Job {reason}; no version was created", error=error)
+
+    def _finish_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
+        from bot.models import ModelVersion
+        from retrain.registry import register_candidate
+
+        with session_scope(self.engine) as session:
+            job = session.get(FineTuneJob, job_id)
+            parent = session.get(ModelVersion, job.parent_version_id)
+            version = register_candidate(session, self.settings, job=job, parent=parent,
+                                         adapter_path=result.get("adapter_path"), snapshot_id=job.snapshot_id,
+                                         metrics=result.get("metrics", {}), hosted_model=result.get("hosted_model"))
+            files = [f"{result['adapter_path']}/result.csv"] if result.get("adapter_path") else []
+            jobs.set_status(session, job_id, JobStatus.succeeded, result_version_id=version.id,
+                            trained_tokens=result.get("trained_tokens"), result_files=files,
+                            message=f"The job has successfully completed; candidate {version.id} ({version.name}) registered")
+            candidate_id = version.id
+        self._run_gates(job_id, candidate_id)
+
+    def _run_gates(self, job_id: str, candidate_id: str) -> None:
+        try:
+            from retrain.gates import run_gates
+        except ImportError:
+            return
+        try:
+            report = run_gates(self.settings, self.engine, candidate_id)
+            message = f"Gates {'passed' if getattr(report, 'passed', False) else 'failed'} for {candidate_id}"
+            level = "info"
+        except Exception as exc:  # noqa: BLE001  (a gate failure is recorded, the job stays succeeded)
+            log.exception("gates failed for %s", candidate_id)
+            message, level = f"Gates could not run for {candidate_id}: {exc}", "error"
+        with session_scope(self.engine) as session:
+            jobs.add_event(session, job_id, message, level=level)
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills the training child when the worker dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _last_error(lines: list[str]) -> str:
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line.strip()
+    return ""
+
+
+def _cancel_hosted(settings: Settings, hosted_job_id: str) -> None:
+    try:
+        from retrain.hosted import cancel_hosted_job
+
+        cancel_hosted_job(settings, hosted_job_id)
+    except Exception:  # noqa: BLE001
+        log.warning("could not cancel hosted job %s", hosted_job_id, exc_info=True)
+
+
+# --- inside the child process -------------------------------------------------------------------
+def run_job_in_child(settings: Settings, job_id: str, result_file: Path) -> None:
+    """Train (or run the hosted job) and write the result for the worker to register."""
+    engine = make_engine(settings.database_url)
+    parent_pid = os.getppid()
+
+    def should_cancel() -> bool:
+        return os.getppid() != parent_pid  # orphaned: the worker is gone
+
+    with Session(engine) as session:
+        job = session.get(FineTuneJob, job_id)
+    if job.backend == "openai":
+        from retrain.hosted import run_hosted_job
+
+        result = run_hosted_job(settings, engine, job_id, should_cancel=should_cancel)
+    else:
+        result = _train_locally(settings, engine, job, should_cancel)
+    result_file.write_text(json.dumps(result))
+
+
+def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_cancel) -> dict[str, Any]:
+    from retrain.trainer import TrainConfig, train
+
+    config = TrainConfig.from_dict({"replay_fraction": settings.replay_fraction, **job.hyperparameters, "seed": job.seed})
+    with Session(engine) as session:
+        base_dir, parent_adapter, train_set, valid_set, note = _inputs(session, settings, job, config)
+    with session_scope(engine) as session:
+        jobs.add_event(session, job.id, note)
+    relative = f"adapters/{job.id}"
+    progress = _Progress(engine, job.id)
+    result = train(config, train_set, valid_set, base_dir=base_dir, parent_adapter_dir=parent_adapter,
+                   output_dir=settings.model_store_dir / relative, progress_callback=progress,
+                   should_cancel=should_cancel,
+                   provenance={"job_id": job.id, "parent_version": job.parent_version_id, "snapshot_id": job.snapshot_id,
+                               "training_file": job.training_file_id})
+    return {"adapter_path": relative, "metrics": result.metrics, "trained_tokens": result.trained_tokens}
+
+
+def _inputs(session: Session, settings: Settings, job: FineTuneJob, config):
+    """Base model, parent adapter and the examples of this round (new + replayed)."""
+    from bot.models import ModelVersion
+    from bot.versions import version_spec
+    from retrain.replay import example_key, select_for_round
+
+    parent = session.get(ModelVersion, job.parent_version_id)
+    spec = version_spec(parent, settings)
+    if job.snapshot_id:
+        from retrain.datasets import get_snapshot, load_examples
+
+        snapshot = get_snapshot(session, job.snapshot_id)
+        current, valid = load_examples(settings, snapshot, "train"), load_examples(settings, snapshot, "valid")
+        seen = None
+        if parent.snapshot_id and parent.snapshot_id != snapshot.id:
+            seen = {example_key(e) for e in load_examples(settings, get_snapshot(session, parent.snapshot_id), "train")}
+        elif parent.snapshot_id == snapshot.id:
+            seen = set()  # same data as the parent: train on all of it
+        train_set, n_new, n_replay = select_for_round(current, seen, replay_fraction=config.replay_fraction, seed=config.seed)
+    else:
+        from retrain.files import get_file, read_examples
+
+        train_set = read_examples(settings, get_file(session, job.training_file_id))
+        valid = read_examples(settings, get_file(session, job.validation_file_id)) if job.validation_file_id else []
+        n_new, n_replay = len(train_set), 0
+    note = (f"Training {len(train_set)} examples ({n_new} new, {n_replay} replayed), {len(valid)} validation, "
+            f"{config.n_epochs} epochs, continuing from {parent.id}"
+            + (" (its adapter)" if spec.adapter_dir else " (fresh LoRA)"))
+    return spec.base_dir, spec.adapter_dir, train_set, valid, note
+
+
+class _Progress:
+    """Writes each step's metrics (and a readable event) while training runs."""
+
+    def __init__(self, engine: Engine, job_id: str):
+        self.engine, self.job_id = engine, job_id
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        valid = "" if row.get("valid_loss") is None else f", validation loss={row['valid_loss']:.3f}"
+        message = f"Step {row['step']}/{row['total_steps']}: training loss={row['train_loss']:.3f}{valid}"
+        with session_scope(self.engine) as session:
+            jobs.record_metrics(session, self.job_id, row)
+            jobs.add_event(session, self.job_id, message, type="metrics",
+                           data={k: row.get(k) for k in ("step", "total_steps", "epoch", "train_loss", "train_accuracy",
+                                                         "valid_loss", "valid_mean_token_accuracy", "trained_tokens")})
+            session.exec(update(FineTuneJob).where(FineTuneJob.id == self.job_id)
+                         .values(trained_tokens=row["trained_tokens"]))
+
+
+def _child_main(argv: list[str]) -> None:
+    import tuneloop  # noqa: F401  (offline environment)
+
+    job_id, settings_path, result_path = argv
+    settings = Settings(**json.loads(Path(settings_path).read_text()))
+    logging.basicConfig(level=logging.INFO)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the trainer removes its staging dir
+    run_job_in_child(settings, job_id, Path(result_path))
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])

@@ -1,0 +1,152 @@
+"""Helpers for the browser tests: the whole app under uvicorn on a free port, and headless Chromium
+(the Debian build, driven by Playwright) that refuses every request leaving this machine."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def live_server(app, *, ready_timeout: float = 120.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread; yield its base URL once ``/readyz`` says the
+    model is loaded. The port is chosen by the OS, so tests can run side by side."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, server, thread, ready_timeout)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _wait_ready(base: str, server, thread: threading.Thread, timeout: float) -> None:
+    """Poll ``/readyz`` until 200 (bounded). Until the serving routes provide ``/readyz``, the
+    runtime's own flag stands in for it."""
+    has_readyz = any(getattr(route, "path", None) == "/readyz" for route in server.config.app.routes)
+    runtime = server.config.app.state.runtime
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if not thread.is_alive():
+                raise RuntimeError("uvicorn exited before the app was ready")
+            if server.started and not has_readyz and runtime.ready:
+                return
+            if server.started and has_readyz:
+                try:
+                    response = client.get(f"{base}/readyz")
+                    last = f"{response.status_code} {response.text[:200]}"
+                    if response.status_code == 200:
+                        return
+                except httpx.TransportError as exc:
+                    last = repr(exc)
+            thread.join(0.2)  # poll interval; returns early if the server thread dies
+    raise TimeoutError(f"{base}/readyz not ready after {timeout:.0f}s (last: {last})")
+
+
+class Browser:
+    """Chromium with a fresh profile per signed-in person; every non-local request is aborted and
+    recorded in ``external_requests`` (the pages must work offline)."""
+
+    def __init__(self, playwright, profiles_dir: Path):
+        self._playwright = playwright
+        self._profiles_dir = profiles_dir
+        self._contexts = []
+        self.external_requests: list[str] = []
+
+    def new_page(self, name: str = "default"):
+        context = self._playwright.chromium.launch_persistent_context(
+            user_data_dir=str(self._profiles_dir / name), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+            headless=True, viewport={"width": 1280, "height": 900},
+        )
+        context.set_default_timeout(30_000)
+        context.route("**/*", self._guard)
+        self._contexts.append(context)
+        return context.pages[0] if context.pages else context.new_page()
+
+    def _guard(self, route) -> None:
+        url = route.request.url
+        host = urlparse(url).hostname
+        if url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            self.external_requests.append(url)
+            route.abort()
+
+    def close(self) -> None:
+        for context in self._contexts:
+            context.close()
+
+
+def login(page, base: str, path: str, username: str, password: str) -> None:
+    """Sign in on gradio's login form of the page mounted at ``path``."""
+    page.goto(f"{base}{path}/")
+    page.get_by_label("username").fill(username)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+
+
+# --- fixtures (import them into a test module: ``from browser import browser, ui_server``) -------
+@pytest.fixture
+def ui_settings(make_settings, tiny_model_dir):
+    """The tiny model on SQLite, short sampled answers (greedy decoding of its random weights gives only
+    newlines; the browser tests are about the pages, not the model)."""
+    return make_settings(base_model=str(tiny_model_dir), max_tokens=32, temperature=1.0)
+
+
+@pytest.fixture
+def ui_app(ui_settings):
+    from tuneloop.app import create_app
+
+    app = create_app(ui_settings)  # the model loads in the background, as in production
+    yield app
+    app.state.db.dispose()
+
+
+@pytest.fixture
+def ui_server(ui_app) -> Iterator[str]:
+    with live_server(ui_app) as base:
+        yield base
+
+
+@pytest.fixture
+def browser(tmp_path) -> Iterator[Browser]:
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = Browser(playwright, tmp_path / "profiles")
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    assert chromium.external_requests == [], "the pages must not load anything from the internet"

@@ -1,0 +1,21 @@
+"""PII masking: what is personal data, and what only looks like it."""
+
+from feedback.pii import luhn_valid, scrub
+
+
+def test_masks_emails_phones_and_luhn_valid_cards():
+    text, found = scrub("Mail jane.doe@example.com, call +1 (555) 123-4567 or 020 7946 0958, card 4111-1111-1111-1111.")
+    assert text == "Mail [EMAIL], call [PHONE] or [PHONE], card [CARD]."
+    assert [m.kind for m in found] == ["email", "card", "phone", "phone"]
+    assert found[1].preview == "…1111"  # the reviewer sees which card, not the number
+
+
+def test_leaves_order_numbers_dates_prices_and_hours_alone():
+    text = "Order 4111111111111112 from 2024-05-01 costs 1.299,00; open 9:00-17:30, 30 days to return."
+    assert not luhn_valid("4111111111111112")
+    assert scrub(text) == (text, [])
+
+
+def test_scrubbing_twice_changes_nothing():
+    once, _ = scrub("reach me at bob@shop.example or 555-123-4567")
+    assert scrub(once) == (once, [])

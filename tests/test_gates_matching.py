@@ -1,0 +1,38 @@
+"""Answer-vs-reference matching: key facts with normalised numbers, and embedding similarity."""
+
+from __future__ import annotations
+
+import json
+
+from retrain.gates import GENERAL_DIR, general_texts
+from retrain.matching import match_answers, missing_key_facts, normalise
+
+
+def test_numbers_are_normalised_on_both_sides():
+    assert normalise("Refunds within THIRTY   days cost $ 1,000.00") == "refunds within 30 days cost $1000"
+    assert missing_key_facts("You have seven days and it costs 1,000 dollars.", ["7 days", "1000"]) == []
+    assert missing_key_facts("Returns within 30 days.", ["30 days", "receipt"]) == ["receipt"]
+    assert missing_key_facts("Returns within 3 days.", ["30 days"]) == ["30 days"]
+
+
+def test_match_needs_similarity_and_every_key_fact():
+    reference = "Returns are accepted within 30 days of delivery."
+    answers = ["You can return items within 30 days of delivery.",
+               "You can return items within 14 days of delivery.",
+               "Our stores open at nine in the morning."]
+    results = match_answers(answers, [reference] * 3, [["30 days"]] * 3, threshold=0.75)
+    assert [r.passed for r in results] == [True, False, False]
+    assert results[0].similarity >= 0.75 and results[1].missing_facts == ["30 days"]
+    assert results[2].similarity < 0.75
+    # Without key facts only similarity counts.
+    [alone] = match_answers([answers[1]], [reference], [[]], threshold=0.75)
+    assert alone.passed
+
+
+def test_shipped_general_set_is_well_formed():
+    questions = json.loads((GENERAL_DIR / "questions.json").read_text())
+    assert len(questions) >= 15 and len({q["id"] for q in questions}) == len(questions)
+    for q in questions:
+        assert q["question"].strip() and q["answer"].strip() and q["key_facts"]
+        assert missing_key_facts(q["answer"], q["key_facts"]) == [], q["id"]  # the reference passes itself
+    assert len(general_texts()) >= 2

@@ -1,0 +1,103 @@
+"""The trainer: a short LoRA run on the tiny model changes the adapter and never the base, writes
+exactly the promised files atomically, continues from a parent adapter, and rejects bad settings."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from retrain.replay import select_for_round
+from retrain.trainer import ADAPTER_FILES, TrainConfig, TrainingCancelled, train
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant for Acme."}
+
+
+def facts(n: int = 6) -> list[dict]:
+    return [{"id": f"ex{i}", "correction_id": f"corr{i}", "lineage_id": f"lin{i}",
+             "messages": [SYSTEM, {"role": "user", "content": f"What is fact number {i}?"}],
+             "completion": f"Fact {i} is that Acme ships in {i + 2} days.", "key_facts": [], "source": "correction"}
+            for i in range(n)]
+
+
+def digest(directory) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+FAST = dict(n_epochs=2, batch_size=2, lora_r=4, lora_alpha=8)
+
+
+def test_lora_run_changes_adapter_not_base_and_writes_promised_files(tiny_model_dir, tmp_path):
+    before = digest(tiny_model_dir)
+    seen = []
+    out = tmp_path / "adapters" / "a1"
+    result = train(TrainConfig(**FAST), facts(), facts(2), base_dir=tiny_model_dir, parent_adapter_dir=None,
+                   output_dir=out, progress_callback=seen.append, provenance={"snapshot_id": "snap_x"})
+    assert sorted(p.name for p in out.iterdir()) == sorted(ADAPTER_FILES)
+    assert [p.name for p in out.parent.iterdir()] == ["a1"]  # no staging directory left behind
+    assert digest(tiny_model_dir) == before
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all("lora_" in key for key in weights)
+    assert any(float(t.abs().sum()) > 0 for k, t in weights.items() if "lora_B" in k)  # B starts at zero
+    assert result.steps == 6 and [e["step"] for e in seen] == list(range(1, 7))
+    assert seen[2]["valid_loss"] is not None and seen[-1]["valid_mean_token_accuracy"] is not None
+    rows = list(csv.DictReader(open(out / "result.csv")))
+    assert list(rows[0]) == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    assert len(rows) == 6 and float(rows[-1]["train_loss"]) > 0
+    provenance = json.loads((out / "training_config.json").read_text())
+    assert provenance["snapshot_id"] == "snap_x" and provenance["config"]["lora_r"] == 4
+    assert provenance["metrics"]["trained_tokens"] == result.trained_tokens > 0
+
+
+def test_continuing_starts_from_the_parent_adapter(tiny_model_dir, tmp_path):
+    parent = tmp_path / "parent"
+    train(TrainConfig(**FAST), facts(), [], base_dir=tiny_model_dir, parent_adapter_dir=None, output_dir=parent)
+    # A run that barely moves the weights must end where the parent ended, not at a fresh LoRA.
+    child = tmp_path / "child"
+    result = train(TrainConfig(n_epochs=1, batch_size=2, learning_rate_multiplier=1e-9), facts(), [],
+                   base_dir=tiny_model_dir, parent_adapter_dir=parent, output_dir=child)
+    assert result.continued_from == str(parent)
+    p, c = load_file(parent / "adapter_model.safetensors"), load_file(child / "adapter_model.safetensors")
+    assert p.keys() == c.keys()
+    assert all(torch.allclose(p[k], c[k], atol=1e-5) for k in p)
+    assert any(float(p[k].abs().sum()) > 0 for k in p if "lora_B" in k)
+
+
+def test_cancel_leaves_nothing_behind(tiny_model_dir, tmp_path):
+    out = tmp_path / "adapters" / "cancelled"
+    calls = []
+    with pytest.raises(TrainingCancelled):
+        train(TrainConfig(**FAST), facts(), [], base_dir=tiny_model_dir, parent_adapter_dir=None, output_dir=out,
+              should_cancel=lambda: len(calls) > 2 or calls.append(1) and False)
+    assert not out.exists() and not any(out.parent.iterdir()) if out.parent.exists() else True
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(n_epochs=0), "n_epochs"), (dict(learning_rate_multiplier=-1.0), "learning_rate_multiplier"),
+    (dict(lora_r=0), "lora_r"), (dict(lora_dropout=1.0), "lora_dropout"), (dict(batch_size=0), "batch_size"),
+    (dict(prompt_loss_weight=-0.1), "prompt_loss_weight"),
+])
+def test_bad_config_is_rejected(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**bad)
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        TrainConfig.from_dict({"n_epoch": 3})
+
+
+def test_replay_selects_new_examples_and_a_seeded_share_of_old_ones():
+    current = facts(10)
+    seen = {f"corr{i}" for i in range(8)}  # the parent learned 0..7; 8 and 9 are new
+    selected, n_new, n_replay = select_for_round(current, seen, replay_fraction=0.5, seed=1)
+    assert n_new == 2 and n_replay == 4
+    assert [e["id"] for e in selected[:2]] == ["ex8", "ex9"]
+    assert select_for_round(current, seen, replay_fraction=0.5, seed=1)[0] == selected  # deterministic
+    assert select_for_round(current, seen, replay_fraction=0.0, seed=1)[0] == selected[:2]
+    assert len(select_for_round(current, seen, replay_fraction=1.0, seed=1)[0]) == 10
+    assert select_for_round(current, None, replay_fraction=0.0, seed=1)[1] == 10  # no parent snapshot: all new
+    # A revised correction (new correction id, same lineage) counts as new.
+    revised = [{**current[0], "correction_id": "corr0-r2"}]
+    assert select_for_round(revised, seen, replay_fraction=0.0, seed=1)[1] == 1

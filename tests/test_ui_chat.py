@@ -1,0 +1,67 @@
+"""The public web chat in a real browser: an answer streams in, and a thumbs-down lands in the
+database with the model version that gave the answer."""
+
+from __future__ import annotations
+
+import pytest
+from browser import browser, ui_app, ui_server, ui_settings  # noqa: F401  (fixtures)
+from sqlmodel import Session, select
+
+pytestmark = pytest.mark.browser
+
+# Records every text the newest bot bubble shows while the answer arrives.
+WATCH_STREAM = """() => {
+  window.__seen = [];
+  new MutationObserver(() => {
+    const bots = document.querySelectorAll('#chat .bot.message');
+    if (bots.length) window.__seen.push(bots[bots.length - 1].innerText);
+  }).observe(document.querySelector('#chat'), {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_chat_streams_answer_and_records_dislike(browser, ui_server, ui_app):  # noqa: F811
+    from bot.models import Message
+    from feedback.models import Rating
+
+    page = browser.new_page()
+    page.goto(f"{ui_server}/")
+    page.locator("#question textarea").fill("Where is my order?")
+    assert "Acme Outdoor Gear" in page.title()
+    page.evaluate(WATCH_STREAM)
+    page.locator("#send").click()
+    bot = page.locator("#chat .bot.message").last
+    # Done when the recorded answer is what the bubble shows.
+    page.wait_for_function("() => document.querySelector('#question textarea').value === '' && "
+                           "[...document.querySelectorAll('#chat .bot.message')].some(m => m.innerText.trim())")
+    with Session(ui_app.state.db) as session:
+        answer = _wait_for(lambda: session.exec(select(Message).where(Message.role == "assistant")).first(), page)
+    page.wait_for_function("(text) => { const b = [...document.querySelectorAll('#chat .bot.message')].pop();"
+                           " return b && b.innerText.trim() === text; }", arg=answer.content.strip())
+    seen = {text.strip() for text in page.evaluate("window.__seen") if text.strip()}
+    assert len(seen) > 1, "the answer should appear piece by piece, not all at once"
+    assert answer.model_version_id == "v0"
+    page.screenshot(path="/tmp/tuneloop-chat.png", full_page=True)
+
+    page.locator("#chat").get_by_role("button", name="Dislike").last.click()
+    page.get_by_text("Thanks for your feedback!").wait_for()
+    page.locator("#rating-comment textarea").fill("That is not an answer.")
+    page.get_by_role("button", name="Send comment").click()
+    page.get_by_text("Thanks, your comment was sent.").wait_for()
+    with Session(ui_app.state.db) as session:
+        rating = session.exec(select(Rating).where(Rating.message_id == answer.id)).one()
+    assert (rating.value, rating.model_version_id, rating.comment) == (-1, "v0", "That is not an answer.")
+    assert rating.rater.startswith("web_")
+
+    page.get_by_role("button", name="New conversation").click()
+    page.wait_for_function("() => !document.querySelector('#chat .bot.message')")
+    assert bot.count() == 0
+
+
+def _wait_for(query, page, attempts: int = 50):
+    """The turn is committed just after the last token is shown; poll briefly (bounded)."""
+    for _ in range(attempts):
+        result = query()
+        if result is not None:
+            return result
+        page.wait_for_timeout(100)
+    raise AssertionError("the answer was not recorded")

@@ -1,0 +1,130 @@
+"""`tuneloop jobs create|list|get|follow|cancel`: fine-tune jobs, over retrain.jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import typer
+
+from tuneloop.cli.errors import CliError
+from tuneloop.settings import get_settings
+
+jobs_app = typer.Typer(help="Fine-tune jobs that continue from a model version (default: production).",
+                       no_args_is_help=True)
+
+
+def _engine():
+    from tuneloop.app import prepare_database
+
+    return prepare_database(get_settings())
+
+
+def _guard(fn, *args, **kwargs):
+    from retrain.jobs import JobError, JobNotFoundError
+
+    try:
+        return fn(*args, **kwargs)
+    except (JobError, JobNotFoundError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _line(job) -> str:
+    version = f" -> {job.result_version_id}" if job.result_version_id else ""
+    return f"{job.id}  {job.status:<16} from {job.parent_version_id}{version}  {job.created_at:%Y-%m-%d %H:%M}"
+
+
+@jobs_app.command("create")
+def create(
+    model: str = typer.Option(None, help="Version to continue from (id, name or the production alias)."),
+    snapshot: str = typer.Option(None, help="Dataset snapshot id (default: the newest)."),
+    n_epochs: int = typer.Option(None, help="Passes over the data (default: the trainer's)."),
+    batch_size: int = typer.Option(None),
+    learning_rate_multiplier: float = typer.Option(None),
+    hyper: list[str] = typer.Option([], "--set", help="Any TrainConfig field, e.g. --set lora_r=8."),
+    suffix: str = typer.Option(None), seed: int = typer.Option(None),
+    backend: str = typer.Option("local", help="local, or openai (the hosted service in settings)."),
+) -> None:
+    """Queue a job; the worker (`tuneloop worker`) runs it."""
+    from retrain.jobs import create_job
+    from tuneloop.db import session_scope
+
+    values = {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": learning_rate_multiplier}
+    for item in hyper:
+        key, _, raw = item.partition("=")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    with session_scope(_engine()) as session:
+        job = _guard(create_job, session, get_settings(), actor="cli", model=model, snapshot_id=snapshot,
+                     hyperparameters=values, suffix=suffix, seed=seed, backend=backend)
+        typer.echo(f"created {job.id} (status {job.status}); follow it with `tuneloop jobs follow {job.id}`")
+
+
+@jobs_app.command("list")
+def list_(limit: int = typer.Option(20), after: str = typer.Option(None)) -> None:
+    """Newest first."""
+    from sqlmodel import Session
+
+    from retrain.jobs import list_jobs
+
+    with Session(_engine()) as session:
+        rows, has_more = _guard(list_jobs, session, after=after, limit=limit)
+        for job in rows:
+            typer.echo(_line(job))
+        if has_more:
+            typer.echo(f"... more: --after {rows[-1].id}")
+
+
+@jobs_app.command("get")
+def get(job_id: str) -> None:
+    """A job as JSON (OpenAI's fine_tuning.job object)."""
+    from sqlmodel import Session
+
+    from retrain.jobs import get_job
+    from retrain.openai_routes import _job
+
+    with Session(_engine()) as session:
+        typer.echo(json.dumps(_job(session, _guard(get_job, session, job_id)), indent=2, default=str))
+
+
+@jobs_app.command("cancel")
+def cancel(job_id: str) -> None:
+    from retrain.jobs import cancel_job
+    from tuneloop.db import session_scope
+
+    with session_scope(_engine()) as session:
+        job = _guard(cancel_job, session, job_id, actor="cli")
+        typer.echo(f"{job.id}: {'cancelled' if job.status == 'cancelled' else 'cancellation requested'}")
+
+
+@jobs_app.command("follow")
+def follow(job_id: str, poll: float = typer.Option(1.0, help="Seconds between checks.")) -> None:
+    """Print events as they happen, with a progress bar over training steps, until the job ends."""
+    from sqlmodel import Session
+    from tqdm import tqdm
+
+    from retrain.jobs import FINISHED, get_job, list_events
+
+    engine, last, bar = _engine(), None, None
+    while True:
+        with Session(engine) as session:
+            events, _ = _guard(list_events, session, job_id, after=last, limit=1000, oldest_first=True)
+            status = get_job(session, job_id).status
+        for event in events:
+            last = event.id
+            data = event.data or {}
+            if event.type == "metrics" and data.get("total_steps"):
+                bar = bar or tqdm(total=data["total_steps"], unit="step")
+                bar.n = data["step"]
+                bar.set_postfix(loss=f"{data.get('train_loss', 0):.3f}")
+                bar.refresh()
+            else:
+                (bar.write if bar else typer.echo)(f"{event.created_at:%H:%M:%S} {event.level:<5} {event.message}")
+        if status in FINISHED:
+            if bar:
+                bar.close()
+            typer.echo(f"{job_id}: {status}")
+            raise typer.Exit(0 if status == "succeeded" else 1)
+        time.sleep(poll)

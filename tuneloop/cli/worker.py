@@ -1,0 +1,26 @@
+"""`tuneloop worker`: the process that schedules and runs fine-tune jobs (beside `tuneloop serve`)."""
+
+from __future__ import annotations
+
+import signal
+
+import typer
+
+from tuneloop.settings import get_settings
+
+worker_app = typer.Typer()
+
+
+@worker_app.command("worker")
+def worker(scheduler: bool = typer.Option(True, help="Also run the retraining scheduler (one worker holds it).")) -> None:
+    """Run fine-tune jobs one at a time, and the scheduler. Stop with Ctrl-C."""
+    from retrain.worker import Worker
+    from tuneloop.app import prepare_database
+
+    settings = get_settings()
+    runner = Worker(settings, prepare_database(settings))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: runner.stop_event.set())
+    typer.echo(f"tuneloop worker {runner.worker_id}: waiting for jobs (scheduler {'on' if scheduler else 'off'}, "
+               f"cron {settings.retrain_cron!r})")
+    runner.run(with_scheduler=scheduler)

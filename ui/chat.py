@@ -1,0 +1,145 @@
+"""The public web chat at ``/``: an end user asks, the production model answers token by token, and
+each answer can be rated (thumbs up/down, optional comment).
+
+The page is a client of the same service functions as the HTTP API: ``bot.conversations`` logs each
+turn with the model version that answered, ``feedback.ratings.rate_message`` stores the rating. End
+users are anonymous: each browser session gets its own ``web_…`` id, used as the conversation's end
+user and as the rater.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import gradio as gr
+from fastapi import FastAPI
+
+from tuneloop.db import new_id, session_scope
+
+log = logging.getLogger(__name__)
+
+LIKE, DISLIKE = "Like", "Dislike"
+
+
+@dataclass
+class ChatSession:
+    """What one browser session remembers between events (kept server-side in ``gr.State``)."""
+
+    end_user: str = field(default_factory=lambda: new_id("web"))
+    conversation_id: str | None = None
+    # chat history index -> id of the stored assistant message, to rate the right one
+    message_ids: dict[int, str] = field(default_factory=dict)
+    last_rated: tuple[str, int] | None = None  # (message id, +1/-1), for the optional comment
+
+
+def build_chat(app: FastAPI) -> gr.Blocks:
+    settings = app.state.settings
+    title = f"{settings.company_name} — customer service"
+    with gr.Blocks(title=title) as page:
+        state = gr.State(lambda: ChatSession())  # a fresh anonymous id per page load
+        gr.Markdown(f"# {settings.company_name}\nAsk us anything about your order, our products or our policies.",
+                    elem_classes="tl-header")
+        chatbot = gr.Chatbot(
+            label="Chat", height=480, feedback_options=(LIKE, DISLIKE), elem_id="chat", buttons=["copy"],
+            placeholder="Ask your question below. Rate each answer with the thumbs under it so we can improve.",
+        )
+        with gr.Row():
+            question = gr.Textbox(placeholder="Type your question…", show_label=False, scale=8, autofocus=True,
+                                  elem_id="question", submit_btn=False)
+            send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+        with gr.Row(visible=False, elem_id="comment-row") as comment_row:
+            comment = gr.Textbox(label="Thanks! Tell us more about this answer (optional)", scale=8,
+                                 elem_id="rating-comment")
+            comment_send = gr.Button("Send comment", scale=1)
+        status = gr.Markdown("", elem_classes="tl-status", elem_id="chat-status")
+        new_conversation = gr.Button("New conversation", variant="secondary", elem_id="new-conversation")
+
+        def ask(state: ChatSession, history: list[dict], text: str):  # a generator: gradio streams it
+            yield from _ask(app, state, history, text)
+
+        ask = dict(fn=ask, inputs=[state, chatbot, question], outputs=[state, chatbot, question, status],
+                   show_progress="hidden")
+        send.click(**ask)
+        question.submit(**ask)
+
+        def rate(state: ChatSession, data: gr.LikeData):  # gradio fills ``data`` from the type hint
+            return _rate(app, state, data)
+
+        chatbot.like(rate, inputs=[state], outputs=[state, comment_row, status], show_progress="hidden")
+        comment_send.click(lambda state, text: _comment(app, state, text), inputs=[state, comment],
+                           outputs=[state, comment_row, comment, status])
+        new_conversation.click(_new_conversation, inputs=[state], outputs=[state, chatbot, comment_row, status])
+        chatbot.clear(_new_conversation, inputs=[state], outputs=[state, chatbot, comment_row, status])
+    return page
+
+
+def _ask(app: FastAPI, state: ChatSession, history: list[dict], text: str):
+    """Stream one answer into the chat, then log the turn; yields (state, history, textbox, status)."""
+    from bot import conversations
+
+    text = (text or "").strip()
+    if not text:
+        yield state, history, "", ""
+        return
+    history = [*history, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+    yield state, history, "", ""
+    try:
+        turn = conversations.start_turn(
+            app.state.runtime, messages=[{"role": "user", "content": text}],
+            conversation_id=state.conversation_id, channel="web", end_user=state.end_user,
+        )
+        for delta in turn:  # the turn is recorded (with its model version) when the loop ends
+            history[-1]["content"] += delta
+            yield state, history, "", ""
+    except Exception as exc:  # shown to the user; the details go to the log
+        log.exception("web chat answer failed")
+        history[-1]["content"] = history[-1]["content"] or "…"
+        yield state, history, text, f"**{_user_message(exc)}**"
+        return
+    state.conversation_id = turn.conversation_id
+    history[-1]["content"] = turn.text  # the recorded answer (stop strings removed)
+    state.message_ids[len(history) - 1] = turn.message_id
+    yield state, history, "", ""
+
+
+def _user_message(exc: Exception) -> str:
+    from bot.prompting import PromptTooLongError
+    from bot.runtime import NotReadyError
+
+    if isinstance(exc, NotReadyError):
+        return "The assistant is starting up; please try again in a few seconds."
+    if isinstance(exc, PromptTooLongError):
+        return "That message is too long for me; please shorten it or start a new conversation."
+    return "Sorry, something went wrong while answering. Please try again."
+
+
+def _rate(app: FastAPI, state: ChatSession, data: gr.LikeData):
+    from feedback.ratings import rate_message
+
+    index = data.index if isinstance(data.index, int) else data.index[0]
+    message_id = state.message_ids.get(index)
+    if message_id is None or data.liked not in (True, False):
+        return state, gr.update(), ""
+    value = 1 if data.liked else -1
+    with session_scope(app.state.db) as session:
+        rate_message(session, message_id=message_id, value=value, rater=state.end_user)
+    state.last_rated = (message_id, value)
+    return state, gr.update(visible=True), "Thanks for your feedback!"
+
+
+def _comment(app: FastAPI, state: ChatSession, text: str):
+    from feedback.ratings import rate_message
+
+    if state.last_rated is None or not (text or "").strip():
+        return state, gr.update(visible=False), "", ""
+    message_id, value = state.last_rated
+    with session_scope(app.state.db) as session:
+        rate_message(session, message_id=message_id, value=value, rater=state.end_user, comment=text.strip())
+    return state, gr.update(visible=False), "", "Thanks, your comment was sent."
+
+
+def _new_conversation(state: ChatSession):
+    """Keep the anonymous id, forget the conversation: the next question starts a new one."""
+    fresh = ChatSession(end_user=state.end_user)
+    return fresh, [], gr.update(visible=False), ""
