@@ -118,6 +118,7 @@ class ChatTurn:
     end_user: str
     channel: str
     source: Iterator[str | Completion] | None = None
+    memory_correction_ids: list[str] = field(default_factory=list)
     message_id: str = field(default_factory=lambda: new_id("msg"))
     text: str = ""
     completion: Completion | None = None
@@ -201,7 +202,7 @@ def record_turn(session: Session, turn: ChatTurn) -> Message:
         id=turn.message_id, conversation_id=conversation.id, position=position, role="assistant",
         content=turn.text, model_version_id=turn.version.id, latency_ms=turn.latency_ms,
         prompt_tokens=done.prompt_tokens if done else None, completion_tokens=done.completion_tokens if done else None,
-        finish_reason=turn.finish_reason,
+        finish_reason=turn.finish_reason, memory_correction_ids=list(turn.memory_correction_ids),
     )
     session.add(answer)
     session.flush()
@@ -232,13 +233,14 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
     system = [m for m in messages if m["role"] == "system"][:1]
     prompt = system + [m for m in stored if m["role"] != "system" or not system] + \
         [m for m in new if m["role"] != "system"]
+    memory, memory_ids = runtime.recall(prompt)
     source = runtime.stream(version, prompt, params or SamplingParams(
-        max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p))
+        max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p), memory=memory)
     return ChatTurn(
         db=runtime.db, version=version, conversation_id=conversation_id or new_id("conv"),
         is_new_conversation=conversation_id is None,
         new_messages=new if conversation_id else list(messages),
-        end_user=end_user or "anonymous", channel=channel, source=source,
+        end_user=end_user or "anonymous", channel=channel, source=source, memory_correction_ids=memory_ids,
     )
 
 

@@ -153,6 +153,8 @@ class ChatCompletion(BaseModel):
     conversation_id: str
     message_id: str = Field(description="id of the stored assistant message; rate it with "
                             "POST /v1/messages/{message_id}/rating")
+    memory_correction_ids: list[str] = Field(default_factory=list,
+                                             description="approved corrections given to the model as context")
     # -------------------------------------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ def chat_completions(body: protocol.ChatCompletionRequest, request: Request):
         usage=protocol.Usage.of(done.prompt_tokens, done.completion_tokens),
         system_fingerprint=protocol.fingerprint(turn.version.id),
         conversation_id=turn.conversation_id, message_id=turn.message_id,
+        memory_correction_ids=turn.memory_correction_ids,
     )
 
 

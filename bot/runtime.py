@@ -41,6 +41,7 @@ class ServingRuntime:
         self._extra: dict[str, LoadedModel] = {}  # non-production versions asked for by id
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
+        self.memory = None  # set by the app: an object with context_for(question) -> (text, correction ids)
         self.upstream = None
         if settings.serving_backend == "upstream":
             from bot.upstream import UpstreamBackend
@@ -124,7 +125,7 @@ class ServingRuntime:
             return self._extra[version.id]
 
     # --- generation --------------------------------------------------------------------------------
-    def encode(self, loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
+    def encode(self, loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int, memory: str = "") -> list[int]:
         """System prompt + history, trimmed from the oldest turn to fit the context budget."""
         budget = min(self.settings.context_budget, loaded.max_context) - max_tokens
         if budget <= 0:
@@ -134,24 +135,41 @@ class ServingRuntime:
                 f"max_tokens={max_tokens} leaves no room for the prompt in a context of "
                 f"{min(self.settings.context_budget, loaded.max_context)} tokens; lower max_tokens."
             )
-        full = with_system_prompt(self.settings.resolved_system_prompt, messages)
+        full = self._with_system(messages, memory)
         _, ids = trim_to_budget(loaded.tokenizer, full, budget)
         return ids
 
+    def _with_system(self, messages: list[dict[str, str]], memory: str = "") -> list[dict[str, str]]:
+        system = self.settings.resolved_system_prompt + (f"\n\n{memory}" if memory else "")
+        return with_system_prompt(system, messages)
+
+    def recall(self, messages: list[dict[str, str]]) -> tuple[str, list[str]]:
+        """Correction memory for the last user message: context text and the correction ids used."""
+        if self.memory is None or not self.settings.memory_enabled:
+            return "", []
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        try:
+            return self.memory.context_for(question)
+        except Exception:  # memory is a help, never a reason to fail an answer
+            log.exception("correction memory lookup failed; answering without it")
+            return "", []
+
     def stream(
-        self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams
+        self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams, *, memory: str = ""
     ) -> Iterator[str | Completion]:
+        """Decode an answer. ``memory`` (from ``recall``) is appended to the system prompt."""
         if self.upstream is not None:
-            return self.upstream.stream(version, with_system_prompt(self.settings.resolved_system_prompt, messages), params)
+            return self.upstream.stream(version, self._with_system(messages, memory), params)
         loaded = self.loaded_for(version)
-        ids = self.encode(loaded, messages, params.max_tokens)
+        ids = self.encode(loaded, messages, params.max_tokens, memory)
         return self.engine.stream(ids, params, loaded)
 
-    def generate(self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
+    def generate(self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams,
+                 *, memory: str = "") -> Completion:
         if self.upstream is not None:
-            return self.upstream.generate(version, with_system_prompt(self.settings.resolved_system_prompt, messages), params)
+            return self.upstream.generate(version, self._with_system(messages, memory), params)
         loaded = self.loaded_for(version)
-        return self.engine.generate(self.encode(loaded, messages, params.max_tokens), params, loaded)
+        return self.engine.generate(self.encode(loaded, messages, params.max_tokens, memory), params, loaded)
 
 
 __all__ = ["ServingRuntime", "NotReadyError", "prompt_ids"]

@@ -84,7 +84,7 @@ class CorrectionMemory:
             )
             self._fingerprint = fingerprint
 
-    def lookup(self, question: str, *, limit: int = 2) -> list[MemoryHit]:
+    def lookup(self, question: str, *, limit: int | None = None) -> list[MemoryHit]:
         if not self.settings.memory_enabled or not question.strip():
             return []
         self.refresh()
@@ -95,11 +95,17 @@ class CorrectionMemory:
         from tuneloop.embeddings import embed
 
         scores = vectors @ embed([question])[0]
-        order = np.argsort(-scores)[:limit]
+        order = np.argsort(-scores)[: limit or self.settings.memory_max_hits]
         return [
             MemoryHit(ids[i], rows[ids[i]][0], rows[ids[i]][1], float(scores[i]))
             for i in order if scores[i] >= self.settings.memory_threshold
         ]
+
+
+    def context_for(self, question: str) -> tuple[str, list[str]]:
+        """What serving adds to the system prompt for ``question``, and which corrections it used."""
+        hits = self.lookup(question)
+        return (memory_context(hits), [hit.correction_id for hit in hits]) if hits else ("", [])
 
 
 def memory_context(hits: list[MemoryHit]) -> str:

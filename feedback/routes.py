@@ -10,8 +10,6 @@ router.include_router(rating_router)
 
 from feedback.correction_routes import router as correction_router  # noqa: E402
 from feedback.review_routes import router as review_router  # noqa: E402
-from tuneloop.accounts.routes import router as accounts_router  # noqa: E402  (lead: move to app.py)
 
 router.include_router(review_router)
 router.include_router(correction_router)
-router.include_router(accounts_router)

@@ -4,9 +4,10 @@ Every gate asks both versions the same questions (greedy decoding, correction me
 engine is used directly) and judges each answer against a reference with ``retrain.matching``
 (embedding similarity ≥ ``gate_similarity_threshold`` and every key fact present). The four gates:
 
-1. **learned** — the snapshot's validation split plus the corrections that are new since the parent
+1. **learned** — the corrections in the snapshot's training split that are new since the parent
    (examples whose lineage is not in any ancestor's snapshot). The candidate must answer at least
-   ``gate_learned_min_pass_rate`` of them correctly (default 1.0: all).
+   ``gate_learned_min_pass_rate`` of them correctly (default 1.0: all). The validation split is held
+   out of training; it is measured by the job's validation loss/accuracy, not asked here.
 2. **not_forgotten** — every earlier approved correction (those in an ancestor's snapshot; the suite
    grows each round). The candidate's pass rate may fall at most ``gate_forgetting_margin`` (default
    0.05) below production's; every item that passes on production and fails on the candidate is
@@ -125,7 +126,9 @@ def correction_items(session: Session, settings: Settings, candidate: ModelVersi
     if snapshot is not None:
         new_train = [r for r in load_examples(settings, snapshot, "train")
                      if (r.get("tuneloop") or {}).get("lineage_id") not in earlier]
-        learned = [_record_item("learned", r) for r in load_examples(settings, snapshot, "valid") + new_train]
+        # The validation split is held out of training on purpose (its loss is in the job's metrics);
+        # asking the candidate to "know" facts it never saw would make this gate fail by construction.
+        learned = [_record_item("learned", r) for r in new_train]
     not_forgotten = [
         GateItem("not_forgotten", f"{e['correction_id']}: {e['messages'][-1]['content'][:60]}", e["messages"],
                  e["completion"], list(e.get("key_facts") or []))

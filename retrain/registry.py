@@ -144,7 +144,7 @@ def promote(session: Session, settings: Settings, version_id: str, actor: Accoun
     version = get_version(session, version_id)
     if version.status not in PROMOTABLE:
         hint = " use rollback for earlier versions" if version.status == VersionStatus.retired else ""
-        raise InvalidStateError(f"{version.id} is {version.status.value}; only candidate or approved versions "
+        raise InvalidStateError(f"{version.id} is {VersionStatus(version.status).value}; only candidate or approved versions "
                                 f"can be promoted.{hint}".rstrip("."))
     report = gate_report_for(session, version)
     if report is None:
@@ -167,7 +167,7 @@ def rollback(session: Session, settings: Settings, version_id: str, actor: Accou
     _require_admin(actor)
     version = get_version(session, version_id)
     if version.status not in ROLLBACK_TARGETS:
-        raise InvalidStateError(f"{version.id} is {version.status.value}; roll back only to a retired or approved version")
+        raise InvalidStateError(f"{version.id} is {VersionStatus(version.status).value}; roll back only to a retired or approved version")
     return _move_production(session, settings, version, actor.username, action="version.rolled_back",
                             reason=reason, expected_production=expected_production)
 
@@ -211,7 +211,7 @@ def reject(session: Session, version_id: str, actor: Account, reason: str) -> Mo
         raise RegistryError("give a reason for rejecting the version")
     version = get_version(session, version_id)
     if version.status not in PROMOTABLE:
-        raise InvalidStateError(f"{version.id} is {version.status.value}; only candidate or approved versions can be rejected")
+        raise InvalidStateError(f"{version.id} is {VersionStatus(version.status).value}; only candidate or approved versions can be rejected")
     _set_status(session, version, VersionStatus.rejected, actor.username)
     audit(session, actor=actor.username, action="version.rejected", object_type="modelversion",
           object_id=version.id, reason=reason.strip())
@@ -276,7 +276,7 @@ def version_as_dict(session: Session, version: ModelVersion, *, detail: bool = F
     """The public view of a version; with ``detail`` also its lineage and gate report summary."""
     data = {
         "id": version.id, "object": "model.version", "name": version.name, "number": version.number,
-        "status": version.status.value if hasattr(version.status, "value") else version.status,
+        "status": VersionStatus(version.status).value,
         "base_model": version.base_model, "adapter_path": version.adapter_path,
         "hosted_model": version.hosted_model, "parent_id": version.parent_id, "snapshot_id": version.snapshot_id,
         "job_id": version.job_id, "gate_report_id": version.gate_report_id, "metrics": version.metrics,
@@ -287,7 +287,7 @@ def version_as_dict(session: Session, version: ModelVersion, *, detail: bool = F
         report = gate_report_for(session, version)
         data["gate_report"] = report_summary(report) if report else None
         data["lineage"] = [
-            {"id": v.id, "name": v.name, "status": str(v.status), "snapshot_id": v.snapshot_id, "job_id": v.job_id,
+            {"id": v.id, "name": v.name, "status": VersionStatus(v.status).value, "snapshot_id": v.snapshot_id, "job_id": v.job_id,
              "gate_report_id": v.gate_report_id,
              "gates_passed": (r.passed if (r := gate_report_for(session, v)) else None)}
             for v in lineage(session, version)

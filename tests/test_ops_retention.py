@@ -94,3 +94,25 @@ def test_forget_end_user_deletes_their_data_and_audits_it(make_settings, databas
         assert event.object_id == "sha256:" + hashlib.sha256(b"dave@example.com").hexdigest()
         assert "dave" not in str(event.detail)
     engine.dispose()
+
+
+def test_users_forget_command(make_settings):
+    import subprocess
+    import sys
+
+    from bot.models import Conversation
+    from tuneloop.app import prepare_database
+
+    settings = make_settings()
+    engine = prepare_database(settings)
+    with db.session_scope(engine) as session:
+        add_conversation(session, "frank", 1)
+    env = {"TUNELOOP_DATABASE_URL": settings.database_url, "TUNELOOP_DATA_DIR": str(settings.data_dir),
+           "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "tuneloop.cli.main", "users", "forget", "frank", "--yes",
+                             "--actor", "admin"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "forgot 'frank': 1 conversations, 2 messages, 1 ratings" in result.stdout
+    with Session(engine) as session:
+        assert session.exec(select(Conversation)).all() == []
+    engine.dispose()

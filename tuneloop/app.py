@@ -45,6 +45,10 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
     settings = settings or get_settings()
     engine = prepare_database(settings)
     runtime = ServingRuntime(settings, engine)
+    if settings.memory_enabled:
+        from feedback.memory import CorrectionMemory
+
+        runtime.memory = CorrectionMemory(settings, engine)  # approved corrections help at once
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -67,10 +71,12 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
     from bot.routes import router as bot_router
     from feedback.routes import router as feedback_router
     from retrain.routes import router as retrain_router
+    from tuneloop.accounts.routes import router as accounts_router
 
     app.include_router(bot_router)
     app.include_router(feedback_router)
     app.include_router(retrain_router)
+    app.include_router(accounts_router)
     if mount_ui:
         from ui import mount_ui as _mount_ui
 

@@ -22,6 +22,8 @@ import json
 import os
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -80,11 +82,12 @@ def export_archive(engine: Engine, settings: Settings, archive: Path) -> dict[st
     return manifest
 
 
-def _snapshot_connection(engine: Engine):
+@contextmanager
+def _snapshot_connection(engine: Engine) -> Iterator[Connection]:
     """One read transaction for the whole export, so the tables agree with each other."""
-    if engine.dialect.name == "postgresql":
-        return engine.connect().execution_options(isolation_level="REPEATABLE READ").begin()
-    return engine.begin()
+    options = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
+    with engine.connect().execution_options(**options) as conn, conn.begin():
+        yield conn
 
 
 def table_jsonl(conn: Connection, table: Table) -> bytes:

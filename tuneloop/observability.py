@@ -208,7 +208,7 @@ def metrics(request: Request) -> Response:
 # --- request ids and JSON logs --------------------------------------------------------------------
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("tuneloop_request_id", default=None)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_STANDARD_RECORD_KEYS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_STANDARD_RECORD_KEYS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -109,7 +109,7 @@ def chat(
 ) -> None:
     """Chat with the bot in the terminal; answers stream as they are generated.
 
-    /new starts a new conversation, /up and /down (optionally followed by a comment) rate the last answer, /quit or Ctrl-D exits.
+    /new: new conversation.  /up or /down [comment]: rate the last answer.  /quit or Ctrl-D: exit.
 
     Conversations are stored (channel "cli") and appear in the review queue.
     """

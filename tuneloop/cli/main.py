@@ -36,6 +36,8 @@ from tuneloop.cli.jobs import jobs_app  # noqa: E402
 app.add_typer(jobs_app, name="jobs")
 from tuneloop.cli.worker import worker_app  # noqa: E402
 app.registered_commands += worker_app.registered_commands
+from tuneloop.cli.demo import demo_app  # noqa: E402
+app.registered_commands += demo_app.registered_commands
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ def _admin(session, settings, username: str | None):
 
 
 def _change(action: str, version_id: str, username: str | None, **kwargs) -> None:
+    from bot.models import VersionStatus
     from retrain import registry
     from tuneloop import db
 
@@ -51,7 +52,7 @@ def _change(action: str, version_id: str, username: str | None, **kwargs) -> Non
             args = (session, settings, version_id, account) if action in ("promote", "rollback", "delete") \
                 else (session, version_id, account)
             version = function(*args, **kwargs)
-            line = f"{version.id} ({version.name}) is now {version.status}"
+            line = f"{version.id} ({version.name}) is now {VersionStatus(version.status).value}"
     except registry.PromotionConflictError as exc:
         fail(str(exc))
     typer.echo(line + ("; API processes follow within %ss" % settings.version_poll_seconds
