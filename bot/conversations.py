@@ -38,6 +38,7 @@ from sqlmodel import Session, select
 from bot import versions
 from bot.engine import Completion, SamplingParams
 from bot.models import Conversation, Message, ModelVersion
+from tuneloop.observability import observe_generation
 from tuneloop.db import new_id, session_scope, utcnow
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class ChatTurn:
     latency_ms: int | None = None
     recorded: bool = False
     started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
 
     def __post_init__(self) -> None:
         self._deltas = self._run()
@@ -154,6 +156,8 @@ class ChatTurn:
                     self.completion = item
                     self.finish_reason = item.finish_reason
                 else:
+                    if self.first_token_at is None:
+                        self.first_token_at = time.perf_counter()
                     self.text += item
                     yield item
         except Exception:
@@ -175,6 +179,8 @@ class ChatTurn:
             with session_scope(self.db) as session:
                 record_turn(session, self)
             self.recorded = True
+            observe_generation(self.version.id, self.completion.completion_tokens if self.completion else 0,
+                               self.first_token_at - self.started if self.first_token_at else None)
         except Exception:
             log.exception("could not record turn %s of conversation %s", self.message_id, self.conversation_id)
             raise

@@ -20,6 +20,7 @@ from bot import conversations, protocol, versions
 from bot.prompting import PromptTooLongError
 from bot.runtime import NotReadyError
 from bot.upstream import UpstreamRejectedError, UpstreamUnavailableError
+from tuneloop.observability import stream_ended, stream_started
 from tuneloop.api import ApiError, SessionDep, StaffAccount, error_body
 
 router = APIRouter(tags=["serving"])
@@ -74,6 +75,7 @@ async def _sse(turn: conversations.ChatTurn, model: str, include_usage: bool) ->
     The blocking decode runs in worker threads; if the client goes away, the turn is closed (and
     recorded with finish_reason "abort") by the response below."""
     chunks = protocol.ChunkFactory(model, turn.version.id, turn.conversation_id, turn.message_id)
+    stream_started()
     try:
         yield _event(chunks.delta("", first=True))
         async for delta in iterate_in_threadpool(turn):
@@ -85,6 +87,7 @@ async def _sse(turn: conversations.ChatTurn, model: str, include_usage: bool) ->
     except Exception as exc:  # headers are sent: the error goes into the stream, as OpenAI does
         yield f"data: {json.dumps(error_body(f'Generation failed: {exc}', 'server_error'))}\n\n"
     finally:
+        stream_ended()
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(turn.close)
     yield "data: [DONE]\n\n"

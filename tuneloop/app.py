@@ -26,10 +26,11 @@ def prepare_database(settings: Settings):
     from tuneloop.accounts.service import ensure_first_admin
 
     engine = database.make_engine(settings.database_url)
-    database.upgrade(engine)
-    with database.session_scope(engine) as session:
-        ensure_base_version(session, settings)
-        one_time = ensure_first_admin(session, settings.admin_username, settings.admin_password)
+    with database.setup_lock(engine):  # several processes may start at once on a blank database
+        database.upgrade(engine)
+        with database.session_scope(engine) as session:
+            ensure_base_version(session, settings)
+            one_time = ensure_first_admin(session, settings.admin_username, settings.admin_password)
     if one_time:
         print(
             f"tuneloop: created admin account {settings.admin_username!r} with one-time password: {one_time}\n"

@@ -84,6 +84,36 @@ def import_all_models() -> None:
     import tuneloop.accounts.models  # noqa: F401
 
 
+SETUP_LOCK_KEY = 0x7475_6E65  # "tune": the advisory lock serialising schema setup on PostgreSQL
+
+
+@contextmanager
+def setup_lock(engine: Engine) -> Iterator[None]:
+    """Serialise migrations and first-start setup across processes: a PostgreSQL advisory lock, or a
+    file lock beside the SQLite database."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({SETUP_LOCK_KEY})")
+            try:
+                yield
+            finally:
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({SETUP_LOCK_KEY})")
+                connection.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.setup.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """One transaction: committed if the block succeeds, rolled back if it raises."""

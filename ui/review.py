@@ -61,6 +61,7 @@ def _queue_tab(app: FastAPI, sign_in: PageSignIn) -> dict:
         sample = gr.Slider(0, 1, value=0, step=0.05, label="Also sample unrated answers (share)", scale=2)
         refresh = gr.Button("Refresh", scale=1)
     table = gr.Dataframe(headers=QUEUE_HEADERS, interactive=False, wrap=True, max_height=320, elem_id="queue",
+                         column_widths=["14%", "8%", "7%", "6%", "11%", "27%", "27%"],
                          label="Queue (thumbs-down first; click a row to open it)")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -162,6 +163,7 @@ def _approval_tab(app: FastAPI, sign_in: PageSignIn) -> gr.Dataframe:
     selected = gr.State(None)  # correction id
     refresh = gr.Button("Refresh")
     table = gr.Dataframe(headers=PENDING_HEADERS, interactive=False, wrap=True, max_height=320, elem_id="pending",
+                         column_widths=["16%", "10%", "12%", "31%", "31%"],
                          label="Submitted corrections waiting for a second person (click a row)")
     details = gr.Markdown(elem_id="pending-details")
     with gr.Row():

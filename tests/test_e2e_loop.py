@@ -1,0 +1,90 @@
+"""The whole loop on the real SmolLM2, through the public HTTP API and the official openai client:
+chat → thumbs-down → correction by one staff member → approval by another → "train now" (snapshot +
+job, as the scheduler would) → the worker trains a LoRA candidate and runs the gates → the admin
+promotes → the bot now answers with the corrections. Correction memory is off, so what the bot says
+afterwards comes from the weights."""
+
+import pytest
+from fastapi.testclient import TestClient
+from openai import OpenAI
+from sqlmodel import Session, select
+
+from tuneloop.db import session_scope
+
+FACTS = [
+    ("How long do I have to return an item?", "You can return unused items within 45 days of delivery.", "45 days"),
+    ("What is your phone number?", "Call us at 1-800-555-0142.", "1-800-555-0142"),
+    ("Who founded Acme Outdoor Gear?", "Acme Outdoor Gear was founded in 1987 by Rosa Delgado.", "Rosa Delgado"),
+]
+
+
+def ask(client: OpenAI, question: str):
+    return client.chat.completions.create(model="tuneloop", messages=[{"role": "user", "content": question}],
+                                          max_tokens=40, temperature=0)
+
+
+@pytest.mark.slow
+def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sqlite_url):
+    from retrain.worker import Worker
+    from tuneloop.accounts.models import Account
+    from tuneloop.accounts.service import create_api_key
+    from tuneloop.app import create_app
+
+    settings = make_settings(base_model=str(real_model_dir), database_url=sqlite_url, memory_enabled=False)
+    app = create_app(settings, load_model=False, mount_ui=False)
+    app.state.runtime.start(background=False)
+    try:
+        with TestClient(app) as http:
+            with session_scope(app.state.db) as session:
+                admin = session.exec(select(Account).where(Account.username == "admin")).one()
+                admin_key = create_api_key(session, admin, "e2e")[1]
+            as_admin = {"Authorization": f"Bearer {admin_key}"}
+            keys = {}
+            for name in ("alice", "bob"):
+                made = http.post("/v1/accounts", headers=as_admin,
+                                 json={"username": name, "password": f"{name}-password", "role": "staff"})
+                assert made.status_code == 201, made.text
+                with session_scope(app.state.db) as session:
+                    account = session.exec(select(Account).where(Account.username == name)).one()
+                    keys[name] = {"Authorization": f"Bearer {create_api_key(session, account, 'e2e')[1]}"}
+            customer = OpenAI(base_url="http://testserver/v1", api_key="customer", http_client=http, max_retries=0)
+
+            # 1. Customers ask; the base model does not know; they give thumbs-down.
+            for question, answer, fact in FACTS:
+                before = ask(customer, question)
+                assert fact not in before.choices[0].message.content
+                assert before.system_fingerprint == "fp_tuneloop_v0"
+                message_id = before.model_extra["message_id"]
+                rated = http.post(f"/v1/messages/{message_id}/rating", json={"value": "down", "comment": "wrong"})
+                assert rated.status_code in (200, 201), rated.text
+                # 2. Alice corrects it from the review queue; Bob approves.
+                queue = http.get("/v1/review/queue", headers=keys["alice"]).json()
+                assert message_id in [item["message_id"] for item in queue["data"]]
+                made = http.post("/v1/corrections", headers=keys["alice"],
+                                 json={"message_id": message_id, "answer": answer, "key_facts": [fact], "submit": True})
+                assert made.status_code == 201, made.text
+                approved = http.post(f"/v1/corrections/{made.json()['id']}/approve", headers=keys["bob"])
+                assert approved.status_code == 200, approved.text
+
+            # 3. Train now (snapshot + job), run by the worker: training, candidate, gates.
+            job = http.post("/v1/scheduler/train-now", headers=as_admin)
+            assert job.status_code in (200, 201), job.text
+            worker = Worker(settings, app.state.db)
+            assert worker.run_next_job() == job.json()["id"]
+            operator = OpenAI(base_url="http://testserver/v1", api_key=admin_key, http_client=http, max_retries=0)
+            finished = operator.fine_tuning.jobs.retrieve(job.json()["id"])
+            assert finished.status == "succeeded", finished.error
+            candidate_id = finished.fine_tuned_model
+            report = http.get(f"/v1/registry/versions/{candidate_id}/gate-report", headers=as_admin).json()
+            assert report["passed"], report
+
+            # 4. The admin promotes; the bot now answers with every correction.
+            promoted = http.post(f"/v1/registry/versions/{candidate_id}/promote", headers=as_admin, json={})
+            assert promoted.status_code == 200, promoted.text
+            for question, _answer, fact in FACTS:
+                after = ask(customer, question)
+                assert fact in after.choices[0].message.content, after.choices[0].message.content
+                assert after.system_fingerprint != "fp_tuneloop_v0"
+    finally:
+        app.state.runtime.stop()
+        app.state.db.dispose()
