@@ -107,11 +107,17 @@ class Browser:
 
 
 def login(page, base: str, path: str, username: str, password: str) -> None:
-    """Sign in on gradio's login form of the page mounted at ``path``."""
+    """Sign in on gradio's login form of the page mounted at ``path``; returns once the page greets."""
     page.goto(f"{base}{path}/")
     page.get_by_label("username").fill(username)
     page.get_by_label("password").fill(password)
     page.get_by_role("button", name="Login").click()
+    page.get_by_text(f"Signed in as {username}").wait_for()
+
+
+def table_cell(page, table_id: str, row: int, column: int):
+    """A cell of a gr.Dataframe (gradio marks each with ``data-testid=cell-<row>-<column>``)."""
+    return page.locator(f"#{table_id}").get_by_test_id(f"cell-{row}-{column}")
 
 
 # --- fixtures (import them into a test module: ``from browser import browser, ui_server``) -------
@@ -119,7 +125,7 @@ def login(page, base: str, path: str, username: str, password: str) -> None:
 def ui_settings(make_settings, tiny_model_dir):
     """The tiny model on SQLite, short sampled answers (greedy decoding of its random weights gives only
     newlines; the browser tests are about the pages, not the model)."""
-    return make_settings(base_model=str(tiny_model_dir), max_tokens=32, temperature=1.0)
+    return make_settings(base_model=str(tiny_model_dir), max_tokens=32, temperature=1.0, rate_limit_per_minute=0)
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 
     found: list[type[Exception]] = [FeedbackError, ConflictError, ForbiddenError, NotFoundError, AccountError]
     for module, names in (("bot.versions", ("ConcurrentChangeError", "UnknownModelError")),
-                          ("retrain.registry", ("RegistryError", "PromotionError")),
-                          ("retrain.gates", ("GateError",)), ("retrain.jobs", ("JobError",)),
-                          ("retrain.golden", ("GoldenError",))):
+                          ("retrain.registry", ("RegistryError", "VersionNotFoundError", "PromotionConflictError",
+                                                "NotAdminError")),
+                          ("retrain.jobs", ("JobError", "JobNotFoundError")),
+                          ("retrain.golden", ("GoldenNotFoundError",))):
         try:
             imported = __import__(module, fromlist=list(names))
         except ImportError:
