@@ -48,11 +48,10 @@ def split_examples(examples: list[dict[str, Any]], fraction: float) -> tuple[lis
     lineages = sorted({e["lineage_id"] for e in examples})
     score = {lin: int(hashlib.sha256(f"{SPLIT_SEED}:{lin}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
              for lin in lineages}
-    valid_lineages = {lin for lin in lineages if score[lin] < fraction}
-    if not valid_lineages and len(lineages) > 1:
-        valid_lineages = {min(lineages, key=score.__getitem__)}
-    if len(valid_lineages) == len(lineages):
-        valid_lineages.discard(max(lineages, key=score.__getitem__))
+    # The lineages with the lowest seeded scores, exactly round(n * fraction) of them (at least one, never
+    # all): a lineage keeps its side as the data grows unless lower-scored newcomers take its place.
+    count = min(max(1, round(len(lineages) * fraction)), len(lineages) - 1)
+    valid_lineages = set(sorted(lineages, key=score.__getitem__)[:count])
     train = [e for e in examples if e["lineage_id"] not in valid_lineages]
     valid = [e for e in examples if e["lineage_id"] in valid_lineages]
     return train, valid

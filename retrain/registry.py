@@ -97,7 +97,8 @@ def _write_provenance(settings: Settings, version: ModelVersion) -> None:
 
 # --- reading -----------------------------------------------------------------------------------
 def get_version(session: Session, version_id: str) -> ModelVersion:
-    version = session.get(ModelVersion, version_id)
+    version = session.get(ModelVersion, version_id) or session.exec(
+        select(ModelVersion).where(ModelVersion.name == version_id)).first()  # ids and names both work
     if version is None:
         raise VersionNotFoundError(f"no model version {version_id!r}; list them with `tuneloop models list`")
     return version

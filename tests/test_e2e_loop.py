@@ -75,8 +75,9 @@ def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sql
             finished = operator.fine_tuning.jobs.retrieve(job.json()["id"])
             assert finished.status == "succeeded", finished.error
             candidate_id = finished.fine_tuned_model
-            report = http.get(f"/v1/registry/versions/{candidate_id}/gate-report", headers=as_admin).json()
-            assert report["passed"], report
+            report = http.get(f"/v1/registry/versions/{candidate_id}/gate-report", headers=as_admin)
+            assert report.status_code == 200, report.text
+            assert report.json()["passed"], report.json()["reasons"]
 
             # 4. The admin promotes; the bot now answers with every correction.
             promoted = http.post(f"/v1/registry/versions/{candidate_id}/promote", headers=as_admin, json={})
