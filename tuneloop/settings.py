@@ -102,8 +102,10 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int = Field(20, ge=1, description="Requests a client may send at once before the limit applies.")
     rate_limit_paths: list[str] = Field(
-        default_factory=lambda: ["/v1/chat/completions", "*/rating*", "*/gradio_api/queue/join", "*/gradio_api/call/*"],
-        description="POST paths (fnmatch patterns) that count against the rate limit.",
+        default_factory=lambda: ["/v1/chat/completions", "/v1/messages/*/rating", "/gradio_api/queue/join",
+                                 "/gradio_api/call/*"],
+        description="POST paths (fnmatch patterns) that count against the rate limit: the public chat API, "
+        "ratings and the web chat at / (not the signed-in /staff and /admin pages).",
     )
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest JSON request body; multipart uploads use max_upload_bytes."
