@@ -189,5 +189,7 @@ def readyz(request: Request) -> JSONResponse:
     except Exception as exc:
         missing.append(f"database: {exc.__class__.__name__}: {exc}")
     body = {"status": "ready" if not missing else "not ready", "missing": missing,
-            "model_version": runtime.production_id}
+            "model_version": runtime.production_id,
+            # why this process still serves model_version although production moved (it retries)
+            "swap_error": getattr(runtime, "swap_error", None)}
     return JSONResponse(body, status_code=200 if not missing else 503)

@@ -6,7 +6,10 @@ engine: requests never see a half-loaded model, in-flight answers finish on the 
 request fails during a promotion or rollback.
 
 With ``serving_backend=upstream`` there is no local engine: generation goes to ``bot.upstream`` and
-the runtime is ready once the upstream answers.
+the runtime is ready once the upstream answers. It follows the pointer all the same: switching to a
+version with a LoRA adapter first has the upstream load it (``upstream_lora_loading``); if the upstream
+refuses, the process keeps serving the version it had, logs why (``swap_error``, shown by /readyz)
+and tries again at the next poll.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class ServingRuntime:
         self.engine: LocalEngine | None = None
         self.pointer_revision: int | None = None
         self.load_error: str | None = None
+        self.swap_error: str | None = None  # why following the last production change failed, if it did
+        self.upstream_version_id: str | None = None  # the version served through the upstream
         self._extra: dict[str, LoadedModel] = {}  # non-production versions asked for by id
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
@@ -56,21 +61,31 @@ class ServingRuntime:
             self._start(follow=False)
 
     def _start(self, follow: bool = True) -> None:
-        if self.upstream is not None:  # nothing to load; wait (bounded by stop()) until it answers
+        if self.upstream is not None:  # nothing to load here; wait (bounded by stop()) until it answers
             while not self.upstream.check() and follow and not self._stop.wait(self.settings.version_poll_seconds):
                 pass
-            return
-        try:
-            self.sync_with_pointer()
-        except Exception as exc:  # surfaced by /readyz and 503s, never a crash loop
-            log.exception("loading the production model failed")
-            self.load_error = str(exc)
-            return
-        while follow and not self._stop.wait(self.settings.version_poll_seconds):
+            self._follow_pointer()
+        else:
             try:
                 self.sync_with_pointer()
-            except Exception:
-                log.exception("following the production pointer failed; keeping the current version")
+            except Exception as exc:  # surfaced by /readyz and 503s, never a crash loop
+                log.exception("loading the production model failed")
+                self.load_error = str(exc)
+                return
+        while follow and not self._stop.wait(self.settings.version_poll_seconds):
+            self._follow_pointer()
+
+    def _follow_pointer(self) -> None:
+        """One poll of the pointer. A failed switch keeps the current version and is retried at the next
+        poll; each new reason is logged once, not every poll."""
+        try:
+            self.sync_with_pointer()
+            self.swap_error = None
+        except Exception as exc:
+            if str(exc) != self.swap_error:
+                log.exception("switching to the new production version failed; still serving %s",
+                              self.production_id or "nothing yet")
+            self.swap_error = str(exc)
 
     def stop(self) -> None:
         self._stop.set()
@@ -83,7 +98,7 @@ class ServingRuntime:
 
     @property
     def production_id(self) -> str | None:
-        return self.engine.current.spec.id if self.engine else None
+        return self.engine.current.spec.id if self.engine else self.upstream_version_id
 
     # --- following promotions ----------------------------------------------------------------------
     def sync_with_pointer(self) -> bool:
@@ -100,6 +115,10 @@ class ServingRuntime:
     def swap(self, version: ModelVersion) -> None:
         """Load ``version`` fully, then serve it. Requests already decoding finish on the old one."""
         with self._swap_lock:
+            if self.upstream is not None:  # the upstream loads the version's adapter (or refuses: raises)
+                self.upstream.model_for(version)
+                self.upstream_version_id = version.id
+                return
             if self.engine is not None and self.engine.current.spec.id == version.id:
                 return
             loaded = self._extra.pop(version.id, None) or self._load(version)
@@ -107,6 +126,13 @@ class ServingRuntime:
                 self.engine = LocalEngine(loaded, max_batch_size=self.settings.max_batch_size)
             else:
                 self.engine.swap(loaded)
+
+    def prepare(self, version: ModelVersion) -> None:
+        """Call before production moves to ``version``: an upstream loads the version's LoRA adapter now,
+        so a refusal (``UpstreamAdapterError``) stops the promotion instead of surfacing after it. A local
+        engine loads the version after the move, in the background, as every other process does."""
+        if self.upstream is not None:
+            self.upstream.model_for(version)
 
     def _load(self, version: ModelVersion) -> LoadedModel:
         spec = versions.version_spec(version, self.settings)

@@ -3,13 +3,14 @@ formats trainers read.
 
 An example is a dict::
 
-    {"id", "correction_id", "lineage_id", "source", "key_facts",
+    {"id", "correction_id", "lineage_id", "split_key", "source", "key_facts",
      "messages": [system prompt, ...earlier turns..., the user's (cleaned) question],
      "completion": the answer}
 
 Conversation corrections keep their multi-turn context, trimmed oldest-turn-first to the context
 budget. With ``settings.scrub_pii`` every text is scrubbed again here, because earlier turns come
-straight from the conversation.
+straight from the conversation. ``split_key`` is the lineage that decides the train/validation side
+(``Correction.split_key``: a paraphrase goes with the correction it rewords).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _from_correction(session: Session, settings: Settings, correction: Correctio
     if not turns:
         turns = [{"role": "user", "content": correction.question}]
     return _example(settings, tokenizer, turns, correction.answer, id=f"ex_{correction.id}",
-                    correction_id=correction.id, lineage_id=correction.lineage_id,
+                    correction_id=correction.id, lineage_id=correction.lineage_id, split_key=correction.split_key,
                     source=str(correction.source), key_facts=list(correction.key_facts))
 
 
@@ -65,7 +66,7 @@ def _from_thumbs_up(session: Session, settings: Settings, tokenizer: Any) -> lis
         turns = _turns_before(session, message.id)
         if turns and turns[-1]["role"] == "user":
             examples.append(_example(settings, tokenizer, turns, message.content, id=f"ex_{message.id}",
-                                     correction_id=None, lineage_id=message.id,
+                                     correction_id=None, lineage_id=message.id, split_key=message.id,
                                      source=str(CorrectionSource.thumbs_up), key_facts=[]))
     return examples
 

@@ -13,3 +13,7 @@ from feedback.review_routes import router as review_router  # noqa: E402
 
 router.include_router(review_router)
 router.include_router(correction_router)
+
+from feedback.distill_routes import router as distill_router  # noqa: E402
+
+router.include_router(distill_router)

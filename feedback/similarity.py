@@ -129,3 +129,40 @@ def _save(path: Path, ids: list[str], matrix: np.ndarray) -> None:
     np.savez(staging, ids=np.array(ids, dtype=str), vectors=matrix)
     os.replace(staging, path)
     _memory[path] = (path.stat().st_mtime, ids, matrix)
+
+
+# --- deduplication of generated questions (feedback.distill) ------------------------------------
+LIVE_STATUSES = (CorrectionStatus.draft, CorrectionStatus.submitted, CorrectionStatus.approved)
+PARAPHRASE_IDENTICAL_THRESHOLD = 0.97
+
+
+class QuestionIndex:
+    """The questions already in the data (approved, submitted and draft corrections) as unit vectors,
+    each with its split group (its lineage; a paraphrase's parent lineage). Approved questions come
+    from the similarity index's cache; pending ones are embedded once per run."""
+
+    def __init__(self, vectors: np.ndarray, groups: list[str | None]):
+        self.vectors, self.groups = vectors, groups
+
+    @classmethod
+    def load(cls, session: Session, settings: Settings) -> QuestionIndex:
+        ids, matrix = sync_index(session, settings)
+        live = {c.id: c for c in session.exec(select(Correction).where(col(Correction.status).in_(LIVE_STATUSES)))}
+        keep = [i for i, cid in enumerate(ids) if cid in live]
+        pending = [c for c in live.values() if c.status != CorrectionStatus.approved]
+        vectors = np.concatenate([matrix[keep], embed([c.question for c in pending])])
+        return cls(vectors, [live[ids[i]].split_key for i in keep] + [c.split_key for c in pending])
+
+    def is_duplicate(self, vector: np.ndarray, threshold: float, *, group: str | None = None) -> bool:
+        """Too close to a known question; a paraphrase (``group``: its parent's lineage) only has to
+        differ from its own group by ``PARAPHRASE_IDENTICAL_THRESHOLD``."""
+        if not self.groups:
+            return False
+        scores = self.vectors @ vector
+        same = np.array([g is not None and g == group for g in self.groups])
+        return bool(((scores >= threshold) & ~same).any() or ((scores >= PARAPHRASE_IDENTICAL_THRESHOLD) & same).any())
+
+    def add(self, vector: np.ndarray, group: str | None) -> None:
+        self.vectors = np.vstack([self.vectors, vector[None, :]])
+        self.groups.append(group)
+

@@ -8,8 +8,9 @@
 
 Split: each *lineage* (all revisions of one correction) goes wholly to train or to validation,
 decided by a seeded hash of its id, so revisions of one correction never straddle the split and a
-lineage stays on the same side in every later snapshot. About ``settings.validation_fraction`` of
-lineages go to validation (at least one). With fewer than 5 examples everything stays in train and
+lineage stays on the same side in every later snapshot. A paraphrase written by the teacher has its
+own lineage but goes with the correction it rewords (the example's ``split_key``). About
+``settings.validation_fraction`` of lineages go to validation (at least one). With fewer than 5 examples everything stays in train and
 validation is empty: a validation set of one or two examples measures nothing.
 
 The id is ``snap_`` + the first 12 hex digits of the content hash; the same content returns the
@@ -45,16 +46,20 @@ def split_examples(examples: list[dict[str, Any]], fraction: float) -> tuple[lis
     """Deterministic train/validation split by lineage (see the module docstring)."""
     if len(examples) < MIN_EXAMPLES_FOR_VALIDATION or fraction <= 0:
         return list(examples), []
-    lineages = sorted({e["lineage_id"] for e in examples})
+    lineages = sorted({_split_key(e) for e in examples})
     score = {lin: int(hashlib.sha256(f"{SPLIT_SEED}:{lin}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
              for lin in lineages}
     # The lineages with the lowest seeded scores, exactly round(n * fraction) of them (at least one, never
     # all): a lineage keeps its side as the data grows unless lower-scored newcomers take its place.
     count = min(max(1, round(len(lineages) * fraction)), len(lineages) - 1)
     valid_lineages = set(sorted(lineages, key=score.__getitem__)[:count])
-    train = [e for e in examples if e["lineage_id"] not in valid_lineages]
-    valid = [e for e in examples if e["lineage_id"] in valid_lineages]
+    train = [e for e in examples if _split_key(e) not in valid_lineages]
+    valid = [e for e in examples if _split_key(e) in valid_lineages]
     return train, valid
+
+
+def _split_key(example: dict[str, Any]) -> str:
+    return example.get("split_key") or example["lineage_id"]
 
 
 def content_hash(train: list[dict], valid: list[dict]) -> str:

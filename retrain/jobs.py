@@ -8,6 +8,7 @@ that has not started. Routes, the CLI and the scheduler all call these functions
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -44,14 +45,34 @@ class JobConflictError(JobError):
 def normalize_hyperparameters(values: dict[str, Any] | None) -> dict[str, Any]:
     """Drop OpenAI's ``"auto"`` values (our defaults apply) and validate the rest with TrainConfig."""
     cleaned = {k: v for k, v in (values or {}).items() if v is not None and v != "auto"}
+    known = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = sorted(set(cleaned) - set(known))
+    if unknown:
+        raise JobError(f"unknown hyperparameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                       "hyperparameters")
+    for name, value in cleaned.items():
+        _check_type(name, value, str(known[name]))
     try:
         TrainConfig.from_dict(cleaned)
-    except TypeError as exc:
-        raise JobError(f"invalid hyperparameters: {exc}", "hyperparameters") from exc
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         field_name = str(exc).split(" ")[0]
-        raise JobError(str(exc), f"hyperparameters.{field_name}") from exc
+        param = f"hyperparameters.{field_name}" if field_name in known else "hyperparameters"
+        raise JobError(str(exc), param) from exc
     return cleaned
+
+
+_TYPE_CHECKS = {  # TrainConfig's annotations (strings: postponed evaluation) → check, description
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of strings"),
+}
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    check, description = _TYPE_CHECKS.get(annotation, (lambda v: True, ""))
+    if not check(value):
+        raise JobError(f"{name} must be {description}, not {value!r}", f"hyperparameters.{name}")
 
 
 def create_job(session: Session, settings: Settings, *, actor: str, model: str | None = None,

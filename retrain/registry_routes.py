@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from bot.models import VersionStatus
+from bot.upstream import UpstreamAdapterError
 from retrain import golden, registry
 from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep, StaffAccount
 
@@ -100,8 +101,6 @@ def _follow_pointer(request: Request) -> None:
     """Swap this process to the new production version now; other processes follow within
     ``version_poll_seconds``. A load failure is logged; the runtime keeps retrying on its own."""
     runtime = request.app.state.runtime
-    if getattr(runtime, "upstream", None) is not None:
-        return
     try:
         runtime.sync_with_pointer()
     except Exception:  # noqa: BLE001  (production already moved; serving catches up by polling)
@@ -109,6 +108,11 @@ def _follow_pointer(request: Request) -> None:
 
 
 def _changed_production(request: Request, session: SessionDep, version) -> dict:
+    try:
+        request.app.state.runtime.prepare(version)  # vLLM loads the adapter before production moves
+    except UpstreamAdapterError as exc:
+        raise ApiError(502, f"{exc} Production is unchanged.", type="upstream_error",
+                       code="adapter_not_loaded") from exc
     session.commit()
     _follow_pointer(request)
     return registry.version_as_dict(session, version, detail=True)

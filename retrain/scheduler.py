@@ -5,6 +5,9 @@ It runs inside the worker (APScheduler's BackgroundScheduler). With several work
 schedules: each tick first takes the lease row in ``SchedulerState`` (an atomic UPDATE that succeeds
 only when the lease expired or is already ours) and, on PostgreSQL, ``pg_try_advisory_lock`` too.
 Every tick records its decision ("skipped: 7 new examples, need 20") and the next run time.
+
+The same lease holder also runs the data-retention purge (``tuneloop.retention.purge_expired``) on
+``settings.retention_cron``, daily by default; ``retention_days=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -94,6 +97,23 @@ def tick(settings: Settings, engine: Engine, holder: str) -> str:
     return decision
 
 
+def purge_tick(settings: Settings, engine: Engine, holder: str) -> dict[str, int] | None:
+    """Run the retention purge if ``holder`` holds the lease. Returns what was deleted, or None when
+    another worker holds the lease (it purges instead)."""
+    from tuneloop.retention import purge_expired
+
+    if not acquire_lease(engine, holder):
+        return None
+    with session_scope(engine) as session:
+        counts = purge_expired(session, settings)
+    if counts.get("conversations"):
+        log.info("retention: purged conversations idle for more than %d days: %s", settings.retention_days,
+                 ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    else:
+        log.info("retention: nothing older than %d days to purge", settings.retention_days)
+    return counts
+
+
 def train_now(session: Session, settings: Settings, actor: str) -> FineTuneJob:
     """Snapshot the approved data and start a job now, whatever the threshold."""
     from retrain.datasets import create_snapshot
@@ -116,7 +136,7 @@ def state_as_dict(session: Session, settings: Settings) -> dict[str, Any]:
 
 
 class RetrainScheduler:
-    """The cron trigger plus lease renewal, inside the worker process."""
+    """The retraining and retention cron triggers plus lease renewal, inside the worker process."""
 
     def __init__(self, settings: Settings, engine: Engine, *, holder: str):
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -124,11 +144,16 @@ class RetrainScheduler:
 
         self.settings, self.engine, self.holder = settings, engine, holder
         self.trigger = CronTrigger.from_crontab(settings.retrain_cron)
+        self.retention_trigger = (CronTrigger.from_crontab(settings.retention_cron)
+                                  if settings.retention_days > 0 else None)
         self._scheduler = BackgroundScheduler()
         self._pg_connection = None
 
     def start(self) -> None:
         self._scheduler.add_job(self._tick, self.trigger, id="retrain", max_instances=1, coalesce=True)
+        if self.retention_trigger is not None:
+            self._scheduler.add_job(self._purge, self.retention_trigger, id="retention", max_instances=1,
+                                    coalesce=True)
         self._scheduler.add_job(self._renew, "interval", seconds=LEASE_SECONDS / 3, id="lease")
         self._scheduler.start()
         self._renew()
@@ -137,6 +162,13 @@ class RetrainScheduler:
         if self._holds_advisory_lock():
             tick(self.settings, self.engine, self.holder)
         self._record_next_run()
+
+    def _purge(self) -> None:
+        try:
+            if self._holds_advisory_lock():
+                purge_tick(self.settings, self.engine, self.holder)
+        except Exception:  # noqa: BLE001  (logged; tomorrow's run tries again)
+            log.exception("retention purge failed")
 
     def _renew(self) -> None:
         if self._holds_advisory_lock() and acquire_lease(self.engine, self.holder):

@@ -308,6 +308,10 @@ class _Progress:
         self.engine, self.job_id = engine, job_id
 
     def __call__(self, row: dict[str, Any]) -> None:
+        if "step" not in row:  # a stage of the run, not an optimizer step
+            with session_scope(self.engine) as session:
+                jobs.add_event(session, self.job_id, row["message"])
+            return
         valid = "" if row.get("valid_loss") is None else f", validation loss={row['valid_loss']:.3f}"
         message = f"Step {row['step']}/{row['total_steps']}: training loss={row['train_loss']:.3f}{valid}"
         with session_scope(self.engine) as session:

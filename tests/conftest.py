@@ -3,8 +3,10 @@ model built from a config (fast tests) and the real SmolLM2 converted once per m
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -141,3 +143,34 @@ def openai_client(client):
     from openai import OpenAI
 
     return OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+
+
+@pytest.fixture
+def cli_runner(monkeypatch, capsys):
+    """``cli_runner(env, unset=())`` configures TUNELOOP_* variables (names without the prefix) and
+    returns ``run(*args, stdin="")``: the real CLI entry point in-process -> (exit code, stdout, stderr)."""
+    from tuneloop.cli import main as cli
+    from tuneloop.settings import get_settings
+
+    def configure(env: dict, unset: tuple[str, ...] = ()):
+        for name, value in env.items():
+            monkeypatch.setenv(f"TUNELOOP_{name}", str(value))
+        for name in unset:
+            monkeypatch.delenv(f"TUNELOOP_{name}", raising=False)
+        get_settings.cache_clear()
+
+        def run(*args: str, stdin: str = "") -> tuple[int, str, str]:
+            monkeypatch.setattr(sys, "argv", ["tuneloop", *args])
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code or 0
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        return run
+
+    yield configure
+    get_settings.cache_clear()

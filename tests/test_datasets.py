@@ -20,7 +20,7 @@ from tuneloop import db
 def env(make_settings, database_url):
     from tuneloop.app import prepare_database
 
-    settings = make_settings(database_url=database_url)
+    settings = make_settings(database_url=database_url, validation_fraction=0.2)
     engine = prepare_database(settings)
     yield settings, engine
     engine.dispose()

@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pytest
 
 
 @pytest.fixture
-def tuneloop(monkeypatch, tmp_path, capsys):
-    """Run the real CLI entry point in-process; returns (exit code, stdout, stderr)."""
-    from tuneloop.cli import main as cli
-    from tuneloop.settings import get_settings
-
-    monkeypatch.setenv("TUNELOOP_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("TUNELOOP_ADMIN_PASSWORD", "admin-password")
-    monkeypatch.delenv("TUNELOOP_DATABASE_URL", raising=False)
-    get_settings.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["tuneloop", *args])
-        code = 0
-        try:
-            cli.main()
-        except SystemExit as exc:
-            code = exc.code or 0
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    get_settings.cache_clear()
+def tuneloop(cli_runner, tmp_path):
+    """The real CLI in-process on a fresh data directory; returns (exit code, stdout, stderr)."""
+    return cli_runner({"DATA_DIR": tmp_path / "data", "ADMIN_PASSWORD": "admin-password",
+                       "VALIDATION_FRACTION": "0.2"}, unset=("DATABASE_URL",))
 
 
 def test_users_and_keys(tuneloop):

@@ -116,3 +116,37 @@ def test_users_forget_command(make_settings):
     with Session(engine) as session:
         assert session.exec(select(Conversation)).all() == []
     engine.dispose()
+
+
+def test_the_worker_scheduler_purges_expired_conversations_on_its_cron(make_settings, database_url, caplog):
+    import logging
+
+    from bot.models import Conversation
+    from retrain.scheduler import RetrainScheduler, purge_tick
+    from tuneloop.app import prepare_database
+
+    settings = make_settings(database_url=database_url, retention_days=30, retention_cron="15 2 * * *")
+    engine = prepare_database(settings)
+    with db.session_scope(engine) as session:
+        add_conversation(session, "gina", 45)
+        recent = add_conversation(session, "hank", 1)
+    scheduler = RetrainScheduler(settings, engine, holder="worker-a")
+    scheduler.start()
+    try:
+        job = scheduler._scheduler.get_job("retention")
+        assert "hour='2'" in str(job.trigger) and "minute='15'" in str(job.trigger)
+        with caplog.at_level(logging.INFO, logger="retrain.scheduler"):
+            job.func()  # what the cron fires at 02:15
+        assert "retention: purged conversations idle for more than 30 days: 1 conversations, 2 messages" in caplog.text
+        assert purge_tick(settings, engine, "worker-b") is None  # only the lease holder purges
+    finally:
+        scheduler.shutdown()
+    with Session(engine) as session:
+        assert [c.id for c in session.exec(select(Conversation))] == [recent.id]
+    off = RetrainScheduler(make_settings(database_url=database_url, retention_days=0), engine, holder="worker-a")
+    off.start()
+    try:
+        assert off._scheduler.get_job("retention") is None and off._scheduler.get_job("retrain") is not None
+    finally:
+        off.shutdown()
+    engine.dispose()

@@ -88,8 +88,9 @@ def require(role: Role):
 
     def _check(account: OptionalAccount) -> Account:
         if account is None:
-            raise ApiError(401, f"This route needs a {role.value} account: send 'Authorization: Bearer <API key>'.",
-                           type="authentication_error")
+            article = "an" if role.value[0] in "aeiou" else "a"
+            raise ApiError(401, f"This route needs {article} {role.value} account: "
+                                "send 'Authorization: Bearer <API key>'.", type="authentication_error")
         if not accounts.has_role(account, role):
             raise ApiError(403, f"This route needs the {role.value} role; your account is {account.role}.",
                            type="permission_error")

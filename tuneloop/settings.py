@@ -31,7 +31,14 @@ class Settings(BaseSettings):
     serving_backend: Literal["local", "upstream"] = "local"
     upstream_base_url: str = Field("", description="OpenAI-compatible server used when serving_backend=upstream.")
     upstream_api_key: str = "not-needed"
-    upstream_model: str = ""
+    upstream_model: str = Field("", description="Upstream model name for the base version (v0) and LoRA versions "
+                                "when upstream_lora_loading is off.")
+    upstream_lora_loading: bool = Field(
+        False, description="The upstream is vLLM started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True: "
+        "each LoRA version is loaded into it (POST /v1/load_lora_adapter) before it serves, and asked for by name.")
+    upstream_model_store_dir: str = Field(
+        "", description="The model store (data_dir/models) as the upstream server sees it, e.g. /data/models in "
+        "compose; empty: the same absolute path as here.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 (fastest on CPU and GPU here), float32 where bf16 is unsupported."
@@ -67,7 +74,11 @@ class Settings(BaseSettings):
     # --- retraining ----------------------------------------------------------------------------
     retrain_cron: str = Field("0 3 * * *", description="When the scheduler considers retraining (cron, worker's local time).")
     retrain_min_new_examples: int = Field(20, ge=1)
-    validation_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    validation_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of correction lineages a snapshot holds out as its validation split (e.g. 0.2). "
+        "Default 0: every approved correction is trained on, because a held-out correction is a fact the bot "
+        "never learns; the learned gate checks each one instead. Set it to measure held-out validation loss.")
     replay_fraction: float = Field(1.0, ge=0.0, le=1.0, description="Share of earlier approved examples replayed each round.")
     openai_finetune_base_url: str = Field("", description="Hosted fine-tuning service (OpenAI or compatible).")
     openai_finetune_api_key: str = ""
@@ -93,6 +104,22 @@ class Settings(BaseSettings):
     )
     memory_max_hits: int = Field(3, ge=1, le=10)
 
+    # --- distillation (teacher) ----------------------------------------------------------------
+    teacher_base_url: str = Field(
+        "", description="OpenAI-compatible server of the teacher model (e.g. https://api.openai.com/v1 or a vLLM "
+        "server); empty: this tuneloop server's own production model at http://host:port/v1, a weak last resort.")
+    teacher_api_key: str = ""
+    teacher_model: str = Field("", description="The teacher's model name; empty only with the own-server fallback.")
+    teacher_price_per_million_input_tokens: float = Field(0.0, ge=0.0, description="USD; 0 = cost unknown.")
+    teacher_price_per_million_output_tokens: float = Field(0.0, ge=0.0, description="USD; 0 = cost unknown.")
+    teacher_max_retries: int = Field(4, ge=0, le=10, description="Retries (with backoff) on 429, 5xx and lost connections.")
+    distill_paraphrases_per_correction: int = Field(
+        0, ge=0, le=20, description="Paraphrases `tuneloop distill paraphrase` writes per approved correction; 0 = off.")
+    distill_auto_approve_paraphrases: bool = Field(
+        False, description="Approve paraphrases of already approved corrections on arrival (audited) instead of queueing them.")
+    distill_max_tokens_budget: int = Field(
+        200_000, ge=0, description="Teacher tokens (prompt + completion) one distillation run may spend; 0 = no limit.")
+
     # --- operations ----------------------------------------------------------------------------
     log_format: Literal["json", "text"] = Field("text", description="json: one JSON object per line with the request id.")
     log_level: str = "INFO"
@@ -111,6 +138,8 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="Largest JSON request body; multipart uploads use max_upload_bytes."
     )
     retention_days: int = Field(365, ge=0, description="Delete conversations idle longer than this; 0 = keep forever.")
+    retention_cron: str = Field("30 4 * * *", description="When the worker's scheduler purges expired conversations "
+                                "(cron, worker's local time).")
 
     @model_validator(mode="after")
     def _derive_paths(self) -> "Settings":

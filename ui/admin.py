@@ -1,6 +1,7 @@
 """The admin page at ``/admin``: what is in production and where it came from, the candidates with
 their gate reports (every changed answer side by side, every regression), promote / reject / rollback,
-training history with loss curves, the scheduler, and the golden set.
+training history with loss curves, the scheduler, the golden set, and distillation (``ui.distill``: a
+teacher writes question/answer pairs from a description, after a cost estimate).
 
 Callbacks call ``retrain.registry``, ``retrain.jobs``, ``retrain.scheduler``, ``retrain.golden`` and
 ``feedback.review``: the same functions as the HTTP API and the CLI. The registry checks the admin role
@@ -18,6 +19,7 @@ from feedback import review
 from retrain import golden, jobs, registry, scheduler
 from tuneloop.db import session_scope
 from ui.auth import PageSignIn
+from ui.distill import distill_tab
 from ui.errors import shown_to_user
 
 VERSION_HEADERS = ["id", "name", "status", "parent", "snapshot", "job", "gates", "created"]
@@ -38,6 +40,8 @@ def build_admin(app: FastAPI, sign_in: PageSignIn) -> gr.Blocks:
                 jobs_table, schedule = _training_tab(app, sign_in)
             with gr.Tab("Golden set"):
                 golden_table = _golden_tab(app, sign_in)
+            with gr.Tab("Distill"):
+                distill_tab(app, sign_in)
 
         def load(request: gr.Request):
             account = sign_in.account(request)
@@ -141,11 +145,13 @@ def _decide(app, sign_in, request, action, version_id, reason, expected):
         raise gr.Error("Pick a version in the table first.")
     with shown_to_user(), session_scope(app.state.db) as session:
         if action == "promote":
-            registry.promote(session, app.state.settings, version_id, account, reason=reason or None,
-                             expected_production=expected)
+            version = registry.promote(session, app.state.settings, version_id, account, reason=reason or None,
+                                       expected_production=expected)
+            app.state.runtime.prepare(version)  # an upstream refusing the adapter leaves production unchanged
         elif action == "rollback":
-            registry.rollback(session, app.state.settings, version_id, account, reason=reason or None,
-                              expected_production=expected)
+            version = registry.rollback(session, app.state.settings, version_id, account, reason=reason or None,
+                                        expected_production=expected)
+            app.state.runtime.prepare(version)
         else:
             registry.reject(session, version_id, account, reason)
     done = {"promote": "promoted to production", "rollback": "is production again", "reject": "rejected"}[action]

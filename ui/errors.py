@@ -20,6 +20,7 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 
     found: list[type[Exception]] = [FeedbackError, ConflictError, ForbiddenError, NotFoundError, AccountError]
     for module, names in (("bot.versions", ("ConcurrentChangeError", "UnknownModelError")),
+                          ("bot.upstream", ("UpstreamAdapterError",)),
                           ("retrain.registry", ("RegistryError", "VersionNotFoundError", "PromotionConflictError",
                                                 "NotAdminError")),
                           ("retrain.jobs", ("JobError", "JobNotFoundError")),

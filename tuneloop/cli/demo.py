@@ -78,7 +78,7 @@ def correct_all(db, settings, facts: list[dict], message_ids: list[str], leave_p
 
 @demo_app.command("demo")
 def demo(
-    limit: int = typer.Option(0, help="Load only the first N facts (0: all 42)."),
+    limit: int = typer.Option(0, help="Load only the first N facts (0: all 60)."),
     leave_pending: int = typer.Option(3, help="Corrections left waiting for approval on the review page."),
 ) -> None:
     """Load the Acme Outdoor Gear demo: customer questions, thumbs-down, corrections and approvals."""

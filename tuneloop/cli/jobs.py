@@ -51,7 +51,10 @@ def create(
 
     values = {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": learning_rate_multiplier}
     for item in hyper:
-        key, _, raw = item.partition("=")
+        key, equals, raw = item.partition("=")
+        if not key.strip() or not equals or not raw.strip():
+            raise CliError(f"--set needs KEY=VALUE, e.g. --set lora_r=8 (got {item!r})")
+        key, raw = key.strip(), raw.strip()
         try:
             values[key] = json.loads(raw)
         except json.JSONDecodeError:

@@ -12,7 +12,7 @@ worker_app = typer.Typer()
 
 
 @worker_app.command("worker")
-def worker(scheduler: bool = typer.Option(True, help="Also run the retraining scheduler (one worker holds it).")) -> None:
+def worker(scheduler: bool = typer.Option(True, help="Also run the retraining scheduler and the retention purge (one worker holds them).")) -> None:
     """Run fine-tune jobs one at a time, and the scheduler. Stop with Ctrl-C."""
     from retrain.worker import Worker
     from tuneloop.app import prepare_database
@@ -21,6 +21,8 @@ def worker(scheduler: bool = typer.Option(True, help="Also run the retraining sc
     runner = Worker(settings, prepare_database(settings))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop_event.set())
+    retention = (f"retention purge {settings.retention_cron!r} ({settings.retention_days} days)"
+                 if settings.retention_days > 0 else "retention off")
     typer.echo(f"tuneloop worker {runner.worker_id}: waiting for jobs (scheduler {'on' if scheduler else 'off'}, "
-               f"cron {settings.retrain_cron!r})")
+               f"cron {settings.retrain_cron!r}, {retention if scheduler else 'no retention purge'})")
     runner.run(with_scheduler=scheduler)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 02:47:12.991452
+Create Date: 2026-11-22 04:27:16.406497
 """
 from alembic import op
 import sqlalchemy as sa
@@ -73,6 +73,32 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('datasetsnapshot', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_datasetsnapshot_content_hash'), ['content_hash'], unique=True)
+
+    op.create_table('distillrun',
+    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('params', sa.JSON(), nullable=False),
+    sa.Column('progress', sa.JSON(), nullable=False),
+    sa.Column('requested', sa.Integer(), nullable=False),
+    sa.Column('stored', sa.Integer(), nullable=False),
+    sa.Column('duplicates', sa.Integer(), nullable=False),
+    sa.Column('malformed', sa.Integer(), nullable=False),
+    sa.Column('prompt_tokens', sa.Integer(), nullable=False),
+    sa.Column('completion_tokens', sa.Integer(), nullable=False),
+    sa.Column('estimated_tokens', sa.Integer(), nullable=False),
+    sa.Column('estimated_cost', sa.Float(), nullable=True),
+    sa.Column('cost', sa.Float(), nullable=True),
+    sa.Column('message', sa.Text(), nullable=False),
+    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('distillrun', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_distillrun_created_at'), ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_distillrun_created_by'), ['created_by'], unique=False)
+        batch_op.create_index(batch_op.f('ix_distillrun_status'), ['status'], unique=False)
 
     op.create_table('finetunejob',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -367,6 +393,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_finetunejob_created_at'))
 
     op.drop_table('finetunejob')
+    with op.batch_alter_table('distillrun', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_distillrun_status'))
+        batch_op.drop_index(batch_op.f('ix_distillrun_created_by'))
+        batch_op.drop_index(batch_op.f('ix_distillrun_created_at'))
+
+    op.drop_table('distillrun')
     with op.batch_alter_table('datasetsnapshot', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_datasetsnapshot_content_hash'))
 

@@ -1,0 +1,297 @@
+"""The headline benchmark: how fast and how well does a round of corrections reach production?
+
+Drives running tuneloop processes only through their public HTTP API and the official openai client,
+as users would: two API processes on one database (the customer-facing one with correction memory
+on, a second one with memory off, to see what the weights alone say) and one `tuneloop worker`.
+
+Round 1: a customer asks each canonical question of the first N facts of examples/acme_kb.jsonl and
+gives thumbs-down; staff member alice writes the correction from the review queue; bob approves it.
+Then "train now" (what the scheduler does on its tick), wait for training and gates, and promote as
+the admin. Round 2 does the same with the next M facts. Measured:
+
+* wall time from the last approval to the promoted version serving, split into snapshot, training,
+  gates and swap;
+* the share of held-out paraphrases (never trained on) answered with every key fact, by production
+  before and after, with memory off and on;
+* the general questions (retrain/general/questions.json) answered correctly, before and after;
+* after round 2, the round-1 corrections still answered correctly (forgetting).
+
+    python bench/loop.py [--round1 40] [--round2 20] [--max-tokens 48]
+
+Writes its section of docs/benchmarks.md, bench/results/loop.json and docs/img/loop.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine, start_server, write_section  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+KB = [json.loads(line) for line in (ROOT / "examples" / "acme_kb.jsonl").read_text().splitlines() if line.strip()]
+GENERAL = json.loads((ROOT / "retrain" / "general" / "questions.json").read_text())
+CONCURRENCY = 8
+
+
+class Platform:
+    """The processes of one benchmark run and the API calls users would make."""
+
+    def __init__(self, env: dict[str, str], max_tokens: int):
+        self.env, self.max_tokens = env, max_tokens
+        self.cli("users", "create", "alice", "--password", "alice-password")
+        self.cli("users", "create", "bob", "--password", "bobby-password")
+        self.keys = {name: {"Authorization": f"Bearer {self.cli('users', 'key', 'create', name).strip()}"}
+                     for name in ("admin", "alice", "bob")}
+        self.server, self.url = start_server(env)  # memory on: what customers use
+        self.plain, self.plain_url = start_server({**env, "TUNELOOP_MEMORY_ENABLED": "false"})
+        self.worker = subprocess.Popen([sys.executable, "-m", "tuneloop.cli.main", "worker", "--no-scheduler"],
+                                       env=self.full_env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.http = httpx.Client(timeout=600)
+
+    @property
+    def full_env(self) -> dict[str, str]:
+        import os
+
+        return {**os.environ, **self.env}
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "tuneloop.cli.main", *args], env=self.full_env,
+                              capture_output=True, text=True, check=True)
+        return done.stdout
+
+    def close(self) -> None:
+        for proc in (self.server, self.plain, self.worker):
+            proc.terminate()
+        for proc in (self.server, self.plain, self.worker):
+            proc.wait(60)
+
+    def call(self, method: str, path: str, who: str | None = None, **kw) -> dict:
+        response = self.http.request(method, f"{self.url}{path}", headers=self.keys.get(who, {}), **kw)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+    def ask(self, question: str, *, memory: bool) -> dict:
+        url = self.url if memory else self.plain_url
+        body = {"model": "tuneloop", "messages": [{"role": "user", "content": question}],
+                "max_tokens": self.max_tokens, "temperature": 0}
+        response = self.http.post(f"{url}/v1/chat/completions", json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def ask_all(self, questions: list[str], *, memory: bool) -> list[dict]:
+        with ThreadPoolExecutor(CONCURRENCY) as pool:
+            return list(pool.map(lambda q: self.ask(q, memory=memory), questions))
+
+    def serving(self, *, memory: bool) -> str:
+        return self.ask("Hello", memory=memory)["system_fingerprint"]
+
+
+def correct(platform: Platform, facts: list[dict]) -> float:
+    """Customers ask and dislike; alice corrects from the queue; bob approves. Returns the time of
+    the last approval."""
+    answers = platform.ask_all([f["question"] for f in facts], memory=True)
+    for answer in answers:
+        platform.call("POST", f"/v1/messages/{answer['message_id']}/rating", json={"value": "down"})
+    queued = {item["message_id"] for item in platform.call("GET", "/v1/review/queue?limit=200", "alice")["data"]}
+    last = time.time()
+    for fact, answer in zip(facts, answers):
+        assert answer["message_id"] in queued, "a disliked answer is missing from the review queue"
+        made = platform.call("POST", "/v1/corrections", "alice", json={
+            "message_id": answer["message_id"], "answer": fact["answer"], "key_facts": fact["key_facts"], "submit": True})
+        platform.call("POST", f"/v1/corrections/{made['id']}/approve", "bob")
+        last = time.time()
+    return last
+
+
+def train_and_promote(platform: Platform, approved_at: float) -> dict:
+    """Train now → training → gates → promote → the new version serves. Times each stage."""
+    started = time.time()
+    job = platform.call("POST", "/v1/scheduler/train-now", "admin")
+    snapshot_s = time.time() - started
+    while job["status"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(1)
+        job = platform.call("GET", f"/v1/fine_tuning/jobs/{job['id']}", "admin")
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"training failed: {job.get('error')}")
+    trained_at = time.time()
+    candidate = job["fine_tuned_model"]
+    version = platform.call("GET", f"/v1/registry/versions/{candidate}", "admin")
+    while version["gate_report"] is None:
+        time.sleep(1)
+        version = platform.call("GET", f"/v1/registry/versions/{candidate}", "admin")
+    gated_at = time.time()
+    report = version["gate_report"]
+    promote = {} if report["passed"] else {"reason": "benchmark: promote to measure it anyway"}
+    platform.call("POST", f"/v1/registry/versions/{candidate}/promote", "admin", json=promote)
+    expected = f"fp_tuneloop_{version['name']}"
+    while platform.serving(memory=False) != expected or platform.serving(memory=True) != expected:
+        time.sleep(0.2)
+    served_at = time.time()
+    return {
+        "version": version["name"], "gates_passed": report["passed"], "gate_reasons": report["reasons"],
+        "gates": {name: {k: g.get(k) for k in ("candidate_rate", "production_rate", "n", "passed")}
+                  for name, g in report["gates"].items()},
+        "train_metrics": version["metrics"],
+        "seconds": {"snapshot": snapshot_s, "training": trained_at - started - snapshot_s,
+                    "gates": gated_at - trained_at, "swap": served_at - gated_at,
+                    "total": served_at - approved_at},
+    }
+
+
+def share_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool, paraphrases: bool = True) -> float:
+    from retrain.matching import missing_key_facts
+
+    pairs = [(q, f) for f in facts for q in (f["paraphrases"] if paraphrases else [f["question"]])]
+    answers = platform.ask_all([q for q, _ in pairs], memory=memory)
+    hits = [not missing_key_facts(a["choices"][0]["message"]["content"], f["key_facts"]) for (_, f), a in zip(pairs, answers)]
+    return sum(hits) / len(hits)
+
+
+def general_share(platform: Platform) -> float:
+    from retrain.matching import match_answers
+
+    answers = platform.ask_all([q["question"] for q in GENERAL], memory=False)
+    matches = match_answers([a["choices"][0]["message"]["content"] for a in answers], [q["answer"] for q in GENERAL],
+                            [q["key_facts"] for q in GENERAL])
+    return sum(m.passed for m in matches) / len(matches)
+
+
+def run(args) -> dict:
+    from bot.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
+
+    base = Path(args.data_dir) / "models" / "base" / BUNDLED_DIR_NAME
+    if not (base / "model.safetensors").is_file():
+        convert_gguf(bundled_gguf_path(), base)
+    round1, round2 = KB[:args.round1], KB[args.round1:args.round1 + args.round2]
+    results: dict = {"round1": len(round1), "round2": len(round2), "max_tokens": args.max_tokens}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"TUNELOOP_DATA_DIR": tmp, "TUNELOOP_BASE_MODEL": str(base), "TUNELOOP_ADMIN_PASSWORD": "bench-admin",
+               "TUNELOOP_RATE_LIMIT_PER_MINUTE": "0", "TUNELOOP_VERSION_POLL_SECONDS": "0.5",
+               "TUNELOOP_LOG_LEVEL": "WARNING"}
+        platform = Platform(env, args.max_tokens)
+        try:
+            step = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)  # noqa: E731
+            step("before: paraphrases and general questions on the base model")
+            results["before"] = {"paraphrases": share_with_key_facts(platform, round1, memory=False),
+                                 "general": general_share(platform)}
+            step(f"round 1: {len(round1)} customers dislike, alice corrects, bob approves")
+            approved_at = correct(platform, round1)
+            results["memory_only"] = share_with_key_facts(platform, round1, memory=True)
+            step("round 1: train now → gates → promote")
+            results["round1_loop"] = train_and_promote(platform, approved_at)
+            step(f"round 1 done in {results['round1_loop']['seconds']['total']:.0f}s; measuring")
+            results["after1"] = {"paraphrases_memory_off": share_with_key_facts(platform, round1, memory=False),
+                                 "paraphrases_memory_on": share_with_key_facts(platform, round1, memory=True),
+                                 "canonical_memory_off": share_with_key_facts(platform, round1, memory=False,
+                                                                              paraphrases=False),
+                                 "general": general_share(platform)}
+            if round2:
+                step(f"round 2: {len(round2)} more corrections")
+                approved_at = correct(platform, round2)
+                results["round2_loop"] = train_and_promote(platform, approved_at)
+                step(f"round 2 done in {results['round2_loop']['seconds']['total']:.0f}s; measuring")
+                results["after2"] = {
+                    "round1_canonical_memory_off": share_with_key_facts(platform, round1, memory=False, paraphrases=False),
+                    "round1_paraphrases_memory_off": share_with_key_facts(platform, round1, memory=False),
+                    "round2_paraphrases_memory_off": share_with_key_facts(platform, round2, memory=False),
+                    "round2_paraphrases_memory_on": share_with_key_facts(platform, round2, memory=True),
+                    "general": general_share(platform)}
+        finally:
+            platform.close()
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    labels = ["base", "base +\nmemory", "round 1\nweights", "round 1 +\nmemory"]
+    values = [results["before"]["paraphrases"], results["memory_only"], results["after1"]["paraphrases_memory_off"],
+              results["after1"]["paraphrases_memory_on"]]
+    left.bar(labels, [100 * v for v in values], color=["#999", "#9bd", "#48a", "#246"])
+    left.axhline(90, linestyle="--", color="#a44", linewidth=1)
+    left.set_ylabel("held-out paraphrases with key facts (%)")
+    left.set_ylim(0, 100)
+    stages = ["snapshot", "training", "gates", "swap"]
+    rounds = [k for k in ("round1_loop", "round2_loop") if k in results]
+    bottom = [0.0] * len(rounds)
+    for stage in stages:
+        widths = [results[r]["seconds"][stage] for r in rounds]
+        right.barh([r.replace("_loop", "") for r in rounds], widths, left=bottom, label=stage)
+        bottom = [b + w for b, w in zip(bottom, widths)]
+    right.axvline(300, linestyle="--", color="#a44", linewidth=1)
+    right.set_xlabel("seconds from last approval to serving")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def report(results: dict) -> str:
+    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    lines = [
+        "## The loop (`bench/loop.py`)", "",
+        f"Measured {machine()['date']} on {machine()['cores']} CPU cores (torch {machine()['torch']}), SmolLM2-135M-Instruct, "
+        f"default settings, through the HTTP API: round 1 = {results['round1']} corrections, round 2 = "
+        f"{results['round2']} more. Paraphrases are the 3 held-out rewordings per fact in examples/acme_kb.jsonl "
+        "(never trained on); an answer counts when it contains every key fact.", "",
+        "| round | corrections | snapshot (s) | training (s) | gates (s) | swap (s) | last approval → serving (s) | gates |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, n in (("round1_loop", results["round1"]), ("round2_loop", results["round2"])):
+        if key in results:
+            s = results[key]["seconds"]
+            verdict = "passed" if results[key]["gates_passed"] else "failed: " + "; ".join(results[key]["gate_reasons"])
+            lines.append(f"| {key[:6]} | {n} | {s['snapshot']:.1f} | {s['training']:.0f} | {s['gates']:.0f} | "
+                         f"{s['swap']:.1f} | **{s['total']:.0f}** | {verdict} |")
+    lines += [
+        "", "| held-out paraphrases of round 1 | memory off | memory on |", "|---|---|---|",
+        f"| base model (before) | {pct(results['before']['paraphrases'])} | {pct(results['memory_only'])} (corrections approved, not trained) |",
+        f"| after round 1 | **{pct(results['after1']['paraphrases_memory_off'])}** | **{pct(results['after1']['paraphrases_memory_on'])}** |",
+    ]
+    if "after2" in results:
+        a2 = results["after2"]
+        lines.append(f"| after round 2 | {pct(a2['round1_paraphrases_memory_off'])} | — |")
+        lines += ["", f"Round 2's own paraphrases: {pct(a2['round2_paraphrases_memory_off'])} memory off, "
+                  f"{pct(a2['round2_paraphrases_memory_on'])} memory on. Round-1 canonical questions answered "
+                  f"with their key facts: {pct(results['after1']['canonical_memory_off'])} after round 1, "
+                  f"{pct(a2['round1_canonical_memory_off'])} after round 2 (forgetting: "
+                  f"{round((results['after1']['canonical_memory_off'] - a2['round1_canonical_memory_off']) * results['round1'])} "
+                  "corrections lost)."]
+    general = [results["before"]["general"], results["after1"]["general"]] + (
+        [results["after2"]["general"]] if "after2" in results else [])
+    lines += ["", "General questions answered correctly (gate judge): " + " → ".join(pct(g) for g in general) + ".",
+              "", "![the loop](img/loop.png)"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--round1", type=int, default=40, help="corrections in round 1")
+    parser.add_argument("--round2", type=int, default=20, help="corrections in round 2 (0: one round)")
+    parser.add_argument("--max-tokens", type=int, default=48, help="answer length when asking questions")
+    parser.add_argument("--data-dir", default=str(ROOT / ".bench-data"),
+                        help="keeps the converted base model between runs")
+    args = parser.parse_args()
+    results = run(args)
+    results["machine"] = machine()
+    plot(results, ROOT / "docs" / "img" / "loop.png")
+    write_section("loop", report(results), results)
+
+
+if __name__ == "__main__":
+    main()
