@@ -48,10 +48,10 @@ def base_dir() -> Path:
 
 
 # --- the two trainers (each run in a child process) ---------------------------------------------------
-def run_tuneloop(n: int, epochs: int, out: Path, anchors: bool) -> dict:
+def run_tuneloop(n: int, epochs: int, out: Path) -> dict:
     from retrain.trainer import TrainConfig, train
 
-    config = TrainConfig(n_epochs=epochs, anchor_ratio=0.5 if anchors else 0.0, **SHARED)
+    config = TrainConfig(n_epochs=epochs, **SHARED)
     started = time.perf_counter()
     result = train(config, examples(n), [], base_dir=base_dir(), parent_adapter_dir=None, output_dir=out)
     return {"seconds": time.perf_counter() - started, "trained_tokens": result.trained_tokens, "steps": result.steps}
@@ -141,7 +141,7 @@ def child(argv: list[str]) -> None:
     elif kind == "gates":
         result = {"seconds_per_100": gate_speed()}
     else:
-        result = run_tuneloop(n, epochs, out, anchors=kind == "tuneloop+anchors")
+        result = run_tuneloop(n, epochs, out)
     if kind != "gates":
         result["final_answer_loss"] = answer_loss(out, n)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -167,12 +167,12 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [k for k in ("hf", "tuneloop", "tuneloop+anchors") if k in results]
-    labels = {"hf": "HF Trainer + peft", "tuneloop": "tuneloop", "tuneloop+anchors": "tuneloop (default,\nwith anchors)"}
+    names = [k for k in ("hf", "tuneloop") if k in results]
+    labels = {"hf": "HF Trainer + peft", "tuneloop": "tuneloop"}
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
-    left.bar([labels[k] for k in names], [results[k]["tokens_per_s"] for k in names], color=["#999", "#48a", "#246"])
+    left.bar([labels[k] for k in names], [results[k]["tokens_per_s"] for k in names], color=["#999", "#48a"])
     left.set_ylabel("trained tokens/s")
-    right.bar([labels[k] for k in names], [results[k]["seconds"] for k in names], color=["#999", "#48a", "#246"])
+    right.bar([labels[k] for k in names], [results[k]["seconds"] for k in names], color=["#999", "#48a"])
     right.set_ylabel("wall time (s)")
     for ax in (left, right):
         ax.tick_params(axis="x", labelsize=7)
@@ -192,7 +192,7 @@ def main() -> None:
     base_dir()
     with tempfile.TemporaryDirectory() as tmp:
         results = {kind: measure(kind, args.facts, args.epochs, Path(tmp))
-                   for kind in ("hf", "tuneloop", "tuneloop+anchors", "gates")}
+                   for kind in ("hf", "tuneloop", "gates")}
     hf, ours = results["hf"], results["tuneloop"]
     ratio = ours["tokens_per_s"] / hf["tokens_per_s"]
     lines = [
@@ -204,13 +204,11 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
         *[f"| {name} | {r['seconds']:.0f} | {r['steps']} | {r['trained_tokens']} | {r['tokens_per_s']:.0f} | "
           f"{r['peak_rss_mb']:.0f} | {r['final_answer_loss']:.3f} |"
-          for name, r in (("HF `Trainer` + peft (baseline)", hf), ("tuneloop, same data", ours),
-                          ("tuneloop default (+ anchors)", results["tuneloop+anchors"]))],
+          for name, r in (("HF `Trainer` + peft (baseline)", hf), ("tuneloop", ours))],
         "",
         f"Ratio, same data: **{ratio:.2f}×** the baseline's tokens/s (goal ≥ 1.2×), final loss "
         f"{ours['final_answer_loss']:.3f} vs {hf['final_answer_loss']:.3f}; wall time "
-        f"{ours['seconds'] / hf['seconds']:.2f}× the baseline's. The default run adds the parent's answers to "
-        "general prompts (anchors, retrain/anchors.py) so that general ability holds; it trains more tokens.", "",
+        f"{ours['seconds'] / hf['seconds']:.2f}× the baseline's (wall time includes loading the model).", "",
         f"Gates: **{results['gates']['seconds_per_100']:.0f} s per 100 questions** per model version (greedy, "
         "length-sorted batches of 16); a gate run asks candidate and production, so twice that.", "",
         "![training](img/train.png)",

@@ -78,7 +78,7 @@ def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[s
     fields.update({f"key_facts.{i}": fact for i, fact in enumerate(facts)})
     masked: list[dict[str, Any]] = []
     if settings.scrub_pii:
-        fields, masked = scrub_fields(fields)
+        fields, masked = scrub_fields(fields, settings.pii_keep)
     return {"question": fields["question"], "answer": fields["answer"],
             "key_facts": [fields[f"key_facts.{i}"] for i in range(len(facts))]}, masked
 

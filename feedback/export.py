@@ -84,8 +84,8 @@ def _turns_before(session: Session, message_id: str) -> list[dict[str, str]]:
 
 def _example(settings: Settings, tokenizer: Any, turns: list[dict[str, str]], answer: str, **meta: Any) -> dict:
     if settings.scrub_pii:
-        turns = [{"role": t["role"], "content": scrub(t["content"])[0]} for t in turns]
-        answer = scrub(answer)[0]
+        turns = [{"role": t["role"], "content": scrub(t["content"], settings.pii_keep)[0]} for t in turns]
+        answer = scrub(answer, settings.pii_keep)[0]
     messages = trim_context([{"role": "system", "content": settings.resolved_system_prompt}, *turns],
                             answer, settings, tokenizer)
     return {**meta, "messages": messages, "completion": answer}

@@ -3,12 +3,16 @@ card numbers (only digit runs that pass the Luhn check, so order numbers survive
 
 ``scrub`` returns the cleaned text and what was masked; the reviewer sees that list (``pii_masked``)
 next to the correction, so a false positive (a company hotline, say) is noticed before approval.
-Placeholders never match the patterns again, so scrubbing twice changes nothing.
+Placeholders never match the patterns again, so scrubbing twice changes nothing. The company's own
+published contacts (``settings.pii_keep``: its hotline, its e-mail domain) are not personal data and
+are kept: an expert answer "Call us at 1-800-555-0142" masked to "Call us at 1-[PHONE]" taught the bot
+to say exactly that.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 EMAIL = "[EMAIL]"
@@ -48,11 +52,15 @@ def _preview(text: str) -> str:
     return text[:2] + "…" + text[-2:] if len(text) > 6 else "…"
 
 
-def scrub(text: str) -> tuple[str, list[Masked]]:
-    """Return ``text`` with e-mails, card numbers (Luhn-valid) and phone numbers replaced."""
+def scrub(text: str, keep: Sequence[str] = ()) -> tuple[str, list[Masked]]:
+    """Return ``text`` with e-mails, card numbers (Luhn-valid) and phone numbers replaced, except
+    those containing one of ``keep`` (case-insensitive)."""
     found: list[Masked] = []
+    kept = [k.lower() for k in keep if k]
 
     def _email(m: re.Match) -> str:
+        if any(k in m.group().lower() for k in kept):
+            return m.group()
         found.append(Masked("email", _preview(m.group())))
         return EMAIL
 
@@ -65,7 +73,7 @@ def scrub(text: str) -> tuple[str, list[Masked]]:
 
     def _phone(m: re.Match) -> str:
         digits = re.sub(r"\D", "", m.group())
-        if not 7 <= len(digits) <= 15 or _looks_like_date_or_amount(m.group()):
+        if not 7 <= len(digits) <= 15 or _looks_like_date_or_amount(m.group()) or any(k in m.group() or m.group() in k for k in kept):
             return m.group()
         found.append(Masked("phone", _preview(m.group())))
         return PHONE
@@ -81,10 +89,10 @@ def _looks_like_date_or_amount(candidate: str) -> bool:
     return bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d{1,3}(?:[.,]\d{3})+", candidate))
 
 
-def scrub_fields(fields: dict[str, str]) -> tuple[dict[str, str], list[dict[str, str]]]:
+def scrub_fields(fields: dict[str, str], keep: Sequence[str] = ()) -> tuple[dict[str, str], list[dict[str, str]]]:
     """Scrub several named texts at once; the masked list says which field each came from."""
     cleaned, masked = {}, []
     for name, value in fields.items():
-        cleaned[name], found = scrub(value)
+        cleaned[name], found = scrub(value, keep)
         masked += [m.as_dict(name) for m in found]
     return cleaned, masked

@@ -14,9 +14,11 @@ engine is used directly) and judges each answer against a reference with ``retra
    listed by name either way.
 3. **golden** — the admin-curated must-pass questions (``retrain.golden``): all must pass.
 4. **general** — the shipped general questions (``retrain/general/questions.json``) and perplexity on
-   a short general text (``retrain/general/text.txt``): the pass rate may fall at most
-   ``gate_general_margin`` (0.10) and perplexity may rise at most ``gate_perplexity_margin`` (0.15,
-   relative) compared with production.
+   a short general text (``retrain/general/text.txt``). The candidate fails when its pass rate falls
+   more than ``gate_general_margin`` (0.10) below production's *and* a paired sign test says the drop
+   is not chance (p < ``gate_general_significance``, 0.05): on 15 questions one answer is 7 points,
+   and a round that flipped 2 borderline answers was rejected by noise. Perplexity may rise at most
+   ``gate_perplexity_margin`` (0.25, relative). Answers that must never change belong in the golden set.
 
 A gate with no questions passes (and says so). Answers are capped at 1.5× the reference's length
 + 8 tokens (at most ``gate_max_tokens``, 96), and questions are decoded in batches sorted by prompt
@@ -234,9 +236,14 @@ def _judge(gate: str, rows: list[dict], settings: Settings, ppl: tuple[float, fl
         failing = [r["name"] for r in rows if not r["candidate"]["passed"]]
         reason = f"golden: {n - cand} must-pass question(s) failed: {', '.join(failing)}"
     else:
-        ok = cand_rate + eps >= prod_rate - settings.gate_general_margin
+        gained = sum(r["verdict"] == "fixed" for r in rows)
+        p_value = worse_p_value(len(newly_failing), gained)
+        result.update(gained=gained, lost=len(newly_failing), p_value=round(p_value, 4))
+        ok = (cand_rate + eps >= prod_rate - settings.gate_general_margin
+              or p_value >= settings.gate_general_significance)
         reason = (f"general: pass rate {cand_rate:.0%} vs production {prod_rate:.0%} "
-                  f"(margin {settings.gate_general_margin:.0%})")
+                  f"(margin {settings.gate_general_margin:.0%}); {len(newly_failing)} lost, {gained} gained, "
+                  f"p={p_value:.3f} < {settings.gate_general_significance}: {', '.join(newly_failing)}")
         if ppl is not None:
             limit = ppl[1] * (1 + settings.gate_perplexity_margin)
             result.update(candidate_perplexity=round(ppl[0], 3), production_perplexity=round(ppl[1], 3))
@@ -250,6 +257,13 @@ def _judge(gate: str, rows: list[dict], settings: Settings, ppl: tuple[float, fl
     result["passed"] = ok
     result["reason"] = "" if ok else reason
     return result
+
+
+def worse_p_value(lost: int, gained: int) -> float:
+    """One-sided exact sign test (McNemar) on the questions only one version answers correctly: the
+    chance of losing at least ``lost`` of the ``lost + gained`` if neither version were better."""
+    n = lost + gained
+    return sum(math.comb(n, k) for k in range(lost, n + 1)) / 2 ** n if n else 1.0
 
 
 # --- running on the registry -------------------------------------------------------------------

@@ -296,7 +296,7 @@ def _inputs(session: Session, settings: Settings, job: FineTuneJob, config):
         valid = read_examples(settings, get_file(session, job.validation_file_id)) if job.validation_file_id else []
         n_new, n_replay = len(train_set), 0
     note = (f"Training {len(train_set)} examples ({n_new} new, {n_replay} replayed), {len(valid)} validation, "
-            f"{config.n_epochs} epochs, continuing from {parent.id}"
+            f"{config.n_epochs} epochs (at least {config.min_steps} steps), continuing from {parent.id}"
             + (" (its adapter)" if spec.adapter_dir else " (fresh LoRA)"))
     return spec.base_dir, spec.adapter_dir, train_set, valid, note
 
@@ -308,10 +308,6 @@ class _Progress:
         self.engine, self.job_id = engine, job_id
 
     def __call__(self, row: dict[str, Any]) -> None:
-        if "step" not in row:  # a stage of the run, not an optimizer step
-            with session_scope(self.engine) as session:
-                jobs.add_event(session, self.job_id, row["message"])
-            return
         valid = "" if row.get("valid_loss") is None else f", validation loss={row['valid_loss']:.3f}"
         message = f"Step {row['step']}/{row['total_steps']}: training loss={row['train_loss']:.3f}{valid}"
         with session_scope(self.engine) as session:

@@ -7,7 +7,7 @@ afterwards comes from the weights."""
 import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from tuneloop.db import session_scope
 
@@ -24,8 +24,6 @@ def ask(client: OpenAI, question: str):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known open problem (issues #4/#5): with the current training defaults the "
-                   "gates reject the candidate (learned 2/3, general 80% vs 93%); tune epochs/LR, then remove")
 def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sqlite_url):
     from retrain.worker import Worker
     from tuneloop.accounts.models import Account

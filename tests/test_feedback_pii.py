@@ -19,3 +19,10 @@ def test_leaves_order_numbers_dates_prices_and_hours_alone():
 def test_scrubbing_twice_changes_nothing():
     once, _ = scrub("reach me at bob@shop.example or 555-123-4567")
     assert scrub(once) == (once, [])
+
+
+def test_the_companys_own_contacts_are_kept():
+    text, found = scrub("Call us at 1-800-555-0142 or write to help@acme.example; I am jane@home.example.",
+                        keep=["1-800-555-0142", "acme.example"])
+    assert text == "Call us at 1-800-555-0142 or write to help@acme.example; I am [EMAIL]."
+    assert [m.kind for m in found] == ["email"]

@@ -28,7 +28,7 @@ def digest(directory) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
-FAST = dict(n_epochs=2, batch_size=2, lora_r=4, lora_alpha=8, anchor_ratio=0.0)
+FAST = dict(n_epochs=2, batch_size=2, lora_r=4, lora_alpha=8, min_steps=0)
 
 
 def test_lora_run_changes_adapter_not_base_and_writes_promised_files(tiny_model_dir, tmp_path):
@@ -58,7 +58,7 @@ def test_continuing_starts_from_the_parent_adapter(tiny_model_dir, tmp_path):
     train(TrainConfig(**FAST), facts(), [], base_dir=tiny_model_dir, parent_adapter_dir=None, output_dir=parent)
     # A run that barely moves the weights must end where the parent ended, not at a fresh LoRA.
     child = tmp_path / "child"
-    result = train(TrainConfig(n_epochs=1, batch_size=2, learning_rate_multiplier=1e-9), facts(), [],
+    result = train(TrainConfig(n_epochs=1, batch_size=2, learning_rate_multiplier=1e-9, min_steps=0), facts(), [],
                    base_dir=tiny_model_dir, parent_adapter_dir=parent, output_dir=child)
     assert result.continued_from == str(parent)
     p, c = load_file(parent / "adapter_model.safetensors"), load_file(child / "adapter_model.safetensors")
@@ -78,7 +78,7 @@ def test_cancel_leaves_nothing_behind(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(n_epochs=0), "n_epochs"), (dict(learning_rate_multiplier=-1.0), "learning_rate_multiplier"),
+    (dict(n_epochs=0), "n_epochs"), (dict(min_steps=-1), "min_steps"), (dict(learning_rate_multiplier=-1.0), "learning_rate_multiplier"),
     (dict(lora_r=0), "lora_r"), (dict(lora_dropout=1.0), "lora_dropout"), (dict(batch_size=0), "batch_size"),
     (dict(prompt_loss_weight=-0.1), "prompt_loss_weight"),
 ])
@@ -102,3 +102,12 @@ def test_replay_selects_new_examples_and_a_seeded_share_of_old_ones():
     # A revised correction (new correction id, same lineage) counts as new.
     revised = [{**current[0], "correction_id": "corr0-r2"}]
     assert select_for_round(revised, seen, replay_fraction=0.0, seed=1)[1] == 1
+
+
+def test_few_examples_get_at_least_min_steps(tiny_model_dir, tmp_path):
+    """Three examples in batches of 4 are one step per epoch: epochs are raised to reach min_steps."""
+    config = TrainConfig(**{**FAST, "n_epochs": 1, "batch_size": 4, "min_steps": 5})
+    result = train(config, facts()[:3], [], base_dir=tiny_model_dir, parent_adapter_dir=None, output_dir=tmp_path / "a")
+    assert result.steps == 5 and result.metrics["n_epochs"] == 5
+    rows = list(csv.DictReader(open(tmp_path / "a" / "result.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
