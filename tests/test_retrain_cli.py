@@ -53,7 +53,7 @@ def test_create_list_get_follow_and_cancel(tuneloop, settings, engine):
     approve(engine, settings, 3)
     assert tuneloop("data", "snapshot")[0] == 0
     code, out, err = tuneloop("jobs", "create", "--n-epochs", "1", "--batch-size", "4", "--set", "lora_r=4",
-                              "--set", "anchor_ratio=0", "--suffix", "cli", "--seed", "7")
+                              "--set", "min_steps=0", "--suffix", "cli", "--seed", "7")
     assert code == 0, err
     job_id = re.fullmatch(r"created (ftjob-\S+) \(status validating_files\); follow it with "
                           r"`tuneloop jobs follow \1`", out.strip()).group(1)

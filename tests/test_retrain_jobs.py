@@ -50,7 +50,7 @@ def test_fine_tune_through_the_openai_api_creates_a_candidate(app, api):
     assert api.files.retrieve(training.id).id == training.id
     job = api.fine_tuning.jobs.create(model="v0", training_file=training.id, suffix="acme", seed=7,
                                       method={"type": "supervised", "supervised": {"hyperparameters": {
-                                          "n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 2.0}}})
+                                          "n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 2.0, "min_steps": 0}}})
     assert job.status == "validating_files" and job.id.startswith("ftjob-") and job.seed == 7
     assert job.hyperparameters.n_epochs == 1 and job.hyperparameters.batch_size == 2
 
