@@ -69,6 +69,7 @@ def run_hf_trainer(n: int, epochs: int, out: Path) -> dict:
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(base_dir())
     model = AutoModelForCausalLM.from_pretrained(base_dir(), dtype=torch.float32)
+    model.is_quantized = False  # the GGUF was de-quantized to fp32 on conversion; only the flag is left
     model = get_peft_model(model, LoraConfig(r=SHARED["lora_r"], lora_alpha=SHARED["lora_alpha"], lora_dropout=0.0,
                                              target_modules=ALL_LINEAR, task_type="CAUSAL_LM"))
     rows = []
@@ -80,7 +81,8 @@ def run_hf_trainer(n: int, epochs: int, out: Path) -> dict:
     tokenizer.pad_token_id = pad
     args = TrainingArguments(output_dir=str(out.parent / "hf-checkpoints"), num_train_epochs=epochs,
                              per_device_train_batch_size=SHARED["batch_size"], learning_rate=SHARED["base_learning_rate"],
-                             lr_scheduler_type="linear", warmup_ratio=SHARED["warmup_fraction"], weight_decay=0.0,
+                             lr_scheduler_type="linear", weight_decay=0.0,
+                             warmup_steps=int(SHARED["warmup_fraction"] * -(-len(rows) // SHARED["batch_size"]) * epochs),
                              max_grad_norm=1.0, logging_steps=1000, save_strategy="no", report_to=[], seed=42,
                              use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=rows,
