@@ -1,4 +1,4 @@
-"""Distillation over HTTP, for admins (thin: see feedback.distill).
+"""Distillation over HTTP, for admins (thin: see feedback.distill_plan and feedback.distill).
 
 ``POST /v1/distill/estimate`` answers what a run would cost without calling the teacher;
 ``POST /v1/distill/runs`` starts one (202) that runs in the background; poll
@@ -17,7 +17,7 @@ from fastapi import APIRouter, BackgroundTasks, Query, Request
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
-from feedback import distill
+from feedback import distill, distill_plan
 from feedback.errors import ConflictError, http_errors
 from feedback.teacher import TeacherError
 from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep
@@ -31,8 +31,8 @@ class DistillRequest(BaseModel):
     kind: Literal["task", "paraphrase"] = Field("task", description="task: from a description; paraphrase: "
                                                 "other wordings of approved corrections")
     description: str = Field("", description="task: one paragraph about the business")
-    count: int = Field(20, ge=1, le=distill.MAX_COUNT, description="task: question/answer pairs wanted")
-    per_correction: int | None = Field(None, ge=1, le=distill.PAIRS_PER_REQUEST,
+    count: int = Field(20, ge=1, le=distill_plan.MAX_COUNT, description="task: question/answer pairs wanted")
+    per_correction: int | None = Field(None, ge=1, le=distill_plan.PAIRS_PER_REQUEST,
                                        description="paraphrase: default TUNELOOP_DISTILL_PARAPHRASES_PER_CORRECTION")
     temperature: float = Field(0.9, ge=0.0, le=2.0)
     budget: int | None = Field(None, ge=0,
@@ -53,11 +53,11 @@ def distill_errors() -> Iterator[None]:
         raise ApiError(502, str(exc), type="teacher_error") from exc
 
 
-def _plan(session: Session, settings: Settings, body: DistillRequest) -> distill.DistillPlan:
+def _plan(session: Session, settings: Settings, body: DistillRequest) -> distill_plan.DistillPlan:
     if body.kind == "paraphrase":
-        return distill.plan_paraphrases(session, settings, per_correction=body.per_correction,
+        return distill_plan.plan_paraphrases(session, settings, per_correction=body.per_correction,
                                         temperature=body.temperature, budget=body.budget)
-    return distill.plan_task(settings, description=body.description, count=body.count,
+    return distill_plan.plan_task(settings, description=body.description, count=body.count,
                              temperature=body.temperature, budget=body.budget)
 
 

@@ -1,13 +1,14 @@
 """The admin page's Distill tab: describe the business in one paragraph, choose how many question/answer
 pairs, see the estimated tokens and cost, confirm, and the teacher's pairs wait for approval on /staff.
-Calls ``feedback.distill`` like the CLI (`tuneloop distill task`) and the API (``/v1/distill/runs``)."""
+Calls ``feedback.distill_plan`` and ``feedback.distill`` like the CLI (`tuneloop distill task`) and the API
+(``/v1/distill/runs``)."""
 
 from __future__ import annotations
 
 import gradio as gr
 from fastapi import FastAPI
 
-from feedback import distill
+from feedback import distill, distill_plan
 from feedback.teacher import TeacherError
 from tuneloop.db import session_scope
 from ui.auth import PageSignIn
@@ -21,7 +22,7 @@ def distill_tab(app: FastAPI, sign_in: PageSignIn) -> None:
     description = gr.Textbox(label="Describe the business: products, policies, tone (one paragraph)", lines=4,
                              elem_id="distill-description")
     with gr.Row():
-        count = gr.Number(20, label="Question/answer pairs", precision=0, minimum=1, maximum=distill.MAX_COUNT)
+        count = gr.Number(20, label="Question/answer pairs", precision=0, minimum=1, maximum=distill_plan.MAX_COUNT)
         estimate = gr.Button("Estimate cost", elem_id="distill-estimate")
         confirm = gr.Button("Confirm and run", variant="primary", interactive=False, elem_id="distill-run")
     result = gr.Markdown(elem_id="distill-result")
@@ -29,7 +30,7 @@ def distill_tab(app: FastAPI, sign_in: PageSignIn) -> None:
 
     def show_estimate(text, n):
         with shown_to_user():
-            plan = distill.plan_task(settings, description=text or "", count=int(n or 0))
+            plan = distill_plan.plan_task(settings, description=text or "", count=int(n or 0))
         return plan.summary().replace("\n", "  \n"), (text, int(n)), gr.update(interactive=True)
 
     def run(seen, request: gr.Request, progress=gr.Progress()):
@@ -37,7 +38,7 @@ def distill_tab(app: FastAPI, sign_in: PageSignIn) -> None:
         if not seen:
             raise gr.Error("Estimate the cost first.")
         with shown_to_user():
-            plan = distill.plan_task(settings, description=seen[0], count=seen[1])
+            plan = distill_plan.plan_task(settings, description=seen[0], count=seen[1])
             with session_scope(app.state.db) as session:
                 run_id = distill.create_run(session, plan, actor=account.username).id
             try:

@@ -28,7 +28,7 @@ def task(description: str = typer.Argument(..., help="One paragraph about the bu
          temperature: float = typer.Option(0.9, "--temperature", help="Teacher sampling temperature (0-2)."),
          budget: int = BUDGET, yes: bool = YES, actor: str = ACTOR) -> None:
     """Diverse customer questions with ideal answers in the company's voice, from a description."""
-    from feedback.distill import plan_task
+    from feedback.distill_plan import plan_task
 
     _confirm_and_run(plan_task(_settings(), description=description, count=count, temperature=temperature,
                                budget=budget), yes, actor)
@@ -40,7 +40,7 @@ def docs(files: list[Path] = typer.Argument(..., help="Markdown, text or PDF fil
          temperature: float = typer.Option(0.7, "--temperature"),
          budget: int = BUDGET, yes: bool = YES, actor: str = ACTOR) -> None:
     """Questions each part of the documents answers; every pair keeps its source chunk."""
-    from feedback.distill import plan_docs
+    from feedback.distill_plan import plan_docs
 
     _confirm_and_run(plan_docs(_settings(), files, per_chunk=per_chunk, temperature=temperature, budget=budget),
                      yes, actor)
@@ -52,7 +52,7 @@ def paraphrase(per_correction: int = typer.Option(
                temperature: float = typer.Option(0.9, "--temperature"),
                budget: int = BUDGET, yes: bool = YES, actor: str = ACTOR) -> None:
     """Other wordings of every approved correction's question (they share its answer and split side)."""
-    from feedback.distill import plan_paraphrases
+    from feedback.distill_plan import plan_paraphrases
     from tuneloop import db
 
     engine = _engine()
