@@ -91,3 +91,20 @@ def collate(encoded: list[EncodedExample], pad_id: int) -> dict[str, torch.Tenso
         weights[row, :k] = torch.tensor(e.weights)
         completion[row, :k] = torch.tensor(e.completion_mask)
     return {"input_ids": input_ids, "attention_mask": attention, "weights": weights, "completion_mask": completion}
+
+
+def target_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  select: torch.Tensor) -> torch.Tensor:
+    """Float logits predicting token t+1 at every position t where ``select[:, t]`` (shape: batch ×
+    width-1) is True, rows in row-major order.
+
+    The output projection of a small model is a large share of its compute (SmolLM2-135M: 28M of
+    135M parameters, and a 49k-way softmax per position). Training only scores answer tokens, so the
+    projection runs on those positions alone; models without a separable decoder get full logits."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
+    if decoder is None or head is None or getattr(causal_lm.config, "final_logit_softcapping", None):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits[:, :-1][select].float()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return head(hidden[:, :-1][select]).float()

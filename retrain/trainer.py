@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from retrain.batching import EncodedExample, collate, encode_example, length_grouped_batches
+from retrain.batching import EncodedExample, collate, encode_example, length_grouped_batches, target_logits
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "training_config.json", "result.csv")
@@ -43,8 +43,9 @@ class TrainConfig:
     facts in 8 epochs (~1 min) and forty in a few minutes, where 2e-4 (the usual 7B default) still
     answered with the base model's guess after the same number of steps."""
 
-    n_epochs: int = field(default=8, metadata={"help": "Passes over the training examples. Small fact "
-                          "sets need several passes: 8 learned 5 facts reliably, 3 did not."})
+    n_epochs: int = field(default=10, metadata={"help": "Passes over the training examples. Small fact "
+                          "sets need several passes: 3 did not learn 5 facts; with the KL penalty on, 8 learned 19 "
+                          "of 20 facts and 10 all 20."})
     min_steps: int = field(default=12, metadata={"help": "Fewest optimizer steps of a run: with few "
                            "examples, n_epochs is raised until the run takes this many (like OpenAI's automatic "
                            "epochs). Three corrections at 8 epochs gave 8 steps and one was not learned; 12 learned all three, "
@@ -66,6 +67,13 @@ class TrainConfig:
                                       "(answer tokens weigh 1). 0 trains on the answers only."})
     replay_fraction: float = field(default=1.0, metadata={"help": "Share of examples the parent already "
                                    "saw that are replayed with the new ones (against forgetting), in [0, 1]."})
+    kl_weight: float = field(default=1.0, metadata={"help": "Weight of the KL penalty that keeps the model's "
+                             "answers to general prompts close to the parent's (retrain.kl_anchor); 0 turns it off. "
+                             "On 20 facts, 1.0 kept 13 of 14 general questions (off: 9) and the general perplexity "
+                             "+11% (off: +43%); 2.0 with half the anchors per step learned only 16 of 20."})
+    kl_anchors: int = field(default=32, metadata={"help": "General prompts the KL penalty is computed on "
+                            "(answered by the parent once, before the first step)."})
+    kl_batch_size: int = field(default=4, metadata={"help": "Anchor prompts per optimizer step for the KL penalty."})
     seed: int = field(default=42, metadata={"help": "Seeds LoRA init, shuffling, dropout and replay sampling."})
     gradient_accumulation: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     max_seq_len: int = field(default=1024, metadata={"help": "Longest example in tokens; older context "
@@ -90,6 +98,9 @@ class TrainConfig:
             (bool(self.target_modules), "target_modules must name at least one module"),
             (self.prompt_loss_weight >= 0, "prompt_loss_weight must be 0 or more"),
             (0.0 <= self.replay_fraction <= 1.0, "replay_fraction must be in [0, 1]"),
+            (self.kl_weight >= 0, "kl_weight must be 0 or more"),
+            (self.kl_anchors >= 1, "kl_anchors must be at least 1"),
+            (self.kl_batch_size >= 1, "kl_batch_size must be at least 1"),
             (self.gradient_accumulation >= 1, "gradient_accumulation must be at least 1"),
             (self.max_seq_len >= 16, "max_seq_len must be at least 16"),
             (0.0 <= self.warmup_fraction < 1.0, "warmup_fraction must be in [0, 1)"),
@@ -144,7 +155,13 @@ def train(config: TrainConfig, examples_train: list[dict], examples_valid: list[
     if not train_set:
         raise ValueError("no training example fits max_seq_len; nothing to train on")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    run = _Run(config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel)
+    anchors = []
+    if config.kl_weight > 0:
+        from retrain.kl_anchor import build_anchors
+
+        anchors = build_anchors(model, tokenizer, examples_train, count=config.kl_anchors, seed=config.seed,
+                                max_seq_len=config.max_seq_len, pad_id=pad_id)
+    run = _Run(config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel, anchors)
     staging = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -187,8 +204,10 @@ def _encode_all(tokenizer: Any, examples: list[dict], config: TrainConfig) -> li
 class _Run:
     """The optimisation loop and its bookkeeping (one instance per ``train`` call)."""
 
-    def __init__(self, config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel):
+    def __init__(self, config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel,
+                 anchors=()):
         self.config, self.model, self.device, self.pad_id = config, model, device, pad_id
+        self.anchors = list(anchors)
         self.train_set, self.valid_set = train_set, valid_set
         self.progress = progress_callback or (lambda _event: None)
         self.should_cancel = should_cancel or (lambda: False)
@@ -215,6 +234,7 @@ class _Run:
             for start in range(0, len(batches), config.gradient_accumulation):
                 group = batches[start:start + config.gradient_accumulation]
                 loss, accuracy = self._accumulate(group)
+                kl = self._kl_penalty()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 scheduler.step()
@@ -222,7 +242,7 @@ class _Run:
                 self.step += 1
                 end_of_epoch = start + config.gradient_accumulation >= len(batches)
                 evaluate = end_of_epoch or (config.eval_every and self.step % config.eval_every == 0)
-                self._record(epoch, loss, accuracy, self.evaluate() if evaluate else None)
+                self._record(epoch, loss, accuracy, self.evaluate() if evaluate else None, kl)
 
     def _accumulate(self, group: list[list[int]]) -> tuple[float, float]:
         """Forward/backward over the micro-batches of one step; loss is weighted per token across them."""
@@ -239,18 +259,33 @@ class _Run:
             self.trained_tokens += int(batch["attention_mask"].sum())
         return loss_sum / total_weight, correct / max(counted, 1)
 
+    def _kl_penalty(self) -> float | None:
+        """Backpropagate kl_weight × KL(parent ‖ model) on the next anchor batch (cycling through them)."""
+        if not self.anchors:
+            return None
+        from retrain.kl_anchor import kl_to_parent
+
+        size = min(self.config.kl_batch_size, len(self.anchors))
+        start = (self.step * size) % len(self.anchors)
+        chosen = (self.anchors + self.anchors)[start:start + size]
+        kl = kl_to_parent(self.model, chosen, self.pad_id, self.device)
+        (self.config.kl_weight * kl).backward()
+        return float(kl.detach())
+
     def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
         """(sum of weighted token losses, correct answer tokens, answer tokens) of one padded batch."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        weights, answer = batch["weights"][:, 1:], batch["completion_mask"][:, 1:]
+        select = (weights > 0) | answer
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits[:, :-1].float()
-        targets = batch["input_ids"][:, 1:]
-        token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        weighted = (token_loss * batch["weights"][:, 1:]).sum()
-        mask = batch["completion_mask"][:, 1:]
-        correct = int(((logits.argmax(-1) == targets) & mask).sum())
-        return weighted, correct, int(mask.sum())
+            logits = target_logits(self.model, batch["input_ids"], batch["attention_mask"], select)
+        logits = logits.float()
+        targets = batch["input_ids"][:, 1:][select]
+        token_loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        weighted = (token_loss * weights[select]).sum()
+        scored = answer[select]
+        correct = int(((logits.argmax(-1) == targets) & scored).sum())
+        return weighted, correct, int(scored.sum())
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
@@ -268,8 +303,9 @@ class _Run:
         self.last_valid = {"valid_loss": loss_sum / max(counted, 1), "valid_mean_token_accuracy": correct / max(counted, 1)}
         return self.last_valid
 
-    def _record(self, epoch: int, loss: float, accuracy: float, valid: dict[str, float] | None) -> None:
-        row = {"step": self.step, "train_loss": loss, "train_accuracy": accuracy,
+    def _record(self, epoch: int, loss: float, accuracy: float, valid: dict[str, float] | None,
+                kl: float | None = None) -> None:
+        row = {"step": self.step, "train_loss": loss, "train_accuracy": accuracy, "kl_to_parent": kl,
                "valid_loss": None, "valid_mean_token_accuracy": None, **(valid or {})}
         self.rows.append(row)
         self.progress({**row, "epoch": epoch + 1, "total_steps": self.total_steps,
@@ -289,7 +325,7 @@ def _write_provenance(directory: Path, config: TrainConfig, provenance: dict[str
               "parent_adapter": str(parent_adapter_dir) if parent_adapter_dir else None,
               **(provenance or {}), "metrics": metrics}
     (directory / "training_config.json").write_text(json.dumps(record, indent=2, default=str))
-    columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy", "kl_to_parent"]
     with open(directory / "result.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -46,7 +46,8 @@ def test_lora_run_changes_adapter_not_base_and_writes_promised_files(tiny_model_
     assert result.steps == 6 and [e["step"] for e in seen] == list(range(1, 7))
     assert seen[2]["valid_loss"] is not None and seen[-1]["valid_mean_token_accuracy"] is not None
     rows = list(csv.DictReader(open(out / "result.csv")))
-    assert list(rows[0]) == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    assert list(rows[0]) == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                            "kl_to_parent"]
     assert len(rows) == 6 and float(rows[-1]["train_loss"]) > 0
     provenance = json.loads((out / "training_config.json").read_text())
     assert provenance["snapshot_id"] == "snap_x" and provenance["config"]["lora_r"] == 4
