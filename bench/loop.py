@@ -273,8 +273,8 @@ def report(results: dict) -> str:
                   f"{pct(a2['round2_paraphrases_memory_on'])} memory on. Round-1 canonical questions answered "
                   f"with their key facts: {pct(results['after1']['canonical_memory_off'])} after round 1, "
                   f"{pct(a2['round1_canonical_memory_off'])} after round 2 (forgetting: "
-                  f"{round((results['after1']['canonical_memory_off'] - a2['round1_canonical_memory_off']) * results['round1'])} "
-                  "corrections lost)."]
+                  f"{max(0, round((results['after1']['canonical_memory_off'] - a2['round1_canonical_memory_off']) * results['round1']))}"
+                  " net corrections lost)."]
     general = [results["before"]["general"], results["after1"]["general"]] + (
         [results["after2"]["general"]] if "after2" in results else [])
     lines += ["", "General questions answered correctly (gate judge): " + " → ".join(pct(g) for g in general) + ".",
