@@ -107,7 +107,7 @@ def kl_to_parent(model: Any, anchors: list[AnchorExample], pad_id: int, device: 
     mask = batch["completion_mask"][:, 1:].to(device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = target_logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device), mask)
-    current = torch.log_softmax(logits.float(), dim=-1)  # rows in the same order as the anchors' positions
+    current = torch.log_softmax(logits, dim=-1)  # rows in the same order as the anchors' positions
     ref_idx = torch.cat([a.ref_indices for a in anchors]).to(device)
     ref_lp = torch.cat([a.ref_logprobs for a in anchors]).to(device)
     model_lp = current.gather(-1, ref_idx)

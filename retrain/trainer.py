@@ -265,9 +265,9 @@ class _Run:
             return None
         from retrain.kl_anchor import kl_to_parent
 
-        size = min(self.config.kl_batch_size, len(self.anchors))
-        start = (self.step * size) % len(self.anchors)
-        chosen = (self.anchors + self.anchors)[start:start + size]
+        n = len(self.anchors)
+        size = min(self.config.kl_batch_size, n)
+        chosen = [self.anchors[(self.step * size + k) % n] for k in range(size)]
         kl = kl_to_parent(self.model, chosen, self.pad_id, self.device)
         (self.config.kl_weight * kl).backward()
         return float(kl.detach())
@@ -279,7 +279,6 @@ class _Run:
         select = (weights > 0) | answer
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits = target_logits(self.model, batch["input_ids"], batch["attention_mask"], select)
-        logits = logits.float()
         targets = batch["input_ids"][:, 1:][select]
         token_loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
         weighted = (token_loss * weights[select]).sum()

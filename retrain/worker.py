@@ -297,7 +297,9 @@ def _inputs(session: Session, settings: Settings, job: FineTuneJob, config):
         n_new, n_replay = len(train_set), 0
     note = (f"Training {len(train_set)} examples ({n_new} new, {n_replay} replayed), {len(valid)} validation, "
             f"{config.n_epochs} epochs (at least {config.min_steps} steps), continuing from {parent.id}"
-            + (" (its adapter)" if spec.adapter_dir else " (fresh LoRA)"))
+            + (" (its adapter)" if spec.adapter_dir else " (fresh LoRA)")
+            + (f"; the parent first answers {config.kl_anchors} general prompts for the KL penalty"
+               if config.kl_weight > 0 else ""))
     return spec.base_dir, spec.adapter_dir, train_set, valid, note
 
 
