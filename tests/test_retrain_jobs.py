@@ -107,7 +107,7 @@ def test_bad_requests_get_openai_errors(app, api):
     good = upload(api, chat_jsonl(2))
     for hyper, message in [({"n_epochs": 0}, "n_epochs must be at least 1"),
                            ({"learning_rate_multiplier": -1}, "learning_rate_multiplier must be greater than 0"),
-                           ({"lora_r": 0}, "lora_r")]:
+                           ({"lora_r": 0}, "lora_r"), ({"kl_weight": -1}, "kl_weight must be 0 or more")]:
         with pytest.raises(openai.BadRequestError, match=message):
             api.fine_tuning.jobs.create(model="v0", training_file=good.id, hyperparameters=hyper)
     with pytest.raises(openai.BadRequestError, match="does not exist"):

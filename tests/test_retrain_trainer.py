@@ -81,7 +81,8 @@ def test_cancel_leaves_nothing_behind(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("bad, message", [
     (dict(n_epochs=0), "n_epochs"), (dict(min_steps=-1), "min_steps"), (dict(learning_rate_multiplier=-1.0), "learning_rate_multiplier"),
     (dict(lora_r=0), "lora_r"), (dict(lora_dropout=1.0), "lora_dropout"), (dict(batch_size=0), "batch_size"),
-    (dict(prompt_loss_weight=-0.1), "prompt_loss_weight"),
+    (dict(prompt_loss_weight=-0.1), "prompt_loss_weight"), (dict(kl_weight=-1.0), "kl_weight must be 0 or more"),
+    (dict(kl_anchors=0), "kl_anchors must be at least 1"), (dict(kl_batch_size=0), "kl_batch_size must be at least 1"),
 ])
 def test_bad_config_is_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
