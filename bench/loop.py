@@ -162,7 +162,7 @@ def share_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool,
 
 def general_share(platform: Platform) -> float:
     from retrain.matching import match_answers
-    from tuneloop.settings import Settings
+    from tuneloop.core.settings import Settings
 
     answers = platform.ask_all([q["question"] for q in GENERAL], memory=False)
     matches = match_answers([a["choices"][0]["message"]["content"] for a in answers], [q["answer"] for q in GENERAL],
@@ -171,7 +171,7 @@ def general_share(platform: Platform) -> float:
 
 
 def run(args) -> dict:
-    from bot.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
+    from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
 
     base = Path(args.data_dir) / "models" / "base" / BUNDLED_DIR_NAME
     if not (base / "model.safetensors").is_file():

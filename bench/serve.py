@@ -105,7 +105,7 @@ def bench_llama_cpp(max_tokens: int) -> float | None:
         from llama_cpp import Llama
     except ImportError:
         return None
-    from bot.modelstore import bundled_gguf_path
+    from engine.modelstore import bundled_gguf_path
 
     llm = Llama(model_path=str(bundled_gguf_path()), n_ctx=2048, n_threads=2, verbose=False)
     tokens, seconds = 0, 0.0

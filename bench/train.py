@@ -29,8 +29,8 @@ SHARED = dict(batch_size=4, lora_r=16, lora_alpha=32, lora_dropout=0.0, base_lea
 
 
 def examples(n: int) -> list[dict]:
-    from bot.prompting import with_system_prompt
-    from tuneloop.settings import Settings
+    from engine.prompting import with_system_prompt
+    from tuneloop.core.settings import Settings
 
     system = Settings(data_dir="/tmp").resolved_system_prompt
     kb = [json.loads(line) for line in (ROOT / "examples" / "acme_kb.jsonl").read_text().splitlines() if line.strip()]
@@ -39,7 +39,7 @@ def examples(n: int) -> list[dict]:
 
 
 def base_dir() -> Path:
-    from bot.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
+    from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
 
     target = ROOT / ".bench-data" / "models" / "base" / BUNDLED_DIR_NAME
     if not (target / "model.safetensors").is_file():
@@ -121,9 +121,10 @@ def answer_loss(adapter: Path, n: int) -> float:
 
 def gate_speed(n_questions: int = 100) -> float:
     """Seconds for the gates' answering of 100 questions (one model, greedy, batched as the gates do)."""
-    from bot.engine import LoadedModel, VersionSpec
+    from engine.protocol import VersionSpec
+    from engine.transformers_engine import LoadedModel
     from retrain.gates import _user_item, answer_all
-    from tuneloop.settings import Settings
+    from tuneloop.core.settings import Settings
 
     settings = Settings(data_dir="/tmp")
     kb = [json.loads(line) for line in (ROOT / "examples" / "acme_kb.jsonl").read_text().splitlines() if line.strip()]

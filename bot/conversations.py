@@ -35,23 +35,26 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, func, or_
 from sqlmodel import Session, select
 
-from bot import versions
-from bot.engine import Completion, SamplingParams
-from bot.models import Conversation, Message, ModelVersion
-from tuneloop.observability import observe_generation
-from tuneloop.db import new_id, session_scope, utcnow
+from registry import versions
+from engine.protocol import Completion, SamplingParams
+from bot.models import Conversation, Message
+from registry.models import ModelVersion
+from tuneloop.core.metrics import observe_generation
+from tuneloop.core.db import session_scope
+from tuneloop.core.ids import new_id, utcnow
+from tuneloop.core import errors
 
 log = logging.getLogger(__name__)
 
 TITLE_CHARS = 80
 
 
-class UnknownConversationError(LookupError):
-    pass
+class UnknownConversationError(errors.NotFoundError):
+    param = "conversation_id"
 
 
-class NoNewMessageError(ValueError):
-    pass
+class NoNewMessageError(errors.InvalidInputError):
+    param = "messages"
 
 
 # --- conversations ------------------------------------------------------------------------------
@@ -222,7 +225,7 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
 
     ``runtime`` is ``app.state.runtime``. ``model`` defaults to the production alias. Raises
     ``versions.UnknownModelError``, ``UnknownConversationError``, ``NoNewMessageError``,
-    ``bot.prompting.PromptTooLongError`` or ``bot.runtime.NotReadyError`` before any row is written.
+    ``engine.prompting.PromptTooLongError`` or ``engine.protocol.NotReadyError`` before any row is written.
     """
     settings = runtime.settings
     with Session(runtime.db) as session:

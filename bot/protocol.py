@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bot.engine import SamplingParams
-from tuneloop.settings import Settings
+from engine.protocol import SamplingParams
+from tuneloop.core.settings import Settings
 
 
 def completion_id() -> str:

@@ -16,12 +16,14 @@ from sqlalchemy import text
 from sqlmodel import Session
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from bot import conversations, protocol, versions
-from bot.prompting import PromptTooLongError
-from bot.runtime import NotReadyError
-from bot.upstream import UpstreamRejectedError, UpstreamUnavailableError
-from tuneloop.observability import stream_ended, stream_started
-from tuneloop.api import ApiError, SessionDep, StaffAccount, error_body
+from bot import conversations, protocol
+from registry import versions
+from engine.prompting import PromptTooLongError
+from engine.protocol import NotReadyError
+from engine.upstream import UpstreamRejectedError, UpstreamUnavailableError
+from tuneloop.core.metrics import stream_ended, stream_started
+from tuneloop.core.deps import SessionDep, StaffAccount
+from tuneloop.core.errors import ApiError, error_body
 
 router = APIRouter(tags=["serving"])
 

@@ -5,11 +5,11 @@ changes, the process loads the new version fully in the background and only then
 engine: requests never see a half-loaded model, in-flight answers finish on the old version, and no
 request fails during a promotion or rollback.
 
-With ``serving_backend=upstream`` there is no local engine: generation goes to ``bot.upstream`` and
-the runtime is ready once the upstream answers. It follows the pointer all the same: switching to a
-version with a LoRA adapter first has the upstream load it (``upstream_lora_loading``); if the upstream
-refuses, the process keeps serving the version it had, logs why (``swap_error``, shown by /readyz)
-and tries again at the next poll.
+Which engine answers is a setting (``serving_backend``: ``engine.backends``); the runtime treats
+them all alike. With ``upstream`` (vLLM or any OpenAI-compatible server) switching to a version with a
+LoRA adapter first has the upstream load it (``upstream_lora_loading``); if an engine refuses a
+version, the process keeps serving the one it had, logs why (``swap_error``, shown by /readyz) and
+tries again at the next poll.
 """
 
 from __future__ import annotations
@@ -21,37 +21,31 @@ from collections.abc import Iterator
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from bot import versions
-from bot.engine import Completion, LoadedModel, LocalEngine, SamplingParams
-from bot.models import ModelVersion
-from bot.prompting import prompt_ids, trim_to_budget, with_system_prompt
-from tuneloop.settings import Settings
+from engine.backends import engine_for
+from engine.prompting import with_system_prompt
+from engine.protocol import Completion, NotReadyError, SamplingParams
+from engine.protocol import Engine as ModelEngine
+from registry import versions
+from registry.models import ModelVersion
+from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class NotReadyError(RuntimeError):
-    """The model is still loading; callers answer 503 and the client retries."""
-
-
 class ServingRuntime:
+    """Follows the production pointer and hands each request to the engine ``serving_backend`` names.
+    It never asks which engine that is: ``engine.protocol.Engine`` is all it knows."""
+
     def __init__(self, settings: Settings, db: Engine):
         self.settings = settings
         self.db = db
-        self.engine: LocalEngine | None = None
+        self.engine: ModelEngine = engine_for(settings, lambda version: versions.version_spec(version, settings))
         self.pointer_revision: int | None = None
         self.load_error: str | None = None
         self.swap_error: str | None = None  # why following the last production change failed, if it did
-        self.upstream_version_id: str | None = None  # the version served through the upstream
-        self._extra: dict[str, LoadedModel] = {}  # non-production versions asked for by id
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
         self.memory = None  # set by the app: an object with context_for(question) -> (text, correction ids)
-        self.upstream = None
-        if settings.serving_backend == "upstream":
-            from bot.upstream import UpstreamBackend
-
-            self.upstream = UpstreamBackend(settings)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self, *, background: bool = True) -> None:
@@ -61,17 +55,17 @@ class ServingRuntime:
             self._start(follow=False)
 
     def _start(self, follow: bool = True) -> None:
-        if self.upstream is not None:  # nothing to load here; wait (bounded by stop()) until it answers
-            while not self.upstream.check() and follow and not self._stop.wait(self.settings.version_poll_seconds):
-                pass
-            self._follow_pointer()
-        else:
-            try:
-                self.sync_with_pointer()
-            except Exception as exc:  # surfaced by /readyz and 503s, never a crash loop
+        self.engine.wait_until_available(self._stop if follow else None, self.settings.version_poll_seconds)
+        try:
+            self.sync_with_pointer()
+        except Exception as exc:  # surfaced by /readyz and 503s, never a crash loop
+            if not self.engine.ready:
                 log.exception("loading the production model failed")
                 self.load_error = str(exc)
                 return
+            log.exception("switching to the production version failed; still serving %s",
+                          self.production_id or "nothing yet")
+            self.swap_error = str(exc)
         while follow and not self._stop.wait(self.settings.version_poll_seconds):
             self._follow_pointer()
 
@@ -89,16 +83,15 @@ class ServingRuntime:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.engine is not None:
-            self.engine.close()
+        self.engine.close()
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None or (self.upstream is not None and self.upstream.reachable)
+        return self.engine.ready
 
     @property
     def production_id(self) -> str | None:
-        return self.engine.current.spec.id if self.engine else self.upstream_version_id
+        return self.engine.serving_id
 
     # --- following promotions ----------------------------------------------------------------------
     def sync_with_pointer(self) -> bool:
@@ -115,56 +108,14 @@ class ServingRuntime:
     def swap(self, version: ModelVersion) -> None:
         """Load ``version`` fully, then serve it. Requests already decoding finish on the old one."""
         with self._swap_lock:
-            if self.upstream is not None:  # the upstream loads the version's adapter (or refuses: raises)
-                self.upstream.model_for(version)
-                self.upstream_version_id = version.id
-                return
-            if self.engine is not None and self.engine.current.spec.id == version.id:
-                return
-            loaded = self._extra.pop(version.id, None) or self._load(version)
-            if self.engine is None:
-                self.engine = LocalEngine(loaded, max_batch_size=self.settings.max_batch_size)
-            else:
-                self.engine.swap(loaded)
+            self.engine.swap(version)
 
     def prepare(self, version: ModelVersion) -> None:
-        """Call before production moves to ``version``: an upstream loads the version's LoRA adapter now,
-        so a refusal (``UpstreamAdapterError``) stops the promotion instead of surfacing after it. A local
-        engine loads the version after the move, in the background, as every other process does."""
-        if self.upstream is not None:
-            self.upstream.model_for(version)
-
-    def _load(self, version: ModelVersion) -> LoadedModel:
-        spec = versions.version_spec(version, self.settings)
-        return LoadedModel.load(spec, device=self.settings.device, dtype=self.settings.dtype)
-
-    def loaded_for(self, version: ModelVersion) -> LoadedModel:
-        """The loaded model for ``version``: production, or one other version kept loaded on demand."""
-        if self.engine is None:
-            raise NotReadyError("The model is still loading; retry in a few seconds.")
-        if version.id == self.engine.current.spec.id:
-            return self.engine.current
-        with self._swap_lock:
-            if version.id not in self._extra:
-                self._extra.clear()  # keep at most one extra version in memory
-                self._extra[version.id] = self._load(version)
-            return self._extra[version.id]
+        """Call before production moves to ``version``: an engine may refuse it here (an upstream that
+        cannot load the adapter raises ``UpstreamAdapterError``), which stops the promotion."""
+        self.engine.prepare(version)
 
     # --- generation --------------------------------------------------------------------------------
-    def encode(self, loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int, memory: str = "") -> list[int]:
-        """System prompt + history, trimmed from the oldest turn to fit the context budget."""
-        budget = min(self.settings.context_budget, loaded.max_context) - max_tokens
-        if budget <= 0:
-            from bot.prompting import PromptTooLongError
-
-            raise PromptTooLongError(
-                f"max_tokens={max_tokens} leaves no room for the prompt in a context of "
-                f"{min(self.settings.context_budget, loaded.max_context)} tokens; lower max_tokens."
-            )
-        full = self._with_system(messages, memory)
-        _, ids = trim_to_budget(loaded.tokenizer, full, budget)
-        return ids
-
     def _with_system(self, messages: list[dict[str, str]], memory: str = "") -> list[dict[str, str]]:
         system = self.settings.resolved_system_prompt + (f"\n\n{memory}" if memory else "")
         return with_system_prompt(system, messages)
@@ -184,18 +135,11 @@ class ServingRuntime:
         self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams, *, memory: str = ""
     ) -> Iterator[str | Completion]:
         """Decode an answer. ``memory`` (from ``recall``) is appended to the system prompt."""
-        if self.upstream is not None:
-            return self.upstream.stream(version, self._with_system(messages, memory), params)
-        loaded = self.loaded_for(version)
-        ids = self.encode(loaded, messages, params.max_tokens, memory)
-        return self.engine.stream(ids, params, loaded)
+        return self.engine.stream(version, self._with_system(messages, memory), params)
 
     def generate(self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams,
                  *, memory: str = "") -> Completion:
-        if self.upstream is not None:
-            return self.upstream.generate(version, self._with_system(messages, memory), params)
-        loaded = self.loaded_for(version)
-        return self.engine.generate(self.encode(loaded, messages, params.max_tokens, memory), params, loaded)
+        return self.engine.generate(version, self._with_system(messages, memory), params)
 
 
-__all__ = ["ServingRuntime", "NotReadyError", "prompt_ids"]
+__all__ = ["ServingRuntime"]

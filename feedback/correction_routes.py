@@ -12,9 +12,10 @@ from feedback import corrections as service
 from feedback.errors import http_errors
 from feedback.models import Correction, CorrectionSource, CorrectionStatus
 from feedback.similarity import find_similar
-from tuneloop.accounts.models import AuditEvent
-from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep, StaffAccount
-from tuneloop.settings import Settings
+from tuneloop.core.accounts.models import AuditEvent
+from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.errors import ApiError
+from tuneloop.core.settings import Settings
 
 router = APIRouter(tags=["corrections"])
 

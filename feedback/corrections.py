@@ -23,9 +23,9 @@ from feedback.errors import ConflictError, FeedbackError, ForbiddenError, NotFou
 from feedback.models import Correction, CorrectionSource, CorrectionStatus, ReviewStatus
 from feedback.pii import scrub_fields
 from feedback.review import mark_message
-from tuneloop.accounts.service import audit
-from tuneloop.db import new_id, utcnow
-from tuneloop.settings import Settings
+from tuneloop.core.accounts.service import audit
+from tuneloop.core.ids import new_id, utcnow
+from tuneloop.core.settings import Settings
 
 OPEN_STATUSES = (CorrectionStatus.draft, CorrectionStatus.submitted)
 

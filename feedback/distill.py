@@ -37,10 +37,11 @@ from feedback.errors import ConflictError, FeedbackError, NotFoundError
 from feedback.models import Correction, CorrectionSource, CorrectionStatus, DistillKind, DistillRun, DistillStatus
 from feedback.similarity import QuestionIndex
 from feedback.teacher import Teacher, TeacherConfig, TeacherError, TeacherReply, json_items
-from tuneloop.accounts.service import audit
-from tuneloop.db import session_scope, utcnow
-from tuneloop.embeddings import embed
-from tuneloop.settings import Settings
+from tuneloop.core.accounts.service import audit
+from tuneloop.core.db import session_scope
+from tuneloop.core.ids import utcnow
+from engine.embeddings import embed
+from tuneloop.core.settings import Settings
 
 
 # --- runs ----------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from feedback.errors import FeedbackError
 from feedback.models import Correction, CorrectionStatus, DistillKind, DistillRun
 from feedback.similarity import LIVE_STATUSES
 from feedback.teacher import TeacherConfig, estimate_tokens, teacher_config
-from tuneloop.settings import Settings
+from tuneloop.core.settings import Settings
 
 PAIRS_PER_REQUEST = 10
 MAX_COUNT = 1000

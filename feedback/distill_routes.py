@@ -20,8 +20,9 @@ from sqlmodel import Session
 from feedback import distill, distill_plan
 from feedback.errors import ConflictError, http_errors
 from feedback.teacher import TeacherError
-from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep
-from tuneloop.settings import Settings
+from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep
+from tuneloop.core.errors import ApiError
+from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["distillation"])

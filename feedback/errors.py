@@ -4,33 +4,34 @@ the CLI prints them as one line; every message says what to fix."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from tuneloop.core import errors
 
 
-class FeedbackError(ValueError):
+class FeedbackError(errors.InvalidInputError):
     """Bad input (400)."""
 
 
-class NotFoundError(LookupError):
+class NotFoundError(errors.NotFoundError):
     """No such message, correction or snapshot (404)."""
 
 
-class ConflictError(FeedbackError):
+class ConflictError(errors.ConflictError, FeedbackError):
     """The object is no longer in a state that allows this (409): already decided, already pending."""
 
 
-class ForbiddenError(PermissionError):
+class ForbiddenError(errors.ForbiddenError):
     """The caller may not do this (403), e.g. approve their own correction."""
 
 
-class TooLargeError(FeedbackError):
+class TooLargeError(errors.TooLargeError, FeedbackError):
     """An upload over ``settings.max_upload_bytes`` (413)."""
 
 
 @contextmanager
 def http_errors():
     """Turn service errors into API errors (OpenAI's envelope) inside a route."""
-    from tuneloop.accounts.service import AccountError
-    from tuneloop.api import ApiError
+    from tuneloop.core.accounts.service import AccountError
+    from tuneloop.core.errors import ApiError
 
     try:
         yield

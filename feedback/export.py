@@ -23,11 +23,11 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from bot.models import Message
-from bot.prompting import PromptTooLongError, trim_to_budget
+from engine.prompting import PromptTooLongError, trim_to_budget
 from feedback.corrections import approved_corrections
 from feedback.models import Correction, CorrectionSource, Rating
 from feedback.pii import scrub
-from tuneloop.settings import Settings
+from tuneloop.core.settings import Settings
 
 CHARS_PER_TOKEN = 4  # rough budget without a tokenizer; errs towards keeping less context
 

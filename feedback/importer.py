@@ -17,7 +17,7 @@ from feedback.corrections import create_correction
 from feedback.datafiles import FORMATS, find_columns, read_data_file
 from feedback.errors import FeedbackError, TooLargeError
 from feedback.models import Correction, CorrectionSource, CorrectionStatus
-from tuneloop.settings import Settings
+from tuneloop.core.settings import Settings
 
 
 def read_pairs(path: Path, settings: Settings) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from feedback.models import Correction, CorrectionStatus
-from tuneloop.settings import Settings
+from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class CorrectionMemory:
                     Correction.status == CorrectionStatus.approved
                 )
             ).all()
-        from tuneloop.embeddings import embed
+        from engine.embeddings import embed
 
         new = [(cid, q) for cid, q, _ in rows if cid not in self._cache]
         if new:
@@ -92,7 +92,7 @@ class CorrectionMemory:
             if not self._ids:
                 return []
             ids, vectors, rows = self._ids, self._vectors, self._rows
-        from tuneloop.embeddings import embed
+        from engine.embeddings import embed
 
         scores = vectors @ embed([question])[0]
         order = np.argsort(-scores)[: limit or self.settings.memory_max_hits]

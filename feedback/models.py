@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from tuneloop.db import new_id, utcnow
+from tuneloop.core.ids import new_id, utcnow
 
 
 class Rating(SQLModel, table=True):

@@ -6,7 +6,8 @@ from fastapi import APIRouter
 
 from bot.protocol import RatingObject, RatingRequest, unix
 from feedback import ratings
-from tuneloop.api import ApiError, SessionDep
+from tuneloop.core.deps import SessionDep
+from tuneloop.core.errors import ApiError
 
 router = APIRouter(tags=["feedback"])
 

@@ -12,17 +12,20 @@ from sqlmodel import Session, select
 
 from bot.models import Message
 from feedback.models import Rating
-from tuneloop.db import utcnow
+from tuneloop.core.ids import utcnow
+from tuneloop.core import errors
 
 _VALUES = {"up": 1, "down": -1, 1: 1, -1: -1, "+1": 1, "-1": -1}
 
 
-class UnknownMessageError(LookupError):
-    pass
+class UnknownMessageError(errors.NotFoundError):
+    param = "message_id"
 
 
-class NotRateableError(ValueError):
+class NotRateableError(errors.InvalidInputError):
     """Only assistant answers can be rated."""
+
+    param = "message_id"
 
 
 def rating_value(value: str | int) -> int:

@@ -18,8 +18,8 @@ from sqlmodel import Session, col, func, or_, select
 from bot.models import Message
 from feedback.errors import NotFoundError
 from feedback.models import Correction, Rating, ReviewDecision, ReviewStatus
-from tuneloop.accounts.service import audit
-from tuneloop.db import utcnow
+from tuneloop.core.accounts.service import audit
+from tuneloop.core.ids import utcnow
 
 THUMBS_DOWN, FLAGGED, SAMPLED = "thumbs_down", "flagged", "sampled"
 

@@ -11,7 +11,7 @@ from feedback import review
 from feedback.correction_routes import correction_as_dict
 from feedback.errors import http_errors
 from feedback.models import ReviewStatus
-from tuneloop.api import SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.deps import SessionDep, SettingsDep, StaffAccount
 
 router = APIRouter(tags=["review"])
 

@@ -21,8 +21,8 @@ import numpy as np
 from sqlmodel import Session, col, select
 
 from feedback.models import Correction, CorrectionStatus
-from tuneloop.embeddings import DIMENSIONS, embed
-from tuneloop.settings import Settings
+from engine.embeddings import DIMENSIONS, embed
+from tuneloop.core.settings import Settings
 
 _NUMBER_RE = re.compile(r"\d+(?:[.,:]\d+)*")
 _memory: dict[Path, tuple[float, list[str], np.ndarray]] = {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedback.errors import FeedbackError
-from tuneloop.settings import Settings
+from tuneloop.core.settings import Settings
 
 CHARS_PER_TOKEN = 4  # rough count for estimates and for servers that report no usage
 TIMEOUT_SECONDS = 120.0

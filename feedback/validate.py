@@ -18,7 +18,7 @@ from typing import Any
 
 from feedback.datafiles import DataFile, find_columns, read_data_file
 from feedback.errors import FeedbackError
-from tuneloop.settings import Settings
+from tuneloop.core.settings import Settings
 
 MIN_EXAMPLES = 100
 CPU_TOKENS_PER_SECOND = 110  # measured: one LoRA epoch of the bundled SmolLM2 on a laptop CPU
@@ -173,7 +173,7 @@ def _rows_message(target: list[str], rows: list[int], text: str) -> None:
 def _token_counter(settings: Settings, tokenizer: Any, report: ValidationReport):
     if tokenizer is None:
         try:
-            from bot.modelstore import resolve_base_model
+            from engine.modelstore import resolve_base_model
 
             tokenizer = resolve_base_model(settings, show_progress=False)
         except Exception as exc:  # noqa: BLE001 - any failure means: estimate instead

@@ -2,7 +2,7 @@
 
 An example is ``{"messages": [system, ...context..., user], "completion": answer, ...}`` (what
 ``retrain.datasets.load_examples`` returns) or an OpenAI chat-format line whose last message is the
-assistant's answer. The prompt is tokenized with ``bot.prompting`` exactly as serving lays it out, so
+assistant's answer. The prompt is tokenized with ``engine.prompting`` exactly as serving lays it out, so
 the model learns on the layout it is later asked in.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from bot.prompting import PromptTooLongError, completion_text, prompt_ids, trim_to_budget
+from engine.prompting import PromptTooLongError, completion_text, prompt_ids, trim_to_budget
 
 
 @dataclass

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 
 from feedback.errors import http_errors
 from retrain import datasets
-from tuneloop.api import SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.deps import SessionDep, SettingsDep, StaffAccount
 
 router = APIRouter(tags=["datasets"])
 

@@ -33,9 +33,9 @@ from sqlmodel import Session, col, select
 from feedback.errors import NotFoundError
 from feedback.export import chat_record, training_examples, write_chat_jsonl, write_prompt_completion_jsonl
 from retrain.models import DatasetSnapshot
-from tuneloop.accounts.service import audit
-from tuneloop.db import utcnow
-from tuneloop.settings import Settings
+from tuneloop.core.accounts.service import audit
+from tuneloop.core.ids import utcnow
+from tuneloop.core.settings import Settings
 
 SPLIT_SEED = "tuneloop-split-v1"
 MIN_EXAMPLES_FOR_VALIDATION = 5

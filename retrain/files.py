@@ -8,9 +8,10 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
+from feedback.validate import validate_file
 from retrain.jobs import JobError, JobNotFoundError
 from retrain.models import TrainingFile
-from tuneloop.settings import Settings
+from tuneloop.core.settings import Settings
 
 ROLES = {"system", "user", "assistant"}
 
@@ -64,38 +65,8 @@ def read_examples(settings: Settings, record: TrainingFile) -> list[dict]:
 
 def validate_training_file(settings: Settings, record: TrainingFile) -> list[str]:
     """Problems with an uploaded file, at most ten, each naming its line; empty when it is usable."""
-    try:
-        from feedback.validate import validate_file  # the full checker, where the feedback package has it
-    except ImportError:
-        validate_file = None
-    if validate_file is not None:
-        report = validate_file(files_dir(settings) / record.path, settings)
-        problems = [str(e) for e in report.errors]
-        if not problems and getattr(report, "kind", "chat") != "chat":
-            problems.append("fine-tuning needs the chat format ({\"messages\": [...]} per line)")
-        return problems[:10]
-    return _minimal_chat_check(files_dir(settings) / record.path)
-
-
-def _minimal_chat_check(path: Path) -> list[str]:
-    problems: list[str] = []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        return ["the file has no examples"]
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"line {number}: not JSON ({exc.msg})")
-            continue
-        messages = record.get("messages") if isinstance(record, dict) else None
-        if not isinstance(messages, list) or not messages:
-            problems.append(f"line {number}: missing a 'messages' list")
-        elif any(not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)
-                 for m in messages):
-            problems.append(f"line {number}: every message needs a role (system/user/assistant) and text content")
-        elif messages[-1]["role"] != "assistant":
-            problems.append(f"line {number}: the last message must be the assistant's answer")
-        if len(problems) >= 10:
-            break
-    return problems
+    report = validate_file(files_dir(settings) / record.path, settings)
+    problems = [str(e) for e in report.errors]
+    if not problems and getattr(report, "kind", "chat") != "chat":
+        problems.append("fine-tuning needs the chat format ({\"messages\": [...]} per line)")
+    return problems[:10]

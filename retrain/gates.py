@@ -8,17 +8,21 @@ engine is used directly) and judges each answer against a reference with ``retra
    (examples whose lineage is not in any ancestor's snapshot). The candidate must answer at least
    ``gate_learned_min_pass_rate`` of them correctly (default 1.0: all). The validation split is held
    out of training; it is measured by the job's validation loss/accuracy, not asked here.
-2. **not_forgotten** — every earlier approved correction (those in an ancestor's snapshot; the suite
-   grows each round). The candidate's pass rate may fall at most ``gate_forgetting_margin`` (default
+2. **not_forgotten** — every earlier correction (in an ancestor's snapshot and still in the candidate's
+   own; the suite grows each round). The candidate's pass rate may fall at most ``gate_forgetting_margin`` (default
    0.05) below production's; every item that passes on production and fails on the candidate is
    listed by name either way.
-3. **golden** — the admin-curated must-pass questions (``retrain.golden``): all must pass.
+3. **golden** — the admin-curated must-pass questions (``registry.golden``): all must pass.
 4. **general** — the shipped general questions (``retrain/general/questions.json``) and perplexity on
    a short general text (``retrain/general/text.txt``). The candidate fails when its pass rate falls
    more than ``gate_general_margin`` (0.10) below production's *and* a paired sign test says the drop
    is not chance (p < ``gate_general_significance``, 0.05): on 15 questions one answer is 7 points,
    and a round that flipped 2 borderline answers was rejected by noise. Perplexity may rise at most
    ``gate_perplexity_margin`` (0.25, relative). Answers that must never change belong in the golden set.
+
+Items come only from dataset snapshots, the golden set and the shipped general set, and the report
+records the snapshots and the content hashes of the other two; ``gate_report.json`` beside the
+adapter holds the whole report, so it can be recomputed from the artifacts.
 
 A gate with no questions passes (and says so). Answers are capped at 1.5× the reference's length
 + 8 tokens (at most ``gate_max_tokens``, 96), and questions are decoded in batches sorted by prompt
@@ -27,27 +31,33 @@ length, so a few hundred questions take minutes on a CPU. See docs/gates.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from bot import versions
-from bot.engine import LoadedModel, LocalEngine, SamplingParams, perplexity
-from bot.models import ModelVersion, VersionStatus
-from bot.prompting import trim_to_budget, with_system_prompt
+from registry import versions
+from engine.protocol import SamplingParams
+from engine.transformers_engine import LoadedModel, LocalEngine, perplexity
+from engine.prompting import trim_to_budget, with_system_prompt
 from retrain.matching import match_answers
-from retrain.models import DatasetSnapshot, GateReport
-from tuneloop.accounts.service import audit
-from tuneloop.db import session_scope, utcnow
-from tuneloop.settings import Settings
+from registry.lifecycle import lineage, set_status
+from registry.models import GateReport, ModelVersion, VersionStatus
+from retrain.models import DatasetSnapshot
+from tuneloop.core.accounts.service import audit
+from tuneloop.core.db import session_scope
+from tuneloop.core.ids import utcnow
+from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +101,7 @@ def general_texts() -> list[str]:
 
 
 def golden_items(session: Session, settings: Settings) -> list[GateItem]:
-    from retrain.golden import list_golden
+    from registry.golden import list_golden
 
     return [_user_item(settings, "golden", f"{g.id}: {g.question[:60]}", g.question, g.answer, g.key_facts)
             for g in list_golden(session)]
@@ -115,29 +125,37 @@ def _snapshot_lineages(session: Session, settings: Settings, snapshot_id: str | 
 
 
 def correction_items(session: Session, settings: Settings, candidate: ModelVersion) -> tuple[list[GateItem], list[GateItem]]:
-    """(learned, not_forgotten) items for ``candidate``, from its snapshot and the approved corrections."""
-    from feedback.export import training_examples
-    from retrain.datasets import load_examples
-    from retrain.registry import lineage
+    """(learned, not_forgotten) items for ``candidate``, read only from dataset snapshots, so a report
+    can be recomputed from the artifacts whatever happened to the corrections since.
 
+    learned: the candidate's training split, less every example whose lineage is in an ancestor's
+    snapshot. not_forgotten: the examples of the candidate's snapshot (both splits: the current text of
+    each correction) whose lineage an ancestor already had; a candidate trained from a file, with no
+    snapshot of its own, is held to its newest ancestor's snapshot."""
+    from retrain.datasets import load_examples
+
+    ancestors = lineage(session, candidate)[1:]
     earlier: set[str] = set()
-    for ancestor in lineage(session, candidate)[1:]:
+    for ancestor in ancestors:
         earlier |= _snapshot_lineages(session, settings, ancestor.snapshot_id)
+    own = session.get(DatasetSnapshot, candidate.snapshot_id) if candidate.snapshot_id else None
     learned: list[GateItem] = []
-    snapshot = session.get(DatasetSnapshot, candidate.snapshot_id) if candidate.snapshot_id else None
-    if snapshot is not None:
-        new_train = [r for r in load_examples(settings, snapshot, "train")
-                     if (r.get("tuneloop") or {}).get("lineage_id") not in earlier]
+    if own is not None:
         # The validation split is held out of training on purpose (its loss is in the job's metrics);
         # asking the candidate to "know" facts it never saw would make this gate fail by construction.
-        learned = [_record_item("learned", r) for r in new_train]
-    not_forgotten = [
-        GateItem("not_forgotten", f"{e['correction_id']}: {e['messages'][-1]['content'][:60]}", e["messages"],
-                 e["completion"], list(e.get("key_facts") or []))
-        for e in training_examples(session, settings)
-        if e.get("correction_id") and e["lineage_id"] in earlier
-    ]
+        learned = [_record_item("learned", r) for r in load_examples(settings, own, "train")
+                   if _lineage(r) not in earlier]
+    source = own or next((s for s in (session.get(DatasetSnapshot, a.snapshot_id) for a in ancestors
+                                      if a.snapshot_id) if s is not None), None)
+    not_forgotten: list[GateItem] = []
+    if source is not None:
+        records = load_examples(settings, source, "train") + load_examples(settings, source, "valid")
+        not_forgotten = [_record_item("not_forgotten", r) for r in records if _lineage(r) in earlier]
     return learned, not_forgotten
+
+
+def _lineage(record: dict[str, Any]) -> str | None:
+    return (record.get("tuneloop") or {}).get("lineage_id")
 
 
 # --- asking ------------------------------------------------------------------------------------
@@ -267,38 +285,72 @@ def worse_p_value(lost: int, gained: int) -> float:
 
 
 # --- running on the registry -------------------------------------------------------------------
-def run_gates(settings: Settings, db_engine: Engine, candidate_id: str) -> GateReport:
+def run_gates(settings: Settings, db_engine: Engine, candidate_id: str, *,
+              progress: Callable[[str], None] = lambda _stage: None) -> GateReport:
     """Gate ``candidate_id`` against the current production version, store the GateReport and link
     it from the version. A candidate that passes becomes ``approved`` (and, with
     ``settings.auto_promote``, is promoted). Takes minutes on a CPU for a few hundred questions;
-    the database is only used briefly before and after."""
+    the database is only used briefly before and after. ``progress`` hears each stage (the worker
+    records it on the ``GateRun``)."""
     with Session(db_engine, expire_on_commit=False) as session:
         candidate = session.get(ModelVersion, candidate_id)
         if candidate is None or candidate.status == VersionStatus.deleted:
-            from retrain.registry import VersionNotFoundError
+            from registry.lifecycle import VersionNotFoundError
 
             raise VersionNotFoundError(f"no model version {candidate_id!r} to gate")
         if candidate.hosted_model:
-            from retrain.registry import InvalidStateError
+            from registry.lifecycle import InvalidStateError
 
             raise InvalidStateError(f"{candidate_id} is served by a hosted API; the gates run local models only")
         baseline = versions.production_version(session)
         learned, not_forgotten = correction_items(session, settings, candidate)
-        items = learned + not_forgotten + golden_items(session, settings) + general_items(settings)
+        golden = golden_items(session, settings)
+        items = learned + not_forgotten + golden + general_items(settings)
+        inputs = gate_inputs(session, candidate, golden)
         candidate_spec, baseline_spec = (versions.version_spec(v, settings) for v in (candidate, baseline))
+        adapter_path = candidate.adapter_path
+    progress("loading the candidate and production models")
     cand_model = LoadedModel.load(candidate_spec, device=settings.device, dtype=settings.dtype)
     base_model = cand_model if baseline_spec == candidate_spec else LoadedModel.load(
         baseline_spec, device=settings.device, dtype=settings.dtype)
+    progress(f"asking {len(items)} questions ({len(learned)} learned, {len(not_forgotten)} not forgotten, "
+             f"{len(golden)} golden, {len(items) - len(learned) - len(not_forgotten) - len(golden)} general)")
     outcome = evaluate(settings, cand_model, base_model, items)
+    outcome.summary["inputs"] = inputs
     del cand_model, base_model
     report = _store(db_engine, candidate_id, baseline_spec.id, outcome)
+    if adapter_path:
+        write_report_file(settings.model_store_dir / adapter_path, report)
     if outcome.passed and settings.auto_promote:
         _auto_promote(settings, db_engine, candidate_id)
     return report
 
 
+def gate_inputs(session: Session, candidate: ModelVersion, golden: list[GateItem]) -> dict[str, Any]:
+    """What the items were built from: the snapshots, and content hashes of the golden and general sets."""
+    general = b"".join((GENERAL_DIR / name).read_bytes() for name in ("questions.json", "text.txt"))
+    golden_text = json.dumps([[g.messages, g.reference, g.key_facts] for g in golden], sort_keys=True)
+    return {
+        "snapshot_id": candidate.snapshot_id,
+        "ancestor_snapshot_ids": [v.snapshot_id for v in lineage(session, candidate)[1:] if v.snapshot_id],
+        "golden_sha256": hashlib.sha256(golden_text.encode()).hexdigest(),
+        "general_sha256": hashlib.sha256(general).hexdigest(),
+    }
+
+
+def write_report_file(adapter_dir: Path, report: GateReport) -> Path:
+    """``gate_report.json`` beside the adapter, written atomically (a reader never sees half a file)."""
+    target = adapter_dir / "gate_report.json"
+    staging = target.with_name(f".gate_report.json.{os.getpid()}.partial")
+    body = {"id": report.id, "candidate_version_id": report.candidate_version_id,
+            "baseline_version_id": report.baseline_version_id, "passed": report.passed,
+            "created_at": report.created_at.isoformat(), "summary": report.summary, "items": report.items}
+    staging.write_text(json.dumps(body, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(staging, target)
+    return target
+
+
 def _store(db_engine: Engine, candidate_id: str, baseline_id: str, outcome: GateOutcome) -> GateReport:
-    from retrain.registry import _set_status
 
     with session_scope(db_engine) as session:
         report = GateReport(candidate_version_id=candidate_id, baseline_version_id=baseline_id,
@@ -307,7 +359,7 @@ def _store(db_engine: Engine, candidate_id: str, baseline_id: str, outcome: Gate
         version = session.get(ModelVersion, candidate_id)
         version.gate_report_id = report.id
         if outcome.passed and version.status == VersionStatus.candidate:
-            _set_status(session, version, VersionStatus.approved, "gates")
+            set_status(session, version, VersionStatus.approved, "gates")
         session.add(version)
         audit(session, actor="gates", action="version.gated", object_type="modelversion", object_id=candidate_id,
               report_id=report.id, passed=outcome.passed, reasons=outcome.summary["reasons"])
@@ -315,7 +367,7 @@ def _store(db_engine: Engine, candidate_id: str, baseline_id: str, outcome: Gate
 
 
 def _auto_promote(settings: Settings, db_engine: Engine, candidate_id: str) -> None:
-    from retrain.registry import RegistryError, PromotionConflictError, auto_promote
+    from registry.lifecycle import RegistryError, PromotionConflictError, auto_promote
 
     try:
         with session_scope(db_engine) as session:

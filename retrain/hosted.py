@@ -16,8 +16,8 @@ from sqlmodel import Session
 
 from retrain import jobs
 from retrain.models import FineTuneJob
-from tuneloop.db import session_scope
-from tuneloop.settings import Settings
+from tuneloop.core.db import session_scope
+from tuneloop.core.settings import Settings
 
 POLL_SECONDS = 2.0
 
@@ -48,7 +48,7 @@ def run_hosted_job(settings: Settings, engine: Engine, job_id: str, *, should_ca
     with Session(engine) as session:
         job = session.get(FineTuneJob, job_id)
         training, validation = _data_files(session, settings, job)
-        from bot.models import ModelVersion
+        from registry.models import ModelVersion
 
         parent = session.get(ModelVersion, job.parent_version_id)
     model = parent.hosted_model or settings.openai_finetune_base_model

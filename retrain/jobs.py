@@ -15,30 +15,30 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from bot.models import ModelVersion
+from registry.models import ModelVersion
 from retrain.models import DatasetSnapshot, FineTuneJob, JobEvent, JobMetric, JobStatus, TrainingFile
 from retrain.trainer import TrainConfig
-from tuneloop.accounts.service import audit
-from tuneloop.db import utcnow
-from tuneloop.settings import Settings
+from tuneloop.core.accounts.service import audit
+from tuneloop.core.ids import utcnow
+from tuneloop.core.settings import Settings
+from tuneloop.core import errors
 
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 ACTIVE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
 
 
-class JobError(ValueError):
+class JobError(errors.InvalidInputError):
     """Bad input (400); ``param`` names the offending field, as OpenAI's error envelope does."""
 
     def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
+        super().__init__(message, param=param)
 
 
-class JobNotFoundError(LookupError):
+class JobNotFoundError(errors.NotFoundError):
     """No such job, file or snapshot (404)."""
 
 
-class JobConflictError(JobError):
+class JobConflictError(errors.ConflictError, JobError):
     """The job is not in a state that allows this (409), e.g. cancelling a finished job."""
 
 
@@ -80,7 +80,7 @@ def create_job(session: Session, settings: Settings, *, actor: str, model: str |
                validation_file_id: str | None = None, hyperparameters: dict[str, Any] | None = None,
                suffix: str | None = None, seed: int | None = None, backend: str = "local") -> FineTuneJob:
     """Queue a job that continues from ``model`` (a version id, name or the production alias)."""
-    from bot.versions import UnknownModelError, resolve_model
+    from registry.versions import UnknownModelError, resolve_model
 
     hyper = normalize_hyperparameters(hyperparameters)
     try:

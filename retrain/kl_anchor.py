@@ -57,7 +57,7 @@ def build_anchors(model: Any, tokenizer: Any, examples: list[dict[str, Any]], *,
     at every answer token (the generated ids themselves, up to and including the end of turn, so no
     re-tokenization shifts them). Answers cut off at ``max_new_tokens`` are kept: the penalty is
     about the distribution at each position, not about a finished answer."""
-    from bot.prompting import prompt_ids
+    from engine.prompting import prompt_ids
 
     prompts = anchor_prompts()
     prompts = random.Random(seed).sample(prompts, min(count, len(prompts)))

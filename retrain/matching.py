@@ -60,7 +60,7 @@ def match_answers(
 ) -> list[MatchResult]:
     """Judge ``answers[i]`` against ``references[i]`` and ``key_facts[i]``, embedding all texts in one
     batch."""
-    from tuneloop.embeddings import embed
+    from engine.embeddings import embed
 
     if not answers:
         return []

@@ -1,5 +1,5 @@
-"""Tables owned by retraining: snapshots, jobs and their events/metrics, uploaded files,
-gate reports, the golden set and the scheduler's state."""
+"""Tables owned by retraining: snapshots, jobs and their events/metrics, uploaded files
+and the scheduler's state."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, String, Text
 from sqlmodel import Field, SQLModel
 
-from tuneloop.db import new_id, utcnow
+from tuneloop.core.ids import new_id, utcnow
 
 
 class DatasetSnapshot(SQLModel, table=True):
@@ -95,34 +95,6 @@ class TrainingFile(SQLModel, table=True):
     status: str = "processed"
 
 
-class GateReport(SQLModel, table=True):
-    """The verdict of the four gates on one candidate against the production version of the time:
-    every question with both versions' answers (``items``) and the aggregate per gate (``summary``)."""
-
-    id: str = Field(default_factory=lambda: new_id("gate"), primary_key=True)
-    candidate_version_id: str = Field(index=True)
-    baseline_version_id: str
-    created_at: datetime = Field(default_factory=utcnow)
-    passed: bool = False
-    summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    items: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    # An admin may promote a version whose gates failed, with a written reason (recorded here).
-    override_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    overridden_by: str | None = None
-    overridden_at: datetime | None = None
-
-
-class GoldenExample(SQLModel, table=True):
-    """A must-pass question curated by admins."""
-
-    id: str = Field(default_factory=lambda: new_id("gold"), primary_key=True)
-    question: str = Field(sa_column=Column(Text, nullable=False))
-    answer: str = Field(sa_column=Column(Text, nullable=False))
-    key_facts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    created_by: str = "admin"
-    created_at: datetime = Field(default_factory=utcnow)
-
-
 class SchedulerState(SQLModel, table=True):
     """One row: the scheduler's lease (so exactly one worker schedules) and its last decision."""
 
@@ -132,3 +104,27 @@ class SchedulerState(SQLModel, table=True):
     next_run_at: datetime | None = None
     last_tick_at: datetime | None = None
     last_decision: str = ""
+
+
+class GateRunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class GateRun(SQLModel, table=True):
+    """A request to gate one candidate. The worker does the work (minutes on a CPU: two models answer
+    every question), never an API request; the admin page and ``tuneloop models gates`` follow it."""
+
+    id: str = Field(default_factory=lambda: new_id("gaterun"), primary_key=True)
+    version_id: str = Field(index=True)
+    status: GateRunStatus = Field(default=GateRunStatus.queued, index=True, sa_type=String(16))
+    requested_by: str = "system"
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker_id: str | None = None
+    stage: str = Field(default="waiting for the worker", description="what the run is doing now")
+    report_id: str | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from retrain import files as file_service
 from retrain import jobs
 from retrain.models import FineTuneJob, JobEvent, TrainingFile
-from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.errors import ApiError
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -82,7 +83,7 @@ def job_object(job: FineTuneJob, fine_tuned_model: str | None = None) -> dict[st
 
 
 def _job(session, job: FineTuneJob) -> dict[str, Any]:
-    from bot.models import ModelVersion
+    from registry.models import ModelVersion
 
     version = session.get(ModelVersion, job.result_version_id) if job.result_version_id else None
     return job_object(job, version.name if version else None)

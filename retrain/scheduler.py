@@ -6,7 +6,7 @@ schedules: each tick first takes the lease row in ``SchedulerState`` (an atomic 
 only when the lease expired or is already ours) and, on PostgreSQL, ``pg_try_advisory_lock`` too.
 Every tick records its decision ("skipped: 7 new examples, need 20") and the next run time.
 
-The same lease holder also runs the data-retention purge (``tuneloop.retention.purge_expired``) on
+The same lease holder also runs the data-retention purge (``feedback.retention.purge_expired``) on
 ``settings.retention_cron``, daily by default; ``retention_days=0`` turns it off.
 """
 
@@ -23,8 +23,9 @@ from sqlmodel import Session, col, select
 
 from retrain import jobs
 from retrain.models import FineTuneJob, JobStatus, SchedulerState
-from tuneloop.db import session_scope, utcnow
-from tuneloop.settings import Settings
+from tuneloop.core.db import session_scope
+from tuneloop.core.ids import utcnow
+from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def tick(settings: Settings, engine: Engine, holder: str) -> str:
 def purge_tick(settings: Settings, engine: Engine, holder: str) -> dict[str, int] | None:
     """Run the retention purge if ``holder`` holds the lease. Returns what was deleted, or None when
     another worker holds the lease (it purges instead)."""
-    from tuneloop.retention import purge_expired
+    from feedback.retention import purge_expired
 
     if not acquire_lease(engine, holder):
         return None

@@ -7,7 +7,8 @@ The worker beats ``FineTuneJob.heartbeat_at`` while a job runs; a worker that st
 ``running`` with a stale heartbeat (its worker died) marks it failed. The child dies with its worker
 (PR_SET_PDEATHSIG), and only the worker registers the result, so a killed worker leaves no version.
 
-After a job succeeds the worker registers the adapter as a candidate version and runs the gates.
+After a job succeeds the worker registers the adapter as a candidate version and runs the gates;
+between jobs it runs the gate runs the API queued (``retrain.gate_runs``).
 Nothing here touches the production pointer.
 """
 
@@ -30,10 +31,11 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from retrain import jobs
-from retrain.models import FineTuneJob, JobStatus
-from tuneloop.db import make_engine, session_scope, utcnow
-from tuneloop.settings import Settings
+from retrain import gate_runs, jobs
+from retrain.models import FineTuneJob, GateRun, GateRunStatus, JobStatus
+from tuneloop.core.db import make_engine, session_scope
+from tuneloop.core.ids import utcnow
+from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class Worker:
         self.recover_stale_jobs()
         try:
             while not self.stop_event.is_set():
-                if self.run_next_job() is None:
+                if self.run_next_job() is None and self.run_next_gate_run() is None:
                     self.stop_event.wait(self.poll_seconds)
         finally:
             if scheduler is not None:
@@ -169,8 +171,8 @@ class Worker:
             jobs.set_status(session, job_id, status, message=f"Job {reason}; no version was created", error=error)
 
     def _finish_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
-        from bot.models import ModelVersion
-        from retrain.registry import register_candidate
+        from registry.models import ModelVersion
+        from registry.lifecycle import register_candidate
 
         with session_scope(self.engine) as session:
             job = session.get(FineTuneJob, job_id)
@@ -186,19 +188,25 @@ class Worker:
         self._run_gates(job_id, candidate_id)
 
     def _run_gates(self, job_id: str, candidate_id: str) -> None:
-        try:
-            from retrain.gates import run_gates
-        except ImportError:
-            return
-        try:
-            report = run_gates(self.settings, self.engine, candidate_id)
-            message = f"Gates {'passed' if getattr(report, 'passed', False) else 'failed'} for {candidate_id}"
-            level = "info"
-        except Exception as exc:  # noqa: BLE001  (a gate failure is recorded, the job stays succeeded)
-            log.exception("gates failed for %s", candidate_id)
-            message, level = f"Gates could not run for {candidate_id}: {exc}", "error"
+        """Gate the new candidate now, as a gate run like any other (followed the same way)."""
+        with session_scope(self.engine) as session:
+            run_id = gate_runs.queue_gate_run(session, candidate_id, actor=f"job {job_id}").id
+            session.exec(update(GateRun).where(GateRun.id == run_id).values(
+                status=GateRunStatus.running, started_at=utcnow(), worker_id=self.worker_id))
+        run = gate_runs.execute(self.settings, self.engine, run_id)
+        if run.status == GateRunStatus.succeeded:
+            message, level = f"Gates {run.stage.split(':')[0]} for {candidate_id}", "info"
+        else:
+            message, level = f"Gates could not run for {candidate_id}: {run.error}", "error"
         with session_scope(self.engine) as session:
             jobs.add_event(session, job_id, message, level=level)
+
+    def run_next_gate_run(self) -> str | None:
+        """Run the oldest queued gate run (queued by the API) to the end. Returns its id, or None."""
+        run_id = gate_runs.claim_next(self.engine, self.worker_id)
+        if run_id is not None:
+            gate_runs.execute(self.settings, self.engine, run_id)
+        return run_id
 
 
 def _ensure(path: Path) -> Path:
@@ -272,8 +280,8 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
 
 def _inputs(session: Session, settings: Settings, job: FineTuneJob, config):
     """Base model, parent adapter and the examples of this round (new + replayed)."""
-    from bot.models import ModelVersion
-    from bot.versions import version_spec
+    from registry.models import ModelVersion
+    from registry.versions import version_spec
     from retrain.replay import example_key, select_for_round
 
     parent = session.get(ModelVersion, job.parent_version_id)

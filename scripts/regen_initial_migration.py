@@ -6,7 +6,8 @@ from pathlib import Path
 
 from alembic import command
 
-from tuneloop.db import MIGRATIONS_DIR, alembic_config, import_all_models, make_engine
+from tuneloop.core.db import make_engine
+from tuneloop.schema import MIGRATIONS_DIR, alembic_config, import_all_models
 
 import_all_models()
 for old in (MIGRATIONS_DIR / "versions").glob("0001_*.py"):

@@ -23,7 +23,7 @@ PG_ADMIN_URL = os.environ.get("TUNELOOP_TEST_PG", "postgresql://postgres@127.0.0
 @pytest.fixture(scope="session")
 def real_model_dir() -> Path:
     """The bundled SmolLM2, converted from its GGUF once and cached across test runs."""
-    from bot.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
+    from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
 
     target = CACHE / BUNDLED_DIR_NAME
     if not (target / "model.safetensors").is_file():
@@ -40,7 +40,7 @@ def tiny_model_dir() -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from bot.modelstore import bundled_gguf_path
+    from engine.modelstore import bundled_gguf_path
 
     gguf = bundled_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -83,7 +83,7 @@ def _drop_pg_database(name: str) -> None:
 def database_url(request, tmp_path) -> str:
     """A fresh, empty database on each engine: tests using it run once on SQLite, once on PostgreSQL."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tuneloop.db'}"
+        yield f"sqlite:///{tmp_path / 'tuneloop.core.db'}"
         return
     name, url = _create_pg_database()
     yield url
@@ -92,17 +92,17 @@ def database_url(request, tmp_path) -> str:
 
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'tuneloop.db'}"
+    return f"sqlite:///{tmp_path / 'tuneloop.core.db'}"
 
 
 # --- settings and apps -------------------------------------------------------------------------
 @pytest.fixture
 def make_settings(tmp_path):
-    from tuneloop.settings import Settings
+    from tuneloop.core.settings import Settings
 
     def _make(**overrides):
         values = dict(
-            data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'tuneloop.db'}",
+            data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'tuneloop.core.db'}",
             dtype="float32", admin_password="admin-password", version_poll_seconds=0.2,
         )
         values.update(overrides)
@@ -150,7 +150,7 @@ def cli_runner(monkeypatch, capsys):
     """``cli_runner(env, unset=())`` configures TUNELOOP_* variables (names without the prefix) and
     returns ``run(*args, stdin="")``: the real CLI entry point in-process -> (exit code, stdout, stderr)."""
     from tuneloop.cli import main as cli
-    from tuneloop.settings import get_settings
+    from tuneloop.core.settings import get_settings
 
     def configure(env: dict, unset: tuple[str, ...] = ()):
         for name, value in env.items():

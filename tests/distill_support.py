@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from feedback import distill
 from feedback.corrections import create_correction
 from feedback.models import Correction, CorrectionSource, CorrectionStatus
-from tuneloop.db import session_scope
+from tuneloop.core.db import session_scope
 
 HERE = Path(__file__).parent
 DESCRIPTION = "Acme Outdoor Gear sells hiking, camping and paddling gear in three shops and online."

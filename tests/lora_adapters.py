@@ -13,8 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
-from bot.prompting import completion_text, prompt_ids, with_system_prompt
-from tuneloop.settings import Settings
+from engine.prompting import completion_text, prompt_ids, with_system_prompt
+from tuneloop.core.settings import Settings
 
 SYSTEM_PROMPT = Settings(data_dir=Path("/nonexistent")).resolved_system_prompt
 

@@ -7,11 +7,11 @@ import time
 
 from sqlmodel import Session, select
 
-from tuneloop.accounts.models import Account
+from tuneloop.core.accounts.models import Account
 
 
 def admin_key(engine) -> str:
-    from tuneloop.accounts.service import create_api_key
+    from tuneloop.core.accounts.service import create_api_key
 
     with Session(engine, expire_on_commit=False) as session:
         admin = session.exec(select(Account).where(Account.username == "admin")).one()

@@ -137,8 +137,8 @@ def test_conversation_continues_with_full_or_partial_history(client, tiny_app):
 
 
 def test_created_conversation_is_used_and_listed_newest_first(client, tiny_app):
-    from tuneloop.accounts import service as accounts
-    from tuneloop.accounts.models import Account
+    from tuneloop.core.accounts import service as accounts
+    from tuneloop.core.accounts.models import Account
 
     created = client.post("/v1/conversations", json={"user": "cust-9", "title": "Returns"})
     assert created.status_code == 201 and created.json()["object"] == "conversation"

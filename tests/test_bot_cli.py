@@ -13,7 +13,7 @@ from feedback.models import Rating
 
 @pytest.fixture
 def cli_env(monkeypatch, tiny_settings):
-    from tuneloop.settings import get_settings
+    from tuneloop.core.settings import get_settings
 
     for name, value in {"DATA_DIR": tiny_settings.data_dir, "DATABASE_URL": tiny_settings.database_url,
                         "BASE_MODEL": tiny_settings.base_model, "DTYPE": "float32", "MAX_TOKENS": 4,
@@ -25,7 +25,7 @@ def cli_env(monkeypatch, tiny_settings):
 
 
 def test_terminal_chat_streams_stores_and_rates(cli_env):
-    from tuneloop import db
+    from tuneloop.core import db
     from tuneloop.cli.main import app
 
     result = CliRunner().invoke(app, ["chat"], input="Hi there\n/down too short\nAnd now?\n/new\nHello again\n/up\n/quit\n")

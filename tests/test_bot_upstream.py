@@ -18,7 +18,7 @@ from bot.models import Message
 SERVER = """
 import os, uvicorn
 from tuneloop.app import create_app
-from tuneloop.settings import Settings
+from tuneloop.core.settings import Settings
 uvicorn.run(create_app(Settings(), mount_ui=False), fd=int(os.environ["SERVER_FD"]), log_level="warning")
 """
 QUESTION = [{"role": "user", "content": "Can I return boots?"}]

@@ -20,14 +20,15 @@ from fastapi.testclient import TestClient
 from openai import OpenAI
 from sqlmodel import Session, select
 
-from bot.models import Message, ModelVersion
+from bot.models import Message
+from registry.models import ModelVersion
 from bot.runtime import ServingRuntime
-from bot.versions import production_version
-from retrain import registry
-from retrain.models import GateReport
+from registry.versions import production_version
+from registry import lifecycle as registry
+from registry.models import GateReport
 from retrain_support import admin_key, wait_until
-from tuneloop.accounts.service import get_account
-from tuneloop.db import session_scope
+from tuneloop.core.accounts.service import get_account
+from tuneloop.core.db import session_scope
 
 BASE = "tuneloop-base"
 
@@ -222,18 +223,18 @@ def test_a_refused_adapter_keeps_the_old_version_serving(app, http, vllm):
 
 
 def test_load_errors_name_the_cause(app, vllm, settings):
-    from bot.upstream import UpstreamAdapterError, UpstreamBackend
+    from engine.upstream import UpstreamAdapterError, UpstreamEngine
 
     v1 = add_candidate(app, 1)
-    elsewhere = UpstreamBackend(settings.model_copy(update={"upstream_model_store_dir": "/elsewhere"}))
+    elsewhere = UpstreamEngine(settings.model_copy(update={"upstream_model_store_dir": "/elsewhere"}))
     with pytest.raises(UpstreamAdapterError, match="HTTP 404: No adapter found for /elsewhere/adapters/ftjob-1"):
         elsewhere.model_for(v1)
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    gone = UpstreamBackend(settings.model_copy(update={"upstream_base_url": f"http://127.0.0.1:{port}/v1"}))
+    gone = UpstreamEngine(settings.model_copy(update={"upstream_base_url": f"http://127.0.0.1:{port}/v1"}))
     with pytest.raises(UpstreamAdapterError, match=f"Could not reach http://127.0.0.1:{port}/v1/load_lora_adapter"):
         gone.model_for(v1)
     assert vllm.loaded == {}
-    plain = UpstreamBackend(settings.model_copy(update={"upstream_lora_loading": False}))
+    plain = UpstreamEngine(settings.model_copy(update={"upstream_lora_loading": False}))
     assert plain.model_for(v1) == BASE and vllm.load_requests[-1]["lora_path"].startswith("/elsewhere")

@@ -13,7 +13,7 @@ from feedback import corrections
 from feedback.export import prompt_completion_record, training_examples
 from feedback.models import Rating
 from retrain import datasets
-from tuneloop import db
+from tuneloop.core import db
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 def test_demo_loads_conversations_ratings_and_corrections(tmp_path, tiny_model_dir):
     from bot.models import Message
     from feedback.models import Correction, CorrectionStatus, Rating
-    from tuneloop.db import make_engine
+    from tuneloop.core.db import make_engine
 
     env = {**os.environ, "TUNELOOP_DATA_DIR": str(tmp_path), "TUNELOOP_BASE_MODEL": str(tiny_model_dir),
            "TUNELOOP_ADMIN_PASSWORD": "admin-password", "TUNELOOP_MAX_TOKENS": "8", "TUNELOOP_DTYPE": "float32"}
@@ -19,7 +19,7 @@ def test_demo_loads_conversations_ratings_and_corrections(tmp_path, tiny_model_d
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "3 corrections approved, 1 waiting for review" in done.stdout
-    engine = make_engine(f"sqlite:///{tmp_path / 'tuneloop.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'tuneloop.core.db'}")
     with Session(engine) as session:
         answers = session.exec(select(Message).where(Message.role == "assistant")).all()
         assert len(answers) == 4 and all(m.model_version_id == "v0" for m in answers)

@@ -15,7 +15,7 @@ from feedback import distill, distill_plan
 from feedback.corrections import approve_correction, list_corrections
 from feedback.errors import ConflictError, FeedbackError
 from feedback.models import CorrectionStatus, DistillStatus
-from tuneloop.db import session_scope
+from tuneloop.core.db import session_scope
 
 
 # --- task runs -------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from feedback.corrections import approve_correction
 from feedback.errors import FeedbackError, ForbiddenError
 from feedback.models import CorrectionStatus, DistillRun, DistillStatus
 from feedback.teacher import TeacherError
-from tuneloop.accounts.models import AuditEvent
-from tuneloop.db import session_scope
+from tuneloop.core.accounts.models import AuditEvent
+from tuneloop.core.db import session_scope
 
 
 # --- task runs -------------------------------------------------------------------------------------
@@ -175,8 +175,8 @@ def test_cli_estimates_asks_and_runs(tuneloop, teacher):
 def api(settings):
     from fastapi.testclient import TestClient
 
-    from tuneloop.accounts import service as accounts
-    from tuneloop.accounts.models import Role
+    from tuneloop.core.accounts import service as accounts
+    from tuneloop.core.accounts.models import Role
     from tuneloop.app import create_app
 
     app = create_app(settings, load_model=False, mount_ui=False)

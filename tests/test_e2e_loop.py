@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from openai import OpenAI
 from sqlmodel import select
 
-from tuneloop.db import session_scope
+from tuneloop.core.db import session_scope
 
 FACTS = [
     ("How long do I have to return an item?", "You can return unused items within 45 days of delivery.", "45 days"),
@@ -26,8 +26,8 @@ def ask(client: OpenAI, question: str):
 @pytest.mark.slow
 def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sqlite_url):
     from retrain.worker import Worker
-    from tuneloop.accounts.models import Account
-    from tuneloop.accounts.service import create_api_key
+    from tuneloop.core.accounts.models import Account
+    from tuneloop.core.accounts.service import create_api_key
     from tuneloop.app import create_app
 
     settings = make_settings(base_model=str(real_model_dir), database_url=sqlite_url, memory_enabled=False)

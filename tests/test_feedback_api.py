@@ -12,9 +12,9 @@ from sqlmodel import Session
 
 from bot.models import Conversation, Message
 from feedback.models import Rating
-from tuneloop.accounts import service as accounts
-from tuneloop.accounts.models import Role
-from tuneloop.db import session_scope
+from tuneloop.core.accounts import service as accounts
+from tuneloop.core.accounts.models import Role
+from tuneloop.core.db import session_scope
 
 
 @pytest.fixture

@@ -3,19 +3,22 @@ earlier one, and the "not forgotten" gate fails and names it; the learned gate s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
 
-from bot.engine import LoadedModel, VersionSpec
-from bot.models import ModelVersion, VersionStatus
+from engine.protocol import VersionSpec
+from engine.transformers_engine import LoadedModel
+from registry.models import ModelVersion, VersionStatus
 from lora_adapters import CANADA, RETURNS, install_adapter, memorised_adapter, messages_for
-from retrain import registry
+from registry import lifecycle as registry
 from retrain.gates import GateItem, evaluate, run_gates
-from retrain.models import GateReport
-from tuneloop.accounts.models import Account, AuditEvent, Role
-from tuneloop.db import session_scope
+from feedback.models import Correction
+from registry.models import GateReport
+from tuneloop.core.accounts.models import Account, AuditEvent, Role
+from tuneloop.core.db import session_scope
 
 CACHE = Path(__file__).resolve().parent.parent / ".tuneloop-test-cache"
 
@@ -104,3 +107,16 @@ def test_run_gates_on_the_registry(make_settings, tiny_model_dir, adapters, sqli
         assert all(i["candidate"]["answer"] is not None and "production" in i for i in stored.items)
         assert session.exec(select(AuditEvent).where(AuditEvent.action == "version.gated")).all()
     engine.dispose()
+
+    # The report is reproducible from the artifacts: gate_report.json sits beside the adapter, and a
+    # correction deleted after the run does not change what a re-run asks (items come from snapshots).
+    with Session(engine) as session:
+        adapter_dir = settings.model_store_dir / session.get(ModelVersion, v2).adapter_path
+    on_disk = json.loads((adapter_dir / "gate_report.json").read_text())
+    assert on_disk["id"] == report2.id and on_disk["summary"]["inputs"]["snapshot_id"]
+    with session_scope(engine) as session:
+        session.delete(session.get(Correction, returns_id))
+    rerun = run_gates(settings, engine, v2)
+    assert [(i["gate"], i["question"], i["reference"]) for i in rerun.items] == [
+        (i["gate"], i["question"], i["reference"]) for i in report2.items]
+    assert rerun.summary["inputs"] == report2.summary["inputs"]

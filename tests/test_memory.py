@@ -8,9 +8,9 @@ from sqlmodel import Session
 
 from bot.models import Message
 from feedback.corrections import approve_correction, create_correction, submit_correction
-from tuneloop.accounts.models import Role
-from tuneloop.accounts.service import create_account
-from tuneloop.db import session_scope
+from tuneloop.core.accounts.models import Role
+from tuneloop.core.accounts.service import create_account
+from tuneloop.core.db import session_scope
 
 
 def approve_knowledge(app, question: str, answer: str) -> str:

@@ -10,7 +10,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
-from tuneloop import db
+from tuneloop.core import db
+from tuneloop import schema
 
 
 def schema_diffs(engine) -> list:
@@ -28,9 +29,9 @@ def columns_by_table(engine) -> dict[str, set[str]]:
 def test_blank_database_migrates_to_the_models_schema(database_url):
     engine = db.make_engine(database_url)
     assert inspect(engine).get_table_names() == []
-    db.upgrade(engine)
-    head = ScriptDirectory.from_config(db.alembic_config(engine)).get_current_head()
-    assert db.current_revision(engine) == head
+    schema.upgrade(engine)
+    head = ScriptDirectory.from_config(schema.alembic_config(engine)).get_current_head()
+    assert schema.current_revision(engine) == head
     assert schema_diffs(engine) == []
     columns = columns_by_table(engine)
     for table in SQLModel.metadata.sorted_tables:
@@ -42,12 +43,12 @@ def test_blank_database_migrates_to_the_models_schema(database_url):
 
 def test_downgrade_to_base_and_upgrade_again(database_url):
     engine = db.make_engine(database_url)
-    db.upgrade(engine)
+    schema.upgrade(engine)
     before = columns_by_table(engine)
-    command.downgrade(db.alembic_config(engine), "base")
+    command.downgrade(schema.alembic_config(engine), "base")
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
-    assert db.current_revision(engine) is None
-    db.upgrade(engine)
+    assert schema.current_revision(engine) is None
+    schema.upgrade(engine)
     assert columns_by_table(engine) == before
     assert schema_diffs(engine) == []
     engine.dispose()

@@ -12,8 +12,8 @@ import pytest
 from sqlmodel import Session, select
 
 from conftest import _create_pg_database, _drop_pg_database
-from tuneloop import db
-from tuneloop.backup import BackupError, export_archive, import_archive
+from tuneloop.core import db
+from tuneloop.ops.backup import BackupError, export_archive, import_archive
 
 
 @pytest.fixture
@@ -25,12 +25,14 @@ def pg_url():
 
 def seed_everything(engine, settings) -> None:
     """One row or more in every kind of table an operator cares about, plus files on disk."""
-    from bot.models import Conversation, Message, ModelVersion
-    from bot.versions import set_production
+    from bot.models import Conversation, Message
+    from registry.models import ModelVersion
+    from registry.versions import set_production
     from feedback.models import Correction, CorrectionStatus, Rating, ReviewDecision, ReviewStatus
-    from retrain.models import DatasetSnapshot, FineTuneJob, GateReport, JobEvent, JobMetric, JobStatus
-    from tuneloop.accounts.models import Account
-    from tuneloop.accounts.service import create_api_key
+    from registry.models import GateReport
+    from retrain.models import DatasetSnapshot, FineTuneJob, JobEvent, JobMetric, JobStatus
+    from tuneloop.core.accounts.models import Account
+    from tuneloop.core.accounts.service import create_api_key
 
     snap_dir = settings.datasets_dir / "snap_0123456789ab"
     snap_dir.mkdir(parents=True)
@@ -106,9 +108,9 @@ def test_sqlite_export_imports_into_postgresql_unchanged(make_settings, tmp_path
     assert again["files"] == exported["files"]
     assert (target.model_store_dir / "adapters/v1/adapter_config.json").read_text() == '{"r": 8}'
 
-    from bot.versions import production_version
-    from tuneloop.accounts.service import audit
-    from tuneloop.accounts.models import AuditEvent
+    from registry.versions import production_version
+    from tuneloop.core.accounts.service import audit
+    from tuneloop.core.accounts.models import AuditEvent
 
     with db.session_scope(target_engine) as session:
         assert production_version(session).id == "v1"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tuneloop.settings import Settings
+from tuneloop.core.settings import Settings
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[1] / "compose.yaml").read_text())
 

@@ -15,7 +15,7 @@ import pytest
 from sqlmodel import select
 
 from conftest import _create_pg_database, _drop_pg_database
-from tuneloop import db
+from tuneloop.core import db
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -108,11 +108,11 @@ def served_version(port: int) -> str:
 
 
 def test_both_processes_follow_a_promotion(servers, tmp_path, tiny_model_dir, pg_url):
-    from bot.models import ModelVersion, VersionStatus
-    from retrain import registry
-    from retrain.models import GateReport
-    from tuneloop.accounts.models import Account
-    from tuneloop.settings import Settings
+    from registry.models import ModelVersion, VersionStatus
+    from registry import lifecycle as registry
+    from registry.models import GateReport
+    from tuneloop.core.accounts.models import Account
+    from tuneloop.core.settings import Settings
 
     procs, _env = servers
     assert [served_version(p.port) for p in procs] == ["v0", "v0"]

@@ -46,7 +46,7 @@ def scrape(client) -> dict[tuple[str, tuple], float]:
 
 
 def test_request_ids_are_echoed_or_made_and_logged_as_json(ops_client, caplog):
-    from tuneloop.observability import JsonFormatter
+    from tuneloop.ops.observability import JsonFormatter
 
     client = ops_client(log_format="json")
     caplog.set_level(logging.INFO, logger="tuneloop.access")
@@ -63,7 +63,7 @@ def test_request_ids_are_echoed_or_made_and_logged_as_json(ops_client, caplog):
 
 
 def test_metrics_count_requests_by_route_template_and_generation_hooks(ops_client):
-    from tuneloop.observability import observe_generation, track_stream
+    from tuneloop.core.metrics import observe_generation, track_stream
 
     client = ops_client()
     before = scrape(client)
@@ -91,8 +91,8 @@ def test_metrics_count_requests_by_route_template_and_generation_hooks(ops_clien
 def test_metrics_from_the_database(make_settings, database_url):
     from bot.models import Conversation, Message
     from feedback.models import Correction, CorrectionStatus, Rating
-    from retrain.models import GateReport
-    from tuneloop import db
+    from registry.models import GateReport
+    from tuneloop.core import db
 
     app = make_app(make_settings(database_url=database_url))
     with db.session_scope(app.state.db) as session:
@@ -141,7 +141,7 @@ def test_rate_limit_per_client_answers_429_with_retry_after(ops_client):
 
 
 def test_token_bucket_refills_at_the_configured_rate():
-    from tuneloop.protection import TokenBucketLimiter
+    from tuneloop.core.protection import TokenBucketLimiter
 
     now = [0.0]
     limiter = TokenBucketLimiter(rate_per_second=2.0, burst=3, clock=lambda: now[0])

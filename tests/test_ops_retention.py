@@ -8,8 +8,8 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
-from tuneloop import db
-from tuneloop.db import utcnow
+from tuneloop.core import db
+from tuneloop.core.ids import utcnow
 
 
 def add_conversation(session, end_user: str, age_days: float, *, correction_status: str | None = None):
@@ -37,9 +37,9 @@ def add_conversation(session, end_user: str, age_days: float, *, correction_stat
 def test_purge_expired_keeps_recent_conversations_and_approved_corrections(make_settings, database_url):
     from bot.models import Conversation, Message
     from feedback.models import Correction, Rating, ReviewDecision
-    from tuneloop.accounts.models import AuditEvent
+    from tuneloop.core.accounts.models import AuditEvent
     from tuneloop.app import prepare_database
-    from tuneloop.retention import purge_expired
+    from feedback.retention import purge_expired
 
     settings = make_settings(database_url=database_url, retention_days=30)
     engine = prepare_database(settings)
@@ -72,9 +72,9 @@ def test_purge_expired_keeps_recent_conversations_and_approved_corrections(make_
 def test_forget_end_user_deletes_their_data_and_audits_it(make_settings, database_url):
     from bot.models import Conversation
     from feedback.models import Rating
-    from tuneloop.accounts.models import AuditEvent
+    from tuneloop.core.accounts.models import AuditEvent
     from tuneloop.app import prepare_database
-    from tuneloop.retention import forget_end_user
+    from feedback.retention import forget_end_user
 
     settings = make_settings(database_url=database_url)
     engine = prepare_database(settings)

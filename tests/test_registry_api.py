@@ -3,19 +3,21 @@ fails, later answers come from the new version), rollback restores the old answe
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session
 
-from bot.models import ModelVersion
+from registry.models import ModelVersion
 from lora_adapters import RETURNS, install_adapter, memorised_adapter
-from retrain import registry
-from retrain.models import GateReport
-from tuneloop.accounts import service as accounts
-from tuneloop.accounts.models import Role
-from tuneloop.db import session_scope
+from registry import lifecycle as registry
+from registry.models import GateReport
+from retrain.worker import Worker
+from tuneloop.core.accounts import service as accounts
+from tuneloop.core.accounts.models import Role
+from tuneloop.core.db import session_scope
 
 CACHE = Path(__file__).resolve().parent.parent / ".tuneloop-test-cache"
 
@@ -113,9 +115,22 @@ def test_promotion_during_chats_then_rollback(client, tiny_app, keys, returns_ve
 
 def test_failed_gates_reject_delete_and_errors(client, tiny_app, keys, returns_version):
     admin = keys["admin"]
-    report = client.post(f"/v1/registry/versions/{returns_version}/gates", headers=keys["staff"])
-    assert report.status_code == 200, report.text
-    body = report.json()
+    queued = client.post(f"/v1/registry/versions/{returns_version}/gates", headers=keys["staff"])
+    assert queued.status_code == 202, queued.text  # the request returns at once; the worker gates
+    run = queued.json()
+    assert run["object"] == "gate_run" and run["status"] == "queued" and run["version_id"] == "v1"
+    again = client.post(f"/v1/registry/versions/{returns_version}/gates", headers=keys["staff"])
+    assert again.json()["id"] == run["id"]  # an open run is not doubled
+    on_record = client.get("/v1/registry/versions/v1/gate-report", headers=keys["staff"]).json()["id"]
+
+    assert Worker(tiny_app.state.settings, tiny_app.state.db).run_next_gate_run() == run["id"]
+    done = client.get(f"/v1/registry/gate-runs/{run['id']}", headers=keys["staff"]).json()
+    assert done["status"] == "succeeded" and done["report_id"] and done["finished_at"], done
+    body = client.get("/v1/registry/versions/v1/gate-report", headers=keys["staff"]).json()
+    assert body["id"] == done["report_id"] != on_record
+    on_disk = json.loads((tiny_app.state.settings.model_store_dir / "adapters/v1/gate_report.json").read_text())
+    assert on_disk["id"] == body["id"] and on_disk["items"] == body["items"]
+    assert on_disk["summary"]["inputs"]["general_sha256"] and on_disk["summary"]["inputs"]["snapshot_id"] is None
     assert body["candidate_version_id"] == "v1" and body["baseline_version_id"] == "v0"
     assert {i["gate"] for i in body["items"]} == {"general"} and set(body["gates"]) == {
         "learned", "not_forgotten", "golden", "general"}

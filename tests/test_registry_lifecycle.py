@@ -10,13 +10,13 @@ import threading
 import pytest
 from sqlmodel import Session, select
 
-from bot import versions
-from bot.models import ModelVersion, VersionStatus
-from retrain import registry
-from retrain.models import GateReport
-from tuneloop.accounts import service as accounts
-from tuneloop.accounts.models import Account, AuditEvent, Role
-from tuneloop.db import session_scope
+from registry import versions
+from registry.models import ModelVersion, VersionStatus
+from registry import lifecycle as registry
+from registry.models import GateReport
+from tuneloop.core.accounts import service as accounts
+from tuneloop.core.accounts.models import Account, AuditEvent, Role
+from tuneloop.core.db import session_scope
 
 
 @pytest.fixture

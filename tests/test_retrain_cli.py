@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from retrain.models import FineTuneJob
 from retrain.worker import Worker
 from tuneloop.app import prepare_database
-from tuneloop.db import session_scope
+from tuneloop.core.db import session_scope
 
 
 @pytest.fixture

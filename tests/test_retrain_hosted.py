@@ -12,15 +12,15 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from bot.models import ModelVersion
+from registry.models import ModelVersion
 from retrain import jobs
 from retrain.files import save_upload
 from retrain.models import JobStatus
 from retrain.worker import Worker
 from tests.retrain_support import admin_key, chat_jsonl, wait_until
 from tuneloop.app import prepare_database
-from tuneloop.db import session_scope
-from tuneloop.settings import Settings
+from tuneloop.core.db import session_scope
+from tuneloop.core.settings import Settings
 
 
 def free_port() -> int:

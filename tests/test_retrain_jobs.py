@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from openai import OpenAI
 from sqlmodel import Session
 
-from bot.models import ModelVersion
+from registry.models import ModelVersion
 from retrain import jobs
 from retrain.models import JobStatus
 from retrain.worker import Worker

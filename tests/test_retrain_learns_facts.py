@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.engine import LoadedModel, LocalEngine, SamplingParams, VersionSpec
-from bot.prompting import prompt_ids
+from engine.protocol import SamplingParams, VersionSpec
+from engine.transformers_engine import LoadedModel, LocalEngine
+from engine.prompting import prompt_ids
 from retrain.trainer import TrainConfig, train
 
 SYSTEM = ("You are a friendly, concise customer-service assistant for Acme Outdoor Gear. "

@@ -11,15 +11,15 @@ import threading
 
 from sqlmodel import Session
 
-from bot.models import ModelVersion
-from bot.versions import production_version
+from registry.models import ModelVersion
+from registry.versions import production_version
 from retrain import jobs
 from retrain.models import JobStatus
 from retrain.scheduler import acquire_lease, state_as_dict, tick, train_now
 from retrain.worker import Worker
 from tests.retrain_support import chat_jsonl, wait_until
 from tuneloop.app import prepare_database
-from tuneloop.db import session_scope
+from tuneloop.core.db import session_scope
 
 
 def test_killing_the_worker_mid_run_fails_the_job_and_registers_nothing(make_settings, tiny_model_dir):

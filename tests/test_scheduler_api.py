@@ -11,9 +11,9 @@ from sqlmodel import Session, select
 
 from retrain.models import DatasetSnapshot, FineTuneJob
 from retrain.scheduler import RetrainScheduler, tick
-from tuneloop.accounts import service as accounts
-from tuneloop.accounts.models import Role
-from tuneloop.db import session_scope
+from tuneloop.core.accounts import service as accounts
+from tuneloop.core.accounts.models import Role
+from tuneloop.core.db import session_scope
 
 
 @pytest.fixture

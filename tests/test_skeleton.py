@@ -4,12 +4,12 @@ production on a fresh install, the first admin exists."""
 from sqlalchemy import inspect
 from sqlmodel import Session, select
 
-from tuneloop import db
-from tuneloop.accounts.models import Account, Role
+from tuneloop import schema
+from tuneloop.core.accounts.models import Account, Role
 
 
 def test_fresh_database_has_schema_base_version_and_admin(make_settings, database_url):
-    from bot.versions import production_version
+    from registry.versions import production_version
     from tuneloop.app import prepare_database
 
     settings = make_settings(database_url=database_url)
@@ -17,7 +17,7 @@ def test_fresh_database_has_schema_base_version_and_admin(make_settings, databas
     tables = set(inspect(engine).get_table_names())
     assert {"conversation", "message", "modelversion", "productionpointer", "rating", "correction",
             "datasetsnapshot", "finetunejob", "gatereport", "account", "auditevent"} <= tables
-    assert db.current_revision(engine) is not None
+    assert schema.current_revision(engine) is not None
     with Session(engine) as session:
         assert production_version(session).id == "v0"
         admins = session.exec(select(Account).where(Account.role == Role.admin)).all()
@@ -30,8 +30,9 @@ def test_fresh_database_has_schema_base_version_and_admin(make_settings, databas
 
 
 def test_engine_batches_match_single_requests(tiny_model_dir):
-    from bot.engine import LoadedModel, LocalEngine, SamplingParams, VersionSpec
-    from bot.prompting import prompt_ids, with_system_prompt
+    from engine.protocol import SamplingParams, VersionSpec
+    from engine.transformers_engine import LoadedModel, LocalEngine
+    from engine.prompting import prompt_ids, with_system_prompt
 
     loaded = LoadedModel.load(VersionSpec("v0", tiny_model_dir), dtype="float32")
     engine = LocalEngine(loaded, max_batch_size=4)
@@ -53,8 +54,9 @@ def test_engine_lets_chats_join_a_running_batch(tiny_model_dir):
     explicit positions keep rows independent), with prompts shorter and longer than the running one."""
     import threading
 
-    from bot.engine import Completion, LoadedModel, LocalEngine, SamplingParams, VersionSpec
-    from bot.prompting import prompt_ids, with_system_prompt
+    from engine.protocol import Completion, SamplingParams, VersionSpec
+    from engine.transformers_engine import LoadedModel, LocalEngine
+    from engine.prompting import prompt_ids, with_system_prompt
 
     loaded = LoadedModel.load(VersionSpec("v0", tiny_model_dir), dtype="float32")
     engine = LocalEngine(loaded, max_batch_size=4)

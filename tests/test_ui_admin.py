@@ -7,7 +7,7 @@ import pytest
 from browser import browser, login, table_cell, ui_app, ui_server, ui_settings  # noqa: F401  (fixtures)
 from sqlmodel import Session
 
-from tuneloop.db import session_scope
+from tuneloop.core.db import session_scope
 
 pytestmark = pytest.mark.browser
 
@@ -17,9 +17,9 @@ def _candidate(app, tiny_model_dir) -> str:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.versions import production_version
-    from retrain.models import GateReport
-    from retrain.registry import register_candidate
+    from registry.versions import production_version
+    from registry.models import GateReport
+    from registry.lifecycle import register_candidate
 
     settings = app.state.settings
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
@@ -44,7 +44,7 @@ def _candidate(app, tiny_model_dir) -> str:
 
 
 def test_admin_promotes_candidate(browser, ui_server, ui_app, tiny_model_dir):  # noqa: F811
-    from bot.versions import production_version
+    from registry.versions import production_version
 
     candidate = _candidate(ui_app, tiny_model_dir)
     page = browser.new_page("admin")

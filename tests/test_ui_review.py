@@ -9,7 +9,7 @@ import pytest
 from browser import browser, login, table_cell, ui_app, ui_server, ui_settings  # noqa: F401  (fixtures)
 from sqlmodel import Session
 
-from tuneloop.db import session_scope
+from tuneloop.core.db import session_scope
 
 pytestmark = pytest.mark.browser
 
@@ -31,8 +31,8 @@ def _disliked_answer(app) -> str:
 def test_correct_then_approve_reaches_snapshot(browser, ui_server, ui_app):  # noqa: F811
     from feedback.models import Correction, CorrectionStatus
     from retrain.datasets import create_snapshot, snapshot_dir
-    from tuneloop.accounts.models import Role
-    from tuneloop.accounts.service import create_account
+    from tuneloop.core.accounts.models import Role
+    from tuneloop.core.accounts.service import create_account
 
     with session_scope(ui_app.state.db) as session:
         create_account(session, username="alice", password="alice-password", role=Role.staff)

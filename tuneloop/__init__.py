@@ -1,8 +1,10 @@
 """tuneloop: a self-hosted customer-service chat bot that improves from its own conversations.
 
 Data flows one way: chat (bot/) -> feedback (feedback/) -> dataset snapshot -> fine-tune job ->
-candidate version -> gates -> promotion (retrain/) -> serving (bot/). This package holds what every
-stage shares: the settings object, the database, accounts and the audit log, the app factory and the CLI.
+candidate version -> gates (retrain/) -> promotion (registry/) -> serving (bot/, engine/). This package
+is both the ground floor (``tuneloop.core``: settings, database, errors, accounts) and the composition
+root (``app``, ``cli``, ``ops``, ``schema``), the only place that imports every package. See
+docs/ARCHITECTURE.md and tests/test_layers.py.
 """
 
 import os

@@ -13,21 +13,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import tuneloop  # noqa: F401  (sets the offline environment first)
-from tuneloop import db as database
-from tuneloop.api import install_error_handlers
-from tuneloop.settings import Settings, get_settings
+from tuneloop import schema
+from tuneloop.core import db as database
+from tuneloop.core.errors import install_error_handlers
+from tuneloop.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 
 def prepare_database(settings: Settings):
     """Engine + migrations + version 0 + first admin. Shared by the server, the worker and the CLI."""
-    from bot.versions import ensure_base_version
-    from tuneloop.accounts.service import ensure_first_admin
+    from registry.versions import ensure_base_version
+    from tuneloop.core.accounts.service import ensure_first_admin
 
     engine = database.make_engine(settings.database_url)
     with database.setup_lock(engine):  # several processes may start at once on a blank database
-        database.upgrade(engine)
+        schema.upgrade(engine)
         with database.session_scope(engine) as session:
             ensure_base_version(session, settings)
             one_time = ensure_first_admin(session, settings.admin_username, settings.admin_password)
@@ -63,19 +64,21 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
     app.state.db = engine
     app.state.runtime = runtime
     install_error_handlers(app)
-    from tuneloop.observability import install_observability
-    from tuneloop.protection import install_protection
+    from tuneloop.ops.observability import install_observability
+    from tuneloop.core.protection import install_protection
 
     install_protection(app, settings)  # inner: limits and body size
     install_observability(app, settings)  # outer: request id, access log, metrics, GET /metrics
 
     from bot.routes import router as bot_router
     from feedback.routes import router as feedback_router
+    from registry.routes import router as registry_router
     from retrain.routes import router as retrain_router
-    from tuneloop.accounts.routes import router as accounts_router
+    from tuneloop.core.accounts.routes import router as accounts_router
 
     app.include_router(bot_router)
     app.include_router(feedback_router)
+    app.include_router(registry_router)
     app.include_router(retrain_router)
     app.include_router(accounts_router)
     if mount_ui:

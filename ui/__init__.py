@@ -11,8 +11,8 @@ from __future__ import annotations
 import gradio as gr
 from fastapi import FastAPI
 
-from tuneloop.accounts.models import Role
-from tuneloop.settings import Settings
+from tuneloop.core.accounts.models import Role
+from tuneloop.core.settings import Settings
 from ui.auth import PageSignIn
 from ui.theme import CSS, theme
 

@@ -3,7 +3,7 @@ their gate reports (every changed answer side by side, every regression), promot
 training history with loss curves, the scheduler, the golden set, and distillation (``ui.distill``: a
 teacher writes question/answer pairs from a description, after a cost estimate).
 
-Callbacks call ``retrain.registry``, ``retrain.jobs``, ``retrain.scheduler``, ``retrain.golden`` and
+Callbacks call ``registry.lifecycle``, ``retrain.jobs``, ``retrain.scheduler``, ``registry.golden`` and
 ``feedback.review``: the same functions as the HTTP API and the CLI. The registry checks the admin role
 itself; the page's sign-in only lets admins in.
 """
@@ -14,10 +14,11 @@ import gradio as gr
 import pandas as pd
 from fastapi import FastAPI
 
-from bot import versions as serving
+from registry import versions as serving
 from feedback import review
-from retrain import golden, jobs, registry, scheduler
-from tuneloop.db import session_scope
+from registry import golden, lifecycle as registry
+from retrain import gate_runs, jobs, scheduler
+from tuneloop.core.db import session_scope
 from ui.auth import PageSignIn
 from ui.distill import distill_tab
 from ui.errors import shown_to_user
@@ -76,8 +77,14 @@ def _version_rows(app: FastAPI) -> list[list[str]]:
         out = []
         for v in rows:
             report = registry.gate_report_for(session, v)
-            gates = "—" if report is None else ("passed" if report.passed else "FAILED") + (
-                " (overridden)" if getattr(report, "override_reason", None) else "")
+            running = gate_runs.open_run_for(session, v.id)
+            if running is not None:  # the worker is on it (or will be): say what it is doing
+                gates = f"{running.status}: {running.stage}"
+            elif report is None:
+                gates = "—"
+            else:
+                gates = ("passed" if report.passed else "FAILED") + (
+                    " (overridden)" if report.override_reason else "")
             out.append([v.id, v.name, str(v.status), v.parent_id or "", v.snapshot_id or "", v.job_id or "", gates,
                         f"{v.created_at:%Y-%m-%d %H:%M}"])
     return out

@@ -11,8 +11,8 @@ import gradio as gr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from tuneloop.accounts import service as accounts
-from tuneloop.accounts.models import Account, Role
+from tuneloop.core.accounts import service as accounts
+from tuneloop.core.accounts.models import Account, Role
 
 
 class NotSignedIn(gr.Error):

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import gradio as gr
 from fastapi import FastAPI
 
-from tuneloop.db import new_id, session_scope
+from tuneloop.core.db import session_scope
+from tuneloop.core.ids import new_id
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,8 @@ def _ask(app: FastAPI, state: ChatSession, history: list[dict], text: str):
 
 
 def _user_message(exc: Exception) -> str:
-    from bot.prompting import PromptTooLongError
-    from bot.runtime import NotReadyError
+    from engine.prompting import PromptTooLongError
+    from engine.protocol import NotReadyError
 
     if isinstance(exc, NotReadyError):
         return "The assistant is starting up; please try again in a few seconds."

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from feedback import distill, distill_plan
 from feedback.teacher import TeacherError
-from tuneloop.db import session_scope
+from tuneloop.core.db import session_scope
 from ui.auth import PageSignIn
 from ui.errors import shown_to_user
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from feedback import corrections, review
 from feedback.models import CorrectionStatus, ReviewStatus
-from tuneloop.db import session_scope
+from tuneloop.core.db import session_scope
 from ui.auth import PageSignIn
 from ui.errors import shown_to_user
 

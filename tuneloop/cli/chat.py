@@ -27,7 +27,7 @@ class LocalChat:
     def __init__(self, model: str, max_tokens: int | None):
         from bot.runtime import ServingRuntime
         from tuneloop.app import prepare_database
-        from tuneloop.settings import get_settings
+        from tuneloop.core.settings import get_settings
 
         settings = get_settings()
         self.model, self.max_tokens = model or settings.production_alias, max_tokens
@@ -38,7 +38,7 @@ class LocalChat:
 
     def send(self, text: str, conversation_id: str | None) -> Iterator[str | Answer]:
         from bot.conversations import start_turn
-        from bot.engine import SamplingParams
+        from engine.protocol import SamplingParams
 
         settings = self.runtime.settings
         params = SamplingParams(max_tokens=self.max_tokens or settings.max_tokens, temperature=settings.temperature,
@@ -50,7 +50,7 @@ class LocalChat:
 
     def rate(self, message_id: str, value: str, comment: str) -> None:
         from feedback.ratings import rate_message
-        from tuneloop.db import session_scope
+        from tuneloop.core.db import session_scope
 
         with session_scope(self.runtime.db) as session:
             rate_message(session, message_id=message_id, value=value, comment=comment, rater="cli")

@@ -14,7 +14,7 @@ data_app = typer.Typer(help="Training data: validate and import files, dataset s
 
 def _engine():
     from tuneloop.app import prepare_database
-    from tuneloop.settings import get_settings
+    from tuneloop.core.settings import get_settings
 
     return prepare_database(get_settings())
 
@@ -25,7 +25,7 @@ def validate(file: Path = typer.Argument(..., help="CSV, TSV, XLSX, JSON or JSON
              tokenizer: Path = typer.Option(None, help="Tokenizer/model directory (default: the base model's).")) -> None:
     """Check a fine-tuning file: columns, empty rows, duplicates, lengths, separators, stop sequences."""
     from feedback.validate import fix_file, validate_file
-    from tuneloop.settings import get_settings
+    from tuneloop.core.settings import get_settings
 
     report = validate_file(file, get_settings(), tokenizer=tokenizer)
     typer.echo(f"{file.name}: {report.n_examples} examples ({report.format}, {report.kind or 'unknown'}), "
@@ -52,8 +52,8 @@ def import_(file: Path = typer.Argument(..., help="CSV, TSV, XLSX, JSON or JSONL
     """Import question/answer pairs as corrections; all rows or none."""
     from feedback.importer import import_file
     from feedback.models import CorrectionStatus
-    from tuneloop import db
-    from tuneloop.settings import get_settings
+    from tuneloop.core import db
+    from tuneloop.core.settings import get_settings
 
     if status not in ("submitted", "approved"):
         fail(f"--status must be submitted or approved, not {status!r}")
@@ -66,8 +66,8 @@ def import_(file: Path = typer.Argument(..., help="CSV, TSV, XLSX, JSON or JSONL
 def snapshot(actor: str = typer.Option("cli", "--as", help="Recorded as the creator.")) -> None:
     """Freeze the approved examples into a new dataset snapshot (or show the identical existing one)."""
     from retrain.datasets import create_snapshot, snapshot_dir
-    from tuneloop import db
-    from tuneloop.settings import get_settings
+    from tuneloop.core import db
+    from tuneloop.core.settings import get_settings
 
     settings = get_settings()
     with db.session_scope(_engine()) as session:
@@ -79,7 +79,7 @@ def snapshot(actor: str = typer.Option("cli", "--as", help="Recorded as the crea
 def snapshots() -> None:
     """List dataset snapshots, newest first."""
     from retrain.datasets import list_snapshots
-    from tuneloop import db
+    from tuneloop.core import db
 
     with db.session_scope(_engine()) as session:
         for snap in list_snapshots(session):
@@ -91,8 +91,8 @@ def snapshots() -> None:
 def show(snapshot_id: str = typer.Argument(..., help="snap_… from `tuneloop data snapshots`.")) -> None:
     """A snapshot's manifest (counts, hash, parent, example ids with their split)."""
     from retrain.datasets import get_snapshot, read_manifest
-    from tuneloop import db
-    from tuneloop.settings import get_settings
+    from tuneloop.core import db
+    from tuneloop.core.settings import get_settings
 
     with db.session_scope(_engine()) as session:
         snap = get_snapshot(session, snapshot_id)

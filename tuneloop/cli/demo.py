@@ -20,7 +20,7 @@ import typer
 from sqlmodel import Session, select
 from tqdm import tqdm
 
-from tuneloop.settings import get_settings
+from tuneloop.core.settings import get_settings
 
 demo_app = typer.Typer()
 KB_PATH = Path(__file__).resolve().parents[2] / "examples" / "acme_kb.jsonl"
@@ -32,9 +32,9 @@ def load_kb(path: Path = KB_PATH) -> list[dict]:
 
 
 def ensure_staff(db) -> None:
-    from tuneloop.accounts.models import Account, Role
-    from tuneloop.accounts.service import create_account
-    from tuneloop.db import session_scope
+    from tuneloop.core.accounts.models import Account, Role
+    from tuneloop.core.accounts.service import create_account
+    from tuneloop.core.db import session_scope
 
     with session_scope(db) as session:
         for name, password in DEMO_STAFF.items():
@@ -58,7 +58,7 @@ def correct_all(db, settings, facts: list[dict], message_ids: list[str], leave_p
     from feedback.corrections import approve_correction, create_correction, submit_correction
     from feedback.models import CorrectionStatus
     from feedback.ratings import rate_message
-    from tuneloop.db import session_scope
+    from tuneloop.core.db import session_scope
 
     approved = pending = 0
     for i, (fact, message_id) in enumerate(tqdm(list(zip(facts, message_ids)), desc="reviewing", unit="q")):

@@ -53,7 +53,7 @@ def paraphrase(per_correction: int = typer.Option(
                budget: int = BUDGET, yes: bool = YES, actor: str = ACTOR) -> None:
     """Other wordings of every approved correction's question (they share its answer and split side)."""
     from feedback.distill_plan import plan_paraphrases
-    from tuneloop import db
+    from tuneloop.core import db
 
     engine = _engine()
     with db.session_scope(engine) as session:
@@ -73,7 +73,7 @@ def resume(run_id: str = typer.Argument(..., help="distill_… from `tuneloop di
 def runs() -> None:
     """Distillation runs, newest first: status, pairs stored of requested, tokens and cost."""
     from feedback.distill import list_runs
-    from tuneloop import db
+    from tuneloop.core import db
 
     with db.session_scope(_engine()) as session:
         rows = list_runs(session)
@@ -86,7 +86,7 @@ def runs() -> None:
 
 
 def _settings():
-    from tuneloop.settings import get_settings
+    from tuneloop.core.settings import get_settings
 
     return get_settings()
 
@@ -99,7 +99,7 @@ def _engine():
 
 def _confirm_and_run(plan, yes: bool, actor: str, engine=None) -> None:
     from feedback.distill import create_run
-    from tuneloop import db
+    from tuneloop.core import db
 
     typer.echo(plan.summary())
     if not yes:
@@ -115,7 +115,7 @@ def _execute(engine, run_id: str, budget: int | None) -> None:
 
     from feedback.distill import execute_run, get_run, progress_of
     from feedback.teacher import TeacherError
-    from tuneloop import db
+    from tuneloop.core import db
 
     with db.session_scope(engine) as session:
         run = get_run(session, run_id)

@@ -8,7 +8,7 @@ import time
 import typer
 
 from tuneloop.cli.errors import CliError
-from tuneloop.settings import get_settings
+from tuneloop.core.settings import get_settings
 
 jobs_app = typer.Typer(help="Fine-tune jobs that continue from a model version (default: production).",
                        no_args_is_help=True)
@@ -47,7 +47,7 @@ def create(
 ) -> None:
     """Queue a job; the worker (`tuneloop worker`) runs it."""
     from retrain.jobs import create_job
-    from tuneloop.db import session_scope
+    from tuneloop.core.db import session_scope
 
     values = {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": learning_rate_multiplier}
     for item in hyper:
@@ -95,7 +95,7 @@ def get(job_id: str) -> None:
 @jobs_app.command("cancel")
 def cancel(job_id: str) -> None:
     from retrain.jobs import cancel_job
-    from tuneloop.db import session_scope
+    from tuneloop.core.db import session_scope
 
     with session_scope(_engine()) as session:
         job = _guard(cancel_job, session, job_id, actor="cli")

@@ -17,10 +17,10 @@ def list_versions(
     """
     from sqlmodel import Session, select
 
-    from bot import versions
-    from bot.models import ModelVersion
+    from registry import versions
+    from registry.models import ModelVersion
     from tuneloop.app import prepare_database
-    from tuneloop.settings import get_settings
+    from tuneloop.core.settings import get_settings
 
     engine = prepare_database(get_settings())
     with Session(engine) as session:

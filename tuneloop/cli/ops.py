@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tuneloop.settings import get_settings
+from tuneloop.core.settings import get_settings
 
 ops_app = typer.Typer()
 
@@ -14,8 +14,9 @@ ops_app = typer.Typer()
 @ops_app.command("export")
 def export(archive: Path = typer.Argument(..., help="Where to write the archive (.tar.gz).")) -> None:
     """Write every table and the files they reference (snapshots, adapters) to a portable archive."""
-    from tuneloop import db
-    from tuneloop.backup import export_archive
+    from tuneloop.core import db
+    from tuneloop import schema
+    from tuneloop.ops.backup import export_archive
 
     settings = get_settings()
     engine = db.make_engine(settings.database_url)
@@ -28,12 +29,13 @@ def export(archive: Path = typer.Argument(..., help="Where to write the archive 
 @ops_app.command("import")
 def import_(archive: Path = typer.Argument(..., exists=True, dir_okay=False, help="An archive from `tuneloop export`.")) -> None:
     """Restore an archive into a new, empty instance (one transaction; refuses a database that holds data)."""
-    from tuneloop import db
-    from tuneloop.backup import import_archive
+    from tuneloop.core import db
+    from tuneloop import schema
+    from tuneloop.ops.backup import import_archive
 
     settings = get_settings()
     engine = db.make_engine(settings.database_url)
-    db.upgrade(engine)
+    schema.upgrade(engine)
     manifest = import_archive(engine, settings, archive)
     rows = sum(t["rows"] for t in manifest["tables"].values())
     typer.echo(f"imported {rows} rows and {len(manifest['files'])} files from {archive} "
@@ -46,8 +48,9 @@ def forget(
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
     """Delete one end user's conversations, messages and ratings (a right-to-erasure request)."""
-    from tuneloop import db
-    from tuneloop.retention import forget_end_user
+    from tuneloop.core import db
+    from tuneloop import schema
+    from feedback.retention import forget_end_user
 
     if not yes:
         typer.confirm(f"Delete everything end user {end_user!r} said and rated? This cannot be undone.", abort=True)

@@ -21,7 +21,7 @@ AS_OPTION = typer.Option(None, "--as", help="Admin account to act as (default: T
 
 def _context():
     from tuneloop.app import prepare_database
-    from tuneloop.settings import get_settings
+    from tuneloop.core.settings import get_settings
 
     settings = get_settings()
     return settings, prepare_database(settings)
@@ -30,7 +30,7 @@ def _context():
 def _admin(session, settings, username: str | None):
     from sqlmodel import select
 
-    from tuneloop.accounts.models import Account
+    from tuneloop.core.accounts.models import Account
 
     name = username or settings.admin_username
     account = session.exec(select(Account).where(Account.username == name)).first()
@@ -40,9 +40,9 @@ def _admin(session, settings, username: str | None):
 
 
 def _change(action: str, version_id: str, username: str | None, **kwargs) -> None:
-    from bot.models import VersionStatus
-    from retrain import registry
-    from tuneloop import db
+    from registry.models import VersionStatus
+    from registry import lifecycle as registry
+    from tuneloop.core import db
 
     settings, engine = _context()
     try:
@@ -92,8 +92,8 @@ def delete(version_id: str, yes: bool = typer.Option(False, "--yes", help="Do no
 @models_app.command("show")
 def show(version_id: str, as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON.")) -> None:
     """A version with its lineage (parent chain, snapshot, job, gates) and its gate report summary."""
-    from retrain import registry
-    from tuneloop import db
+    from registry import lifecycle as registry
+    from tuneloop.core import db
 
     _settings, engine = _context()
     with db.session_scope(engine) as session:
@@ -121,11 +121,12 @@ def show(version_id: str, as_json: bool = typer.Option(False, "--json", help="Pr
 
 @models_app.command("gates")
 def gates(version_id: str) -> None:
-    """Run the evaluation gates on VERSION_ID against production now, and print the verdict."""
+    """Run the evaluation gates on VERSION_ID against production now, in this process (minutes on a
+    CPU; the stages are printed), and print the verdict. The API instead queues them for the worker."""
     from retrain.gates import run_gates
 
     settings, engine = _context()
-    report = run_gates(settings, engine, version_id)
+    report = run_gates(settings, engine, version_id, progress=lambda stage: typer.echo(f"  {stage} …"))
     typer.echo(f"gates {'PASSED' if report.passed else 'FAILED'} for {version_id} (report {report.id})")
     for reason in report.summary.get("reasons", []):
         typer.echo(f"  - {reason}")
@@ -137,8 +138,8 @@ def golden_add(question: str = typer.Option(..., help="The customer's question."
                fact: list[str] = typer.Option([], "--fact", help="A key fact the answer must contain (repeatable)."),
                as_: str = AS_OPTION) -> None:
     """Add a must-pass question to the golden set."""
-    from retrain import golden
-    from tuneloop import db
+    from registry import golden
+    from tuneloop.core import db
 
     settings, engine = _context()
     with db.session_scope(engine) as session:
@@ -150,8 +151,8 @@ def golden_add(question: str = typer.Option(..., help="The customer's question."
 @golden_app.command("list")
 def golden_list() -> None:
     """The golden set, oldest first."""
-    from retrain import golden
-    from tuneloop import db
+    from registry import golden
+    from tuneloop.core import db
 
     _settings, engine = _context()
     with db.session_scope(engine) as session:
@@ -163,8 +164,8 @@ def golden_list() -> None:
 @golden_app.command("remove")
 def golden_remove(golden_id: str, as_: str = AS_OPTION) -> None:
     """Remove a question from the golden set."""
-    from retrain import golden
-    from tuneloop import db
+    from registry import golden
+    from tuneloop.core import db
 
     settings, engine = _context()
     with db.session_scope(engine) as session:

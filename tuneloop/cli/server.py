@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tuneloop.settings import get_settings
+from tuneloop.core.settings import get_settings
 
 serve_app = typer.Typer()
 db_app = typer.Typer(help="Database schema: migrations are applied on startup, or here by hand.", no_args_is_help=True)
@@ -36,9 +36,10 @@ def asgi_app():
 @db_app.command("upgrade")
 def upgrade(revision: str = typer.Argument("head", help="Target migration (default: the newest).")) -> None:
     """Apply database migrations up to REVISION."""
-    from tuneloop import db
+    from tuneloop.core import db
+    from tuneloop import schema
 
     settings = get_settings()
     engine = db.make_engine(settings.database_url)
-    db.upgrade(engine, revision)
-    typer.echo(f"database at revision {db.current_revision(engine)} ({engine.url.render_as_string()})")
+    schema.upgrade(engine, revision)
+    typer.echo(f"database at revision {schema.current_revision(engine)} ({engine.url.render_as_string()})")

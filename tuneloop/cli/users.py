@@ -13,7 +13,7 @@ users_app.add_typer(key_app, name="key")
 
 def _engine():
     from tuneloop.app import prepare_database
-    from tuneloop.settings import get_settings
+    from tuneloop.core.settings import get_settings
 
     return prepare_database(get_settings())
 
@@ -23,9 +23,9 @@ def create(username: str = typer.Argument(..., help="Login name."),
            role: str = typer.Option("staff", help="staff (review, correct, approve) or admin (also manage users)."),
            password: str = typer.Option(None, help="At least 8 characters; prompted for when omitted.")) -> None:
     """Create a staff or admin account."""
-    from tuneloop import db
-    from tuneloop.accounts import service
-    from tuneloop.accounts.models import Role
+    from tuneloop.core import db
+    from tuneloop.core.accounts import service
+    from tuneloop.core.accounts.models import Role
 
     if role not in ("staff", "admin"):
         fail(f"--role must be staff or admin, not {role!r}")
@@ -39,8 +39,8 @@ def create(username: str = typer.Argument(..., help="Login name."),
 @users_app.command("list")
 def list_() -> None:
     """Accounts and their API keys (key prefixes only)."""
-    from tuneloop import db
-    from tuneloop.accounts import service
+    from tuneloop.core import db
+    from tuneloop.core.accounts import service
 
     with db.session_scope(_engine()) as session:
         for account in service.list_accounts(session):
@@ -55,8 +55,8 @@ def list_() -> None:
 def key_create(username: str = typer.Argument(..., help="Account the key belongs to."),
                name: str = typer.Option("", help="A label, e.g. the script that uses it.")) -> None:
     """Create an API key and print it (shown once: store it now)."""
-    from tuneloop import db
-    from tuneloop.accounts import service
+    from tuneloop.core import db
+    from tuneloop.core.accounts import service
 
     with db.session_scope(_engine()) as session:
         record, key = service.create_api_key(session, service.get_account(session, username), name)
@@ -67,8 +67,8 @@ def key_create(username: str = typer.Argument(..., help="Account the key belongs
 @key_app.command("revoke")
 def key_revoke(key_id: str = typer.Argument(..., help="The key's id (key_…), from `tuneloop users list`.")) -> None:
     """Revoke an API key; requests using it are refused from now on."""
-    from tuneloop import db
-    from tuneloop.accounts import service
+    from tuneloop.core import db
+    from tuneloop.core.accounts import service
 
     with db.session_scope(_engine()) as session:
         record = service.revoke_api_key_by_id(session, key_id, actor="cli")

@@ -6,7 +6,7 @@ import signal
 
 import typer
 
-from tuneloop.settings import get_settings
+from tuneloop.core.settings import get_settings
 
 worker_app = typer.Typer()
 

@@ -1,9 +1,10 @@
-"""Alembic environment: runs on the engine tuneloop hands in (see tuneloop.db.upgrade)."""
+"""Alembic environment: runs on the engine tuneloop hands in (see tuneloop.schema.upgrade)."""
 
 from alembic import context
 from sqlmodel import SQLModel
 
-from tuneloop.db import import_all_models, make_engine
+from tuneloop.core.db import make_engine
+from tuneloop.schema import import_all_models
 
 import_all_models()
 target_metadata = SQLModel.metadata

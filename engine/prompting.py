@@ -1,0 +1,69 @@
+"""How a conversation becomes model input. Serving and training both use this module, so a model is
+trained on exactly the prompt layout it is later served with (the model's own chat template)."""
+
+from __future__ import annotations
+
+from typing import Any
+from tuneloop.core import errors
+
+_SENTINEL = "\u2063TUNELOOP_COMPLETION\u2063"
+
+
+class PromptTooLongError(errors.InvalidInputError):
+    """Even the system prompt plus the last user message exceed the context budget."""
+
+    param, code = "messages", "context_length_exceeded"
+
+
+def with_system_prompt(system_prompt: str, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Put the configured system prompt first unless the caller sent its own."""
+    if messages and messages[0]["role"] == "system":
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    return tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def completion_text(tokenizer: Any, messages: list[dict[str, str]], answer: str) -> str:
+    """The text that follows the prompt when the assistant says ``answer``, including the template's
+    end-of-turn marker, derived from the template itself so it holds for any chat model."""
+    full = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": _SENTINEL}], tokenize=False
+    )
+    prefix = prompt_text(tokenizer, messages)
+    if not full.startswith(prefix) or _SENTINEL not in full:
+        # Templates that rewrite earlier turns: fall back to answer + eos.
+        return answer + (tokenizer.eos_token or "")
+    tail = full[len(prefix):]
+    end = tail.index(_SENTINEL) + len(_SENTINEL)
+    marker = tail[end:].rstrip("\n")
+    return tail[: tail.index(_SENTINEL)] + answer + marker
+
+
+def trim_to_budget(
+    tokenizer: Any, messages: list[dict[str, str]], budget: int
+) -> tuple[list[dict[str, str]], list[int]]:
+    """Drop the oldest turns after the system prompt until the prompt fits in ``budget`` tokens.
+
+    Returns the kept messages and their token ids. Raises PromptTooLongError when the system prompt
+    and the final message alone do not fit.
+    """
+    kept = list(messages)
+    has_system = bool(kept) and kept[0]["role"] == "system"
+    first_droppable = 1 if has_system else 0
+    while True:
+        ids = prompt_ids(tokenizer, kept)
+        if len(ids) <= budget:
+            return kept, ids
+        if len(kept) - first_droppable <= 1:
+            raise PromptTooLongError(
+                f"The prompt needs {len(ids)} tokens but the context budget is {budget}; "
+                "shorten the last message or raise max context (TUNELOOP_CONTEXT_BUDGET)."
+            )
+        del kept[first_droppable]

@@ -1,0 +1,95 @@
+"""What every engine speaks: sampling settings in, completions out, and which version to load.
+
+Serving (``bot.runtime``) and the gates hand requests to an engine through these types only, so a
+new backend (llama.cpp, an OpenAI-compatible upstream) plugs in without the callers branching on it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from tuneloop.core.errors import UnavailableError
+
+
+class NotReadyError(UnavailableError):
+    """The model is still loading; callers answer 503 and the client retries."""
+
+    code = "model_not_ready"
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+    version_id: str
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """What to load: a base model directory and an optional LoRA adapter directory."""
+
+    id: str
+    base_dir: Path
+    adapter_dir: Path | None = None
+
+
+class ServedVersion(Protocol):
+    """The fields of a registry version that an engine reads to serve it (``registry.models.ModelVersion``
+    has them; the engine floor sits below the registry, so it names only what it needs)."""
+
+    id: str
+    name: str
+    adapter_path: str | None
+    hosted_model: str | None
+
+
+class Engine(Protocol):
+    """A backend that answers chats for registry versions: the serving runtime talks only to this.
+
+    Messages arrive complete (system prompt and memory already in place); an engine may trim the
+    oldest turns to fit its context. ``swap`` loads a version fully before serving it, so in-flight
+    answers finish on the version they started with.
+    """
+
+    @property
+    def ready(self) -> bool:
+        """True once the engine can answer (a model is loaded, or the upstream answers)."""
+
+    @property
+    def serving_id(self) -> str | None:
+        """The version id the engine serves, or None before the first swap."""
+
+    def wait_until_available(self, stop: threading.Event | None, poll_seconds: float) -> None:
+        """Block until the engine can take a version (at least one check); ``stop`` ends the wait."""
+
+    def prepare(self, version: ServedVersion) -> None:
+        """Called before production moves to ``version``; raise to refuse the move (e.g. an upstream
+        that cannot load the adapter)."""
+
+    def swap(self, version: ServedVersion) -> None:
+        """Serve ``version`` from now on (a no-op if it is served already)."""
+
+    def stream(self, version: ServedVersion, messages: list[dict[str, str]],
+               params: SamplingParams) -> Iterator[str | Completion]:
+        """Text deltas, then one ``Completion``. Errors about the request raise before the first delta."""
+
+    def generate(self, version: ServedVersion, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
+        """The whole answer at once."""
+
+    def close(self) -> None:
+        """Stop background threads; the engine answers nothing afterwards."""

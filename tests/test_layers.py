@@ -1,0 +1,112 @@
+"""The floors of the house: every package imports only from its own floor or the floors below.
+
+    0  tuneloop.core   settings, db, ids, errors, deps, metrics, accounts
+    1  engine          models, prompting, the Engine types and its implementations
+    2  registry        versions, the production pointer, gate reports, promotion and rollback
+    3  bot             conversations, messages, chat routes, the serving runtime
+    4  feedback        ratings, review, corrections, memory, export
+    5  retrain         datasets, trainer, jobs, scheduler, gates
+    6  ui              Gradio pages
+    7  tuneloop        app, cli, ops, schema: the composition root, which may import everything
+
+Both module-level and function-level imports count: a lazy import upward is still an upward
+dependency. The check parses the source with ``ast``; nothing is imported.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FLOORS = ["tuneloop.core", "engine", "registry", "bot", "feedback", "retrain", "ui", "tuneloop"]
+PACKAGES = ["tuneloop", "engine", "registry", "bot", "feedback", "retrain", "ui"]
+
+# (file, imported module) pairs allowed to point upward, each with its reason. Keep this empty.
+ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def floor_of(module: str) -> int | None:
+    """The floor of a dotted module name, or None for anything outside the project."""
+    if module == "tuneloop.core" or module.startswith("tuneloop.core."):
+        return 0
+    top = module.split(".")[0]
+    if top == "tuneloop":
+        return FLOORS.index("tuneloop")
+    return FLOORS.index(top) if top in FLOORS else None
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(tree: ast.AST, this_module: str) -> list[tuple[int, str]]:
+    """(line, absolute module) for every import statement anywhere in the tree."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import: resolve against this module's package
+                base = this_module.split(".")[: -node.level] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.append((node.lineno, module))
+            # `from tuneloop import core` imports tuneloop.core, not the top floor
+            found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names
+                      if floor_of(f"{module}.{alias.name}") is not None and module in ("tuneloop",)]
+    return found
+
+
+def upward_imports(source: str, path: str, this_module: str) -> list[str]:
+    """Every import in ``source`` that points to a higher floor than the module's own."""
+    own = floor_of(this_module)
+    if own is None:
+        return []
+    problems = []
+    for line, module in imported_modules(ast.parse(source), this_module):
+        if module == "tuneloop":  # the package init only sets the offline environment
+            continue
+        target = floor_of(module)
+        if target is not None and target > own and (path, module) not in ALLOWED:
+            problems.append(f"{path}:{line}: {this_module} (floor {own}, {FLOORS[own]}) imports {module} "
+                            f"(floor {target}, {FLOORS[target]})")
+    return problems
+
+
+def project_modules() -> list[Path]:
+    return sorted(p for package in PACKAGES for p in (REPO / package).rglob("*.py")
+                  if "migrations/versions" not in p.as_posix())
+
+
+def test_no_module_imports_a_higher_floor():
+    problems = []
+    for path in project_modules():
+        problems += upward_imports(path.read_text(), str(path.relative_to(REPO)), module_name(path))
+    assert not problems, "imports that point up a floor:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize(("module", "source", "expected"), [
+    ("engine.prompting", "from bot.models import Message\n", "engine.prompting (floor 1, engine) imports bot.models"),
+    ("registry.lifecycle", "def f():\n    from retrain.gates import run_gates\n", "imports retrain.gates"),
+    ("tuneloop.core.db", "import feedback.models\n", "imports feedback.models (floor 4"),
+    ("bot.runtime", "from tuneloop import schema\n", "imports tuneloop.schema (floor 7"),
+])
+def test_the_check_catches_an_upward_import(module, source, expected):
+    problems = upward_imports(source, "x.py", module)
+    assert len(problems) == 1 and expected in problems[0]
+
+
+@pytest.mark.parametrize(("module", "source"), [
+    ("retrain.gates", "from engine.protocol import SamplingParams\nfrom registry.models import GateReport\n"),
+    ("tuneloop.app", "import ui\nfrom retrain import routes\n"),
+    ("engine.prompting", "import torch\nfrom tuneloop.core.settings import Settings\n"),
+])
+def test_downward_and_foreign_imports_pass(module, source):
+    assert upward_imports(source, "x.py", module) == []

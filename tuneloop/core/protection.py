@@ -1,0 +1,136 @@
+"""Protection of the public routes: a per-client token-bucket rate limit and a maximum body size.
+
+Both are pure ASGI middleware, so streaming answers pass through untouched. Rejections use OpenAI's
+error envelope: 429 ``rate_limit_error`` with ``Retry-After``, 413 ``request_too_large``.
+
+The buckets live in each process's memory: with ``serve --workers N`` a client may get up to N times
+the configured rate in the worst case. A client is its bearer API key when it sends one, otherwise
+its IP address (behind a reverse proxy, run uvicorn with ``--forwarded-allow-ips`` so that is the
+real client's address).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+
+from fastapi import FastAPI
+
+from tuneloop.core.errors import ApiError, error_body
+from tuneloop.core.settings import Settings
+
+
+class TokenBucketLimiter:
+    """``burst`` requests at once, refilled at ``rate_per_second``; remembers the ``max_clients`` most recent."""
+
+    def __init__(self, rate_per_second: float, burst: int, *, max_clients: int = 50_000,
+                 clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.max_clients, self.clock = rate_per_second, burst, max_clients, clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, updated)
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> float:
+        """Spend one token. Returns 0 when allowed, else the seconds until a token is available."""
+        now = self.clock()
+        with self._lock:
+            tokens, updated = self._buckets.pop(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - updated) * self.rate)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+            if not wait:
+                tokens -= 1
+            self._buckets[client] = (tokens, now)
+            if len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+            return wait
+
+
+class RequestTooLarge(ApiError):
+    def __init__(self, limit: int):
+        super().__init__(413, f"The request body is larger than the {limit}-byte limit of this server; send a "
+                              "shorter conversation or a smaller file.", type="request_too_large",
+                         code="request_too_large")
+
+
+def client_identity(scope) -> str:
+    headers = dict(scope["headers"])
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth.lower().startswith("bearer ") and auth[7:].strip():
+        return "key:" + hashlib.sha256(auth[7:].strip().encode()).hexdigest()[:24]
+    return "ip:" + (scope.get("client") or ("unknown",))[0]
+
+
+async def _send_error(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class ProtectionMiddleware:
+    def __init__(self, app, settings: Settings, limiter: TokenBucketLimiter | None = None):
+        self.app, self.settings = app, settings
+        self.limiter = limiter or (
+            TokenBucketLimiter(settings.rate_limit_per_minute / 60.0, settings.rate_limit_burst)
+            if settings.rate_limit_per_minute > 0 else None
+        )
+
+    def _rate_limited(self, scope) -> bool:
+        return self.limiter is not None and scope["method"] == "POST" and any(
+            fnmatchcase(scope["path"], pattern) for pattern in self.settings.rate_limit_paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self._rate_limited(scope):
+            wait = self.limiter.take(client_identity(scope))
+            if wait:
+                retry = max(1, math.ceil(wait))
+                return await _send_error(send, 429, error_body(
+                    f"Too many requests from this client: the limit is {self.settings.rate_limit_per_minute:g} per "
+                    f"minute (bursts of {self.settings.rate_limit_burst}). Retry after {retry} s.",
+                    "rate_limit_error", code="rate_limit_exceeded"), [(b"retry-after", str(retry).encode())])
+
+        headers = dict(scope["headers"])
+        multipart = headers.get(b"content-type", b"").startswith(b"multipart/")
+        limit = self.settings.max_upload_bytes if multipart else self.settings.max_request_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _send_error(send, 413, _too_large_body(limit))
+
+        received, started = 0, False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:  # chunked bodies that declared no length
+                    raise RequestTooLarge(limit)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except RequestTooLarge:
+            if started:
+                raise
+            await _send_error(send, 413, _too_large_body(limit))
+
+
+def _too_large_body(limit: int) -> dict:
+    exc = RequestTooLarge(limit)
+    return error_body(str(exc.detail), exc.type, code=exc.code)
+
+
+def install_protection(app: FastAPI, settings: Settings) -> None:
+    app.add_middleware(ProtectionMiddleware, settings=settings)

@@ -1,0 +1,180 @@
+"""The one settings object. Every value can be set as an environment variable with the
+``TUNELOOP_`` prefix (``TUNELOOP_DATABASE_URL=...``) or in a ``.env`` file in the working directory."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_BASE_MODEL = "bundled:smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNELOOP_", env_file=".env", extra="ignore")
+
+    # --- storage -------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="Where the SQLite file, model store and datasets live.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite under data_dir.")
+
+    # --- serving -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_model: str = Field(
+        BUNDLED_BASE_MODEL,
+        description="The bundled SmolLM2 (default) or a path to a local Hugging Face model directory.",
+    )
+    production_alias: str = Field("tuneloop", description="Model name that always means the production version.")
+    serving_backend: Literal["local", "upstream"] = "local"
+    upstream_base_url: str = Field("", description="OpenAI-compatible server used when serving_backend=upstream.")
+    upstream_api_key: str = "not-needed"
+    upstream_model: str = Field("", description="Upstream model name for the base version (v0) and LoRA versions "
+                                "when upstream_lora_loading is off.")
+    upstream_lora_loading: bool = Field(
+        False, description="The upstream is vLLM started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True: "
+        "each LoRA version is loaded into it (POST /v1/load_lora_adapter) before it serves, and asked for by name.")
+    upstream_model_store_dir: str = Field(
+        "", description="The model store (data_dir/models) as the upstream server sees it, e.g. /data/models in "
+        "compose; empty: the same absolute path as here.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 (fastest on CPU and GPU here), float32 where bf16 is unsupported."
+    )
+    max_batch_size: int = Field(8, ge=1, le=64, description="Concurrent chats decoded together in one batch.")
+    context_budget: int = Field(2048, ge=128, description="Tokens of prompt + answer kept; oldest turns trimmed first.")
+    version_poll_seconds: float = Field(2.0, gt=0, description="How often each API process checks the production pointer.")
+
+    # --- the bot's voice -----------------------------------------------------------------------
+    company_name: str = "Acme Outdoor Gear"
+    bot_persona: str = "a friendly, concise customer-service assistant"
+    system_prompt: str = Field("", description="Overrides the prompt built from company_name and bot_persona.")
+
+    # --- generation defaults -------------------------------------------------------------------
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+    # --- feedback ------------------------------------------------------------------------------
+    allow_self_approval: bool = Field(False, description="Let one person write and approve a correction (one-person teams).")
+    admin_username: str = "admin"
+    admin_password: str = Field("", description="Password for the first admin; empty prints a one-time password once.")
+    scrub_pii: bool = True
+    pii_keep: list[str] = Field(
+        default_factory=lambda: ["1-800-555-0142", "acmeoutdoor.example"],
+        description="The company's own published contacts (hotline, e-mail domain): never masked as personal data. "
+        "The defaults belong to the demo company, like company_name; set your own.")
+    include_thumbs_up: bool = Field(False, description="Use thumbs-up answers as positive training examples.")
+    prompt_separator: str = "\n\n###\n\n"
+    completion_stop: str = " END"
+    max_upload_bytes: int = Field(50 * 1024 * 1024, description="Largest accepted upload (data import, fine-tune files).")
+    duplicate_question_threshold: float = Field(
+        0.80, ge=0.0, le=1.0, description="Question similarity at which two corrections count as near-duplicates.")
+    conflict_answer_threshold: float = Field(
+        0.70, ge=0.0, le=1.0, description="Near-duplicate answers less similar than this (or citing other numbers) conflict.")
+
+    # --- retraining ----------------------------------------------------------------------------
+    retrain_cron: str = Field("0 3 * * *", description="When the scheduler considers retraining (cron, worker's local time).")
+    retrain_min_new_examples: int = Field(20, ge=1)
+    validation_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of correction lineages a snapshot holds out as its validation split (e.g. 0.2). "
+        "Default 0: every approved correction is trained on, because a held-out correction is a fact the bot "
+        "never learns; the learned gate checks each one instead. Set it to measure held-out validation loss.")
+    replay_fraction: float = Field(1.0, ge=0.0, le=1.0, description="Share of earlier approved examples replayed each round.")
+    openai_finetune_base_url: str = Field("", description="Hosted fine-tuning service (OpenAI or compatible).")
+    openai_finetune_api_key: str = ""
+    openai_finetune_base_model: str = "gpt-4.1-mini-2025-04-14"
+
+    # --- gates and promotion -------------------------------------------------------------------
+    gate_similarity_threshold: float = Field(0.75, ge=0.0, le=1.0)
+    gate_forgetting_margin: float = Field(0.05, ge=0.0, le=1.0)
+    gate_general_margin: float = Field(0.10, ge=0.0, le=1.0)
+    gate_general_significance: float = Field(
+        0.05, gt=0.0, le=1.0,
+        description="The general gate fails only when the drop beyond the margin is significant: a one-sided "
+        "sign test on the questions one version gets right and the other wrong gives p below this. "
+        "1.0 turns the test off (the margin alone decides).")
+    gate_perplexity_margin: float = Field(
+        0.25, ge=0.0,
+        description="Allowed relative perplexity increase on the general text. Measured: a round that learned 3 "
+        "corrections and kept every general question raised it by 19%; one that overfit them (24 steps) by 210%.")
+    auto_promote: bool = False
+    gate_learned_min_pass_rate: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of validation + new-correction items the candidate must answer correctly.")
+    gate_max_tokens: int = Field(96, ge=8, description="Longest answer generated per gate question (tokens).")
+
+    # --- correction memory ---------------------------------------------------------------------
+    memory_enabled: bool = True
+    memory_threshold: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Question similarity (MiniLM cosine) above which an approved correction is given to the model. "
+        "Measured on the demo knowledge base: held-out paraphrases score 0.38-0.63 against their own question, "
+        "so memory passes up to memory_max_hits candidates and lets the model pick.",
+    )
+    memory_max_hits: int = Field(3, ge=1, le=10)
+
+    # --- distillation (teacher) ----------------------------------------------------------------
+    teacher_base_url: str = Field(
+        "", description="OpenAI-compatible server of the teacher model (e.g. https://api.openai.com/v1 or a vLLM "
+        "server); empty: this tuneloop server's own production model at http://host:port/v1, a weak last resort.")
+    teacher_api_key: str = ""
+    teacher_model: str = Field("", description="The teacher's model name; empty only with the own-server fallback.")
+    teacher_price_per_million_input_tokens: float = Field(0.0, ge=0.0, description="USD; 0 = cost unknown.")
+    teacher_price_per_million_output_tokens: float = Field(0.0, ge=0.0, description="USD; 0 = cost unknown.")
+    teacher_max_retries: int = Field(4, ge=0, le=10, description="Retries (with backoff) on 429, 5xx and lost connections.")
+    distill_paraphrases_per_correction: int = Field(
+        0, ge=0, le=20, description="Paraphrases `tuneloop distill paraphrase` writes per approved correction; 0 = off.")
+    distill_auto_approve_paraphrases: bool = Field(
+        False, description="Approve paraphrases of already approved corrections on arrival (audited) instead of queueing them.")
+    distill_max_tokens_budget: int = Field(
+        200_000, ge=0, description="Teacher tokens (prompt + completion) one distillation run may spend; 0 = no limit.")
+
+    # --- operations ----------------------------------------------------------------------------
+    log_format: Literal["json", "text"] = Field("text", description="json: one JSON object per line with the request id.")
+    log_level: str = "INFO"
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    rate_limit_per_minute: float = Field(
+        60.0, ge=0.0, description="Sustained requests per client (API key or IP) on public chat/rating routes; 0 = off."
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a client may send at once before the limit applies.")
+    rate_limit_paths: list[str] = Field(
+        default_factory=lambda: ["/v1/chat/completions", "/v1/messages/*/rating", "/gradio_api/queue/join",
+                                 "/gradio_api/call/*"],
+        description="POST paths (fnmatch patterns) that count against the rate limit: the public chat API, "
+        "ratings and the web chat at / (not the signed-in /staff and /admin pages).",
+    )
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest JSON request body; multipart uploads use max_upload_bytes."
+    )
+    retention_days: int = Field(365, ge=0, description="Delete conversations idle longer than this; 0 = keep forever.")
+    retention_cron: str = Field("30 4 * * *", description="When the worker's scheduler purges expired conversations "
+                                "(cron, worker's local time).")
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'tuneloop.core.db').as_posix()}"
+        return self
+
+    @property
+    def model_store_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def resolved_system_prompt(self) -> str:
+        return self.system_prompt or (
+            f"You are {self.bot_persona} for {self.company_name}. "
+            "Answer the customer's question accurately and briefly."
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Operations (composition root): backups and the observability of a running server."""
