@@ -1,58 +1,21 @@
 """serving_backend=upstream: tuneloop relays to another OpenAI-compatible server and still logs every
-turn. The upstream here is tuneloop itself serving the tiny model in a separate uvicorn process."""
+turn. The upstream here is tuneloop itself serving the tiny model in a separate uvicorn process
+(``support.upstream``)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
 import pytest
 from sqlmodel import Session, select
 
 from bot.models import Message
+from support.upstream import serve_tiny_model
 
-SERVER = """
-import os, uvicorn
-from tuneloop.app import create_app
-from tuneloop.core.settings import Settings
-uvicorn.run(create_app(Settings(), mount_ui=False), fd=int(os.environ["SERVER_FD"]), log_level="warning")
-"""
 QUESTION = [{"role": "user", "content": "Can I return boots?"}]
 
 
 @pytest.fixture(scope="module")
 def upstream_url(tiny_model_dir, tmp_path_factory):
-    """The upstream server on a port the OS picked; handed over as a listening socket (no race)."""
-    data = tmp_path_factory.mktemp("upstream")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    port = sock.getsockname()[1]
-    env = {**os.environ, "SERVER_FD": str(sock.fileno()), "TUNELOOP_DATA_DIR": str(data),
-           "TUNELOOP_DATABASE_URL": f"sqlite:///{data / 'up.db'}", "TUNELOOP_BASE_MODEL": str(tiny_model_dir),
-           "TUNELOOP_DTYPE": "float32", "TUNELOOP_ADMIN_PASSWORD": "x" * 12, "TUNELOOP_RATE_LIMIT_PER_MINUTE": "0"}
-    process = subprocess.Popen([sys.executable, "-c", SERVER], env=env, pass_fds=[sock.fileno()])
-    sock.close()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:  # bounded wait on readiness, not on a guess
-            assert process.poll() is None, "upstream server exited"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "upstream server not ready within 120s"
-            time.sleep(0.2)
-        yield f"{base}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    yield from serve_tiny_model(tiny_model_dir, tmp_path_factory.mktemp("upstream"))
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ that speaks vLLM's routes (``/v1/models``, ``/v1/load_lora_adapter``, streaming
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from bot.runtime import ServingRuntime
 from registry.versions import production_version
 from registry import lifecycle as registry
 from registry.models import GateReport
-from retrain_support import admin_key, wait_until
+from support.retrain import admin_key
+from support.servers import closed_port, listening_socket, wait_until
 from tuneloop.core.accounts.service import get_account
 from tuneloop.core.db import session_scope
 
@@ -94,9 +94,7 @@ def vllm():
     import uvicorn
 
     fake = FakeVllm()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
+    sock = listening_socket()
     server = uvicorn.Server(uvicorn.Config(fake.app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -229,9 +227,7 @@ def test_load_errors_name_the_cause(app, vllm, settings):
     elsewhere = UpstreamEngine(settings.model_copy(update={"upstream_model_store_dir": "/elsewhere"}))
     with pytest.raises(UpstreamAdapterError, match="HTTP 404: No adapter found for /elsewhere/adapters/ftjob-1"):
         elsewhere.model_for(v1)
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = closed_port()
     gone = UpstreamEngine(settings.model_copy(update={"upstream_base_url": f"http://127.0.0.1:{port}/v1"}))
     with pytest.raises(UpstreamAdapterError, match=f"Could not reach http://127.0.0.1:{port}/v1/load_lora_adapter"):
         gone.model_for(v1)

@@ -19,7 +19,7 @@ def test_demo_loads_conversations_ratings_and_corrections(tmp_path, tiny_model_d
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "3 corrections approved, 1 waiting for review" in done.stdout
-    engine = make_engine(f"sqlite:///{tmp_path / 'tuneloop.core.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'tuneloop.db'}")
     with Session(engine) as session:
         answers = session.exec(select(Message).where(Message.role == "assistant")).all()
         assert len(answers) == 4 and all(m.model_version_id == "v0" for m in answers)

@@ -1,6 +1,6 @@
 """Distillation, what a run asks for and what it keeps: the estimates, the prompts and work list of task,
 document and paraphrase runs, deduplication against other pairs and approved data, malformed teacher
-output and bad input; against the scripted teacher (tests/distill_support.py)."""
+output and bad input; against the scripted teacher (tests/support/distill.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import json
 import pytest
 from sqlmodel import Session
 
-from distill_support import DESCRIPTION, NEAR, PARAPHRASES, QUESTIONS, add_approved, pairs, start, synthetic
-from distill_support import engine, settings, teacher, teacher_url  # noqa: F401  (fixtures)
+from support.distill import DESCRIPTION, NEAR, PARAPHRASES, QUESTIONS, add_approved, pairs, start, synthetic
+from support.distill import engine, settings, teacher, teacher_url  # noqa: F401  (fixtures)
 from feedback import distill, distill_plan
 from feedback.corrections import approve_correction, list_corrections
 from feedback.errors import ConflictError, FeedbackError

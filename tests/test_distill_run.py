@@ -1,17 +1,17 @@
-"""Distillation runs against the scripted teacher (tests/distill_support.py): only approved pairs
+"""Distillation runs against the scripted teacher (tests/support/distill.py): only approved pairs
 train, resume without duplicates, the budget, retries, clear errors, audited auto-approval, the CLI and
 the API."""
 
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from sqlmodel import Session, select
 
-from distill_support import DESCRIPTION, QUESTIONS, add_approved, pairs, start, synthetic
-from distill_support import engine, settings, teacher, teacher_url  # noqa: F401  (fixtures)
+from support.servers import closed_port
+from support.distill import DESCRIPTION, QUESTIONS, add_approved, pairs, start, synthetic
+from support.distill import engine, settings, teacher, teacher_url  # noqa: F401  (fixtures)
 from feedback import distill, distill_plan
 from feedback.corrections import approve_correction
 from feedback.errors import FeedbackError, ForbiddenError
@@ -103,9 +103,7 @@ def test_teacher_failures_give_errors_that_name_the_setting(engine, settings, te
     with pytest.raises(TeacherError, match="refused the API key.*TUNELOOP_TEACHER_API_KEY"):
         distill.execute_run(engine, settings, run_id)
 
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
+    closed = closed_port()
     unreachable = settings.model_copy(update={"teacher_base_url": f"http://127.0.0.1:{closed}/v1",
                                               "teacher_max_retries": 0})
     with pytest.raises(TeacherError, match=f"cannot reach the teacher at http://127.0.0.1:{closed}/v1.*"

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from engine.protocol import VersionSpec
 from engine.transformers_engine import LoadedModel
 from registry.models import ModelVersion, VersionStatus
-from lora_adapters import CANADA, RETURNS, install_adapter, memorised_adapter, messages_for
+from support.lora_adapters import CANADA, RETURNS, install_adapter, memorised_adapter, messages_for
 from registry import lifecycle as registry
 from retrain.gates import GateItem, evaluate, run_gates
 from feedback.models import Correction

@@ -4,7 +4,6 @@ A promotion done through the registry is picked up by both within seconds, with 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,36 +14,10 @@ import pytest
 from sqlmodel import select
 
 from conftest import _create_pg_database, _drop_pg_database
+from support.servers import http_ok, listening_socket, wait_ready, wait_until
 from tuneloop.core import db
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, *, timeout: float, what: str, processes=()):
-    """Poll ``predicate`` until it is true; fail early if a server process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in processes:
-            if proc.poll() is not None:
-                raise AssertionError(f"a server exited ({proc.returncode}) while waiting for {what}:\n"
-                                     + Path(proc.log_path).read_text()[-4000:])
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def get_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def make_adapter(base_dir: Path, target: Path) -> None:
@@ -77,16 +50,17 @@ def servers(tmp_path, tiny_model_dir, pg_url):
         # One after the other: two processes doing their first start on a blank database at the same
         # moment race in prepare_database (both create alembic_version); reported to the lead.
         for _ in range(2):
-            port = free_port()
+            sock = listening_socket()
+            port = sock.getsockname()[1]
             log_path = tmp_path / f"serve-{port}.log"
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tuneloop.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "tuneloop.cli.main", "serve", "--fd", str(sock.fileno())],
+                env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, pass_fds=[sock.fileno()],
             )
+            sock.close()
             proc.port, proc.log_path = port, log_path
             procs.append(proc)
-            wait_until(lambda: get_ok(f"http://127.0.0.1:{proc.port}/readyz"), timeout=180,
-                       what=f"server on port {proc.port} to be ready", processes=procs)
+            wait_ready(f"http://127.0.0.1:{proc.port}", timeout=180, processes=procs)
         yield procs, env
     finally:
         for proc in procs:

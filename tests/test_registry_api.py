@@ -11,7 +11,7 @@ import pytest
 from sqlmodel import Session
 
 from registry.models import ModelVersion
-from lora_adapters import RETURNS, install_adapter, memorised_adapter
+from support.lora_adapters import RETURNS, install_adapter, memorised_adapter
 from registry import lifecycle as registry
 from registry.models import GateReport
 from retrain.worker import Worker

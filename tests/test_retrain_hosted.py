@@ -4,7 +4,6 @@ on a free port) with its own worker: the only stand-in for OpenAI's hosted servi
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,16 +16,11 @@ from retrain import jobs
 from retrain.files import save_upload
 from retrain.models import JobStatus
 from retrain.worker import Worker
-from tests.retrain_support import admin_key, chat_jsonl, wait_until
+from support.retrain import admin_key, chat_jsonl
+from support.servers import listening_socket, wait_until
 from tuneloop.app import prepare_database
 from tuneloop.core.db import session_scope
 from tuneloop.core.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -36,11 +30,14 @@ def provider(tmp_path, tiny_model_dir):
     engine = prepare_database(settings)
     key = admin_key(engine)
     engine.dispose()
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     env = {**os.environ, "TUNELOOP_DATA_DIR": str(settings.data_dir), "TUNELOOP_BASE_MODEL": str(tiny_model_dir),
            "TUNELOOP_ADMIN_PASSWORD": "admin-password", "TUNELOOP_DTYPE": "float32"}
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "tuneloop.cli.server:asgi_app", "--factory",
-                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--fd", str(sock.fileno())], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              pass_fds=[sock.fileno()])
+    sock.close()
     worker = subprocess.Popen([sys.executable, "-m", "tuneloop.cli.main", "worker", "--no-scheduler"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}/v1"

@@ -16,7 +16,8 @@ from registry.models import ModelVersion
 from retrain import jobs
 from retrain.models import JobStatus
 from retrain.worker import Worker
-from tests.retrain_support import admin_key, chat_jsonl, wait_until
+from support.retrain import admin_key, chat_jsonl
+from support.servers import wait_until
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from retrain import jobs
 from retrain.models import JobStatus
 from retrain.scheduler import acquire_lease, state_as_dict, tick, train_now
 from retrain.worker import Worker
-from tests.retrain_support import chat_jsonl, wait_until
+from support.retrain import chat_jsonl
+from support.servers import wait_until
 from tuneloop.app import prepare_database
 from tuneloop.core.db import session_scope
 

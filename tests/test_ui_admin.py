@@ -4,7 +4,7 @@ shown with its changed answers, promoted with one click, and the server then ser
 from __future__ import annotations
 
 import pytest
-from browser import browser, login, table_cell, ui_app, ui_server, ui_settings  # noqa: F401  (fixtures)
+from support.browser import browser, login, table_cell, ui_app, ui_server, ui_settings  # noqa: F401  (fixtures)
 from sqlmodel import Session
 
 from tuneloop.core.db import session_scope

@@ -4,7 +4,7 @@ database with the model version that gave the answer."""
 from __future__ import annotations
 
 import pytest
-from browser import browser, ui_app, ui_server, ui_settings  # noqa: F401  (fixtures)
+from support.browser import browser, ui_app, ui_server, ui_settings  # noqa: F401  (fixtures)
 from sqlmodel import Session, select
 
 pytestmark = pytest.mark.browser

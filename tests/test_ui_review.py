@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from browser import browser, login, table_cell, ui_app, ui_server, ui_settings  # noqa: F401  (fixtures)
+from support.browser import browser, login, table_cell, ui_app, ui_server, ui_settings  # noqa: F401  (fixtures)
 from sqlmodel import Session
 
 from tuneloop.core.db import session_scope

@@ -16,12 +16,18 @@ def serve(
     port: int = typer.Option(None, help="Port (default: TUNELOOP_PORT, 8000)."),
     workers: int = typer.Option(1, help="API processes; each follows the production pointer on its own."),
     reload: bool = typer.Option(False, help="Restart on code changes (development)."),
+    fd: int = typer.Option(None, help="Serve on this already-listening socket instead of HOST:PORT (systemd "
+                                      "socket activation; one process)."),
 ) -> None:
     """Start the API and the web chat (http://HOST:PORT/). The first start converts the bundled model once."""
     import uvicorn
 
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
+    if fd is not None:
+        typer.echo(f"tuneloop: serving on socket fd {fd}  (chat UI at /, API at /v1, docs at /docs)")
+        uvicorn.run("tuneloop.cli.server:asgi_app", factory=True, fd=fd, log_level="info")
+        return
     typer.echo(f"tuneloop: serving on http://{host}:{port}/  (chat UI at /, API at /v1, docs at /docs)")
     uvicorn.run("tuneloop.cli.server:asgi_app", factory=True, host=host, port=port, workers=workers,
                 reload=reload, log_level="info")

@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derive_paths(self) -> "Settings":
         if not self.database_url:
-            self.database_url = f"sqlite:///{(self.data_dir / 'tuneloop.core.db').as_posix()}"
+            self.database_url = f"sqlite:///{(self.data_dir / 'tuneloop.db').as_posix()}"
         return self
 
     @property

@@ -1,7 +1,7 @@
 """A scripted teacher for the distillation tests: an OpenAI-compatible chat completions server in its
 own process (standard library only, so it starts in a blink).
 
-``python tests/teacher_server.py`` binds a free port and prints it on the first line of stdout (the
+``python tests/support/teacher_server.py`` binds a free port and prints it on the first line of stdout (the
 parent reads that line: ready, no polling). Then:
 
 - ``POST /_script`` appends replies, each ``{"content": str, "usage": {...}?}`` or

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from sqlmodel import Session, select
 
@@ -26,15 +25,3 @@ def chat_jsonl(n: int = 4) -> bytes:
                            {"role": "assistant", "content": f"Rule {i}: returns within {30 + i} days."}]}
              for i in range(n)]
     return "\n".join(json.dumps(line) for line in lines).encode()
-
-
-def wait_until(predicate, timeout: float = 120.0, interval: float = 0.2):
-    """Wait for a state the system reports (a job's status); fails with the last value seen."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")

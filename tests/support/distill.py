@@ -1,7 +1,7 @@
-"""Shared by the distillation tests: a scripted teacher in its own process (tests/teacher_server.py),
+"""Shared by the distillation tests: a scripted teacher in its own process (tests/support/teacher_server.py),
 reached with the real ``openai`` client, the settings and database that point at it, and test data whose
 pairwise similarities are known. Import the fixtures into a test module:
-``from distill_support import engine, settings, teacher, teacher_url``."""
+``from distill import engine, settings, teacher, teacher_url``."""
 
 from __future__ import annotations
 

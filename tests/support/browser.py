@@ -1,18 +1,17 @@
-"""Helpers for the browser tests: the whole app under uvicorn on a free port, and headless Chromium
+"""Helpers for the browser tests: the whole app under uvicorn on a listening socket, and headless Chromium
 (the Debian build, driven by Playwright) that refuses every request leaving this machine."""
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
 import pytest
+
+from support.servers import http_ok, listening_socket, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -22,54 +21,31 @@ CHROMIUM_ARGS = [
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def live_server(app, *, ready_timeout: float = 120.0) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a background thread; yield its base URL once ``/readyz`` says the
-    model is loaded. The port is chosen by the OS, so tests can run side by side."""
+    """Serve ``app`` with uvicorn in a background thread on a socket that already listens; yield its
+    base URL once ``/readyz`` says the model is loaded."""
     import uvicorn
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn exited before the app was ready")
+        return server.started and http_ok(f"{base}/readyz")
+
     try:
-        _wait_ready(base, server, thread, ready_timeout)
+        wait_until(ready, ready_timeout, what=f"{base}/readyz")
         yield base
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-
-
-def _wait_ready(base: str, server, thread: threading.Thread, timeout: float) -> None:
-    """Poll ``/readyz`` until 200 (bounded). Until the serving routes provide ``/readyz``, the
-    runtime's own flag stands in for it."""
-    has_readyz = any(getattr(route, "path", None) == "/readyz" for route in server.config.app.routes)
-    runtime = server.config.app.state.runtime
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    with httpx.Client(timeout=5) as client:
-        while time.monotonic() < deadline:
-            if not thread.is_alive():
-                raise RuntimeError("uvicorn exited before the app was ready")
-            if server.started and not has_readyz and runtime.ready:
-                return
-            if server.started and has_readyz:
-                try:
-                    response = client.get(f"{base}/readyz")
-                    last = f"{response.status_code} {response.text[:200]}"
-                    if response.status_code == 200:
-                        return
-                except httpx.TransportError as exc:
-                    last = repr(exc)
-            thread.join(0.2)  # poll interval; returns early if the server thread dies
-    raise TimeoutError(f"{base}/readyz not ready after {timeout:.0f}s (last: {last})")
+        sock.close()
 
 
 class Browser:
