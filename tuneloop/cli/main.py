@@ -7,14 +7,18 @@ import sys
 import typer
 
 import tuneloop  # noqa: F401  (offline environment)
-from tuneloop.cli.errors import CliError, report
-from tuneloop.cli.ops import forget, ops_app
-from tuneloop.cli.server import db_app, serve_app
+import tuneloop.cli.models  # noqa: F401  (adds `models list` to models_app)
 from tuneloop.cli.chat import chat_app
-import tuneloop.cli.models  # noqa: F401,E402  (adds `models list` to models_app)
-from tuneloop.cli.users import users_app
 from tuneloop.cli.data import data_app
+from tuneloop.cli.demo import demo_app
+from tuneloop.cli.distill import distill_app
+from tuneloop.cli.errors import CliError, report
+from tuneloop.cli.jobs import jobs_app
+from tuneloop.cli.ops import forget, ops_app
 from tuneloop.cli.registry import golden_app, models_app
+from tuneloop.cli.server import db_app, serve_app
+from tuneloop.cli.users import users_app
+from tuneloop.cli.worker import worker_app
 
 app = typer.Typer(
     help="tuneloop: a customer-service chat bot that learns from its reviewed conversations.\n\n"
@@ -23,23 +27,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.registered_commands += serve_app.registered_commands
-app.registered_commands += chat_app.registered_commands
-app.add_typer(db_app, name="db")
-app.add_typer(users_app, name="users")
-app.add_typer(data_app, name="data")
-app.add_typer(models_app, name="models")
-app.add_typer(golden_app, name="golden")
-app.registered_commands += ops_app.registered_commands
+
+# Top-level commands, from the Typer app that defines each (`tuneloop serve`, `tuneloop chat`, …).
+COMMANDS = [serve_app, chat_app, ops_app, worker_app, demo_app]
+# Command groups: (name, app) -> `tuneloop NAME SUBCOMMAND`.
+GROUPS = [("db", db_app), ("users", users_app), ("data", data_app), ("models", models_app),
+          ("golden", golden_app), ("jobs", jobs_app), ("distill", distill_app)]
+
+for commands in COMMANDS:
+    app.registered_commands += commands.registered_commands
+for name, group in GROUPS:
+    app.add_typer(group, name=name)
 users_app.command("forget")(forget)
-from tuneloop.cli.jobs import jobs_app  # noqa: E402
-app.add_typer(jobs_app, name="jobs")
-from tuneloop.cli.worker import worker_app  # noqa: E402
-app.registered_commands += worker_app.registered_commands
-from tuneloop.cli.demo import demo_app  # noqa: E402
-app.registered_commands += demo_app.registered_commands
-from tuneloop.cli.distill import distill_app  # noqa: E402
-app.add_typer(distill_app, name="distill")
 
 
 def main() -> None:

@@ -121,8 +121,10 @@ def show(version_id: str, as_json: bool = typer.Option(False, "--json", help="Pr
 
 @models_app.command("gates")
 def gates(version_id: str) -> None:
-    """Run the evaluation gates on VERSION_ID against production now, in this process (minutes on a
-    CPU; the stages are printed), and print the verdict. The API instead queues them for the worker."""
+    """Run the evaluation gates on VERSION_ID against production here and now, and print the verdict.
+
+    Minutes on a CPU; each stage is printed. (The API queues them for `tuneloop worker` instead.)
+    """
     from retrain.gates import run_gates
 
     settings, engine = _context()
@@ -172,3 +174,41 @@ def golden_remove(golden_id: str, as_: str = AS_OPTION) -> None:
         account = _admin(session, settings, as_)
         golden.remove_golden(session, golden_id, actor=account.username)
     typer.echo(f"removed {golden_id}")
+
+
+@models_app.command("export")
+def export(
+    version_id: str = typer.Argument(..., help="The version to export (v0, v3, …; `tuneloop models list`)."),
+    format: str = typer.Option("gguf", "--format", help="Only gguf: one standalone file, adapter merged."),
+    output: str = typer.Option(".", "--output", "-o", help="A .gguf file path, or a directory for model.gguf."),
+    ollama: str = typer.Option(None, "--ollama", help="Also write an Ollama Modelfile into this directory "
+                                                      "(the GGUF goes there too): then `ollama create NAME -f Modelfile`."),
+) -> None:
+    """Write VERSION_ID as a GGUF that llama.cpp, Ollama and LM Studio load (and a Modelfile with --ollama)."""
+    from pathlib import Path
+
+    from sqlmodel import Session
+
+    from engine.ollama import export_gguf, write_modelfile
+    from registry import lifecycle as registry
+    from registry import versions
+
+    if format != "gguf":
+        fail(f"--format {format!r} is not supported; use --format gguf")
+    settings, engine = _context()
+    with Session(engine) as session:
+        version = registry.get_version(session, version_id)
+        if version.hosted_model:
+            fail(f"{version_id} is served by a hosted API ({version.hosted_model}); there are no weights to export")
+        spec = versions.version_spec(version, settings)
+    target = Path(ollama) if ollama else Path(output)
+    typer.echo(f"writing {version_id} as GGUF (merging its adapter; up to a minute for a new version) …")
+    path = export_gguf(spec, settings, target)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)")
+    if ollama:
+        from transformers import AutoTokenizer
+
+        template = AutoTokenizer.from_pretrained(spec.base_dir).chat_template
+        modelfile = write_modelfile(path, Path(ollama), system_prompt=settings.resolved_system_prompt,
+                                    chat_template=template)
+        typer.echo(f"wrote {modelfile}; next: cd {ollama} && ollama create {version.name} -f Modelfile")
