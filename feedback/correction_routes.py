@@ -14,6 +14,7 @@ from feedback.models import Correction, CorrectionSource, CorrectionStatus
 from feedback.similarity import find_similar
 from tuneloop.accounts.models import AuditEvent
 from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep, StaffAccount
+from tuneloop.inputs import AfterCursor, OptionalId
 from tuneloop.settings import Settings
 
 router = APIRouter(tags=["corrections"])
@@ -21,7 +22,7 @@ router = APIRouter(tags=["corrections"])
 
 class CorrectionCreate(BaseModel):
     answer: str = Field(description="the answer the bot should have given")
-    message_id: str | None = Field(None, description="assistant message being corrected; omit for knowledge Q/A")
+    message_id: OptionalId = Field(None, description="assistant message being corrected; omit for knowledge Q/A")
     question: str | None = Field(None, description="cleaned-up question; defaults to the user's message")
     key_facts: list[str] = Field(default_factory=list)
     source: Literal["conversation", "knowledge"] | None = None
@@ -65,7 +66,7 @@ def create(body: CorrectionCreate, staff: StaffAccount, session: SessionDep, set
 @router.get("/v1/corrections")
 def list_(_staff: StaffAccount, session: SessionDep, status: CorrectionStatus | None = None,
           lineage_id: str | None = None, message_id: str | None = None,
-          limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0, alias="after")) -> dict:
+          limit: int = Query(50, ge=1, le=200), offset: AfterCursor = 0) -> dict:
     rows, has_more = service.list_corrections(session, status=status, lineage_id=lineage_id, message_id=message_id,
                                               limit=limit, offset=offset)
     return {"object": "list", "data": [{"object": "correction", **c.model_dump(mode="json", warnings=False)} for c in rows],
@@ -133,7 +134,7 @@ def import_file(file: UploadFile, staff: StaffAccount, session: SessionDep, sett
 @router.get("/v1/audit")
 def audit_log(_admin: AdminAccount, session: SessionDep, object_type: str | None = None,
               object_id: str | None = None, actor: str | None = None,
-              limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, alias="after")) -> dict:
+              limit: int = Query(100, ge=1, le=1000), offset: AfterCursor = 0) -> dict:
     query = select(AuditEvent)
     for column, value in ((AuditEvent.object_type, object_type), (AuditEvent.object_id, object_id),
                           (AuditEvent.actor, actor)):

@@ -21,6 +21,7 @@ from feedback import distill, distill_plan
 from feedback.errors import ConflictError, http_errors
 from feedback.teacher import TeacherError
 from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep
+from tuneloop.inputs import MAX_DB_INT
 from tuneloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,12 @@ class DistillRequest(BaseModel):
     per_correction: int | None = Field(None, ge=1, le=distill_plan.PAIRS_PER_REQUEST,
                                        description="paraphrase: default TUNELOOP_DISTILL_PARAPHRASES_PER_CORRECTION")
     temperature: float = Field(0.9, ge=0.0, le=2.0)
-    budget: int | None = Field(None, ge=0,
+    budget: int | None = Field(None, ge=0, le=MAX_DB_INT,
                                description="tokens; default TUNELOOP_DISTILL_MAX_TOKENS_BUDGET, 0 = no limit")
 
 
 class Resume(BaseModel):
-    budget: int | None = Field(None, ge=0, description="a new token budget, e.g. to continue a run stopped by it")
+    budget: int | None = Field(None, ge=0, le=MAX_DB_INT, description="a new token budget, e.g. to continue a run stopped by it")
 
 
 @contextmanager

@@ -11,28 +11,29 @@ from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from retrain import files as file_service
 from retrain import jobs
 from retrain.models import FineTuneJob, JobEvent, TrainingFile
 from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep, StaffAccount
+from tuneloop.inputs import MAX_DB_INT, OptionalId
 
 router = APIRouter(tags=["fine-tuning"])
 
 
 class CreateJobRequest(BaseModel):
     model: str
-    training_file: str | None = None
+    training_file: OptionalId = None
     hyperparameters: dict[str, Any] | None = None
     suffix: str | None = None
-    validation_file: str | None = None
+    validation_file: OptionalId = None
     integrations: list[dict[str, Any]] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_DB_INT)
     method: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
     # --- tuneloop extras ---------------------------------------------------------------------
-    snapshot_id: str | None = None  # train on a dataset snapshot instead of an uploaded file
+    snapshot_id: OptionalId = None  # train on a dataset snapshot instead of an uploaded file
     backend: str = "local"  # local | openai (the hosted service in settings)
 
     def merged_hyperparameters(self) -> dict[str, Any]:

@@ -133,4 +133,7 @@ def _too_large_body(limit: int) -> dict:
 
 
 def install_protection(app: FastAPI, settings: Settings) -> None:
+    from tuneloop.inputs import SurrogateGuard
+
+    app.add_middleware(SurrogateGuard)  # inside the size limit, so the body it reads is bounded
     app.add_middleware(ProtectionMiddleware, settings=settings)
