@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Form, Header, Query, Response, UploadFile
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
@@ -35,6 +35,10 @@ class CorrectionUpdate(BaseModel):
     key_facts: list[str] | None = None
 
 
+class Approval(BaseModel):
+    etag: str | None = Field(None, description="the etag of the revision you read (GET); or send If-Match")
+
+
 class Rejection(BaseModel):
     reason: str = Field(description="what the author should change")
 
@@ -42,7 +46,8 @@ class Rejection(BaseModel):
 def correction_as_dict(session: Session, settings: Settings, correction: Correction, *,
                        with_similar: bool | None = None) -> dict:
     """The correction plus, while it awaits a decision, approved near-duplicates and conflicts."""
-    body = {"object": "correction", **correction.model_dump(mode="json", warnings=False)}
+    body = {"object": "correction", **correction.model_dump(mode="json", warnings=False),
+            "etag": service.correction_etag(correction)}
     if with_similar is None:
         with_similar = correction.status in service.OPEN_STATUSES
     if with_similar:
@@ -74,9 +79,12 @@ def list_(_staff: StaffAccount, session: SessionDep, status: CorrectionStatus | 
 
 
 @router.get("/v1/corrections/{correction_id}")
-def get(correction_id: str, _staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
+def get(correction_id: str, _staff: StaffAccount, session: SessionDep, settings: SettingsDep,
+        response: Response) -> dict:
     with http_errors():
-        return correction_as_dict(session, settings, service.get_correction(session, correction_id))
+        body = correction_as_dict(session, settings, service.get_correction(session, correction_id))
+    response.headers["ETag"] = f'"{body["etag"]}"'
+    return body
 
 
 @router.patch("/v1/corrections/{correction_id}")
@@ -98,9 +106,15 @@ def submit(correction_id: str, staff: StaffAccount, session: SessionDep, setting
 
 
 @router.post("/v1/corrections/{correction_id}/approve")
-def approve(correction_id: str, staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
+def approve(correction_id: str, staff: StaffAccount, session: SessionDep, settings: SettingsDep,
+            body: Approval | None = None, if_match: str | None = Header(None)) -> dict:
+    """Approve the exact revision read: its etag (from GET) as If-Match or in the body; stale -> 409."""
+    etag = (body.etag if body else None) or if_match
+    if not etag:
+        raise ApiError(428, "name the revision you approve: send the etag from GET /v1/corrections/{id} as "
+                            "'If-Match' or as {\"etag\": ...}", param="etag", code="etag_required")
     with http_errors():
-        correction = service.approve_correction(session, settings, correction_id, actor=staff.username)
+        correction = service.approve_correction(session, settings, correction_id, actor=staff.username, etag=etag)
     session.commit()
     return correction_as_dict(session, settings, correction)
 

@@ -63,7 +63,8 @@ def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sql
                 made = http.post("/v1/corrections", headers=keys["alice"],
                                  json={"message_id": message_id, "answer": answer, "key_facts": [fact], "submit": True})
                 assert made.status_code == 201, made.text
-                approved = http.post(f"/v1/corrections/{made.json()['id']}/approve", headers=keys["bob"])
+                approved = http.post(f"/v1/corrections/{made.json()['id']}/approve", headers=keys["bob"],
+                                     json={"etag": made.json()["etag"]})  # Bob approves the text he read
                 assert approved.status_code == 200, approved.text
 
             # 3. Train now (snapshot + job), run by the worker: training, candidate, gates.

@@ -160,7 +160,7 @@ def _short(text: str, limit: int = 90) -> str:
 
 # --- approvals ----------------------------------------------------------------------------------
 def _approval_tab(app: FastAPI, sign_in: PageSignIn) -> gr.Dataframe:
-    selected = gr.State(None)  # correction id
+    selected = gr.State(None)  # (correction id, etag of the text shown): the approval is of that text
     refresh = gr.Button("Refresh")
     table = gr.Dataframe(headers=PENDING_HEADERS, interactive=False, wrap=True, max_height=320, elem_id="pending",
                          column_widths=["16%", "10%", "12%", "31%", "31%"],
@@ -223,16 +223,18 @@ def _pending_details(app: FastAPI, correction_id: str):
                   f"{s.question_similarity:.2f})" for s in similar]
     else:
         lines.append("No near-duplicate approved corrections.")
-    return correction_id, "\n\n".join(lines), ""
+    return (correction_id, corrections.correction_etag(correction)), "\n\n".join(lines), ""
 
 
-def _decide(app, sign_in, request, correction_id, *, approve: bool, reason: str):
+def _decide(app, sign_in, request, selected, *, approve: bool, reason: str):
     account = sign_in.account(request)
-    if not correction_id:
+    if not selected:
         raise gr.Error("Pick a correction first.")
+    correction_id, etag = selected
     with shown_to_user(), session_scope(app.state.db) as session:
         if approve:
-            corrections.approve_correction(session, app.state.settings, correction_id, actor=account.username)
+            corrections.approve_correction(session, app.state.settings, correction_id, actor=account.username,
+                                           etag=etag)
         else:
             corrections.reject_correction(session, app.state.settings, correction_id, actor=account.username,
                                           reason=reason)
