@@ -273,6 +273,28 @@ def _require_admin(actor: Account) -> None:
         raise NotAdminError(f"only admins can change production; {actor.username} is {actor.role}")
 
 
+def training_data(session: Session, version: ModelVersion) -> dict[str, Any]:
+    """Where a version's training data came from: approved corrections (a snapshot) or an uploaded
+    file, with who vouched for the file (its second-person approver, or the admin who started the job)."""
+    from retrain.models import FineTuneJob, TrainingFile
+
+    job = session.get(FineTuneJob, version.job_id) if version.job_id else None
+    if job is None or not job.training_file_id:
+        return {"kind": "snapshot" if version.snapshot_id else "none", "snapshot_id": version.snapshot_id}
+    record = session.get(TrainingFile, job.training_file_id)
+    approved_by = record.approved_by if record else None
+    return {"kind": "uploaded_file", "file_id": job.training_file_id,
+            "uploaded_by": record.created_by if record else None, "approved_by": approved_by,
+            "job_created_by": job.created_by,
+            "reviewed_by": approved_by or f"{job.created_by} (admin, created the job)"}
+
+
+def training_data_label(data: dict[str, Any]) -> str:
+    if data["kind"] != "uploaded_file":
+        return data.get("snapshot_id") or ""
+    return f"UPLOADED FILE {data['file_id']} (not approved corrections; reviewed by {data['reviewed_by']})"
+
+
 def version_as_dict(session: Session, version: ModelVersion, *, detail: bool = False) -> dict[str, Any]:
     """The public view of a version; with ``detail`` also its lineage and gate report summary."""
     data = {
@@ -283,6 +305,7 @@ def version_as_dict(session: Session, version: ModelVersion, *, detail: bool = F
         "job_id": version.job_id, "gate_report_id": version.gate_report_id, "metrics": version.metrics,
         "created_at": version.created_at.isoformat(), "status_changed_at": version.status_changed_at.isoformat(),
         "status_changed_by": version.status_changed_by,
+        "training_data": training_data(session, version),
     }
     if detail:
         report = gate_report_for(session, version)

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
         "Default 0: every approved correction is trained on, because a held-out correction is a fact the bot "
         "never learns; the learned gate checks each one instead. Set it to measure held-out validation loss.")
     replay_fraction: float = Field(1.0, ge=0.0, le=1.0, description="Share of earlier approved examples replayed each round.")
+    max_train_epochs: int = Field(100, ge=1, description="Most n_epochs a fine-tuning job may ask for (400 past it).")
+    max_train_steps: int = Field(10_000, ge=1, description="Most min_steps a fine-tuning job may ask for (400 past it).")
+    max_queued_jobs_per_account: int = Field(
+        3, ge=1, description="Jobs one account may have waiting or running at once; more are refused with 429.")
     openai_finetune_base_url: str = Field("", description="Hosted fine-tuning service (OpenAI or compatible).")
     openai_finetune_api_key: str = ""
     openai_finetune_base_model: str = "gpt-4.1-mini-2025-04-14"

@@ -78,7 +78,8 @@ def _version_rows(app: FastAPI) -> list[list[str]]:
             report = registry.gate_report_for(session, v)
             gates = "—" if report is None else ("passed" if report.passed else "FAILED") + (
                 " (overridden)" if getattr(report, "override_reason", None) else "")
-            out.append([v.id, v.name, str(v.status), v.parent_id or "", v.snapshot_id or "", v.job_id or "", gates,
+            data = registry.training_data_label(registry.training_data(session, v))
+            out.append([v.id, v.name, str(v.status), v.parent_id or "", data, v.job_id or "", gates,
                         f"{v.created_at:%Y-%m-%d %H:%M}"])
     return out
 
@@ -125,6 +126,9 @@ def _report_view(app: FastAPI, version_id: str) -> tuple[str, list[list[str]]]:
              f"{'PASSED' if summary['passed'] else 'FAILED'}"]
     lines += [f"- {reason}" for reason in summary["reasons"]]
     for gate, result in summary["gates"].items():
+        if result.get("measured") is False:
+            lines.append(f"- **{gate}**: not measured (no questions): does not count as passed")
+            continue
         lines.append(f"- **{gate}**: candidate {result.get('candidate_passed')}/{result.get('total')}, production "
                      f"{result.get('production_passed')}/{result.get('total')}"
                      + (f"; newly failing: {', '.join(result['newly_failing'])}" if result.get("newly_failing") else ""))
