@@ -21,6 +21,7 @@ from tuneloop.db import session_scope
 from ui.auth import PageSignIn
 from ui.distill import distill_tab
 from ui.errors import shown_to_user
+from ui.text import as_text
 
 VERSION_HEADERS = ["id", "name", "status", "parent", "snapshot", "job", "gates", "created"]
 ITEM_HEADERS = ["gate", "verdict", "question", "production answer", "candidate answer", "key facts"]
@@ -124,16 +125,17 @@ def _report_view(app: FastAPI, version_id: str) -> tuple[str, list[list[str]]]:
         return f"### {version.id}: no gate report yet", []
     lines = [f"### Gate report for {version.id} vs {summary['baseline_version_id']}: "
              f"{'PASSED' if summary['passed'] else 'FAILED'}"]
-    lines += [f"- {reason}" for reason in summary["reasons"]]
+    lines += [f"- {as_text(reason)}" for reason in summary["reasons"]]  # reasons quote questions
     for gate, result in summary["gates"].items():
         if result.get("measured") is False:
             lines.append(f"- **{gate}**: not measured (no questions): does not count as passed")
             continue
         lines.append(f"- **{gate}**: candidate {result.get('candidate_passed')}/{result.get('total')}, production "
                      f"{result.get('production_passed')}/{result.get('total')}"
-                     + (f"; newly failing: {', '.join(result['newly_failing'])}" if result.get("newly_failing") else ""))
+                     + (f"; newly failing: {as_text(', '.join(result['newly_failing']))}"
+                        if result.get("newly_failing") else ""))
     if summary.get("override_reason"):
-        lines.append(f"Overridden by {summary['overridden_by']}: {summary['override_reason']}")
+        lines.append(f"Overridden by {as_text(summary['overridden_by'])}: {as_text(summary['override_reason'])}")
     # Every regression, and every answer that changed; unchanged passing answers are left out.
     changed = [i for i in summary["items"] if i.get("verdict") not in ("both_pass", "unchanged")
                or i["candidate"]["answer"] != i["production"]["answer"]]

@@ -18,6 +18,7 @@ from feedback.models import CorrectionStatus, ReviewStatus
 from tuneloop.db import session_scope
 from ui.auth import PageSignIn
 from ui.errors import shown_to_user
+from ui.text import as_text
 
 QUEUE_HEADERS = ["id", "why", "status", "version", "when", "question", "answer"]
 PENDING_HEADERS = ["id", "author", "submitted", "question", "answer"]
@@ -115,12 +116,14 @@ def _queue_rows(app: FastAPI, status: str, version: str, sample: float) -> list[
 def _open(app: FastAPI, message_id: str):
     with shown_to_user(), session_scope(app.state.db) as session:
         item = review.review_item(session, message_id)
-    turns = [{"role": t.role, "content": t.content} for t in item.conversation if t.role in ("user", "assistant")]
-    ratings = "; ".join(f"{'thumbs up' if r.value > 0 else 'thumbs down'}" + (f" — “{r.comment}”" if r.comment else "")
+    # Customers' words are shown as text: as Markdown/HTML an <img> would fetch an attacker's URL.
+    turns = [{"role": t.role, "content": as_text(t.content)} for t in item.conversation
+             if t.role in ("user", "assistant")]
+    ratings = "; ".join(f"{'thumbs up' if r.value > 0 else 'thumbs down'}" + (f" — “{as_text(r.comment)}”" if r.comment else "")
                         for r in item.ratings) or "no ratings"
-    corrections_md = "".join(f"\n- correction by {c.author}: {c.status}" for c in item.corrections)
+    corrections_md = "".join(f"\n- correction by {as_text(c.author)}: {c.status}" for c in item.corrections)
     details = (f"**{item.reason.replace('_', ' ')}** · {item.status.value} · answered by "
-               f"`{item.message.model_version_id}` · {ratings}{corrections_md}")
+               f"{as_text(item.message.model_version_id)} · {ratings}{corrections_md}")
     return message_id, turns, details, _question_of(item), "", "", ""
 
 
@@ -207,19 +210,19 @@ def _pending_details(app: FastAPI, correction_id: str):
     with shown_to_user(), session_scope(app.state.db) as session:
         correction = corrections.get_correction(session, correction_id)
         similar = find_similar(session, app.state.settings, correction)
-    lines = [f"### {correction.id} (revision {correction.revision}) by {correction.author}",
-             f"**Question:** {correction.question}", f"**Answer:** {correction.answer}"]
+    lines = [f"### {correction.id} (revision {correction.revision}) by {as_text(correction.author)}",
+             f"**Question:** {as_text(correction.question)}", f"**Answer:** {as_text(correction.answer)}"]
     if correction.key_facts:
-        lines.append("**Key facts:** " + "; ".join(correction.key_facts))
+        lines.append("**Key facts:** " + "; ".join(as_text(f) for f in correction.key_facts))
     if correction.pii_masked:
         lines.append("**Masked as personal data** (check for false positives): " + ", ".join(
-            f"{m['kind']} in {m['field']} ({m['preview']})" for m in correction.pii_masked))
+            f"{m['kind']} in {m['field']} ({as_text(m['preview'])})" for m in correction.pii_masked))
     else:
         lines.append("No personal data was masked.")
     if similar:
         lines.append("**Similar approved corrections:**")
         lines += [f"- {'**CONFLICT** — ' + s.conflict_reason + ': ' if s.conflict else 'near-duplicate: '}"
-                  f"“{_short(s.question)}” → “{_short(s.answer)}” (`{s.correction_id}`, question similarity "
+                  f"“{as_text(_short(s.question))}” → “{as_text(_short(s.answer))}” (`{s.correction_id}`, question similarity "
                   f"{s.question_similarity:.2f})" for s in similar]
     else:
         lines.append("No near-duplicate approved corrections.")
