@@ -150,6 +150,9 @@ class Settings(BaseSettings):
         description="POST paths (fnmatch patterns) that count against the rate limit: the public chat API, "
         "ratings and the web chat at / (not the signed-in /staff and /admin pages).",
     )
+    login_free_attempts: int = Field(5, ge=1, description="Wrong passwords per client address before sign-in "
+                                     "attempts back off (1 s, 2 s, 4 s, …).")
+    login_max_delay_seconds: float = Field(300.0, gt=0, description="Longest wait between sign-in attempts.")
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest JSON request body; multipart uploads use max_upload_bytes."
     )

@@ -18,6 +18,7 @@ from bot import versions as serving
 from feedback import review
 from retrain import golden, jobs, registry, scheduler
 from tuneloop.db import session_scope
+from ui.account import password_tab
 from ui.auth import PageSignIn
 from ui.distill import distill_tab
 from ui.errors import shown_to_user
@@ -43,6 +44,8 @@ def build_admin(app: FastAPI, sign_in: PageSignIn) -> gr.Blocks:
                 golden_table = _golden_tab(app, sign_in)
             with gr.Tab("Distill"):
                 distill_tab(app, sign_in)
+            with gr.Tab("Account"):
+                password_tab(app, sign_in)
 
         def load(request: gr.Request):
             account = sign_in.account(request)

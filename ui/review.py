@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from feedback import corrections, review
 from feedback.models import CorrectionStatus, ReviewStatus
 from tuneloop.db import session_scope
+from ui.account import password_tab
 from ui.auth import PageSignIn
 from ui.errors import shown_to_user
 from ui.text import as_text
@@ -34,6 +35,8 @@ def build_review(app: FastAPI, sign_in: PageSignIn) -> gr.Blocks:
                 load_queue = _queue_tab(app, sign_in)
             with gr.Tab("Approve corrections", id="approve") as approve_tab:
                 pending_table = _approval_tab(app, sign_in)
+            with gr.Tab("Account", id="account"):
+                password_tab(app, sign_in)
 
         def greeting(request: gr.Request):
             return _greeting(sign_in, request)
