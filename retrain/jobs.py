@@ -9,7 +9,7 @@ that has not started. Routes, the CLI and the scheduler all call these functions
 from __future__ import annotations
 
 from dataclasses import fields
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import update
@@ -23,6 +23,7 @@ from tuneloop.db import utcnow
 from tuneloop.settings import Settings
 
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+STALE_AFTER_SECONDS = 15.0  # a running job whose worker has not beaten the heartbeat for this long is orphaned
 ACTIVE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
 
 
@@ -197,11 +198,16 @@ def list_jobs(session: Session, *, after: str | None = None, limit: int = 20) ->
 
 def cancel_job(session: Session, job_id: str, *, actor: str) -> FineTuneJob:
     """A job that has not started is cancelled at once; a running one is flagged, and the worker stops
-    its training process within seconds and marks it cancelled."""
+    its training process within seconds and marks it cancelled. A running job whose worker is gone (no
+    heartbeat for ``STALE_AFTER_SECONDS``) has nobody to stop it: it is cancelled at once."""
     job = get_job(session, job_id)
     if job.status in FINISHED:
         raise JobConflictError(f"job {job_id} already {job.status}; only a job that has not finished can be cancelled")
-    if job.status == JobStatus.running:
+    if job.status == JobStatus.running and _orphaned(job):
+        job.status, job.finished_at, job.cancel_requested = JobStatus.cancelled, utcnow(), True
+        add_event(session, job.id, f"Job cancelled by {actor}; its worker ({job.worker_id}) had stopped "
+                                   f"(last heartbeat {job.heartbeat_at}), no version was created")
+    elif job.status == JobStatus.running:
         job.cancel_requested = True
         add_event(session, job.id, f"Cancellation requested by {actor}")
     else:
@@ -211,6 +217,15 @@ def cancel_job(session: Session, job_id: str, *, actor: str) -> FineTuneJob:
     audit(session, actor=actor, action="finetune.cancelled", object_type="finetunejob", object_id=job.id)
     session.flush()
     return job
+
+
+def _orphaned(job: FineTuneJob) -> bool:
+    if job.heartbeat_at is None:
+        return True
+    beat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=timezone.utc)
+    now = utcnow()
+    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    return now - beat > timedelta(seconds=STALE_AFTER_SECONDS)
 
 
 def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",

@@ -1,7 +1,7 @@
 """The worker process (``tuneloop worker``): owns scheduling and training.
 
 It runs one job at a time, oldest first; later jobs wait in ``queued``. Each job trains in a child
-process (``python -m retrain.worker <job> <settings.json> <result.json>``), so a cancel stops it
+process (``python -m retrain.worker <job> - <result.json>``), so a cancel stops it
 within seconds (the child is killed) and a crash of the child fails only that job, with the reason.
 The worker beats ``FineTuneJob.heartbeat_at`` while a job runs; a worker that starts and finds a job
 ``running`` with a stale heartbeat (its worker died) marks it failed. The child dies with its worker
@@ -9,6 +9,10 @@ The worker beats ``FineTuneJob.heartbeat_at`` while a job runs; a worker that st
 
 After a job succeeds the worker registers the adapter as a candidate version and runs the gates.
 Nothing here touches the production pointer.
+
+The child gets the settings (admin password, database URL, API keys) in its environment
+(``TUNELOOP_WORKER_SETTINGS``), never in a file; its work directory is removed when it exits, and
+leftovers of killed rounds (``retrain.leftovers``) are removed at start and after a failure.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,7 +43,8 @@ from tuneloop.settings import Settings
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
-STALE_AFTER_SECONDS = 15.0
+STALE_AFTER_SECONDS = jobs.STALE_AFTER_SECONDS
+SETTINGS_ENV = "TUNELOOP_WORKER_SETTINGS"
 
 
 class Worker:
@@ -60,6 +66,7 @@ class Worker:
             scheduler = RetrainScheduler(self.settings, self.engine, holder=self.worker_id)
             scheduler.start()
         self.recover_stale_jobs()
+        self.remove_leftovers()  # other workers' running jobs are skipped
         try:
             while not self.stop_event.is_set():
                 if self.run_next_job() is None:
@@ -81,6 +88,14 @@ class Worker:
                 jobs.set_status(session, job.id, JobStatus.failed, message=message, level="error",
                                 error=jobs.failure("worker_lost", message))
         return [job.id for job in stale]
+
+    def remove_leftovers(self) -> None:
+        from retrain.leftovers import remove_leftovers
+
+        try:
+            remove_leftovers(self.settings, self.engine)
+        except OSError:
+            log.warning("could not remove leftovers of earlier jobs", exc_info=True)
 
     def run_next_job(self) -> str | None:
         """Validate waiting jobs, then run the oldest queued one to the end. Returns its id, or None."""
@@ -120,12 +135,18 @@ class Worker:
     # --- the training child ----------------------------------------------------------------------
     def _run_child(self, job_id: str) -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}.", dir=_ensure(self.settings.data_dir / "work")))
-        settings_file, result_file, log_file = workdir / "settings.json", workdir / "result.json", workdir / "child.log"
-        settings_file.write_text(self.settings.model_dump_json())
+        try:
+            self._train_in(workdir, job_id)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _train_in(self, workdir: Path, job_id: str) -> None:
+        result_file, log_file = workdir / "result.json", workdir / "child.log"
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}  # secrets stay off the disk
         with open(log_file, "wb") as log_handle:
-            child = subprocess.Popen([sys.executable, "-m", "retrain.worker", job_id, str(settings_file), str(result_file)],
+            child = subprocess.Popen([sys.executable, "-m", "retrain.worker", job_id, "-", str(result_file)],
                                      stdout=log_handle, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                     cwd=Path(__file__).resolve().parent.parent)
+                                     cwd=Path(__file__).resolve().parent.parent, env=env)
             cancelled = self._watch(job_id, child)
         if cancelled:
             self._finish_cancelled(job_id)
@@ -137,6 +158,7 @@ class Worker:
             with session_scope(self.engine) as session:
                 jobs.set_status(session, job_id, JobStatus.failed, message=f"Training failed: {reason}", level="error",
                                 error=jobs.failure("training_failed", reason))
+            self.remove_leftovers()
 
     def _watch(self, job_id: str, child: subprocess.Popen) -> bool:
         """Beat the heartbeat until the child ends; kill it on cancel or shutdown. True if cancelled."""
@@ -325,7 +347,8 @@ def _child_main(argv: list[str]) -> None:
     import tuneloop  # noqa: F401  (offline environment)
 
     job_id, settings_path, result_path = argv
-    settings = Settings(**json.loads(Path(settings_path).read_text()))
+    raw = os.environ.pop(SETTINGS_ENV, "") if settings_path == "-" else Path(settings_path).read_text()
+    settings = Settings(**json.loads(raw))
     logging.basicConfig(level=logging.INFO)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the trainer removes its staging dir
     run_job_in_child(settings, job_id, Path(result_path))
