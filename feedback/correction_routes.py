@@ -39,6 +39,11 @@ class Approval(BaseModel):
     etag: str | None = Field(None, description="the etag of the revision you read (GET); or send If-Match")
 
 
+class ContactDecision(BaseModel):
+    action: Literal["keep", "mask"] = Field(description="keep: the company's own contacts (never masked again); "
+                                            "mask: personal data, replaced by placeholders")
+
+
 class Rejection(BaseModel):
     reason: str = Field(description="what the author should change")
 
@@ -116,6 +121,19 @@ def approve(correction_id: str, staff: StaffAccount, session: SessionDep, settin
     with http_errors():
         correction = service.approve_correction(session, settings, correction_id, actor=staff.username, etag=etag)
     session.commit()
+    return correction_as_dict(session, settings, correction)
+
+
+@router.post("/v1/corrections/{correction_id}/contacts")
+def decide_contacts(correction_id: str, body: ContactDecision, staff: StaffAccount, session: SessionDep,
+                    settings: SettingsDep) -> dict:
+    """Keep or mask the contacts detected in a staff-written answer (see feedback.contacts)."""
+    from feedback import contacts
+
+    with http_errors():
+        correction = contacts.decide(session, settings, service.get_correction(session, correction_id),
+                                     actor=staff.username, action=body.action)
+        session.commit()
     return correction_as_dict(session, settings, correction)
 
 

@@ -26,7 +26,7 @@ from sqlmodel import Session, col, func, select
 from bot.models import Message
 from feedback.errors import ConflictError, FeedbackError, ForbiddenError, NotFoundError
 from feedback.models import Correction, CorrectionSource, CorrectionStatus, ReviewStatus
-from feedback.pii import scrub_fields
+from feedback.contacts import clean_fields, require_decided
 from feedback.review import mark_message
 from tuneloop.accounts.service import audit
 from tuneloop.db import new_id, utcnow
@@ -79,7 +79,8 @@ def question_before(session: Session, message: Message) -> str:
     return previous.content if previous else ""
 
 
-def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[str]) -> tuple[dict, list]:
+def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[str], *,
+           decide_later: bool = True) -> tuple[dict, list]:
     question, answer = question.strip(), answer.strip()
     facts = [f.strip() for f in key_facts if f and f.strip()]
     if not answer:
@@ -90,7 +91,7 @@ def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[s
     fields.update({f"key_facts.{i}": fact for i, fact in enumerate(facts)})
     masked: list[dict[str, Any]] = []
     if settings.scrub_pii:
-        fields, masked = scrub_fields(fields, settings.pii_keep)
+        fields, masked = clean_fields(settings, fields, decide_later=decide_later)  # see feedback.contacts
     return {"question": fields["question"], "answer": fields["answer"],
             "key_facts": [fields[f"key_facts.{i}"] for i in range(len(facts))]}, masked
 
@@ -114,7 +115,8 @@ def create_correction(session: Session, settings: Settings, *, actor: str, answe
         source = source or CorrectionSource.knowledge
     if status not in (CorrectionStatus.draft, CorrectionStatus.submitted, CorrectionStatus.approved):
         raise FeedbackError("a new correction starts as draft or submitted")
-    fields, masked = _clean(settings, question or "", answer, key_facts)
+    fields, masked = _clean(settings, question or "", answer, key_facts,
+                            decide_later=status != CorrectionStatus.approved)  # no one to decide: mask
     correction_id = new_id("corr")
     correction = Correction(id=correction_id, lineage_id=correction_id, source=CorrectionSource(source),
                             message_id=message_id, conversation_id=conversation_id, status=status, author=actor,
@@ -195,6 +197,7 @@ def approve_correction(session: Session, settings: Settings, correction_id: str,
     ``etag`` (from ``correction_etag`` of what the reviewer read) must still match: the HTTP route and
     the review page always pass it; in-process callers that just read the row may omit it."""
     correction = _decidable(session, settings, correction_id, actor)
+    require_decided(correction)
     current_etag = correction_etag(correction)
     if etag is not None and etag.strip().removeprefix("W/").strip('"') != current_etag:
         raise ConflictError(f"correction {correction.id} changed since you read it (its etag is now {current_etag}); "

@@ -48,8 +48,12 @@ class Settings(BaseSettings):
     version_poll_seconds: float = Field(2.0, gt=0, description="How often each API process checks the production pointer.")
 
     # --- the bot's voice -----------------------------------------------------------------------
-    company_name: str = "Acme Outdoor Gear"
+    company_name: str = Field("", description="Your company, as the bot introduces it; `tuneloop init` asks. "
+                              "Empty: the bot names no company.")
     bot_persona: str = "a friendly, concise customer-service assistant"
+    company_hotline: str = Field("", description="Your published phone number: never masked as personal data.")
+    company_email_domain: str = Field("", description="Your e-mail domain (example.com): never masked.")
+    company_website: str = Field("", description="Your web address: never masked.")
     system_prompt: str = Field("", description="Overrides the prompt built from company_name and bot_persona.")
 
     # --- generation defaults -------------------------------------------------------------------
@@ -63,9 +67,9 @@ class Settings(BaseSettings):
     admin_password: str = Field("", description="Password for the first admin; empty prints a one-time password once.")
     scrub_pii: bool = True
     pii_keep: list[str] = Field(
-        default_factory=lambda: ["1-800-555-0142", "acmeoutdoor.example"],
-        description="The company's own published contacts (hotline, e-mail domain): never masked as personal data. "
-        "The defaults belong to the demo company, like company_name; set your own.")
+        default_factory=list,
+        description="More published contacts of the company, besides company_hotline/_email_domain/_website: "
+        "never masked as personal data.")
     include_thumbs_up: bool = Field(False, description="Use thumbs-up answers as positive training examples.")
     prompt_separator: str = "\n\n###\n\n"
     completion_stop: str = " END"
@@ -176,8 +180,9 @@ class Settings(BaseSettings):
 
     @property
     def resolved_system_prompt(self) -> str:
+        company = f" for {self.company_name}" if self.company_name.strip() else ""
         return self.system_prompt or (
-            f"You are {self.bot_persona} for {self.company_name}. "
+            f"You are {self.bot_persona}{company}. "
             "Answer the customer's question accurately and briefly."
         )
 

@@ -149,7 +149,12 @@ def _submit(app, sign_in, request, message_id, question, answer, facts, status, 
             session, app.state.settings, actor=account.username, message_id=message_id, question=question,
             answer=answer or "", key_facts=key_facts, status=CorrectionStatus.submitted)
         masked = list(correction.pii_masked)
-    note = f" Masked as personal data: {', '.join(m['kind'] for m in masked)}." if masked else ""
+    undecided = [m for m in masked if m.get("decision") == "pending"]
+    done = [m for m in masked if "decision" not in m]
+    note = f" Masked as personal data: {', '.join(m['kind'] for m in done)}." if done else ""
+    if undecided:
+        note += (" Contacts in your answer (" + ", ".join(f"{m['kind']} {as_text(m['value'])}" for m in undecided)
+                 + ") stay as written until you or the reviewer keeps them as the company's or masks them.")
     return (_queue_rows(app, status, version, sample),
             f"Correction `{correction.id}` submitted; another staff member will review it.{note}", "", "")
 
@@ -176,6 +181,9 @@ def _approval_tab(app: FastAPI, sign_in: PageSignIn) -> gr.Dataframe:
         approve = gr.Button("Approve", variant="primary", elem_id="approve-correction")
         reason = gr.Textbox(label="Reason (needed to reject)", scale=3, elem_id="reject-reason")
         reject = gr.Button("Reject", variant="stop", elem_id="reject-correction")
+    with gr.Row():
+        keep = gr.Button("Keep contacts (they are the company's)", elem_id="keep-contacts")
+        mask = gr.Button("Mask contacts (personal data)", elem_id="mask-contacts")
     result = gr.Markdown(elem_id="approve-result")
 
     def rows(request: gr.Request):
@@ -190,8 +198,15 @@ def _approval_tab(app: FastAPI, sign_in: PageSignIn) -> gr.Dataframe:
     def decide_reject(correction_id, why, request: gr.Request):
         return _decide(app, sign_in, request, correction_id, approve=False, reason=why)
 
+    def contacts(action: str):
+        def run(selection, request: gr.Request):
+            return _decide_contacts(app, sign_in, request, selection, action)
+        return run
+
     refresh.click(rows, outputs=table)
     table.select(show, outputs=[selected, details, result])
+    keep.click(contacts("keep"), inputs=[selected], outputs=[selected, details, result])
+    mask.click(contacts("mask"), inputs=[selected], outputs=[selected, details, result])
     approve.click(decide_approve, inputs=[selected], outputs=[table, details, result, selected])
     reject.click(decide_reject, inputs=[selected, reason], outputs=[table, details, result, selected])
     return table
@@ -217,10 +232,16 @@ def _pending_details(app: FastAPI, correction_id: str):
              f"**Question:** {as_text(correction.question)}", f"**Answer:** {as_text(correction.answer)}"]
     if correction.key_facts:
         lines.append("**Key facts:** " + "; ".join(as_text(f) for f in correction.key_facts))
-    if correction.pii_masked:
+    undecided = [m for m in correction.pii_masked if m.get("decision") == "pending"]
+    masked = [m for m in correction.pii_masked if m.get("decision") in (None, "masked")]
+    if undecided:
+        lines.append("**Contacts in the answer, not masked yet** (keep them if they are the company's, mask them "
+                     "if they are personal data; needed before approval): " + ", ".join(
+                         f"{m['kind']} in {m['field']} ({as_text(m['value'])})" for m in undecided))
+    if masked:
         lines.append("**Masked as personal data** (check for false positives): " + ", ".join(
-            f"{m['kind']} in {m['field']} ({as_text(m['preview'])})" for m in correction.pii_masked))
-    else:
+            f"{m['kind']} in {m['field']} ({as_text(m['preview'])})" for m in masked))
+    elif not undecided:
         lines.append("No personal data was masked.")
     if similar:
         lines.append("**Similar approved corrections:**")
@@ -230,6 +251,19 @@ def _pending_details(app: FastAPI, correction_id: str):
     else:
         lines.append("No near-duplicate approved corrections.")
     return (correction_id, corrections.correction_etag(correction)), "\n\n".join(lines), ""
+
+
+def _decide_contacts(app, sign_in, request, selected, action: str):
+    from feedback import contacts
+
+    account = sign_in.account(request)
+    if not selected:
+        raise gr.Error("Pick a correction first.")
+    with shown_to_user(), session_scope(app.state.db) as session:
+        contacts.decide(session, app.state.settings, corrections.get_correction(session, selected[0]),
+                        actor=account.username, action=action)
+    shown, details, _ = _pending_details(app, selected[0])
+    return shown, details, f"Contacts {'kept as the company’s' if action == 'keep' else 'masked'}; read the text again before approving."
 
 
 def _decide(app, sign_in, request, selected, *, approve: bool, reason: str):

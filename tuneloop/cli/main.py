@@ -38,6 +38,8 @@ from tuneloop.cli.worker import worker_app  # noqa: E402
 app.registered_commands += worker_app.registered_commands
 from tuneloop.cli.demo import demo_app  # noqa: E402
 app.registered_commands += demo_app.registered_commands
+from tuneloop.cli.init import init_app  # noqa: E402
+app.registered_commands += init_app.registered_commands
 from tuneloop.cli.distill import distill_app  # noqa: E402
 app.add_typer(distill_app, name="distill")
 
