@@ -111,7 +111,7 @@ def correct(platform: Platform, facts: list[dict]) -> None:
         assert answer["message_id"] in queued, "a disliked answer is missing from the review queue"
         made = platform.call("POST", "/v1/corrections", "alice", json={
             "message_id": answer["message_id"], "answer": fact["answer"], "key_facts": fact["key_facts"], "submit": True})
-        platform.call("POST", f"/v1/corrections/{made['id']}/approve", "bob")
+        platform.call("POST", f"/v1/corrections/{made['id']}/approve", "bob", json={"etag": made["etag"]})
 
 
 def train_and_promote(platform: Platform) -> dict:

@@ -32,7 +32,7 @@ def examples(n: int) -> list[dict]:
     from engine.prompting import with_system_prompt
     from tuneloop.core.settings import Settings
 
-    system = Settings(data_dir="/tmp").resolved_system_prompt
+    system = Settings(data_dir="/tmp", company_name="Acme Outdoor Gear").resolved_system_prompt
     kb = [json.loads(line) for line in (ROOT / "examples" / "acme_kb.jsonl").read_text().splitlines() if line.strip()]
     return [{"messages": with_system_prompt(system, [{"role": "user", "content": f["question"]}]),
              "completion": f["answer"]} for f in kb[:n]]

@@ -49,8 +49,9 @@ class DecodeState:
         self.cache, self.logits = out.past_key_values, out.logits[:, -1, :]
 
     def keep(self, rows: list[int]) -> None:
-        """Drop finished rows, then the leading columns no remaining row attends to."""
-        index = torch.tensor(rows, device=self.attention.device)
+        """Drop finished rows, then the leading columns no remaining row attends to. ``rows`` may be
+        empty (every row finished on the same step): the state is then an empty batch, not an error."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.attention.device)
         self.cache.batch_select_indices(index)
         self.attention, self.positions, self.logits = self.attention[index], self.positions[index], self.logits[index]
         unused = int((self.attention.sum(0) == 0).long().cumprod(0).sum())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Form, Header, Query, Response, UploadFile
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
@@ -16,13 +16,18 @@ from tuneloop.core.accounts.models import AuditEvent
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
 from tuneloop.core.errors import ApiError
 from tuneloop.core.settings import Settings
+from tuneloop.core.accounts.models import AuditEvent
+from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.errors import ApiError
+from tuneloop.core.inputs import AfterCursor, OptionalId
+from tuneloop.core.settings import Settings
 
 router = APIRouter(tags=["corrections"])
 
 
 class CorrectionCreate(BaseModel):
     answer: str = Field(description="the answer the bot should have given")
-    message_id: str | None = Field(None, description="assistant message being corrected; omit for knowledge Q/A")
+    message_id: OptionalId = Field(None, description="assistant message being corrected; omit for knowledge Q/A")
     question: str | None = Field(None, description="cleaned-up question; defaults to the user's message")
     key_facts: list[str] = Field(default_factory=list)
     source: Literal["conversation", "knowledge"] | None = None
@@ -35,6 +40,15 @@ class CorrectionUpdate(BaseModel):
     key_facts: list[str] | None = None
 
 
+class Approval(BaseModel):
+    etag: str | None = Field(None, description="the etag of the revision you read (GET); or send If-Match")
+
+
+class ContactDecision(BaseModel):
+    action: Literal["keep", "mask"] = Field(description="keep: the company's own contacts (never masked again); "
+                                            "mask: personal data, replaced by placeholders")
+
+
 class Rejection(BaseModel):
     reason: str = Field(description="what the author should change")
 
@@ -42,7 +56,8 @@ class Rejection(BaseModel):
 def correction_as_dict(session: Session, settings: Settings, correction: Correction, *,
                        with_similar: bool | None = None) -> dict:
     """The correction plus, while it awaits a decision, approved near-duplicates and conflicts."""
-    body = {"object": "correction", **correction.model_dump(mode="json", warnings=False)}
+    body = {"object": "correction", **correction.model_dump(mode="json", warnings=False),
+            "etag": service.correction_etag(correction)}
     if with_similar is None:
         with_similar = correction.status in service.OPEN_STATUSES
     if with_similar:
@@ -66,7 +81,7 @@ def create(body: CorrectionCreate, staff: StaffAccount, session: SessionDep, set
 @router.get("/v1/corrections")
 def list_(_staff: StaffAccount, session: SessionDep, status: CorrectionStatus | None = None,
           lineage_id: str | None = None, message_id: str | None = None,
-          limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0, alias="after")) -> dict:
+          limit: int = Query(50, ge=1, le=200), offset: AfterCursor = 0) -> dict:
     rows, has_more = service.list_corrections(session, status=status, lineage_id=lineage_id, message_id=message_id,
                                               limit=limit, offset=offset)
     return {"object": "list", "data": [{"object": "correction", **c.model_dump(mode="json", warnings=False)} for c in rows],
@@ -74,9 +89,12 @@ def list_(_staff: StaffAccount, session: SessionDep, status: CorrectionStatus | 
 
 
 @router.get("/v1/corrections/{correction_id}")
-def get(correction_id: str, _staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
+def get(correction_id: str, _staff: StaffAccount, session: SessionDep, settings: SettingsDep,
+        response: Response) -> dict:
     with http_errors():
-        return correction_as_dict(session, settings, service.get_correction(session, correction_id))
+        body = correction_as_dict(session, settings, service.get_correction(session, correction_id))
+    response.headers["ETag"] = f'"{body["etag"]}"'
+    return body
 
 
 @router.patch("/v1/corrections/{correction_id}")
@@ -98,10 +116,29 @@ def submit(correction_id: str, staff: StaffAccount, session: SessionDep, setting
 
 
 @router.post("/v1/corrections/{correction_id}/approve")
-def approve(correction_id: str, staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
+def approve(correction_id: str, staff: StaffAccount, session: SessionDep, settings: SettingsDep,
+            body: Approval | None = None, if_match: str | None = Header(None)) -> dict:
+    """Approve the exact revision read: its etag (from GET) as If-Match or in the body; stale -> 409."""
+    etag = (body.etag if body else None) or if_match
+    if not etag:
+        raise ApiError(428, "name the revision you approve: send the etag from GET /v1/corrections/{id} as "
+                            "'If-Match' or as {\"etag\": ...}", param="etag", code="etag_required")
     with http_errors():
-        correction = service.approve_correction(session, settings, correction_id, actor=staff.username)
+        correction = service.approve_correction(session, settings, correction_id, actor=staff.username, etag=etag)
     session.commit()
+    return correction_as_dict(session, settings, correction)
+
+
+@router.post("/v1/corrections/{correction_id}/contacts")
+def decide_contacts(correction_id: str, body: ContactDecision, staff: StaffAccount, session: SessionDep,
+                    settings: SettingsDep) -> dict:
+    """Keep or mask the contacts detected in a staff-written answer (see feedback.contacts)."""
+    from feedback import contacts
+
+    with http_errors():
+        correction = contacts.decide(session, settings, service.get_correction(session, correction_id),
+                                     actor=staff.username, action=body.action)
+        session.commit()
     return correction_as_dict(session, settings, correction)
 
 
@@ -134,7 +171,7 @@ def import_file(file: UploadFile, staff: StaffAccount, session: SessionDep, sett
 @router.get("/v1/audit")
 def audit_log(_admin: AdminAccount, session: SessionDep, object_type: str | None = None,
               object_id: str | None = None, actor: str | None = None,
-              limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, alias="after")) -> dict:
+              limit: int = Query(100, ge=1, le=1000), offset: AfterCursor = 0) -> dict:
     query = select(AuditEvent)
     for column, value in ((AuditEvent.object_type, object_type), (AuditEvent.object_id, object_id),
                           (AuditEvent.actor, actor)):

@@ -5,14 +5,19 @@ Lifecycle of one *lineage* (all revisions share ``lineage_id``)::
     draft --submit--> submitted --approve--> approved --(newer revision approved)--> superseded
                                  --reject---> rejected
 
-Editing a draft or submitted correction changes it in place. Editing an approved one creates the next
-revision (status draft); the approved revision stays in the training data until its successor is
-approved. Approval and rejection need a second person unless ``settings.allow_self_approval``.
-Every state change writes an audit event in the same transaction.
+Its author editing a draft or submitted correction changes it in place. Anyone else's edit creates the
+next revision, authored by the editor (who then cannot approve it), and supersedes the open one; editing
+an approved correction also creates the next revision (status draft), and the approved revision stays in
+the training data until its successor is approved. Approval and rejection need a second person unless
+``settings.allow_self_approval``, and an approval names the exact text approved (``correction_etag``):
+text changed since the reviewer read it is a conflict, not an approval of unseen words. Every state
+change writes an audit event in the same transaction; approvals record author, editor and approver.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,13 +26,20 @@ from sqlmodel import Session, col, func, select
 from bot.models import Message
 from feedback.errors import ConflictError, FeedbackError, ForbiddenError, NotFoundError
 from feedback.models import Correction, CorrectionSource, CorrectionStatus, ReviewStatus
-from feedback.pii import scrub_fields
+from feedback.contacts import clean_fields, require_decided
 from feedback.review import mark_message
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.ids import new_id, utcnow
 from tuneloop.core.settings import Settings
 
 OPEN_STATUSES = (CorrectionStatus.draft, CorrectionStatus.submitted)
+
+
+def correction_etag(correction: Correction) -> str:
+    """Names one revision's exact text: any edit changes it, so an approval that names it approves the
+    words the reviewer read (HTTP: the ``ETag`` of GET, sent back as ``If-Match``)."""
+    content = [correction.id, correction.revision, correction.question, correction.answer, correction.key_facts]
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:24]
 
 
 def get_correction(session: Session, correction_id: str) -> Correction:
@@ -67,7 +79,8 @@ def question_before(session: Session, message: Message) -> str:
     return previous.content if previous else ""
 
 
-def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[str]) -> tuple[dict, list]:
+def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[str], *,
+           decide_later: bool = True) -> tuple[dict, list]:
     question, answer = question.strip(), answer.strip()
     facts = [f.strip() for f in key_facts if f and f.strip()]
     if not answer:
@@ -78,7 +91,7 @@ def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[s
     fields.update({f"key_facts.{i}": fact for i, fact in enumerate(facts)})
     masked: list[dict[str, Any]] = []
     if settings.scrub_pii:
-        fields, masked = scrub_fields(fields, settings.pii_keep)
+        fields, masked = clean_fields(settings, fields, decide_later=decide_later)  # see feedback.contacts
     return {"question": fields["question"], "answer": fields["answer"],
             "key_facts": [fields[f"key_facts.{i}"] for i in range(len(facts))]}, masked
 
@@ -102,7 +115,8 @@ def create_correction(session: Session, settings: Settings, *, actor: str, answe
         source = source or CorrectionSource.knowledge
     if status not in (CorrectionStatus.draft, CorrectionStatus.submitted, CorrectionStatus.approved):
         raise FeedbackError("a new correction starts as draft or submitted")
-    fields, masked = _clean(settings, question or "", answer, key_facts)
+    fields, masked = _clean(settings, question or "", answer, key_facts,
+                            decide_later=status != CorrectionStatus.approved)  # no one to decide: mask
     correction_id = new_id("corr")
     correction = Correction(id=correction_id, lineage_id=correction_id, source=CorrectionSource(source),
                             message_id=message_id, conversation_id=conversation_id, status=status, author=actor,
@@ -119,18 +133,29 @@ def create_correction(session: Session, settings: Settings, *, actor: str, answe
 def update_correction(session: Session, settings: Settings, correction_id: str, *, actor: str,
                       question: str | None = None, answer: str | None = None,
                       key_facts: Sequence[str] | None = None) -> Correction:
-    """Edit in place while draft/submitted; editing an approved correction makes its next revision."""
+    """The author edits a draft/submitted correction in place; anyone else's edit, and any edit of an
+    approved correction, makes the next revision, authored by the editor."""
     current = get_correction(session, correction_id)
     fields, masked = _clean(settings, current.question if question is None else question,
                             current.answer if answer is None else answer,
                             current.key_facts if key_facts is None else key_facts)
-    if current.status in OPEN_STATUSES:
+    if current.status in OPEN_STATUSES and current.author == actor:
+        before = correction_etag(current)
         for name, value in fields.items():
             setattr(current, name, value)
         current.pii_masked, current.updated_at = masked, utcnow()
         session.add(current)
-        audit(session, actor=actor, action="correction.edited", object_type="correction", object_id=current.id)
+        audit(session, actor=actor, action="correction.edited", object_type="correction", object_id=current.id,
+              revision=current.revision, etag_before=before, etag=correction_etag(current))
         return current
+    if current.status in OPEN_STATUSES:  # a colleague's text: theirs stays theirs, the edit is the editor's
+        status = current.status
+        current.status, current.updated_at = CorrectionStatus.superseded, utcnow()
+        session.add(current)
+        audit(session, actor=actor, action="correction.superseded", object_type="correction", object_id=current.id,
+              reason=f"edited by {actor}, who is not its author")
+        session.flush()
+        return _next_revision(session, current, actor, fields, masked, status=CorrectionStatus(status))
     if current.status != CorrectionStatus.approved:
         raise ConflictError(f"correction {current.id} is {current.status}; only draft, submitted or approved "
                             "corrections can be edited (write a new one instead)")
@@ -138,14 +163,20 @@ def update_correction(session: Session, settings: Settings, correction_id: str, 
     if pending is not None:
         raise ConflictError(f"revision {pending.revision} ({pending.id}) of this correction is already {pending.status}; "
                             "edit that one")
+    return _next_revision(session, current, actor, fields, masked, status=CorrectionStatus.draft)
+
+
+def _next_revision(session: Session, current: Correction, actor: str, fields: dict, masked: list, *,
+                   status: CorrectionStatus) -> Correction:
     latest = session.exec(select(func.max(Correction.revision)).where(Correction.lineage_id == current.lineage_id)).one()
     revision = Correction(lineage_id=current.lineage_id, revision=(latest or current.revision) + 1,
                           source=current.source, message_id=current.message_id,
-                          conversation_id=current.conversation_id, author=actor, pii_masked=masked,
+                          conversation_id=current.conversation_id, author=actor, status=status, pii_masked=masked,
                           origin={**current.origin, "previous_revision_id": current.id}, **fields)
     session.add(revision)
     audit(session, actor=actor, action="correction.revised", object_type="correction", object_id=revision.id,
-          lineage_id=current.lineage_id, revision=revision.revision, previous=current.id)
+          lineage_id=current.lineage_id, revision=revision.revision, previous=current.id,
+          previous_author=current.author, author=actor, status=str(status), etag=correction_etag(revision))
     session.flush()
     return revision
 
@@ -160,9 +191,17 @@ def submit_correction(session: Session, correction_id: str, *, actor: str) -> Co
     return correction
 
 
-def approve_correction(session: Session, settings: Settings, correction_id: str, *, actor: str) -> Correction:
-    """Approve a submitted correction; the lineage's previously approved revision becomes superseded."""
+def approve_correction(session: Session, settings: Settings, correction_id: str, *, actor: str,
+                       etag: str | None = None) -> Correction:
+    """Approve a submitted correction; the lineage's previously approved revision becomes superseded.
+    ``etag`` (from ``correction_etag`` of what the reviewer read) must still match: the HTTP route and
+    the review page always pass it; in-process callers that just read the row may omit it."""
     correction = _decidable(session, settings, correction_id, actor)
+    require_decided(correction)
+    current_etag = correction_etag(correction)
+    if etag is not None and etag.strip().removeprefix("W/").strip('"') != current_etag:
+        raise ConflictError(f"correction {correction.id} changed since you read it (its etag is now {current_etag}); "
+                            "read the current text (GET it again) and approve that")
     for previous in session.exec(select(Correction).where(Correction.lineage_id == correction.lineage_id,
                                                           Correction.status == CorrectionStatus.approved)).all():
         previous.status, previous.updated_at = CorrectionStatus.superseded, utcnow()
@@ -172,8 +211,11 @@ def approve_correction(session: Session, settings: Settings, correction_id: str,
     correction.status, correction.reviewer = CorrectionStatus.approved, actor
     correction.decided_at = correction.updated_at = utcnow()
     session.add(correction)
+    first_author = session.exec(select(Correction.author).where(Correction.lineage_id == correction.lineage_id)
+                                .order_by(col(Correction.revision))).first()
     audit(session, actor=actor, action="correction.approved", object_type="correction", object_id=correction.id,
-          lineage_id=correction.lineage_id, revision=correction.revision)
+          lineage_id=correction.lineage_id, revision=correction.revision, etag=current_etag,
+          author=first_author or correction.author, editor=correction.author, approver=actor)
     return correction
 
 

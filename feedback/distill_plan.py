@@ -161,7 +161,7 @@ def cost(settings: Settings, prompt_tokens: int, completion_tokens: int) -> floa
 
 # --- prompts -------------------------------------------------------------------------------------
 def _voice(settings: Settings) -> str:
-    return f"Company: {settings.company_name}. Its assistant is {settings.bot_persona}."
+    return f"Company: {settings.company_name or 'the company'}. Its assistant is {settings.bot_persona}."
 
 
 def _task_prompt(settings: Settings, description: str, n: int, avoid: list[str]) -> str:

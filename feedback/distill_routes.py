@@ -23,6 +23,10 @@ from feedback.teacher import TeacherError
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep
 from tuneloop.core.errors import ApiError
 from tuneloop.core.settings import Settings
+from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep
+from tuneloop.core.errors import ApiError
+from tuneloop.core.inputs import MAX_DB_INT
+from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["distillation"])
@@ -36,12 +40,12 @@ class DistillRequest(BaseModel):
     per_correction: int | None = Field(None, ge=1, le=distill_plan.PAIRS_PER_REQUEST,
                                        description="paraphrase: default TUNELOOP_DISTILL_PARAPHRASES_PER_CORRECTION")
     temperature: float = Field(0.9, ge=0.0, le=2.0)
-    budget: int | None = Field(None, ge=0,
+    budget: int | None = Field(None, ge=0, le=MAX_DB_INT,
                                description="tokens; default TUNELOOP_DISTILL_MAX_TOKENS_BUDGET, 0 = no limit")
 
 
 class Resume(BaseModel):
-    budget: int | None = Field(None, ge=0, description="a new token budget, e.g. to continue a run stopped by it")
+    budget: int | None = Field(None, ge=0, le=MAX_DB_INT, description="a new token budget, e.g. to continue a run stopped by it")
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from bot.models import Message
 from engine.prompting import PromptTooLongError, trim_to_budget
 from feedback.corrections import approved_corrections
 from feedback.models import Correction, CorrectionSource, Rating
+from tuneloop.core.company import company_contacts
 from feedback.pii import scrub
 from tuneloop.core.settings import Settings
 
@@ -84,8 +85,9 @@ def _turns_before(session: Session, message_id: str) -> list[dict[str, str]]:
 
 def _example(settings: Settings, tokenizer: Any, turns: list[dict[str, str]], answer: str, **meta: Any) -> dict:
     if settings.scrub_pii:
-        turns = [{"role": t["role"], "content": scrub(t["content"], settings.pii_keep)[0]} for t in turns]
-        answer = scrub(answer, settings.pii_keep)[0]
+        keep = company_contacts(settings)
+        turns = [{"role": t["role"], "content": scrub(t["content"], keep)[0]} for t in turns]
+        answer = scrub(answer, keep)[0]
     messages = trim_context([{"role": "system", "content": settings.resolved_system_prompt}, *turns],
                             answer, settings, tokenizer)
     return {**meta, "messages": messages, "completion": answer}

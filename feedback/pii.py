@@ -52,22 +52,26 @@ def _preview(text: str) -> str:
     return text[:2] + "…" + text[-2:] if len(text) > 6 else "…"
 
 
-def scrub(text: str, keep: Sequence[str] = ()) -> tuple[str, list[Masked]]:
+def scrub(text: str, keep: Sequence[str] = (), originals: list[str] | None = None) -> tuple[str, list[Masked]]:
     """Return ``text`` with e-mails, card numbers (Luhn-valid) and phone numbers replaced, except
-    those containing one of ``keep`` (case-insensitive)."""
+    those containing one of ``keep`` (case-insensitive). ``originals``, when given, receives what
+    was replaced (for ``find_contacts``)."""
     found: list[Masked] = []
     kept = [k.lower() for k in keep if k]
+    seen = originals if originals is not None else []
 
     def _email(m: re.Match) -> str:
         if any(k in m.group().lower() for k in kept):
             return m.group()
         found.append(Masked("email", _preview(m.group())))
+        seen.append(m.group())
         return EMAIL
 
     def _card(m: re.Match) -> str:
         digits = re.sub(r"\D", "", m.group())
         if 13 <= len(digits) <= 19 and luhn_valid(digits):
             found.append(Masked("card", "…" + digits[-4:]))
+            seen.append(m.group())
             return CARD
         return m.group()
 
@@ -76,6 +80,7 @@ def scrub(text: str, keep: Sequence[str] = ()) -> tuple[str, list[Masked]]:
         if not 7 <= len(digits) <= 15 or _looks_like_date_or_amount(m.group()) or any(k in m.group() or m.group() in k for k in kept):
             return m.group()
         found.append(Masked("phone", _preview(m.group())))
+        seen.append(m.group())
         return PHONE
 
     text = _EMAIL_RE.sub(_email, text)
@@ -87,6 +92,13 @@ def scrub(text: str, keep: Sequence[str] = ()) -> tuple[str, list[Masked]]:
 def _looks_like_date_or_amount(candidate: str) -> bool:
     # 2024-05-01, 01.05.2024 and 1.000.000 are not phone numbers.
     return bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d{1,3}(?:[.,]\d{3})+", candidate))
+
+
+def find_contacts(text: str, keep: Sequence[str] = ()) -> list[tuple[Masked, str]]:
+    """What ``scrub`` would mask in ``text``, with the original values, text unchanged."""
+    originals: list[str] = []
+    _, found = scrub(text, keep, originals)
+    return list(zip(found, originals))
 
 
 def scrub_fields(fields: dict[str, str], keep: Sequence[str] = ()) -> tuple[dict[str, str], list[dict[str, str]]]:

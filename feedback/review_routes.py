@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Query
@@ -12,6 +11,8 @@ from feedback.correction_routes import correction_as_dict
 from feedback.errors import http_errors
 from feedback.models import ReviewStatus
 from tuneloop.core.deps import SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.deps import SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.inputs import AfterCursor, Timestamp
 
 router = APIRouter(tags=["review"])
 
@@ -19,9 +20,9 @@ router = APIRouter(tags=["review"])
 @router.get("/v1/review/queue")
 def queue(_staff: StaffAccount, session: SessionDep,
           status: Literal["open", "fine", "corrected", "all"] = "open",
-          since: datetime | None = None, until: datetime | None = None, model_version_id: str | None = None,
+          since: Timestamp | None = None, until: Timestamp | None = None, model_version_id: str | None = None,
           sample_unrated: float = Query(0.0, ge=0.0, le=1.0, description="share of unflagged answers to add"),
-          limit: int = Query(20, ge=1, le=100), offset: int = Query(0, ge=0, alias="after")) -> dict:
+          limit: int = Query(20, ge=1, le=100), offset: AfterCursor = 0) -> dict:
     page = review.review_queue(session, status=None if status == "all" else ReviewStatus(status), since=since, until=until,
                                model_version_id=model_version_id, sample_unrated=sample_unrated,
                                limit=limit, offset=offset)

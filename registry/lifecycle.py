@@ -67,10 +67,12 @@ ROLLBACK_TARGETS = (VersionStatus.retired, VersionStatus.approved)
 # --- registration ------------------------------------------------------------------------------
 def register_candidate(session: Session, settings: Settings, *, job: Any, parent: ModelVersion | None,
                        adapter_path: str, snapshot_id: str | None, metrics: dict[str, Any],
-                       hosted_model: str | None = None) -> ModelVersion:
+                       hosted_model: str | None = None, training_data: dict[str, Any] | None = None) -> ModelVersion:
     """Record a freshly trained version as a candidate: the next ``vN``, named
     ``<alias>-vN[-<job suffix>]``, with its parent, job and snapshot (its lineage). ``adapter_path`` is
-    relative to ``settings.model_store_dir``. Writes ``version.json`` (provenance) beside the adapter."""
+    relative to ``settings.model_store_dir``. ``training_data`` (``retrain.provenance``) says what it was
+    trained on; it is kept in the version's metrics. Writes ``version.json`` (provenance) beside the adapter."""
+    metrics = {**metrics, **({"training_data": training_data} if training_data else {})}
     number = (session.exec(select(func.max(ModelVersion.number))).one() or 0) + 1
     suffix = getattr(job, "suffix", None)
     name = f"{settings.production_alias}-v{number}" + (f"-{suffix}" if suffix else "")
@@ -278,6 +280,19 @@ def _require_admin(actor: Account) -> None:
         raise NotAdminError(f"only admins can change production; {actor.username} is {actor.role}")
 
 
+def training_data(version: ModelVersion) -> dict[str, Any]:
+    """Where a version's training data came from, as recorded when it was registered
+    (``retrain.provenance``): approved corrections (a snapshot) or an uploaded file and who vouched for it."""
+    recorded = (version.metrics or {}).get("training_data")
+    return recorded or {"kind": "snapshot" if version.snapshot_id else "none", "snapshot_id": version.snapshot_id}
+
+
+def training_data_label(data: dict[str, Any]) -> str:
+    if data["kind"] != "uploaded_file":
+        return data.get("snapshot_id") or ""
+    return f"UPLOADED FILE {data['file_id']} (not approved corrections; reviewed by {data['reviewed_by']})"
+
+
 def version_as_dict(session: Session, version: ModelVersion, *, detail: bool = False) -> dict[str, Any]:
     """The public view of a version; with ``detail`` also its lineage and gate report summary."""
     data = {
@@ -288,6 +303,7 @@ def version_as_dict(session: Session, version: ModelVersion, *, detail: bool = F
         "job_id": version.job_id, "gate_report_id": version.gate_report_id, "metrics": version.metrics,
         "created_at": version.created_at.isoformat(), "status_changed_at": version.status_changed_at.isoformat(),
         "status_changed_by": version.status_changed_by,
+        "training_data": training_data(version),
     }
     if detail:
         report = gate_report_for(session, version)

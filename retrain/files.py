@@ -25,7 +25,7 @@ def files_dir(settings: Settings) -> Path:
 
 
 def save_upload(session: Session, settings: Settings, *, filename: str, content: bytes,
-                purpose: str = "fine-tune") -> TrainingFile:
+                purpose: str = "fine-tune", actor: str | None = None) -> TrainingFile:
     """Store an upload after a cheap check that it is JSONL; the full check runs when a job starts."""
     if purpose != "fine-tune":
         raise JobError(f"purpose must be 'fine-tune', not {purpose!r}", "purpose")
@@ -38,12 +38,30 @@ def save_upload(session: Session, settings: Settings, *, filename: str, content:
         raise JobError(f"{filename} is not JSONL (one JSON object per line): {exc}", "file") from exc
     if not lines or not all(isinstance(line, dict) for line in lines):
         raise JobError(f"{filename} is not JSONL: expected one JSON object per line", "file")
-    record = TrainingFile(filename=filename, purpose=purpose, bytes=len(content), path="")
+    record = TrainingFile(filename=filename, purpose=purpose, bytes=len(content), path="", created_by=actor)
     record.path = f"{record.id}.jsonl"
     files_dir(settings).mkdir(parents=True, exist_ok=True)
     (files_dir(settings) / record.path).write_bytes(content)
     session.add(record)
     session.flush()
+    return record
+
+
+def approve_file(session: Session, file_id: str, *, actor: str) -> TrainingFile:
+    """A second person vouches for an uploaded file's content, so a staff member may train on it."""
+    from retrain.jobs import JobConflictError, JobForbiddenError
+    from tuneloop.core.accounts.service import audit
+    from tuneloop.core.ids import utcnow
+
+    record = get_file(session, file_id)
+    if record.created_by == actor:
+        raise JobForbiddenError(f"you uploaded {record.id}; another staff member must review and approve it", "file")
+    if record.approved_by:
+        raise JobConflictError(f"{record.id} was already approved by {record.approved_by}", "file")
+    record.approved_by, record.approved_at = actor, utcnow()
+    session.add(record)
+    audit(session, actor=actor, action="file.approved", object_type="trainingfile", object_id=record.id,
+          uploaded_by=record.created_by)
     return record
 
 

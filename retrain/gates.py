@@ -270,11 +270,21 @@ def _judge(gate: str, rows: list[dict], settings: Settings, ppl: tuple[float, fl
                 reason += (f" perplexity {ppl[0]:.2f} vs production {ppl[1]:.2f} "
                            f"(allowed up to {limit:.2f})")
                 ok = False
-    if n == 0 and gate != "general":
-        result["note"] = "no questions for this gate"
+    result["measured"] = n > 0
+    if n == 0:  # a gate nobody could fail is not a pass: promotion then needs an admin's written reason
+        result["note"] = "not measured: no questions for this gate"
+        ok, reason = False, f"{gate}: not measured (no questions); {NOT_MEASURED_HINTS[gate]}"
     result["passed"] = ok
     result["reason"] = "" if ok else reason
     return result
+
+
+NOT_MEASURED_HINTS = {
+    "learned": "the training data held no approved corrections to check the candidate on (an uploaded file?)",
+    "not_forgotten": "there are no earlier approved corrections yet; promote with a written reason",
+    "golden": "add must-pass questions (POST /v1/golden) or promote with a written reason",
+    "general": "the general question set is empty",
+}
 
 
 def worse_p_value(lost: int, gained: int) -> float:

@@ -9,11 +9,11 @@ that has not started. Routes, the CLI and the scheduler all call these functions
 from __future__ import annotations
 
 from dataclasses import fields
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from registry.models import ModelVersion
 from retrain.models import DatasetSnapshot, FineTuneJob, JobEvent, JobMetric, JobStatus, TrainingFile
@@ -24,6 +24,7 @@ from tuneloop.core.settings import Settings
 from tuneloop.core import errors
 
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+STALE_AFTER_SECONDS = 15.0  # a running job whose worker has not beaten the heartbeat for this long is orphaned
 ACTIVE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
 
 
@@ -40,6 +41,40 @@ class JobNotFoundError(errors.NotFoundError):
 
 class JobConflictError(errors.ConflictError, JobError):
     """The job is not in a state that allows this (409), e.g. cancelling a finished job."""
+
+
+class JobForbiddenError(JobError):
+    """The caller may not start this job (403): training on a file nobody else has reviewed."""
+
+
+class JobLimitError(JobError):
+    """Too many jobs waiting for this account (429)."""
+
+
+def _check_caps(settings: Settings, hyper: dict[str, Any]) -> None:
+    for name, cap, setting in (("n_epochs", settings.max_train_epochs, "TUNELOOP_MAX_TRAIN_EPOCHS"),
+                               ("min_steps", settings.max_train_steps, "TUNELOOP_MAX_TRAIN_STEPS")):
+        if name in hyper and hyper[name] > cap:
+            raise JobError(f"{name} is {hyper[name]}; this server allows at most {cap} ({setting})",
+                           f"hyperparameters.{name}")
+
+
+def _check_queue(session: Session, settings: Settings, actor: str) -> None:
+    waiting = session.exec(select(func.count()).select_from(FineTuneJob).where(
+        FineTuneJob.created_by == actor, col(FineTuneJob.status).in_(ACTIVE))).one()
+    if waiting >= settings.max_queued_jobs_per_account:
+        raise JobLimitError(f"{actor} already has {waiting} jobs waiting or running (the limit is "
+                            f"{settings.max_queued_jobs_per_account}); wait for one to finish or cancel one")
+
+
+def _check_reviewed(record: TrainingFile, actor: str, admin: bool) -> None:
+    """An uploaded file is data no second person has read: an admin's job on it is that review,
+    a staff member's needs another staff member's approval of the file first."""
+    if admin or record.approved_by:
+        return
+    raise JobForbiddenError(f"file {record.id} (uploaded by {record.created_by or 'unknown'}) has not been "
+                            "reviewed: another staff member approves it with POST /v1/files/"
+                            f"{record.id}/approve, or an admin creates the job", "training_file")
 
 
 def normalize_hyperparameters(values: dict[str, Any] | None) -> dict[str, Any]:
@@ -78,11 +113,15 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
 def create_job(session: Session, settings: Settings, *, actor: str, model: str | None = None,
                snapshot_id: str | None = None, training_file_id: str | None = None,
                validation_file_id: str | None = None, hyperparameters: dict[str, Any] | None = None,
-               suffix: str | None = None, seed: int | None = None, backend: str = "local") -> FineTuneJob:
-    """Queue a job that continues from ``model`` (a version id, name or the production alias)."""
+               suffix: str | None = None, seed: int | None = None, backend: str = "local",
+               admin: bool = False) -> FineTuneJob:
+    """Queue a job that continues from ``model`` (a version id, name or the production alias).
+    ``admin``: the creator is an admin (or the operator at the CLI), whose job on an uploaded file
+    counts as its review."""
     from registry.versions import UnknownModelError, resolve_model
 
     hyper = normalize_hyperparameters(hyperparameters)
+    _check_caps(settings, hyper)
     try:
         parent = resolve_model(session, settings, model or settings.production_alias)
     except UnknownModelError as exc:
@@ -94,11 +133,12 @@ def create_job(session: Session, settings: Settings, *, actor: str, model: str |
     if suffix is not None and len(suffix) > 64:
         raise JobError("suffix must be at most 64 characters", "suffix")
     if training_file_id:
-        _require_file(session, training_file_id, "training_file")
+        _check_reviewed(_require_file(session, training_file_id, "training_file"), actor, admin)
         if validation_file_id:
             _require_file(session, validation_file_id, "validation_file")
     else:
         snapshot_id = _require_snapshot(session, snapshot_id).id
+    _check_queue(session, settings, actor)
     job = FineTuneJob(backend=backend, parent_version_id=parent.id, snapshot_id=snapshot_id,
                       training_file_id=training_file_id, validation_file_id=validation_file_id,
                       hyperparameters=hyper, suffix=suffix, seed=42 if seed is None else int(seed),
@@ -158,11 +198,16 @@ def list_jobs(session: Session, *, after: str | None = None, limit: int = 20) ->
 
 def cancel_job(session: Session, job_id: str, *, actor: str) -> FineTuneJob:
     """A job that has not started is cancelled at once; a running one is flagged, and the worker stops
-    its training process within seconds and marks it cancelled."""
+    its training process within seconds and marks it cancelled. A running job whose worker is gone (no
+    heartbeat for ``STALE_AFTER_SECONDS``) has nobody to stop it: it is cancelled at once."""
     job = get_job(session, job_id)
     if job.status in FINISHED:
         raise JobConflictError(f"job {job_id} already {job.status}; only a job that has not finished can be cancelled")
-    if job.status == JobStatus.running:
+    if job.status == JobStatus.running and _orphaned(job):
+        job.status, job.finished_at, job.cancel_requested = JobStatus.cancelled, utcnow(), True
+        add_event(session, job.id, f"Job cancelled by {actor}; its worker ({job.worker_id}) had stopped "
+                                   f"(last heartbeat {job.heartbeat_at}), no version was created")
+    elif job.status == JobStatus.running:
         job.cancel_requested = True
         add_event(session, job.id, f"Cancellation requested by {actor}")
     else:
@@ -172,6 +217,15 @@ def cancel_job(session: Session, job_id: str, *, actor: str) -> FineTuneJob:
     audit(session, actor=actor, action="finetune.cancelled", object_type="finetunejob", object_id=job.id)
     session.flush()
     return job
+
+
+def _orphaned(job: FineTuneJob) -> bool:
+    if job.heartbeat_at is None:
+        return True
+    beat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=timezone.utc)
+    now = utcnow()
+    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    return now - beat > timedelta(seconds=STALE_AFTER_SECONDS)
 
 
 def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",

@@ -93,6 +93,11 @@ class TrainingFile(SQLModel, table=True):
     path: str
     created_at: datetime = Field(default_factory=utcnow)
     status: str = "processed"
+    # Unreviewed data must not reach production: a staff member's job on this file needs a second
+    # staff member's approval of it (an admin may train on it directly).
+    created_by: str | None = None
+    approved_by: str | None = None
+    approved_at: datetime | None = None
 
 
 class SchedulerState(SQLModel, table=True):

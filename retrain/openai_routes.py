@@ -11,29 +11,32 @@ from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from retrain import files as file_service
 from retrain import jobs
 from retrain.models import FineTuneJob, JobEvent, TrainingFile
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
 from tuneloop.core.errors import ApiError
+from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.errors import ApiError
+from tuneloop.core.inputs import MAX_DB_INT, OptionalId
 
 router = APIRouter(tags=["fine-tuning"])
 
 
 class CreateJobRequest(BaseModel):
     model: str
-    training_file: str | None = None
+    training_file: OptionalId = None
     hyperparameters: dict[str, Any] | None = None
     suffix: str | None = None
-    validation_file: str | None = None
+    validation_file: OptionalId = None
     integrations: list[dict[str, Any]] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_DB_INT)
     method: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
     # --- tuneloop extras ---------------------------------------------------------------------
-    snapshot_id: str | None = None  # train on a dataset snapshot instead of an uploaded file
+    snapshot_id: OptionalId = None  # train on a dataset snapshot instead of an uploaded file
     backend: str = "local"  # local | openai (the hosted service in settings)
 
     def merged_hyperparameters(self) -> dict[str, Any]:
@@ -49,6 +52,10 @@ def api_errors():
         raise ApiError(413, str(exc), type="request_too_large", param=exc.param) from exc
     except jobs.JobConflictError as exc:
         raise ApiError(409, str(exc), type="conflict_error", param=exc.param) from exc
+    except jobs.JobForbiddenError as exc:
+        raise ApiError(403, str(exc), type="permission_error", param=exc.param) from exc
+    except jobs.JobLimitError as exc:
+        raise ApiError(429, str(exc), type="rate_limit_error", param=exc.param, code="too_many_jobs") from exc
     except jobs.JobError as exc:
         raise ApiError(400, str(exc), param=exc.param) from exc
     except (jobs.JobNotFoundError, LookupError) as exc:
@@ -61,7 +68,9 @@ def _ts(value) -> int | None:
 
 def file_object(record: TrainingFile) -> dict[str, Any]:
     return {"id": record.id, "object": "file", "bytes": record.bytes, "created_at": _ts(record.created_at),
-            "filename": record.filename, "purpose": record.purpose, "status": record.status, "status_details": None}
+            "filename": record.filename, "purpose": record.purpose, "status": record.status, "status_details": None,
+            # --- tuneloop extras: a staff member's job needs a file someone else approved
+            "created_by": record.created_by, "approved_by": record.approved_by}
 
 
 def job_object(job: FineTuneJob, fine_tuned_model: str | None = None) -> dict[str, Any]:
@@ -96,12 +105,21 @@ def event_object(event: JobEvent) -> dict[str, Any]:
 
 # --- files ----------------------------------------------------------------------------------------
 @router.post("/v1/files")
-async def upload_file(session: SessionDep, settings: SettingsDep, _account: StaffAccount,
+async def upload_file(session: SessionDep, settings: SettingsDep, account: StaffAccount,
                       file: UploadFile = File(...), purpose: str = Form("fine-tune")):
     content = await file.read(settings.max_upload_bytes + 1)
     with api_errors():
         record = file_service.save_upload(session, settings, filename=file.filename or "upload.jsonl",
-                                          content=content, purpose=purpose)
+                                          content=content, purpose=purpose, actor=account.username)
+        session.commit()
+    return file_object(record)
+
+
+@router.post("/v1/files/{file_id}/approve")
+def approve_file(file_id: str, session: SessionDep, account: StaffAccount):
+    """tuneloop extra: a second staff member has read the file and vouches for it as training data."""
+    with api_errors():
+        record = file_service.approve_file(session, file_id, actor=account.username)
         session.commit()
     return file_object(record)
 
@@ -124,7 +142,8 @@ def create_job(body: CreateJobRequest, session: SessionDep, settings: SettingsDe
         job = jobs.create_job(session, settings, actor=account.username, model=body.model,
                               snapshot_id=body.snapshot_id, training_file_id=body.training_file,
                               validation_file_id=body.validation_file, hyperparameters=body.merged_hyperparameters(),
-                              suffix=body.suffix, seed=body.seed, backend=body.backend)
+                              suffix=body.suffix, seed=body.seed, backend=body.backend,
+                              admin=str(account.role) == "admin")
         session.commit()
     return _job(session, job)
 

@@ -116,11 +116,20 @@ def purge_tick(settings: Settings, engine: Engine, holder: str) -> dict[str, int
 
 
 def train_now(session: Session, settings: Settings, actor: str) -> FineTuneJob:
-    """Snapshot the approved data and start a job now, whatever the threshold."""
+    """Snapshot the approved data and start a job now, whatever the threshold. A job that cannot start
+    leaves no snapshot files behind (its snapshot row rolls back with it)."""
     from retrain.datasets import create_snapshot
+    from retrain.leftovers import remove_snapshot_files
+    from retrain.models import DatasetSnapshot
 
+    known = set(session.exec(select(DatasetSnapshot.id)).all())
     snapshot = create_snapshot(session, settings, actor)
-    job = jobs.create_job(session, settings, actor=actor, snapshot_id=snapshot.id)
+    try:
+        job = jobs.create_job(session, settings, actor=actor, snapshot_id=snapshot.id)
+    except Exception:
+        if snapshot.id not in known:
+            remove_snapshot_files(settings, snapshot)
+        raise
     state = session.get(SchedulerState, 1) or SchedulerState(id=1)
     state.last_decision = f"started {job.id} on request of {actor}"
     state.last_tick_at = utcnow()

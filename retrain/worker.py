@@ -1,7 +1,7 @@
 """The worker process (``tuneloop worker``): owns scheduling and training.
 
 It runs one job at a time, oldest first; later jobs wait in ``queued``. Each job trains in a child
-process (``python -m retrain.worker <job> <settings.json> <result.json>``), so a cancel stops it
+process (``python -m retrain.worker <job> - <result.json>``), so a cancel stops it
 within seconds (the child is killed) and a crash of the child fails only that job, with the reason.
 The worker beats ``FineTuneJob.heartbeat_at`` while a job runs; a worker that starts and finds a job
 ``running`` with a stale heartbeat (its worker died) marks it failed. The child dies with its worker
@@ -10,6 +10,10 @@ The worker beats ``FineTuneJob.heartbeat_at`` while a job runs; a worker that st
 After a job succeeds the worker registers the adapter as a candidate version and runs the gates;
 between jobs it runs the gate runs the API queued (``retrain.gate_runs``).
 Nothing here touches the production pointer.
+
+The child gets the settings (admin password, database URL, API keys) in its environment
+(``TUNELOOP_WORKER_SETTINGS``), never in a file; its work directory is removed when it exits, and
+leftovers of killed rounds (``retrain.leftovers``) are removed at start and after a failure.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +36,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from retrain import gate_runs, jobs
+from retrain import gate_runs, jobs, provenance
 from retrain.models import FineTuneJob, GateRun, GateRunStatus, JobStatus
 from tuneloop.core.db import make_engine, session_scope
 from tuneloop.core.ids import utcnow
@@ -40,7 +45,8 @@ from tuneloop.core.settings import Settings
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
-STALE_AFTER_SECONDS = 15.0
+STALE_AFTER_SECONDS = jobs.STALE_AFTER_SECONDS
+SETTINGS_ENV = "TUNELOOP_WORKER_SETTINGS"
 
 
 class Worker:
@@ -62,6 +68,7 @@ class Worker:
             scheduler = RetrainScheduler(self.settings, self.engine, holder=self.worker_id)
             scheduler.start()
         self.recover_stale_jobs()
+        self.remove_leftovers()  # other workers' running jobs are skipped
         try:
             while not self.stop_event.is_set():
                 if self.run_next_job() is None and self.run_next_gate_run() is None:
@@ -83,6 +90,14 @@ class Worker:
                 jobs.set_status(session, job.id, JobStatus.failed, message=message, level="error",
                                 error=jobs.failure("worker_lost", message))
         return [job.id for job in stale]
+
+    def remove_leftovers(self) -> None:
+        from retrain.leftovers import remove_leftovers
+
+        try:
+            remove_leftovers(self.settings, self.engine)
+        except OSError:
+            log.warning("could not remove leftovers of earlier jobs", exc_info=True)
 
     def run_next_job(self) -> str | None:
         """Validate waiting jobs, then run the oldest queued one to the end. Returns its id, or None."""
@@ -122,12 +137,18 @@ class Worker:
     # --- the training child ----------------------------------------------------------------------
     def _run_child(self, job_id: str) -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}.", dir=_ensure(self.settings.data_dir / "work")))
-        settings_file, result_file, log_file = workdir / "settings.json", workdir / "result.json", workdir / "child.log"
-        settings_file.write_text(self.settings.model_dump_json())
+        try:
+            self._train_in(workdir, job_id)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _train_in(self, workdir: Path, job_id: str) -> None:
+        result_file, log_file = workdir / "result.json", workdir / "child.log"
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json()}  # secrets stay off the disk
         with open(log_file, "wb") as log_handle:
-            child = subprocess.Popen([sys.executable, "-m", "retrain.worker", job_id, str(settings_file), str(result_file)],
+            child = subprocess.Popen([sys.executable, "-m", "retrain.worker", job_id, "-", str(result_file)],
                                      stdout=log_handle, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                     cwd=Path(__file__).resolve().parent.parent)
+                                     cwd=Path(__file__).resolve().parent.parent, env=env)
             cancelled = self._watch(job_id, child)
         if cancelled:
             self._finish_cancelled(job_id)
@@ -139,6 +160,7 @@ class Worker:
             with session_scope(self.engine) as session:
                 jobs.set_status(session, job_id, JobStatus.failed, message=f"Training failed: {reason}", level="error",
                                 error=jobs.failure("training_failed", reason))
+            self.remove_leftovers()
 
     def _watch(self, job_id: str, child: subprocess.Popen) -> bool:
         """Beat the heartbeat until the child ends; kill it on cancel or shutdown. True if cancelled."""
@@ -179,7 +201,8 @@ class Worker:
             parent = session.get(ModelVersion, job.parent_version_id)
             version = register_candidate(session, self.settings, job=job, parent=parent,
                                          adapter_path=result.get("adapter_path"), snapshot_id=job.snapshot_id,
-                                         metrics=result.get("metrics", {}), hosted_model=result.get("hosted_model"))
+                                         metrics=result.get("metrics", {}), hosted_model=result.get("hosted_model"),
+                                         training_data=provenance.training_data(session, job))
             files = [f"{result['adapter_path']}/result.csv"] if result.get("adapter_path") else []
             jobs.set_status(session, job_id, JobStatus.succeeded, result_version_id=version.id,
                             trained_tokens=result.get("trained_tokens"), result_files=files,
@@ -333,7 +356,8 @@ def _child_main(argv: list[str]) -> None:
     import tuneloop  # noqa: F401  (offline environment)
 
     job_id, settings_path, result_path = argv
-    settings = Settings(**json.loads(Path(settings_path).read_text()))
+    raw = os.environ.pop(SETTINGS_ENV, "") if settings_path == "-" else Path(settings_path).read_text()
+    settings = Settings(**json.loads(raw))
     logging.basicConfig(level=logging.INFO)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the trainer removes its staging dir
     run_job_in_child(settings, job_id, Path(result_path))

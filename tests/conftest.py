@@ -114,6 +114,9 @@ def make_settings(tmp_path):
         values = dict(
             data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'tuneloop.db'}",
             dtype="float32", admin_password="admin-password", version_poll_seconds=0.2,
+            # The demo company, as `tuneloop demo` sets it up (the product's defaults name no company).
+            company_name="Acme Outdoor Gear", company_hotline="1-800-555-0142",
+            company_email_domain="acmeoutdoor.example",
         )
         values.update(overrides)
         return Settings(**values)

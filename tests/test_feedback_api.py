@@ -55,6 +55,12 @@ def add_conversation(app, turns: list[tuple[str, str]], ratings=(), version="v0"
         return [m.id for m in messages]
 
 
+def approve(client, correction_id: str, headers: dict):
+    """Approve the revision as read: its etag from GET goes back with the approval."""
+    etag = client.get(f"/v1/corrections/{correction_id}", headers=headers).json().get("etag")
+    return client.post(f"/v1/corrections/{correction_id}/approve", json={"etag": etag}, headers=headers)
+
+
 ROUTES = [  # (method, path, body, least role)
     ("GET", "/v1/review/queue", None, "staff"),
     ("GET", "/v1/review/items/msg_x", None, "staff"),
@@ -151,14 +157,14 @@ def test_two_person_approval_revisions_and_audit(app, api):
     assert corr["source"] == "conversation" and corr["key_facts"] == ["30 days"]
     assert api.get("/v1/review/queue", headers=alice).json()["data"] == []  # now "corrected"
     cid = corr["id"]
-    assert api.post(f"/v1/corrections/{cid}/approve", headers=bob).status_code == 409  # draft: submit first
+    assert approve(api, cid, bob).status_code == 409  # draft: submit first
     assert api.patch(f"/v1/corrections/{cid}", json={"answer": "Yes, within 30 days with the receipt."},
                      headers=alice).json()["id"] == cid  # draft: edited in place
     assert api.post(f"/v1/corrections/{cid}/submit", headers=alice).json()["status"] == "submitted"
-    own = api.post(f"/v1/corrections/{cid}/approve", headers=alice)
+    own = approve(api, cid, alice)
     assert own.status_code == 403 and "another staff member" in own.json()["error"]["message"]
-    assert api.post(f"/v1/corrections/{cid}/approve", headers=bob).json()["status"] == "approved"
-    assert api.post(f"/v1/corrections/{cid}/approve", headers=admin).status_code == 409
+    assert approve(api, cid, bob).json()["status"] == "approved"
+    assert approve(api, cid, admin).status_code == 409
     assert api.post(f"/v1/corrections/{cid}/reject", json={"reason": "x"}, headers=admin).status_code == 409
     # Editing an approved correction makes revision 2; revision 1 stays the approved one until then.
     revised = api.patch(f"/v1/corrections/{cid}", json={"answer": "Yes, within 60 days."}, headers=bob).json()
@@ -170,7 +176,7 @@ def test_two_person_approval_revisions_and_audit(app, api):
     with Session(app.state.db) as session:
         assert [c.id for c in approved_corrections(session)] == [cid]
     api.post(f"/v1/corrections/{revised['id']}/submit", headers=bob)
-    assert api.post(f"/v1/corrections/{revised['id']}/approve", headers=alice).json()["status"] == "approved"
+    assert approve(api, revised['id'], alice).json()["status"] == "approved"
     assert api.get(f"/v1/corrections/{cid}", headers=alice).json()["status"] == "superseded"
     with Session(app.state.db) as session:
         assert [c.answer for c in approved_corrections(session)] == ["Yes, within 60 days."]
@@ -211,7 +217,7 @@ def test_self_approval_when_allowed(make_settings, sqlite_url):
         headers = {"Authorization": f"Bearer {key}"}
         corr = client.post("/v1/corrections", json={"question": "q?", "answer": "a.", "submit": True},
                            headers=headers).json()
-        assert client.post(f"/v1/corrections/{corr['id']}/approve", headers=headers).json()["status"] == "approved"
+        assert approve(client, corr['id'], headers).json()["status"] == "approved"
     app.state.db.dispose()
 
 
@@ -220,7 +226,7 @@ def test_near_duplicate_with_other_numbers_is_a_conflict_and_pii_is_masked(app, 
     first = api.post("/v1/corrections", json={"question": "What are your opening hours?",
                                               "answer": "We are open 9am to 5pm, Monday to Friday.", "submit": True},
                      headers=alice).json()
-    api.post(f"/v1/corrections/{first['id']}/approve", headers=bob)
+    approve(api, first['id'], bob)
     other = api.post("/v1/corrections", json={"question": "What are your opening hours on weekdays?",
                                               "answer": "We are open 10am to 6pm, Monday to Friday."},
                      headers=bob).json()
@@ -236,9 +242,13 @@ def test_near_duplicate_with_other_numbers_is_a_conflict_and_pii_is_masked(app, 
     pii = api.post("/v1/corrections", json={"question": "My card 4111 1111 1111 1111 was charged twice",
                                             "answer": "Write to billing@acme.example and we refund it."},
                    headers=alice).json()
-    assert pii["question"] == "My card [CARD] was charged twice"
-    assert "billing@" not in pii["answer"] and "[EMAIL]" in pii["answer"]
-    assert {(m["field"], m["kind"]) for m in pii["pii_masked"]} == {("question", "card"), ("answer", "email")}
+    assert pii["question"] == "My card [CARD] was charged twice"  # the customer's words: masked on arrival
+    # A staff-written answer is not masked silently: the contact is listed for a keep/mask decision.
+    assert "billing@acme.example" in pii["answer"]
+    assert {(m["field"], m["kind"], m.get("decision")) for m in pii["pii_masked"]} == {
+        ("question", "card", None), ("answer", "email", "pending")}
+    masked = api.post(f"/v1/corrections/{pii['id']}/contacts", json={"action": "mask"}, headers=bob).json()
+    assert "billing@" not in masked["answer"] and "[EMAIL]" in masked["answer"]
 
 
 def test_import_is_all_or_nothing_and_size_limited(app, api, make_settings):
@@ -270,7 +280,7 @@ def test_snapshot_routes(app, api):
     alice, bob = api.as_["alice"], api.as_["bob"]
     corr = api.post("/v1/corrections", json={"question": "Tent warranty?", "answer": "Two years.", "submit": True},
                     headers=alice).json()
-    api.post(f"/v1/corrections/{corr['id']}/approve", headers=bob)
+    approve(api, corr['id'], bob)
     snap = api.post("/v1/datasets/snapshots", headers=alice)
     assert snap.status_code == 201 and snap.json()["id"].startswith("snap_") and snap.json()["n_train"] == 1
     assert api.post("/v1/datasets/snapshots", headers=bob).json()["id"] == snap.json()["id"]

@@ -48,7 +48,8 @@ def test_evaluate_names_the_forgotten_item(make_settings, tiny_model_dir, adapte
     assert kept["production"]["passed"] and not kept["candidate"]["passed"]
     assert kept["verdict"] == "newly_failing" and "30 days" in kept["production"]["answer"]
     gates = outcome.summary["gates"]
-    assert gates["learned"]["passed"] and gates["golden"]["passed"] and gates["golden"]["total"] == 0
+    assert gates["learned"]["passed"] and gates["golden"]["total"] == 0
+    assert not gates["golden"]["passed"] and gates["golden"]["measured"] is False  # no questions: not a pass
     assert not gates["not_forgotten"]["passed"]
     assert gates["not_forgotten"]["newly_failing"] == [RETURNS[0]]
     assert not outcome.passed and RETURNS[0] in " ".join(outcome.summary["reasons"])
@@ -81,12 +82,15 @@ def test_run_gates_on_the_registry(make_settings, tiny_model_dir, adapters, sqli
     returns_id = correction(RETURNS, ["30 days"])
     v1 = version(adapters["returns"], "v0")
     report1 = run_gates(settings, engine, v1)
-    assert report1.passed, report1.summary["reasons"]
+    # Round 1: nothing earlier to forget and no golden set: those gates are not measured, so not a pass.
+    assert not report1.passed
+    assert all("not measured" in r for r in report1.summary["reasons"]), report1.summary["reasons"]
+    assert {g for g, r in report1.summary["gates"].items() if r["measured"] is False} == {"not_forgotten", "golden"}
     assert report1.summary["gates"]["learned"]["total"] == 1  # the new correction
     with session_scope(engine) as session:
         admin = session.exec(select(Account).where(Account.role == Role.admin)).one()
-        assert session.get(ModelVersion, v1).status == VersionStatus.approved
-        registry.promote(session, settings, v1, admin)
+        assert session.get(ModelVersion, v1).status == VersionStatus.candidate
+        registry.promote(session, settings, v1, admin, reason="first round: nothing earlier to forget")
 
     correction(CANADA, ["Canada", "5 business days"])
     v2 = version(adapters["canada"], v1)  # trained on the new correction only: forgets RETURNS

@@ -12,6 +12,9 @@ from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tuneloop.core.accounts import service as accounts
+from tuneloop.core.db import session_scope
+
 
 def make_app(settings):
     from tuneloop.app import create_app
@@ -134,8 +137,13 @@ def test_rate_limit_per_client_answers_429_with_retry_after(ops_client):
     error = limited.json()["error"]
     assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
     assert "6 per minute" in error["message"]
-    # Another client (another API key) has its own bucket; reads are never limited.
-    other = client.post(path, json={"value": 1}, headers={"Authorization": "Bearer someone-else"})
+    # A made-up bearer string is still this address's bucket (it must not buy a fresh one)...
+    made_up = client.post(path, json={"value": 1}, headers={"Authorization": "Bearer someone-else"})
+    assert made_up.status_code == 429
+    # ...a valid API key is its account's own bucket; reads are never limited.
+    with session_scope(client.app.state.db) as session:
+        key = accounts.create_api_key(session, accounts.get_account(session, "admin"))[1]
+    other = client.post(path, json={"value": 1}, headers={"Authorization": f"Bearer {key}"})
     assert other.status_code != 429
     assert client.get("/metrics").status_code == 200
 

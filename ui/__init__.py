@@ -34,4 +34,7 @@ def mount_ui(app: FastAPI, settings: Settings) -> FastAPI:
     gr.mount_gradio_app(app, build_admin(app, admin), "/admin", auth=admin, auth_message=admin.message,
                         **look, **_COMMON)
     gr.mount_gradio_app(app, build_chat(app), "/", **look, **_COMMON)
+    from ui.headers import SignedInPageHeaders
+
+    app.add_middleware(SignedInPageHeaders)  # CSP + X-Frame-Options on /staff and /admin; /staff -> /staff/
     return app

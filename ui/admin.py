@@ -19,9 +19,14 @@ from feedback import review
 from registry import golden, lifecycle as registry
 from retrain import gate_runs, jobs, scheduler
 from tuneloop.core.db import session_scope
+from registry import golden, lifecycle as registry
+from retrain import jobs, scheduler
+from tuneloop.core.db import session_scope
+from ui.account import password_tab
 from ui.auth import PageSignIn
 from ui.distill import distill_tab
 from ui.errors import shown_to_user
+from ui.text import as_text
 
 VERSION_HEADERS = ["id", "name", "status", "parent", "snapshot", "job", "gates", "created"]
 ITEM_HEADERS = ["gate", "verdict", "question", "production answer", "candidate answer", "key facts"]
@@ -43,6 +48,8 @@ def build_admin(app: FastAPI, sign_in: PageSignIn) -> gr.Blocks:
                 golden_table = _golden_tab(app, sign_in)
             with gr.Tab("Distill"):
                 distill_tab(app, sign_in)
+            with gr.Tab("Account"):
+                password_tab(app, sign_in)
 
         def load(request: gr.Request):
             account = sign_in.account(request)
@@ -85,7 +92,8 @@ def _version_rows(app: FastAPI) -> list[list[str]]:
             else:
                 gates = ("passed" if report.passed else "FAILED") + (
                     " (overridden)" if report.override_reason else "")
-            out.append([v.id, v.name, str(v.status), v.parent_id or "", v.snapshot_id or "", v.job_id or "", gates,
+            data = registry.training_data_label(registry.training_data(v))
+            out.append([v.id, v.name, str(v.status), v.parent_id or "", data, v.job_id or "", gates,
                         f"{v.created_at:%Y-%m-%d %H:%M}"])
     return out
 
@@ -130,13 +138,17 @@ def _report_view(app: FastAPI, version_id: str) -> tuple[str, list[list[str]]]:
         return f"### {version.id}: no gate report yet", []
     lines = [f"### Gate report for {version.id} vs {summary['baseline_version_id']}: "
              f"{'PASSED' if summary['passed'] else 'FAILED'}"]
-    lines += [f"- {reason}" for reason in summary["reasons"]]
+    lines += [f"- {as_text(reason)}" for reason in summary["reasons"]]  # reasons quote questions
     for gate, result in summary["gates"].items():
+        if result.get("measured") is False:
+            lines.append(f"- **{gate}**: not measured (no questions): does not count as passed")
+            continue
         lines.append(f"- **{gate}**: candidate {result.get('candidate_passed')}/{result.get('total')}, production "
                      f"{result.get('production_passed')}/{result.get('total')}"
-                     + (f"; newly failing: {', '.join(result['newly_failing'])}" if result.get("newly_failing") else ""))
+                     + (f"; newly failing: {as_text(', '.join(result['newly_failing']))}"
+                        if result.get("newly_failing") else ""))
     if summary.get("override_reason"):
-        lines.append(f"Overridden by {summary['overridden_by']}: {summary['override_reason']}")
+        lines.append(f"Overridden by {as_text(summary['overridden_by'])}: {as_text(summary['override_reason'])}")
     # Every regression, and every answer that changed; unchanged passing answers are left out.
     changed = [i for i in summary["items"] if i.get("verdict") not in ("both_pass", "unchanged")
                or i["candidate"]["answer"] != i["production"]["answer"]]

@@ -36,10 +36,11 @@ class ChatSession:
 
 def build_chat(app: FastAPI) -> gr.Blocks:
     settings = app.state.settings
-    title = f"{settings.company_name} — customer service"
+    name = settings.company_name.strip()
+    title = f"{name} — customer service" if name else "Customer service"
     with gr.Blocks(title=title) as page:
         state = gr.State(lambda: ChatSession())  # a fresh anonymous id per page load
-        gr.Markdown(f"# {settings.company_name}\nAsk us anything about your order, our products or our policies.",
+        gr.Markdown(f"# {name or 'Customer service'}\nAsk us anything about your order, our products or our policies.",
                     elem_classes="tl-header")
         chatbot = gr.Chatbot(
             label="Chat", height=480, feedback_options=(LIKE, DISLIKE), elem_id="chat", buttons=["copy"],

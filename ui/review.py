@@ -16,8 +16,11 @@ from fastapi import FastAPI
 from feedback import corrections, review
 from feedback.models import CorrectionStatus, ReviewStatus
 from tuneloop.core.db import session_scope
+from tuneloop.core.db import session_scope
+from ui.account import password_tab
 from ui.auth import PageSignIn
 from ui.errors import shown_to_user
+from ui.text import as_text
 
 QUEUE_HEADERS = ["id", "why", "status", "version", "when", "question", "answer"]
 PENDING_HEADERS = ["id", "author", "submitted", "question", "answer"]
@@ -33,6 +36,8 @@ def build_review(app: FastAPI, sign_in: PageSignIn) -> gr.Blocks:
                 load_queue = _queue_tab(app, sign_in)
             with gr.Tab("Approve corrections", id="approve") as approve_tab:
                 pending_table = _approval_tab(app, sign_in)
+            with gr.Tab("Account", id="account"):
+                password_tab(app, sign_in)
 
         def greeting(request: gr.Request):
             return _greeting(sign_in, request)
@@ -115,12 +120,14 @@ def _queue_rows(app: FastAPI, status: str, version: str, sample: float) -> list[
 def _open(app: FastAPI, message_id: str):
     with shown_to_user(), session_scope(app.state.db) as session:
         item = review.review_item(session, message_id)
-    turns = [{"role": t.role, "content": t.content} for t in item.conversation if t.role in ("user", "assistant")]
-    ratings = "; ".join(f"{'thumbs up' if r.value > 0 else 'thumbs down'}" + (f" — “{r.comment}”" if r.comment else "")
+    # Customers' words are shown as text: as Markdown/HTML an <img> would fetch an attacker's URL.
+    turns = [{"role": t.role, "content": as_text(t.content)} for t in item.conversation
+             if t.role in ("user", "assistant")]
+    ratings = "; ".join(f"{'thumbs up' if r.value > 0 else 'thumbs down'}" + (f" — “{as_text(r.comment)}”" if r.comment else "")
                         for r in item.ratings) or "no ratings"
-    corrections_md = "".join(f"\n- correction by {c.author}: {c.status}" for c in item.corrections)
+    corrections_md = "".join(f"\n- correction by {as_text(c.author)}: {c.status}" for c in item.corrections)
     details = (f"**{item.reason.replace('_', ' ')}** · {item.status.value} · answered by "
-               f"`{item.message.model_version_id}` · {ratings}{corrections_md}")
+               f"{as_text(item.message.model_version_id)} · {ratings}{corrections_md}")
     return message_id, turns, details, _question_of(item), "", "", ""
 
 
@@ -143,7 +150,12 @@ def _submit(app, sign_in, request, message_id, question, answer, facts, status, 
             session, app.state.settings, actor=account.username, message_id=message_id, question=question,
             answer=answer or "", key_facts=key_facts, status=CorrectionStatus.submitted)
         masked = list(correction.pii_masked)
-    note = f" Masked as personal data: {', '.join(m['kind'] for m in masked)}." if masked else ""
+    undecided = [m for m in masked if m.get("decision") == "pending"]
+    done = [m for m in masked if "decision" not in m]
+    note = f" Masked as personal data: {', '.join(m['kind'] for m in done)}." if done else ""
+    if undecided:
+        note += (" Contacts in your answer (" + ", ".join(f"{m['kind']} {as_text(m['value'])}" for m in undecided)
+                 + ") stay as written until you or the reviewer keeps them as the company's or masks them.")
     return (_queue_rows(app, status, version, sample),
             f"Correction `{correction.id}` submitted; another staff member will review it.{note}", "", "")
 
@@ -160,7 +172,7 @@ def _short(text: str, limit: int = 90) -> str:
 
 # --- approvals ----------------------------------------------------------------------------------
 def _approval_tab(app: FastAPI, sign_in: PageSignIn) -> gr.Dataframe:
-    selected = gr.State(None)  # correction id
+    selected = gr.State(None)  # (correction id, etag of the text shown): the approval is of that text
     refresh = gr.Button("Refresh")
     table = gr.Dataframe(headers=PENDING_HEADERS, interactive=False, wrap=True, max_height=320, elem_id="pending",
                          column_widths=["16%", "10%", "12%", "31%", "31%"],
@@ -170,6 +182,9 @@ def _approval_tab(app: FastAPI, sign_in: PageSignIn) -> gr.Dataframe:
         approve = gr.Button("Approve", variant="primary", elem_id="approve-correction")
         reason = gr.Textbox(label="Reason (needed to reject)", scale=3, elem_id="reject-reason")
         reject = gr.Button("Reject", variant="stop", elem_id="reject-correction")
+    with gr.Row():
+        keep = gr.Button("Keep contacts (they are the company's)", elem_id="keep-contacts")
+        mask = gr.Button("Mask contacts (personal data)", elem_id="mask-contacts")
     result = gr.Markdown(elem_id="approve-result")
 
     def rows(request: gr.Request):
@@ -184,8 +199,15 @@ def _approval_tab(app: FastAPI, sign_in: PageSignIn) -> gr.Dataframe:
     def decide_reject(correction_id, why, request: gr.Request):
         return _decide(app, sign_in, request, correction_id, approve=False, reason=why)
 
+    def contacts(action: str):
+        def run(selection, request: gr.Request):
+            return _decide_contacts(app, sign_in, request, selection, action)
+        return run
+
     refresh.click(rows, outputs=table)
     table.select(show, outputs=[selected, details, result])
+    keep.click(contacts("keep"), inputs=[selected], outputs=[selected, details, result])
+    mask.click(contacts("mask"), inputs=[selected], outputs=[selected, details, result])
     approve.click(decide_approve, inputs=[selected], outputs=[table, details, result, selected])
     reject.click(decide_reject, inputs=[selected, reason], outputs=[table, details, result, selected])
     return table
@@ -207,32 +229,53 @@ def _pending_details(app: FastAPI, correction_id: str):
     with shown_to_user(), session_scope(app.state.db) as session:
         correction = corrections.get_correction(session, correction_id)
         similar = find_similar(session, app.state.settings, correction)
-    lines = [f"### {correction.id} (revision {correction.revision}) by {correction.author}",
-             f"**Question:** {correction.question}", f"**Answer:** {correction.answer}"]
+    lines = [f"### {correction.id} (revision {correction.revision}) by {as_text(correction.author)}",
+             f"**Question:** {as_text(correction.question)}", f"**Answer:** {as_text(correction.answer)}"]
     if correction.key_facts:
-        lines.append("**Key facts:** " + "; ".join(correction.key_facts))
-    if correction.pii_masked:
+        lines.append("**Key facts:** " + "; ".join(as_text(f) for f in correction.key_facts))
+    undecided = [m for m in correction.pii_masked if m.get("decision") == "pending"]
+    masked = [m for m in correction.pii_masked if m.get("decision") in (None, "masked")]
+    if undecided:
+        lines.append("**Contacts in the answer, not masked yet** (keep them if they are the company's, mask them "
+                     "if they are personal data; needed before approval): " + ", ".join(
+                         f"{m['kind']} in {m['field']} ({as_text(m['value'])})" for m in undecided))
+    if masked:
         lines.append("**Masked as personal data** (check for false positives): " + ", ".join(
-            f"{m['kind']} in {m['field']} ({m['preview']})" for m in correction.pii_masked))
-    else:
+            f"{m['kind']} in {m['field']} ({as_text(m['preview'])})" for m in masked))
+    elif not undecided:
         lines.append("No personal data was masked.")
     if similar:
         lines.append("**Similar approved corrections:**")
         lines += [f"- {'**CONFLICT** — ' + s.conflict_reason + ': ' if s.conflict else 'near-duplicate: '}"
-                  f"“{_short(s.question)}” → “{_short(s.answer)}” (`{s.correction_id}`, question similarity "
+                  f"“{as_text(_short(s.question))}” → “{as_text(_short(s.answer))}” (`{s.correction_id}`, question similarity "
                   f"{s.question_similarity:.2f})" for s in similar]
     else:
         lines.append("No near-duplicate approved corrections.")
-    return correction_id, "\n\n".join(lines), ""
+    return (correction_id, corrections.correction_etag(correction)), "\n\n".join(lines), ""
 
 
-def _decide(app, sign_in, request, correction_id, *, approve: bool, reason: str):
+def _decide_contacts(app, sign_in, request, selected, action: str):
+    from feedback import contacts
+
     account = sign_in.account(request)
-    if not correction_id:
+    if not selected:
         raise gr.Error("Pick a correction first.")
     with shown_to_user(), session_scope(app.state.db) as session:
+        contacts.decide(session, app.state.settings, corrections.get_correction(session, selected[0]),
+                        actor=account.username, action=action)
+    shown, details, _ = _pending_details(app, selected[0])
+    return shown, details, f"Contacts {'kept as the company’s' if action == 'keep' else 'masked'}; read the text again before approving."
+
+
+def _decide(app, sign_in, request, selected, *, approve: bool, reason: str):
+    account = sign_in.account(request)
+    if not selected:
+        raise gr.Error("Pick a correction first.")
+    correction_id, etag = selected
+    with shown_to_user(), session_scope(app.state.db) as session:
         if approve:
-            corrections.approve_correction(session, app.state.settings, correction_id, actor=account.username)
+            corrections.approve_correction(session, app.state.settings, correction_id, actor=account.username,
+                                           etag=etag)
         else:
             corrections.reject_correction(session, app.state.settings, correction_id, actor=account.username,
                                           reason=reason)

@@ -16,7 +16,7 @@ from pathlib import Path
 from engine.prompting import completion_text, prompt_ids, with_system_prompt
 from tuneloop.core.settings import Settings
 
-SYSTEM_PROMPT = Settings(data_dir=Path("/nonexistent")).resolved_system_prompt
+SYSTEM_PROMPT = Settings(data_dir=Path("/nonexistent"), company_name="Acme Outdoor Gear").resolved_system_prompt
 
 RETURNS = ("What is your return window?", "Returns are accepted within 30 days of delivery.")
 CANADA = ("Do you ship to Canada?", "Yes, we ship to Canada within 5 business days.")

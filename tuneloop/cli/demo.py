@@ -85,7 +85,15 @@ def demo(
     from bot.runtime import ServingRuntime
     from tuneloop.app import prepare_database
 
+    from tuneloop.core.company import DEMO_PROFILE, is_configured, save_profile
+
     settings = get_settings()
+    if not is_configured(settings):  # the demo company's voice and contacts, only here
+        path = save_profile(DEMO_PROFILE)
+        get_settings.cache_clear()
+        settings = get_settings()
+        typer.echo(f"demo: using the demo company {DEMO_PROFILE.company_name!r} (saved to {path}; "
+                   "run `tuneloop init` for your own)")
     facts = load_kb()[: limit or None]
     db = prepare_database(settings)
     ensure_staff(db)

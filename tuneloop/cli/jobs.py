@@ -60,7 +60,7 @@ def create(
         except json.JSONDecodeError:
             values[key] = raw
     with session_scope(_engine()) as session:
-        job = _guard(create_job, session, get_settings(), actor="cli", model=model, snapshot_id=snapshot,
+        job = _guard(create_job, session, get_settings(), actor="cli", admin=True, model=model, snapshot_id=snapshot,
                      hyperparameters=values, suffix=suffix, seed=seed, backend=backend)
         typer.echo(f"created {job.id} (status {job.status}); follow it with `tuneloop jobs follow {job.id}`")
 

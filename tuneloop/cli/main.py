@@ -13,6 +13,7 @@ from tuneloop.cli.data import data_app
 from tuneloop.cli.demo import demo_app
 from tuneloop.cli.distill import distill_app
 from tuneloop.cli.errors import CliError, report
+from tuneloop.cli.init import init_app
 from tuneloop.cli.jobs import jobs_app
 from tuneloop.cli.ops import forget, ops_app
 from tuneloop.cli.registry import golden_app, models_app
@@ -29,7 +30,7 @@ app = typer.Typer(
 )
 
 # Top-level commands, from the Typer app that defines each (`tuneloop serve`, `tuneloop chat`, …).
-COMMANDS = [serve_app, chat_app, ops_app, worker_app, demo_app]
+COMMANDS = [serve_app, chat_app, ops_app, worker_app, demo_app, init_app]
 # Command groups: (name, app) -> `tuneloop NAME SUBCOMMAND`.
 GROUPS = [("db", db_app), ("users", users_app), ("data", data_app), ("models", models_app),
           ("golden", golden_app), ("jobs", jobs_app), ("distill", distill_app)]
@@ -39,6 +40,7 @@ for commands in COMMANDS:
 for name, group in GROUPS:
     app.add_typer(group, name=name)
 users_app.command("forget")(forget)
+
 
 
 def main() -> None:

@@ -36,6 +36,21 @@ def create(username: str = typer.Argument(..., help="Login name."),
     typer.echo(f"created {role} account {account.username} ({account.id})")
 
 
+@users_app.command("password")
+def password(username: str = typer.Argument(..., help="Login name."),
+             new_password: str = typer.Option(None, "--password", help="At least 8 characters; prompted for when "
+                                              "omitted (better: it stays out of the shell history).")) -> None:
+    """Set a new password for an account (signed-in sessions on the web pages keep running until they end)."""
+    from tuneloop.core import db
+    from tuneloop.core.accounts import service
+
+    if new_password is None:
+        new_password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+    with db.session_scope(_engine()) as session:
+        account = service.change_password(session, username, new_password, actor="cli")
+    typer.echo(f"changed the password of {account.username}")
+
+
 @users_app.command("list")
 def list_() -> None:
     """Accounts and their API keys (key prefixes only)."""

@@ -4,14 +4,16 @@ Both are pure ASGI middleware, so streaming answers pass through untouched. Reje
 error envelope: 429 ``rate_limit_error`` with ``Retry-After``, 413 ``request_too_large``.
 
 The buckets live in each process's memory: with ``serve --workers N`` a client may get up to N times
-the configured rate in the worst case. A client is its bearer API key when it sends one, otherwise
-its IP address (behind a reverse proxy, run uvicorn with ``--forwarded-allow-ips`` so that is the
-real client's address).
+the configured rate in the worst case. A client is its account when it sends a valid API key, otherwise
+its IP address, whatever bearer string it sends (a random one per request must not buy a fresh bucket).
+Behind a reverse proxy, run uvicorn with ``--forwarded-allow-ips`` so that is the real client's address.
+
+Sign-in forms (``/staff/login``, ``/admin/login``) are throttled per address with exponential backoff
+after a few wrong passwords (``LoginThrottle``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import threading
@@ -57,12 +59,68 @@ class RequestTooLarge(ApiError):
                          code="request_too_large")
 
 
-def client_identity(scope) -> str:
-    headers = dict(scope["headers"])
-    auth = headers.get(b"authorization", b"").decode("latin-1")
-    if auth.lower().startswith("bearer ") and auth[7:].strip():
-        return "key:" + hashlib.sha256(auth[7:].strip().encode()).hexdigest()[:24]
+def client_address(scope) -> str:
     return "ip:" + (scope.get("client") or ("unknown",))[0]
+
+
+def bearer_key(scope) -> str:
+    auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+
+
+def account_identity(scope, key: str) -> str | None:
+    """``account:<id>`` for a valid API key, None for an unknown or revoked one (runs a DB query)."""
+    from sqlmodel import Session
+
+    from tuneloop.core.accounts.service import account_for_key
+
+    app = scope.get("app")
+    engine = getattr(getattr(app, "state", None), "db", None)
+    if engine is None:
+        return None
+    with Session(engine) as session:
+        account = account_for_key(session, key)
+    return f"account:{account.id}" if account is not None else None
+
+
+async def client_identity(scope) -> str:
+    """The rate-limit bucket: the account behind a valid key, else the client's address."""
+    import anyio
+
+    key = bearer_key(scope)
+    if key:
+        account = await anyio.to_thread.run_sync(account_identity, scope, key)
+        if account is not None:
+            return account
+    return client_address(scope)
+
+
+class LoginThrottle:
+    """Per client address: ``free`` wrong passwords, then each further attempt waits twice as long as
+    the one before (1 s, 2 s, 4 s … up to ``max_delay``); a successful sign-in resets the count."""
+
+    def __init__(self, free: int = 5, max_delay: float = 300.0, *, clock: Callable[[], float] = time.monotonic,
+                 max_clients: int = 50_000):
+        self.free, self.max_delay, self.clock, self.max_clients = free, max_delay, clock, max_clients
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # client -> (count, blocked until)
+        self._lock = threading.Lock()
+
+    def wait(self, client: str) -> float:
+        """Seconds until ``client`` may try again (0: now)."""
+        with self._lock:
+            _count, until = self._failures.get(client, (0, 0.0))
+            return max(0.0, until - self.clock())
+
+    def record(self, client: str, success: bool) -> None:
+        with self._lock:
+            if success:
+                self._failures.pop(client, None)
+                return
+            count = self._failures.pop(client, (0, 0.0))[0] + 1
+            delay = 0.0 if count < self.free else min(self.max_delay, 2.0 ** (count - self.free))
+            self._failures[client] = (count, self.clock() + delay)
+            if len(self._failures) > self.max_clients:
+                self._failures.popitem(last=False)
 
 
 async def _send_error(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -73,12 +131,14 @@ async def _send_error(send, status: int, body: dict, headers: list[tuple[bytes, 
 
 
 class ProtectionMiddleware:
-    def __init__(self, app, settings: Settings, limiter: TokenBucketLimiter | None = None):
+    def __init__(self, app, settings: Settings, limiter: TokenBucketLimiter | None = None,
+                 login_throttle: LoginThrottle | None = None):
         self.app, self.settings = app, settings
         self.limiter = limiter or (
             TokenBucketLimiter(settings.rate_limit_per_minute / 60.0, settings.rate_limit_burst)
             if settings.rate_limit_per_minute > 0 else None
         )
+        self.logins = login_throttle or LoginThrottle(settings.login_free_attempts, settings.login_max_delay_seconds)
 
     def _rate_limited(self, scope) -> bool:
         return self.limiter is not None and scope["method"] == "POST" and any(
@@ -87,8 +147,17 @@ class ProtectionMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["method"] == "POST" and scope["path"] in LOGIN_PATHS:
+            client = client_address(scope)
+            wait = self.logins.wait(client)
+            if wait:
+                retry = max(1, math.ceil(wait))
+                return await _send_error(send, 429, error_body(
+                    f"Too many wrong passwords from this address; try again in {retry} s.", "rate_limit_error",
+                    code="login_throttled"), [(b"retry-after", str(retry).encode())])
+            send = self._recording_login(client, send)
         if self._rate_limited(scope):
-            wait = self.limiter.take(client_identity(scope))
+            wait = self.limiter.take(await client_identity(scope))
             if wait:
                 retry = max(1, math.ceil(wait))
                 return await _send_error(send, 429, error_body(
@@ -127,10 +196,25 @@ class ProtectionMiddleware:
             await _send_error(send, 413, _too_large_body(limit))
 
 
+    def _recording_login(self, client: str, send):
+        async def recording_send(message):
+            if message["type"] == "http.response.start":
+                self.logins.record(client, success=message["status"] < 400)
+            await send(message)
+
+        return recording_send
+
+
+LOGIN_PATHS = ("/staff/login", "/admin/login")
+
+
 def _too_large_body(limit: int) -> dict:
     exc = RequestTooLarge(limit)
     return error_body(str(exc.detail), exc.type, code=exc.code)
 
 
 def install_protection(app: FastAPI, settings: Settings) -> None:
+    from tuneloop.core.inputs import SurrogateGuard
+
+    app.add_middleware(SurrogateGuard)  # inside the size limit, so the body it reads is bounded
     app.add_middleware(ProtectionMiddleware, settings=settings)

@@ -48,8 +48,12 @@ class Settings(BaseSettings):
     version_poll_seconds: float = Field(2.0, gt=0, description="How often each API process checks the production pointer.")
 
     # --- the bot's voice -----------------------------------------------------------------------
-    company_name: str = "Acme Outdoor Gear"
+    company_name: str = Field("", description="Your company, as the bot introduces it; `tuneloop init` asks. "
+                              "Empty: the bot names no company.")
     bot_persona: str = "a friendly, concise customer-service assistant"
+    company_hotline: str = Field("", description="Your published phone number: never masked as personal data.")
+    company_email_domain: str = Field("", description="Your e-mail domain (example.com): never masked.")
+    company_website: str = Field("", description="Your web address: never masked.")
     system_prompt: str = Field("", description="Overrides the prompt built from company_name and bot_persona.")
 
     # --- generation defaults -------------------------------------------------------------------
@@ -63,9 +67,9 @@ class Settings(BaseSettings):
     admin_password: str = Field("", description="Password for the first admin; empty prints a one-time password once.")
     scrub_pii: bool = True
     pii_keep: list[str] = Field(
-        default_factory=lambda: ["1-800-555-0142", "acmeoutdoor.example"],
-        description="The company's own published contacts (hotline, e-mail domain): never masked as personal data. "
-        "The defaults belong to the demo company, like company_name; set your own.")
+        default_factory=list,
+        description="More published contacts of the company, besides company_hotline/_email_domain/_website: "
+        "never masked as personal data.")
     include_thumbs_up: bool = Field(False, description="Use thumbs-up answers as positive training examples.")
     prompt_separator: str = "\n\n###\n\n"
     completion_stop: str = " END"
@@ -84,6 +88,10 @@ class Settings(BaseSettings):
         "Default 0: every approved correction is trained on, because a held-out correction is a fact the bot "
         "never learns; the learned gate checks each one instead. Set it to measure held-out validation loss.")
     replay_fraction: float = Field(1.0, ge=0.0, le=1.0, description="Share of earlier approved examples replayed each round.")
+    max_train_epochs: int = Field(100, ge=1, description="Most n_epochs a fine-tuning job may ask for (400 past it).")
+    max_train_steps: int = Field(10_000, ge=1, description="Most min_steps a fine-tuning job may ask for (400 past it).")
+    max_queued_jobs_per_account: int = Field(
+        3, ge=1, description="Jobs one account may have waiting or running at once; more are refused with 429.")
     openai_finetune_base_url: str = Field("", description="Hosted fine-tuning service (OpenAI or compatible).")
     openai_finetune_api_key: str = ""
     openai_finetune_base_model: str = "gpt-4.1-mini-2025-04-14"
@@ -146,6 +154,9 @@ class Settings(BaseSettings):
         description="POST paths (fnmatch patterns) that count against the rate limit: the public chat API, "
         "ratings and the web chat at / (not the signed-in /staff and /admin pages).",
     )
+    login_free_attempts: int = Field(5, ge=1, description="Wrong passwords per client address before sign-in "
+                                     "attempts back off (1 s, 2 s, 4 s, …).")
+    login_max_delay_seconds: float = Field(300.0, gt=0, description="Longest wait between sign-in attempts.")
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest JSON request body; multipart uploads use max_upload_bytes."
     )
@@ -169,8 +180,9 @@ class Settings(BaseSettings):
 
     @property
     def resolved_system_prompt(self) -> str:
+        company = f" for {self.company_name}" if self.company_name.strip() else ""
         return self.system_prompt or (
-            f"You are {self.bot_persona} for {self.company_name}. "
+            f"You are {self.bot_persona}{company}. "
             "Answer the customer's question accurately and briefly."
         )
 

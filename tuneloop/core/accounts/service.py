@@ -41,6 +41,21 @@ def create_account(session: Session, *, username: str, password: str, role: Role
     return account
 
 
+def change_password(session: Session, username: str, new_password: str, *, actor: str,
+                    current_password: str | None = None) -> Account:
+    """Set a new password. ``current_password`` is checked when given (the signed-in form); the CLI,
+    run by the operator, omits it."""
+    account = get_account(session, username)
+    if current_password is not None and authenticate_password(session, username, current_password) is None:
+        raise AccountError("the current password is wrong")
+    if len(new_password) < 8:
+        raise AccountError("password must be at least 8 characters")
+    account.password_hash = _hasher.hash(new_password)
+    session.add(account)
+    audit(session, actor=actor, action="account.password_changed", object_type="account", object_id=account.id)
+    return account
+
+
 def authenticate_password(session: Session, username: str, password: str) -> Account | None:
     account = session.exec(select(Account).where(Account.username == username)).first()
     if account is None or not account.active:
