@@ -76,7 +76,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens.")
     n: int | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -92,17 +92,33 @@ class ChatCompletionRequest(BaseModel):
     )
     # -------------------------------------------------------------------------------------------
 
-    @model_validator(mode="after")
-    def _supported(self) -> "ChatCompletionRequest":
-        if self.n not in (None, 1):
-            raise ValueError("n: only n=1 is supported")
-        if self.logprobs:
-            raise ValueError("logprobs: log probabilities are not supported")
-        if self.tools:
-            raise ValueError("tools: tool calling is not supported")
-        if self.messages[-1].role != "user":
-            raise ValueError("messages: the last message must come from the user")
-        return self
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, value: list[ChatMessage]) -> list[ChatMessage]:
+        if value[-1].role != "user":
+            raise ValueError("the last message must come from the user")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("only n=1 is supported; send n separate requests (with different seeds) instead")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("log probabilities are not supported; leave logprobs unset or false")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("tool calling is not supported; send the request without tools")
+        return value
 
     def to_sampling_params(self, defaults: Settings) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -11,14 +11,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 
 from retrain import files as file_service
 from retrain import jobs
 from retrain.models import FineTuneJob, JobEvent, TrainingFile
-from tuneloop.api import AdminAccount, ApiError, SessionDep, SettingsDep, StaffAccount
+from tuneloop.api import AdminAccount, ApiError, ParamError, SessionDep, SettingsDep, StaffAccount
 
 router = APIRouter(tags=["fine-tuning"])
+SUPPORTED_METHODS = ("supervised",)
 
 
 class CreateJobRequest(BaseModel):
@@ -28,12 +29,21 @@ class CreateJobRequest(BaseModel):
     suffix: str | None = None
     validation_file: str | None = None
     integrations: list[dict[str, Any]] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     method: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
     # --- tuneloop extras ---------------------------------------------------------------------
     snapshot_id: str | None = None  # train on a dataset snapshot instead of an uploaded file
     backend: str = "local"  # local | openai (the hosted service in settings)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        kind = (value or {}).get("type", "supervised")
+        if kind not in SUPPORTED_METHODS:
+            raise ParamError("method.type", f"method type {kind!r} is not supported; use one of "
+                             f"{', '.join(repr(m) for m in SUPPORTED_METHODS)}")
+        return value
 
     def merged_hyperparameters(self) -> dict[str, Any]:
         supervised = ((self.method or {}).get("supervised") or {}).get("hyperparameters") or {}

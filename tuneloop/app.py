@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 import tuneloop  # noqa: F401  (sets the offline environment first)
 from tuneloop import db as database
-from tuneloop.api import install_error_handlers
+from tuneloop.api import current_account, install_error_handlers, install_not_found_routes
 from tuneloop.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,9 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
         yield
         runtime.stop()
 
-    app = FastAPI(title="tuneloop", version=tuneloop.__version__, lifespan=lifespan)
+    # current_account on every route: a wrong or revoked key is a 401 even where anonymous use is allowed
+    app = FastAPI(title="tuneloop", version=tuneloop.__version__, lifespan=lifespan,
+                  dependencies=[Depends(current_account)])
     app.state.settings = settings
     app.state.db = engine
     app.state.runtime = runtime
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
     app.include_router(feedback_router)
     app.include_router(retrain_router)
     app.include_router(accounts_router)
+    install_not_found_routes(app)  # after every router: it answers the /v1 paths none of them has
     if mount_ui:
         from ui import mount_ui as _mount_ui
 
