@@ -112,13 +112,26 @@ class _SSEResponse(StreamingResponse):
 # --- models --------------------------------------------------------------------------------------
 @router.get("/v1/models", response_model=protocol.ModelList)
 def list_models(request: Request, session: SessionDep) -> protocol.ModelList:
+    """Every name chat accepts: the production alias, then each version by id and by name."""
     settings = request.app.state.settings
-    served = versions.servable_versions(session)
     production = versions.production_version(session)
-    cards = [protocol.ModelCard(id=settings.production_alias, created=protocol.unix(production.created_at),
-                                owned_by="tuneloop")]
-    cards += [protocol.ModelCard(id=v.id, created=protocol.unix(v.created_at), owned_by="tuneloop") for v in served]
+    cards = [_card(settings.production_alias, production)]
+    for version in versions.servable_versions(session):
+        cards += [_card(version.id, version), _card(version.name, version)]
     return protocol.ModelList(data=cards)
+
+
+@router.get("/v1/models/{model:path}", response_model=protocol.ModelCard)
+def retrieve_model(model: str, request: Request, session: SessionDep) -> protocol.ModelCard:
+    try:
+        return _card(model, versions.resolve_model(session, request.app.state.settings, model))
+    except versions.UnknownModelError as exc:
+        raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
+
+
+def _card(name: str, version) -> protocol.ModelCard:
+    owner = "tuneloop" if not (version.adapter_path or version.hosted_model) else "org-tuneloop"
+    return protocol.ModelCard(id=name, created=protocol.unix(version.created_at), owned_by=owner)
 
 
 # --- conversations -------------------------------------------------------------------------------

@@ -10,12 +10,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from pydantic import BaseModel, Field, field_validator
 
 from retrain import files as file_service
 from retrain import jobs
 from retrain.models import FineTuneJob, JobEvent, TrainingFile
+from tuneloop.accounts.service import audit
 from tuneloop.api import AdminAccount, ApiError, ParamError, SessionDep, SettingsDep, StaffAccount
 
 router = APIRouter(tags=["fine-tuning"])
@@ -116,14 +117,39 @@ async def upload_file(session: SessionDep, settings: SettingsDep, _account: Staf
 
 
 @router.get("/v1/files")
-def list_files(session: SessionDep, _account: StaffAccount):
-    return {"object": "list", "data": [file_object(f) for f in file_service.list_files(session)], "has_more": False}
+def list_files(session: SessionDep, _account: StaffAccount, purpose: str | None = None,
+               limit: int = Query(10000, ge=1, le=10000), order: str = "desc", after: str | None = None):
+    with api_errors():
+        rows, has_more = file_service.list_files(session, purpose=purpose, order=order, after=after, limit=limit)
+    data = [file_object(f) for f in rows]
+    return {"object": "list", "data": data, "has_more": has_more,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 
 
 @router.get("/v1/files/{file_id}")
 def get_file(file_id: str, session: SessionDep, _account: StaffAccount):
     with api_errors():
         return file_object(file_service.get_file(session, file_id))
+
+
+@router.get("/v1/files/{file_id}/content")
+def get_file_content(file_id: str, session: SessionDep, settings: SettingsDep, _account: StaffAccount):
+    with api_errors():
+        record = file_service.get_file(session, file_id)
+        content = file_service.file_content(settings, record)
+    media = "text/csv" if record.filename.endswith(".csv") else "application/jsonl"
+    return Response(content, media_type=media,
+                    headers={"Content-Disposition": f'attachment; filename="{record.filename}"'})
+
+
+@router.delete("/v1/files/{file_id}")
+def delete_file(file_id: str, session: SessionDep, settings: SettingsDep, account: StaffAccount):
+    with api_errors():
+        record = file_service.delete_file(session, settings, file_id)
+        audit(session, actor=account.username, action="file.deleted", object_type="file", object_id=record.id,
+              filename=record.filename)
+        session.commit()
+    return {"id": record.id, "object": "file", "deleted": True}
 
 
 # --- fine-tuning jobs -------------------------------------------------------------------------------

@@ -145,6 +145,21 @@ def reject(version_id: str, body: RejectBody, admin: AdminAccount, session: Sess
     return registry.version_as_dict(session, version)
 
 
+@router.delete("/v1/models/{model:path}", tags=["models"])
+def delete_model(model: str, admin: AdminAccount, session: SessionDep, settings: SettingsDep) -> dict:
+    """OpenAI's models.delete: a fine-tuned version that is not in production (by id, name or alias)."""
+    from bot.versions import UnknownModelError, resolve_model
+
+    try:
+        version = resolve_model(session, settings, model)
+    except UnknownModelError as exc:
+        raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
+    with registry_errors():
+        registry.delete(session, settings, version.id, admin)
+        session.commit()
+    return {"id": model, "object": "model", "deleted": True}
+
+
 @router.delete("/v1/registry/versions/{version_id}")
 def delete(version_id: str, admin: AdminAccount, session: SessionDep, settings: SettingsDep) -> dict:
     with registry_errors():

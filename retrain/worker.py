@@ -178,7 +178,13 @@ class Worker:
             version = register_candidate(session, self.settings, job=job, parent=parent,
                                          adapter_path=result.get("adapter_path"), snapshot_id=job.snapshot_id,
                                          metrics=result.get("metrics", {}), hosted_model=result.get("hosted_model"))
-            files = [f"{result['adapter_path']}/result.csv"] if result.get("adapter_path") else []
+            files = []
+            csv_path = self.settings.model_store_dir / result["adapter_path"] / "result.csv" \
+                if result.get("adapter_path") else None
+            if csv_path is not None and csv_path.is_file():
+                from retrain.files import save_result_file
+
+                files.append(save_result_file(session, self.settings, job_id=job_id, source=csv_path).id)
             jobs.set_status(session, job_id, JobStatus.succeeded, result_version_id=version.id,
                             trained_tokens=result.get("trained_tokens"), result_files=files,
                             message=f"The job has successfully completed; candidate {version.id} ({version.name}) registered")
