@@ -35,6 +35,13 @@ class SamplingParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    frequency_penalty: float = 0.0  # OpenAI's: minus penalty × how often a token was generated so far
+    presence_penalty: float = 0.0  # minus penalty once a token was generated at all
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id → added to its logit
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
 
 
 @dataclass
@@ -296,6 +303,8 @@ class LocalEngine:
     @staticmethod
     def _sample(request: _Request, logits: torch.Tensor) -> int:
         params = request.params
+        if params.adjusts_logits:
+            logits = LocalEngine._adjusted(request, logits)
         if params.temperature <= 0:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits.float() / params.temperature, dim=-1)
@@ -305,6 +314,19 @@ class LocalEngine:
             sorted_probs[(cumulative - sorted_probs) > params.top_p] = 0
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=request.generator))
+
+    @staticmethod
+    def _adjusted(request: _Request, logits: torch.Tensor) -> torch.Tensor:
+        """Penalties on the tokens generated so far and the caller's logit bias, as OpenAI applies them."""
+        params = request.params
+        logits = logits.float().clone()
+        if request.generated and (params.frequency_penalty or params.presence_penalty):
+            ids, counts = torch.tensor(request.generated, device=logits.device).unique(return_counts=True)
+            logits[ids] -= params.frequency_penalty * counts.to(logits.dtype) + params.presence_penalty
+        for token, bias in params.logit_bias.items():
+            if 0 <= token < logits.shape[-1]:
+                logits[token] += bias
+        return logits
 
     @staticmethod
     def _advance(request: _Request, token: int) -> bool:

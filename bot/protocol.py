@@ -72,10 +72,13 @@ class ChatCompletionRequest(BaseModel):
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens.")
     n: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stop: str | list[str] | None = None
     stream: bool | None = False
@@ -98,6 +101,13 @@ class ChatCompletionRequest(BaseModel):
         if value[-1].role != "user":
             raise ValueError("the last message must come from the user")
         return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        from bot.completions import check_logit_bias
+
+        return check_logit_bias(value)
 
     @field_validator("n")
     @classmethod
@@ -128,6 +138,9 @@ class ChatCompletionRequest(BaseModel):
             top_p=defaults.top_p if self.top_p is None else self.top_p,
             stop=[s for s in stop if s],
             seed=self.seed,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
         )
 
 

@@ -24,6 +24,8 @@ from tuneloop.observability import stream_ended, stream_started
 from tuneloop.api import ApiError, SessionDep, StaffAccount, error_body
 
 router = APIRouter(tags=["serving"])
+from bot.completion_routes import router as completion_router  # noqa: E402
+router.include_router(completion_router)
 
 
 # --- chat completions ------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ class UpstreamBackend:
             model=self.model_for(version), messages=messages, stream=True,
             stream_options={"include_usage": True}, max_tokens=params.max_tokens,
             temperature=params.temperature, top_p=params.top_p, stop=params.stop or None,
-            seed=params.seed,
+            seed=params.seed, **_logit_controls(params),
         )
 
     # --- LoRA adapters (vLLM) ----------------------------------------------------------------------
@@ -194,3 +194,10 @@ def _translate(exc: openai.APIStatusError) -> Exception:
     if exc.status_code in (400, 413, 422):
         return UpstreamRejectedError(f"The upstream model server rejected the request: {message}")
     return UpstreamUnavailableError(f"The upstream model server answered {exc.status_code}: {message}")
+
+
+def _logit_controls(params: SamplingParams) -> dict:
+    """Penalties and logit bias, sent only when the caller set them (the upstream applies them)."""
+    controls = {"frequency_penalty": params.frequency_penalty or None, "presence_penalty": params.presence_penalty or None,
+                "logit_bias": {str(k): v for k, v in params.logit_bias.items()} or None}
+    return {k: v for k, v in controls.items() if v is not None}

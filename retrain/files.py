@@ -1,5 +1,7 @@
 """Files uploaded for fine-tuning (OpenAI's files API): stored under ``data_dir/files/<id>.jsonl``,
-checked for the chat format when a job that uses them starts."""
+checked when a job that uses them starts (chat lines, or legacy prompt/completion lines, which train
+the completion after the prompt as written). A job's result.csv is stored here too, as a file of
+purpose ``fine-tune-results``."""
 
 from __future__ import annotations
 
@@ -114,8 +116,23 @@ def save_result_file(session: Session, settings: Settings, *, job_id: str, sourc
 
 
 def read_examples(settings: Settings, record: TrainingFile) -> list[dict]:
+    """The file's examples: chat lines as they are, legacy lines as ``{"prompt", "completion"}`` (the
+    column names ``data validate`` accepts, such as "question"/"answer", are mapped)."""
     text = (files_dir(settings) / record.path).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [_legacy_columns(json.loads(line)) for line in text.splitlines() if line.strip()]
+
+
+def _legacy_columns(row: dict) -> dict:
+    if "messages" in row or ("prompt" in row and "completion" in row):
+        return row
+    from feedback.datafiles import COMPLETION_NAMES, PROMPT_NAMES
+
+    lookup = {str(k).strip().lower(): k for k in row}
+    prompt = next((lookup[n] for n in PROMPT_NAMES if n in lookup), None)
+    completion = next((lookup[n] for n in COMPLETION_NAMES if n in lookup), None)
+    if prompt is None or completion is None:
+        return row
+    return {"prompt": str(row[prompt]), "completion": str(row[completion])}
 
 
 def validate_training_file(settings: Settings, record: TrainingFile) -> list[str]:
@@ -126,10 +143,7 @@ def validate_training_file(settings: Settings, record: TrainingFile) -> list[str
         validate_file = None
     if validate_file is not None:
         report = validate_file(files_dir(settings) / record.path, settings)
-        problems = [str(e) for e in report.errors]
-        if not problems and getattr(report, "kind", "chat") != "chat":
-            problems.append("fine-tuning needs the chat format ({\"messages\": [...]} per line)")
-        return problems[:10]
+        return [str(e) for e in report.errors][:10]  # chat or legacy prompt/completion lines
     return _minimal_chat_check(files_dir(settings) / record.path)
 
 

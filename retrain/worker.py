@@ -178,6 +178,8 @@ class Worker:
             version = register_candidate(session, self.settings, job=job, parent=parent,
                                          adapter_path=result.get("adapter_path"), snapshot_id=job.snapshot_id,
                                          metrics=result.get("metrics", {}), hosted_model=result.get("hosted_model"))
+            version.prompt_format = result.get("prompt_format", "chat")
+            session.add(version)
             files = []
             csv_path = self.settings.model_store_dir / result["adapter_path"] / "result.csv" \
                 if result.get("adapter_path") else None
@@ -273,7 +275,9 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
                    should_cancel=should_cancel,
                    provenance={"job_id": job.id, "parent_version": job.parent_version_id, "snapshot_id": job.snapshot_id,
                                "training_file": job.training_file_id})
-    return {"adapter_path": relative, "metrics": result.metrics, "trained_tokens": result.trained_tokens}
+    legacy = bool(train_set) and all("prompt" in e and "messages" not in e for e in train_set)
+    return {"adapter_path": relative, "metrics": result.metrics, "trained_tokens": result.trained_tokens,
+            "prompt_format": "legacy" if legacy else "chat"}
 
 
 def _inputs(session: Session, settings: Settings, job: FineTuneJob, config):
