@@ -58,7 +58,7 @@ def _start(runtime, body: protocol.ChatCompletionRequest) -> conversations.ChatT
     try:
         return conversations.start_turn(
             runtime, messages=[m.as_dict() for m in body.messages], params=body.to_sampling_params(runtime.settings),
-            model=body.model, conversation_id=body.conversation_id, end_user=body.user, channel="api",
+            model=body.model, conversation_id=body.conversation_id, end_user=body.end_user, channel="api",
         )
     except versions.UnknownModelError as exc:
         raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc

@@ -76,6 +76,8 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         msg = msg[len(param) + 2:]
     if first.get("type") == "missing":
         msg = "this field is required"
+    elif first.get("type") == "extra_forbidden":
+        msg = "unknown parameter; remove it (this server refuses what it would otherwise ignore)"
     return f"{param + ': ' if param else ''}{msg}", param
 
 
