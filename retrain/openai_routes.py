@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field, field_validator
 
 from retrain import files as file_service
@@ -74,21 +74,37 @@ def file_object(record: TrainingFile) -> dict[str, Any]:
             "filename": record.filename, "purpose": record.purpose, "status": record.status, "status_details": None}
 
 
-def job_object(job: FineTuneJob, fine_tuned_model: str | None = None) -> dict[str, Any]:
-    hyper = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto", **job.hyperparameters}
-    hyperparameters = {k: hyper[k] for k in ("batch_size", "learning_rate_multiplier", "n_epochs")}
+def effective_hyperparameters(job: FineTuneJob) -> dict[str, Any]:
+    """What training used once it started; before that, what it will use as far as is known (requested
+    values over TrainConfig's defaults; n_epochs may still be raised to reach min_steps). A hosted job
+    shows "auto" where the hosted service decides."""
+    if job.effective_hyperparameters:
+        return dict(job.effective_hyperparameters)
+    if job.backend != "local":
+        return {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto", **job.hyperparameters}
+    from dataclasses import asdict
+
+    from retrain.trainer import TrainConfig
+
+    return asdict(TrainConfig.from_dict(job.hyperparameters))
+
+
+def job_object(job: FineTuneJob, fine_tuned_model: str | None = None,
+               estimated_finish: int | None = None) -> dict[str, Any]:
+    full = effective_hyperparameters(job)
+    hyperparameters = {k: full[k] for k in ("batch_size", "learning_rate_multiplier", "n_epochs")}
     return {
         "id": job.id, "object": "fine_tuning.job", "created_at": _ts(job.created_at),
         "error": job.error, "fine_tuned_model": fine_tuned_model, "finished_at": _ts(job.finished_at),
         "hyperparameters": hyperparameters, "model": job.parent_version_id, "organization_id": "org-tuneloop",
         "result_files": job.result_files, "seed": job.seed, "status": str(job.status),
         "trained_tokens": job.trained_tokens, "training_file": job.training_file_id or job.snapshot_id,
-        "validation_file": job.validation_file_id, "estimated_finish": None, "integrations": [],
-        "metadata": None, "suffix": job.suffix,
+        "validation_file": job.validation_file_id, "estimated_finish": estimated_finish, "integrations": [],
+        "metadata": job.user_metadata, "suffix": job.suffix,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
         # --- tuneloop extras -----------------------------------------------------------------
         "backend": job.backend, "snapshot_id": job.snapshot_id, "result_version_id": job.result_version_id,
-        "hyperparameters_full": job.hyperparameters,
+        "hyperparameters_requested": job.hyperparameters, "hyperparameters_full": full,
     }
 
 
@@ -96,7 +112,7 @@ def _job(session, job: FineTuneJob) -> dict[str, Any]:
     from bot.models import ModelVersion
 
     version = session.get(ModelVersion, job.result_version_id) if job.result_version_id else None
-    return job_object(job, version.name if version else None)
+    return job_object(job, version.name if version else None, _ts(jobs.estimated_finish(session, job)))
 
 
 def event_object(event: JobEvent) -> dict[str, Any]:
@@ -159,16 +175,20 @@ def create_job(body: CreateJobRequest, session: SessionDep, settings: SettingsDe
         job = jobs.create_job(session, settings, actor=account.username, model=body.model,
                               snapshot_id=body.snapshot_id, training_file_id=body.training_file,
                               validation_file_id=body.validation_file, hyperparameters=body.merged_hyperparameters(),
-                              suffix=body.suffix, seed=body.seed, backend=body.backend)
+                              suffix=body.suffix, seed=body.seed, backend=body.backend, metadata=body.metadata)
         session.commit()
     return _job(session, job)
 
 
 @router.get("/v1/fine_tuning/jobs")
-def list_jobs(session: SessionDep, _account: StaffAccount, after: str | None = None,
+def list_jobs(request: Request, session: SessionDep, _account: StaffAccount, after: str | None = None,
               limit: int = Query(20, ge=1, le=100)):
+    """``metadata[key]=value`` query parameters (what the openai client sends for ``metadata={...}``)
+    keep only jobs whose metadata holds every pair."""
+    metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+                if k.startswith("metadata[") and k.endswith("]")}
     with api_errors():
-        rows, has_more = jobs.list_jobs(session, after=after, limit=limit)
+        rows, has_more = jobs.list_jobs(session, after=after, limit=limit, metadata=metadata or None)
     return {"object": "list", "data": [_job(session, j) for j in rows], "has_more": has_more}
 
 

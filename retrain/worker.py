@@ -266,8 +266,12 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
     config = TrainConfig.from_dict({"replay_fraction": settings.replay_fraction, **job.hyperparameters, "seed": job.seed})
     with Session(engine) as session:
         base_dir, parent_adapter, train_set, valid_set, note = _inputs(session, settings, job, config)
+    effective, reasons = jobs.planned_hyperparameters(config, len(train_set))
     with session_scope(engine) as session:
         jobs.add_event(session, job.id, note)
+        for reason in reasons:
+            jobs.add_event(session, job.id, reason)
+        session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id).values(effective_hyperparameters=effective))
     relative = f"adapters/{job.id}"
     progress = _Progress(engine, job.id)
     result = train(config, train_set, valid_set, base_dir=base_dir, parent_adapter_dir=parent_adapter,
@@ -275,6 +279,13 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
                    should_cancel=should_cancel,
                    provenance={"job_id": job.id, "parent_version": job.parent_version_id, "snapshot_id": job.snapshot_id,
                                "training_file": job.training_file_id})
+    ran = {"n_epochs": result.metrics.get("n_epochs"), "total_steps": result.steps}
+    if any(ran[k] is not None and ran[k] != effective[k] for k in ran):  # examples too long were skipped
+        with session_scope(engine) as session:
+            jobs.add_event(session, job.id, f"Ran {ran['n_epochs']} epochs, {ran['total_steps']} steps on "
+                           f"{result.metrics.get('n_train')} examples that fit max_seq_len")
+            session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id)
+                         .values(effective_hyperparameters={**effective, **ran}))
     legacy = bool(train_set) and all("prompt" in e and "messages" not in e for e in train_set)
     return {"adapter_path": relative, "metrics": result.metrics, "trained_tokens": result.trained_tokens,
             "prompt_format": "legacy" if legacy else "chat"}

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from openai import OpenAI
 
 from retrain.worker import Worker
+from tests.openai_conformance import assert_complete
 from tests.retrain_support import admin_key, chat_jsonl
 
 
@@ -47,8 +48,12 @@ def test_the_fine_tuning_guide_runs_unchanged(app, client):
     training = client.files.create(file=("mydata.jsonl", io.BytesIO(chat_jsonl(4))), purpose="fine-tune")
     validation = client.files.create(file=("myvalid.jsonl", io.BytesIO(chat_jsonl(2))), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(training_file=training.id, validation_file=validation.id, model="tuneloop",
-                                         suffix="custom", hyperparameters={"n_epochs": 2})
+                                         suffix="custom", hyperparameters={"n_epochs": 2}, metadata={"team": "support"})
+    assert_complete(training, validation, job)
+    assert job.metadata == {"team": "support"} and job.hyperparameters.batch_size == 4  # "auto" resolved
     assert [j.id for j in client.fine_tuning.jobs.list(limit=10).data] == [job.id]
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "support"}).data] == [job.id]
+    assert client.fine_tuning.jobs.list(metadata={"team": "sales"}).data == []
     with pytest.raises(openai.ConflictError, match=job.id):
         client.files.delete(training.id)  # a job that has not finished still needs it
 
@@ -56,10 +61,16 @@ def test_the_fine_tuning_guide_runs_unchanged(app, client):
     job = client.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "succeeded", job.error
     events = client.fine_tuning.jobs.list_events(fine_tuning_job_id=job.id, limit=100).data
+    assert_complete(job, *events)
     assert any(e.type == "metrics" for e in events) and "successfully completed" in events[0].message + events[1].message
+    # 4 examples at batch size 4 is one step per epoch: n_epochs was raised to reach min_steps, and says so
+    assert job.hyperparameters.n_epochs == 12 and job.method.supervised.hyperparameters.n_epochs == 12
+    assert any(e.message.startswith("n_epochs raised from 2 to 12 to reach 12 optimizer steps") for e in events)
+    assert sum(e.type == "metrics" for e in events) == 12
 
     [result_id] = job.result_files
     result = client.files.retrieve(result_id)
+    assert_complete(result, client.files.list(), client.models.list(), client.fine_tuning.jobs.list())
     assert result.purpose == "fine-tune-results" and result.filename.endswith(".csv")
     rows = list(csv.DictReader(io.StringIO(client.files.content(result_id).text)))
     assert len(rows) >= 2 and rows[0]["step"] == "1" and float(rows[-1]["train_loss"]) >= 0
@@ -69,14 +80,18 @@ def test_the_fine_tuning_guide_runs_unchanged(app, client):
     assert client.models.retrieve(job.fine_tuned_model).owned_by == "org-tuneloop"
     completion = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=8,
                                                 messages=[{"role": "user", "content": "What is rule 1?"}])
+    assert_complete(completion, client.models.retrieve(job.fine_tuned_model))
     assert completion.model == job.fine_tuned_model and completion.system_fingerprint == "fp_tuneloop_v1"
 
     deleted = client.models.delete(job.fine_tuned_model)
+    assert_complete(deleted)
     assert deleted.deleted and deleted.id == job.fine_tuned_model
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve(job.fine_tuned_model)
     for file_id in (training.id, validation.id, result_id):
-        assert client.files.delete(file_id).deleted
+        gone = client.files.delete(file_id)
+        assert_complete(gone)
+        assert gone.deleted
     assert client.files.list().data == []
 
 
