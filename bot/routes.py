@@ -120,6 +120,9 @@ def list_models(request: Request, session: SessionDep) -> protocol.ModelList:
     cards = [_card(settings.production_alias, production)]
     for version in versions.servable_versions(session):
         cards += [_card(version.id, version), _card(version.name, version)]
+        for step, _directory in versions.checkpoint_adapters(settings, version):
+            name = f"{version.name}{versions.CHECKPOINT_MARK}{step}"
+            cards.append(_card(name, versions.resolve_model(session, settings, name)))
     return protocol.ModelList(data=cards)
 
 

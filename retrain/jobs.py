@@ -272,15 +272,24 @@ def list_metrics(session: Session, job_id: str) -> list[JobMetric]:
     return list(session.exec(select(JobMetric).where(JobMetric.job_id == job_id).order_by(col(JobMetric.step))))
 
 
-def list_checkpoints(session: Session, job_id: str) -> list[dict[str, Any]]:
-    """The adapter a succeeded job produced (we keep the final checkpoint only), with its last metrics."""
+def list_checkpoints(session: Session, settings: Settings, job_id: str) -> list[dict[str, Any]]:
+    """The checkpoints a succeeded job kept (the adapter after each of its last three epochs, the
+    last one being the final model), newest first, each with its model name and that step's metrics."""
+    from bot.versions import CHECKPOINT_MARK, checkpoint_adapters
+
     job = get_job(session, job_id)
     if job.status != JobStatus.succeeded or not job.result_version_id:
         return []
     version = session.get(ModelVersion, job.result_version_id)
-    metrics = list_metrics(session, job_id)
-    last = metrics[-1] if metrics else None
-    return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}", "job": job, "version": version, "metric": last}]
+    metrics = {m.step: m for m in list_metrics(session, job_id)}
+    found = checkpoint_adapters(settings, version)
+    if not found and version.adapter_path:  # a job from before checkpoints were kept: the final adapter
+        last = max(metrics) if metrics else 0
+        return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}", "job": job, "step": last,
+                 "name": version.name, "metric": metrics.get(last)}]
+    return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}", "job": job, "step": step,
+             "name": f"{version.name}{CHECKPOINT_MARK}{step}", "metric": metrics.get(step)}
+            for step, _directory in reversed(found)]
 
 
 def set_status(session: Session, job_id: str, status: JobStatus, *, message: str | None = None,

@@ -215,20 +215,21 @@ def list_events(job_id: str, session: SessionDep, _account: StaffAccount, after:
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
-def list_checkpoints(job_id: str, session: SessionDep, _account: StaffAccount):
+def list_checkpoints(job_id: str, session: SessionDep, settings: SettingsDep, _account: StaffAccount):
     with api_errors():
-        found = jobs.list_checkpoints(session, job_id)
+        found = jobs.list_checkpoints(session, settings, job_id)
     data = []
     for item in found:
         metric = item["metric"]
-        metrics = {"step": metric.step, "train_loss": metric.train_loss,
+        metrics = {"step": item["step"], "train_loss": metric.train_loss,
                    "train_mean_token_accuracy": metric.train_mean_token_accuracy, "valid_loss": metric.valid_loss,
                    "valid_mean_token_accuracy": metric.valid_mean_token_accuracy,
                    "full_valid_loss": metric.valid_loss,
-                   "full_valid_mean_token_accuracy": metric.valid_mean_token_accuracy} if metric else {}
+                   "full_valid_mean_token_accuracy": metric.valid_mean_token_accuracy} if metric else {"step": item["step"]}
         data.append({"id": item["id"], "object": "fine_tuning.job.checkpoint",
-                     "created_at": _ts(item["job"].finished_at), "fine_tuned_model_checkpoint": item["version"].name,
-                     "fine_tuning_job_id": job_id, "metrics": metrics, "step_number": metrics.get("step", 0)})
+                     "created_at": _ts(metric.created_at if metric else item["job"].finished_at),
+                     "fine_tuned_model_checkpoint": item["name"], "fine_tuning_job_id": job_id, "metrics": metrics,
+                     "step_number": item["step"]})
     return {"object": "list", "data": data, "has_more": False,
             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 

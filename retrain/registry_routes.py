@@ -154,9 +154,17 @@ def delete_model(model: str, admin: AdminAccount, session: SessionDep, settings:
         version = resolve_model(session, settings, model)
     except UnknownModelError as exc:
         raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
+    from bot.versions import CHECKPOINT_MARK
+    from retrain.checkpoints import remove_checkpoints
+
+    if CHECKPOINT_MARK in version.id:
+        raise ApiError(400, f"{model} is a checkpoint; it goes when its model {version.id.split(':')[0]} is deleted",
+                       param="model")
     with registry_errors():
         registry.delete(session, settings, version.id, admin)
         session.commit()
+    if version.job_id:
+        remove_checkpoints(settings, version.job_id)
     return {"id": model, "object": "model", "deleted": True}
 
 

@@ -137,6 +137,7 @@ class Worker:
             with session_scope(self.engine) as session:
                 jobs.set_status(session, job_id, JobStatus.failed, message=f"Training failed: {reason}", level="error",
                                 error=jobs.failure("training_failed", reason))
+            _remove_checkpoints(self.settings, job_id)
 
     def _watch(self, job_id: str, child: subprocess.Popen) -> bool:
         """Beat the heartbeat until the child ends; kill it on cancel or shutdown. True if cancelled."""
@@ -167,6 +168,7 @@ class Worker:
             status = JobStatus.cancelled if job.cancel_requested else JobStatus.failed
             error = None if job.cancel_requested else jobs.failure("worker_stopped", "The worker shut down during training.")
             jobs.set_status(session, job_id, status, message=f"Job {reason}; no version was created", error=error)
+        _remove_checkpoints(self.settings, job_id)
 
     def _finish_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
         from bot.models import ModelVersion
@@ -207,6 +209,13 @@ class Worker:
             message, level = f"Gates could not run for {candidate_id}: {exc}", "error"
         with session_scope(self.engine) as session:
             jobs.add_event(session, job_id, message, level=level)
+
+
+def _remove_checkpoints(settings: Settings, job_id: str) -> None:
+    """A job that did not succeed leaves no checkpoints (no version will ever name them)."""
+    from retrain.checkpoints import remove_checkpoints
+
+    remove_checkpoints(settings, job_id)
 
 
 def _ensure(path: Path) -> Path:
@@ -261,6 +270,7 @@ def run_job_in_child(settings: Settings, job_id: str, result_file: Path) -> None
 
 
 def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_cancel) -> dict[str, Any]:
+    from retrain.checkpoints import CheckpointSaver
     from retrain.trainer import TrainConfig, train
 
     config = TrainConfig.from_dict({"replay_fraction": settings.replay_fraction, **job.hyperparameters, "seed": job.seed})
@@ -274,9 +284,15 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
         session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id).values(effective_hyperparameters=effective))
     relative = f"adapters/{job.id}"
     progress = _Progress(engine, job.id)
+
+    def saved(epoch: int, step: int) -> None:
+        with session_scope(engine) as session:
+            jobs.add_event(session, job.id, f"Checkpoint saved after epoch {epoch} (step {step})",
+                           data={"epoch": epoch, "step": step})
+
     result = train(config, train_set, valid_set, base_dir=base_dir, parent_adapter_dir=parent_adapter,
                    output_dir=settings.model_store_dir / relative, progress_callback=progress,
-                   should_cancel=should_cancel,
+                   should_cancel=should_cancel, epoch_callback=CheckpointSaver(settings, job.id, saved),
                    provenance={"job_id": job.id, "parent_version": job.parent_version_id, "snapshot_id": job.snapshot_id,
                                "training_file": job.training_file_id})
     ran = {"n_epochs": result.metrics.get("n_epochs"), "total_steps": result.steps}

@@ -83,11 +83,28 @@ def test_the_fine_tuning_guide_runs_unchanged(app, client):
     assert_complete(completion, client.models.retrieve(job.fine_tuned_model))
     assert completion.model == job.fine_tuned_model and completion.system_fingerprint == "fp_tuneloop_v1"
 
+    # a checkpoint per epoch, the last three kept, each a model name chat accepts
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert_complete(*checkpoints)
+    assert [c.step_number for c in checkpoints] == [12, 11, 10]
+    assert [c.fine_tuned_model_checkpoint for c in checkpoints] == [f"{job.fine_tuned_model}:ckpt-step-{s}"
+                                                                    for s in (12, 11, 10)]
+    assert all(isinstance(c.metrics.step, int) or c.metrics.step.is_integer() for c in checkpoints)
+    names = [m.id for m in client.models.list().data]
+    assert set(c.fine_tuned_model_checkpoint for c in checkpoints) <= set(names)
+    early = client.chat.completions.create(model=checkpoints[-1].fine_tuned_model_checkpoint, max_tokens=4,
+                                           messages=[{"role": "user", "content": "What is rule 1?"}])
+    assert early.model == checkpoints[-1].fine_tuned_model_checkpoint
+    assert early.system_fingerprint == "fp_tuneloop_v1:ckpt-step-10"
+    with pytest.raises(openai.NotFoundError, match="keeps the checkpoints"):
+        client.models.retrieve(f"{job.fine_tuned_model}:ckpt-step-3")
+
     deleted = client.models.delete(job.fine_tuned_model)
     assert_complete(deleted)
     assert deleted.deleted and deleted.id == job.fine_tuned_model
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve(job.fine_tuned_model)
+    assert not (app.state.settings.model_store_dir / "checkpoints" / job.id).exists()
     for file_id in (training.id, validation.id, result_id):
         gone = client.files.delete(file_id)
         assert_complete(gone)
