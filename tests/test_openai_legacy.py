@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from openai import OpenAI
 
 from retrain.worker import Worker
+from tests.openai_conformance import assert_complete
 from tests.retrain_support import admin_key
 
 SEPARATOR, STOP = "\n\n###\n\n", " END"
@@ -53,6 +54,7 @@ def test_legacy_prompt_completion_fine_tune_then_completions_create(app, client)
     for prompt, completion in FACTS:
         answer = client.completions.create(model=job.fine_tuned_model, prompt=prompt + SEPARATOR, stop=[STOP],
                                            max_tokens=12, temperature=0)
+        assert_complete(answer)
         assert answer.object == "text_completion" and answer.id.startswith("cmpl-")
         assert answer.choices[0].text == completion and answer.choices[0].finish_reason == "stop"
         assert answer.usage.prompt_tokens > 5 and answer.usage.completion_tokens >= 1
@@ -61,6 +63,7 @@ def test_legacy_prompt_completion_fine_tune_then_completions_create(app, client)
     chunks = list(client.completions.create(model=job.fine_tuned_model, prompt=FACTS[0][0] + SEPARATOR,
                                             stop=[STOP], max_tokens=12, stream=True,
                                             stream_options={"include_usage": True}))
+    assert_complete(*chunks)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == FACTS[0][1]
     assert chunks[-1].usage.completion_tokens >= 1 and chunks[-2].choices[0].finish_reason == "stop"
 
