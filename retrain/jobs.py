@@ -80,12 +80,17 @@ def create_job(session: Session, settings: Settings, *, actor: str, model: str |
                snapshot_id: str | None = None, training_file_id: str | None = None,
                validation_file_id: str | None = None, hyperparameters: dict[str, Any] | None = None,
                suffix: str | None = None, seed: int | None = None, backend: str = "local",
-               metadata: dict[str, str] | None = None) -> FineTuneJob:
-    """Queue a job that continues from ``model`` (a version id, name or the production alias)."""
+               metadata: dict[str, str] | None = None, method: dict[str, Any] | None = None) -> FineTuneJob:
+    """Queue a job that continues from ``model`` (a version id, name or the production alias).
+    ``method``: None (supervised) or ``{"type": "dpo", "beta": number | "auto"}`` on a preference file."""
     from bot.versions import UnknownModelError, resolve_model
 
     hyper = normalize_hyperparameters(hyperparameters)
     _check_metadata(metadata)
+    method = _check_method(method, training_file_id, backend)
+    if method and validation_file_id:
+        raise JobError("DPO jobs here measure nothing on a validation file; leave validation_file unset",
+                       "validation_file")
     try:
         parent = resolve_model(session, settings, model or settings.production_alias)
     except UnknownModelError as exc:
@@ -105,7 +110,8 @@ def create_job(session: Session, settings: Settings, *, actor: str, model: str |
     job = FineTuneJob(backend=backend, parent_version_id=parent.id, snapshot_id=snapshot_id,
                       training_file_id=training_file_id, validation_file_id=validation_file_id,
                       hyperparameters=hyper, suffix=suffix, seed=42 if seed is None else int(seed),
-                      created_by=actor, status=JobStatus.validating_files, user_metadata=metadata or None)
+                      created_by=actor, status=JobStatus.validating_files, user_metadata=metadata or None,
+                      method=method)
     session.add(job)
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job {job.id} from {parent.id}"
@@ -113,6 +119,21 @@ def create_job(session: Session, settings: Settings, *, actor: str, model: str |
     audit(session, actor=actor, action="finetune.created", object_type="finetunejob", object_id=job.id,
           parent=parent.id, snapshot=snapshot_id, training_file=training_file_id)
     return job
+
+
+def _check_method(method: dict[str, Any] | None, training_file_id: str | None, backend: str) -> dict[str, Any] | None:
+    if not method:
+        return None
+    from retrain.dpo import DEFAULT_BETA
+
+    beta = DEFAULT_BETA if method.get("beta") in (None, "auto") else method["beta"]
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 < beta <= 2:
+        raise JobError(f"beta must be a number in (0, 2] or 'auto', not {beta!r}", "method.dpo.hyperparameters.beta")
+    if not training_file_id:
+        raise JobError("a DPO job trains on an uploaded preference file; pass training_file", "training_file")
+    if backend != "local":
+        raise JobError("DPO runs on the local backend only", "method.type")
+    return {"type": "dpo", "beta": float(beta)}
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:

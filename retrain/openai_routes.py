@@ -20,7 +20,7 @@ from tuneloop.accounts.service import audit
 from tuneloop.api import AdminAccount, ApiError, ParamError, SessionDep, SettingsDep, StaffAccount
 
 router = APIRouter(tags=["fine-tuning"])
-SUPPORTED_METHODS = ("supervised",)
+SUPPORTED_METHODS = ("supervised", "dpo")
 
 
 class CreateJobRequest(BaseModel):
@@ -47,8 +47,17 @@ class CreateJobRequest(BaseModel):
         return value
 
     def merged_hyperparameters(self) -> dict[str, Any]:
-        supervised = ((self.method or {}).get("supervised") or {}).get("hyperparameters") or {}
-        return {**(self.hyperparameters or {}), **supervised}
+        """Top-level hyperparameters (OpenAI's older field) under the method's own; DPO's beta excluded."""
+        kind = (self.method or {}).get("type", "supervised")
+        inner = ((self.method or {}).get(kind) or {}).get("hyperparameters") or {}
+        return {k: v for k, v in {**(self.hyperparameters or {}), **inner}.items() if k != "beta"}
+
+    def method_settings(self) -> dict[str, Any] | None:
+        kind = (self.method or {}).get("type", "supervised")
+        if kind == "supervised":
+            return None
+        beta = (((self.method or {}).get(kind) or {}).get("hyperparameters") or {}).get("beta", "auto")
+        return {"type": kind, "beta": beta}
 
 
 @contextmanager
@@ -101,11 +110,17 @@ def job_object(job: FineTuneJob, fine_tuned_model: str | None = None,
         "trained_tokens": job.trained_tokens, "training_file": job.training_file_id or job.snapshot_id,
         "validation_file": job.validation_file_id, "estimated_finish": estimated_finish, "integrations": [],
         "metadata": job.user_metadata, "suffix": job.suffix,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "method": method_object(job, hyperparameters),
         # --- tuneloop extras -----------------------------------------------------------------
         "backend": job.backend, "snapshot_id": job.snapshot_id, "result_version_id": job.result_version_id,
         "hyperparameters_requested": job.hyperparameters, "hyperparameters_full": full,
     }
+
+
+def method_object(job: FineTuneJob, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    if (job.method or {}).get("type") == "dpo":
+        return {"type": "dpo", "dpo": {"hyperparameters": {**hyperparameters, "beta": job.method["beta"]}}}
+    return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
 
 
 def _job(session, job: FineTuneJob) -> dict[str, Any]:
@@ -175,7 +190,8 @@ def create_job(body: CreateJobRequest, session: SessionDep, settings: SettingsDe
         job = jobs.create_job(session, settings, actor=account.username, model=body.model,
                               snapshot_id=body.snapshot_id, training_file_id=body.training_file,
                               validation_file_id=body.validation_file, hyperparameters=body.merged_hyperparameters(),
-                              suffix=body.suffix, seed=body.seed, backend=body.backend, metadata=body.metadata)
+                              suffix=body.suffix, seed=body.seed, backend=body.backend, metadata=body.metadata,
+                              method=body.method_settings())
         session.commit()
     return _job(session, job)
 

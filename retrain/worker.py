@@ -100,7 +100,7 @@ class Worker:
         return job.id
 
     def _validate_pending(self) -> None:
-        from retrain.files import get_file, validate_training_file
+        from retrain.files import get_file
 
         with session_scope(self.engine) as session:
             pending = session.exec(select(FineTuneJob).where(FineTuneJob.status == JobStatus.validating_files)).all()
@@ -109,7 +109,7 @@ class Worker:
                 for param, file_id in (("training_file", job.training_file_id),
                                        ("validation_file", job.validation_file_id)):
                     if file_id:
-                        problems += [f"{param}: {p}" for p in validate_training_file(self.settings, get_file(session, file_id))]
+                        problems += [f"{param}: {p}" for p in _file_problems(self.settings, job, get_file(session, file_id))]
                 if problems:
                     message = "The training data is invalid: " + "; ".join(problems)
                     jobs.set_status(session, job.id, JobStatus.failed, message=message, level="error",
@@ -211,6 +211,17 @@ class Worker:
             jobs.add_event(session, job_id, message, level=level)
 
 
+def _file_problems(settings: Settings, job: FineTuneJob, record) -> list[str]:
+    """A DPO job needs OpenAI's preference lines; every other job chat or prompt/completion lines."""
+    from retrain.files import read_examples, validate_training_file
+
+    if (job.method or {}).get("type") == "dpo":
+        from retrain.dpo import preference_problems
+
+        return preference_problems(read_examples(settings, record))
+    return validate_training_file(settings, record)
+
+
 def _remove_checkpoints(settings: Settings, job_id: str) -> None:
     """A job that did not succeed leaves no checkpoints (no version will ever name them)."""
     from retrain.checkpoints import remove_checkpoints
@@ -274,6 +285,8 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
     from retrain.trainer import TrainConfig, train
 
     config = TrainConfig.from_dict({"replay_fraction": settings.replay_fraction, **job.hyperparameters, "seed": job.seed})
+    if (job.method or {}).get("type") == "dpo":
+        return _train_dpo_locally(settings, engine, job, config, should_cancel)
     with Session(engine) as session:
         base_dir, parent_adapter, train_set, valid_set, note = _inputs(session, settings, job, config)
     effective, reasons = jobs.planned_hyperparameters(config, len(train_set))
@@ -305,6 +318,34 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
     legacy = bool(train_set) and all("prompt" in e and "messages" not in e for e in train_set)
     return {"adapter_path": relative, "metrics": result.metrics, "trained_tokens": result.trained_tokens,
             "prompt_format": "legacy" if legacy else "chat"}
+
+
+def _train_dpo_locally(settings: Settings, engine: Engine, job: FineTuneJob, config, should_cancel) -> dict[str, Any]:
+    from bot.models import ModelVersion
+    from bot.versions import version_spec
+    from retrain.dpo import train_dpo
+    from retrain.files import get_file, read_examples
+
+    beta = job.method["beta"]
+    with Session(engine) as session:
+        spec = version_spec(session.get(ModelVersion, job.parent_version_id), settings)
+        rows = read_examples(settings, get_file(session, job.training_file_id))
+    effective, reasons = jobs.planned_hyperparameters(config, len(rows))
+    with session_scope(engine) as session:
+        jobs.add_event(session, job.id, f"DPO on {len(rows)} preference pairs (beta={beta}), reference model "
+                       f"{job.parent_version_id}, continuing from its " + ("adapter" if spec.adapter_dir else "base (fresh LoRA)"))
+        for reason in reasons:
+            jobs.add_event(session, job.id, reason)
+        session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id)
+                     .values(effective_hyperparameters={**effective, "beta": beta}))
+    relative = f"adapters/{job.id}"
+    result = train_dpo(config, beta, rows, base_dir=spec.base_dir, parent_adapter_dir=spec.adapter_dir,
+                       output_dir=settings.model_store_dir / relative, progress_callback=_Progress(engine, job.id),
+                       should_cancel=should_cancel,
+                       provenance={"job_id": job.id, "parent_version": job.parent_version_id,
+                                   "training_file": job.training_file_id})
+    return {"adapter_path": relative, "metrics": result.metrics, "trained_tokens": result.trained_tokens,
+            "prompt_format": "chat"}
 
 
 def _inputs(session: Session, settings: Settings, job: FineTuneJob, config):

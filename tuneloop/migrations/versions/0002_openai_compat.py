@@ -1,4 +1,4 @@
-"""fine-tune jobs: effective hyperparameters and OpenAI metadata (issue 16)
+"""fine-tune jobs: effective hyperparameters, method (DPO) and OpenAI metadata (issue 16)
 
 Revision ID: 0002_openai_compat
 Revises: 0001
@@ -16,10 +16,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('finetunejob', schema=None) as batch_op:
         batch_op.add_column(sa.Column('effective_hyperparameters', sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column('method', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('user_metadata', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('finetunejob', schema=None) as batch_op:
         batch_op.drop_column('user_metadata')
+        batch_op.drop_column('method')
         batch_op.drop_column('effective_hyperparameters')
