@@ -105,3 +105,45 @@ def test_dpo_input_is_checked(app, client):
     failed = client.fine_tuning.jobs.retrieve(job.id)
     assert failed.status == "failed" and "line 1: needs input.messages" in failed.error.message
     assert "preferred_output must be" in failed.error.message
+
+
+def test_a_dpo_job_from_exported_preferences(app, client, tmp_path):
+    """A disliked answer and its approved correction, exported as a preference pair, train a DPO job."""
+    from feedback.corrections import create_correction
+    from feedback.models import CorrectionStatus
+    from feedback.preferences import preference_records, write_preference_jsonl
+    from tuneloop.db import session_scope
+
+    from transformers import AutoTokenizer
+
+    token = AutoTokenizer.from_pretrained(app.state.settings.base_model)(" never", add_special_tokens=False)["input_ids"][0]
+    app.state.runtime.start(background=False)
+    try:  # the random tiny model answers blanks; a bias makes its (bad) answer visible
+        answer = client.chat.completions.create(model="tuneloop", max_tokens=3, logit_bias={str(token): 100},
+                                                messages=[{"role": "user", "content": "How long is the refund window?"}])
+    finally:
+        app.state.runtime.stop()
+    settings = app.state.settings
+    with session_scope(app.state.db) as session:
+        create_correction(session, settings, actor="admin", message_id=answer.message_id,
+                          answer="45 days from delivery.", status=CorrectionStatus.approved)
+        create_correction(session, settings, actor="admin", question="Do you ship to Norway?",
+                          answer="Yes, with Posten.", status=CorrectionStatus.approved)  # no rejected answer: left out
+        records = preference_records(session, settings)
+    assert answer.choices[0].message.content == " never never never"
+    assert len(records) == 1
+    [record] = records
+    assert record["input"]["messages"][-1] == {"role": "user", "content": "How long is the refund window?"}
+    assert record["preferred_output"] == [{"role": "assistant", "content": "45 days from delivery."}]
+    assert record["non_preferred_output"] == [{"role": "assistant", "content": answer.choices[0].message.content}]
+    path = tmp_path / "preferences.jsonl"
+    assert write_preference_jsonl(records, path) == 1
+
+    with path.open("rb") as handle:
+        file = client.files.create(file=handle, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tuneloop", training_file=file.id,
+                                         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
+    assert Worker(settings, app.state.db).run_next_job() == job.id
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.1
