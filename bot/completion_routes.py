@@ -27,6 +27,8 @@ def create_completion(body: completions.CompletionRequest, request: Request, ses
         stream = completions.stream_completion(runtime, version, body.text, body.to_sampling_params(runtime.settings))
     except versions.UnknownModelError as exc:
         raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
+    except completions.MaxTokensTooLargeError as exc:
+        raise ApiError(400, str(exc), param="max_tokens") from exc
     except PromptTooLongError as exc:
         raise ApiError(400, str(exc), param="prompt", code="context_length_exceeded") from exc
     except completions.CompletionsUnavailableError as exc:

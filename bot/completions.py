@@ -156,6 +156,10 @@ class TextCompletionFactory:
 
 
 # --- generation -------------------------------------------------------------------------------------
+class MaxTokensTooLargeError(ValueError):
+    """max_tokens alone fills the context (400 naming max_tokens)."""
+
+
 class CompletionsUnavailableError(RuntimeError):
     """The upstream serving backend speaks chat only here."""
 
@@ -168,6 +172,9 @@ def stream_completion(runtime: Any, version: ModelVersion, prompt: str, params: 
     loaded = runtime.loaded_for(version)
     ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     context = min(runtime.settings.context_budget, loaded.max_context)
+    if params.max_tokens >= context:
+        raise MaxTokensTooLargeError(f"max_tokens={params.max_tokens} leaves no room for the prompt in a context "
+                                     f"of {context} tokens; lower max_tokens")
     if len(ids) + params.max_tokens > context:
         raise PromptTooLongError(f"the prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}; "
                                  f"together they must fit the context of {context} tokens")

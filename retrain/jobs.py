@@ -274,7 +274,7 @@ def list_events(session: Session, job_id: str, *, after: int | str | None = None
 
 def _event_id(value: int | str) -> int:
     text = str(value).removeprefix("ftevent-")
-    if not text.isdigit():
+    if not text.isdigit() or int(text) >= 2**63:
         raise JobError(f"'after' must be an event id (ftevent-N), not {value!r}", "after")
     return int(text)
 

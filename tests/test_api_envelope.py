@@ -56,6 +56,12 @@ def test_job_seed_overflow_is_a_400_naming_seed(client, tiny_app):
     assert _error(response, 400)["param"] == "seed"
 
 
+def test_out_of_range_limits_are_400s_naming_them(client, tiny_app):
+    auth = {"Authorization": f"Bearer {admin_key(tiny_app.state.db)}"}
+    for path in ("/v1/fine_tuning/jobs?limit=0", "/v1/files?limit=100000", "/v1/files?limit=99999999999999999999999"):
+        assert _error(client.get(path, headers=auth), 400)["param"] == "limit"
+
+
 def test_a_wrong_or_revoked_key_is_401_even_on_anonymous_routes(client, tiny_app):
     for path, call in (("models", lambda c: c.models.list()),
                        ("chat", lambda c: c.chat.completions.create(model="tuneloop", messages=USER, max_tokens=2))):

@@ -85,6 +85,9 @@ def test_completions_against_production_and_refusals(client):
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model="tuneloop", prompt="refund " * 3000)
     assert bad.value.body["param"] == "prompt"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="tuneloop", prompt="Hello", max_tokens=2**70)
+    assert bad.value.body["param"] == "max_tokens"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="tuneloop-v7-nope", prompt="Hello")
 
