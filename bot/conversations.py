@@ -239,9 +239,12 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
     new = split_new_messages(stored, messages) if conversation_id else list(messages)
     if not any(m["role"] == "user" for m in new):
         raise NoNewMessageError("messages: no new user message after the stored conversation")
-    system = [m for m in messages if m["role"] == "system"][:1]
-    prompt = system + [m for m in stored if m["role"] != "system" or not system] + \
-        [m for m in new if m["role"] != "system"]
+    if conversation_id is None:
+        prompt = list(messages)  # system and developer messages stay where the caller put them
+    else:  # the request's system messages (all of them, in order) replace the stored ones
+        system = [m for m in messages if m["role"] == "system"]
+        prompt = system + [m for m in stored if m["role"] != "system" or not system] + \
+            [m for m in new if m["role"] != "system"]
     memory, memory_ids = runtime.recall(prompt)
     source = runtime.stream(version, prompt, params or SamplingParams(
         max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p), memory=memory)

@@ -67,23 +67,67 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI chat parameters this server cannot honour: each is refused (400 naming it) unless it holds
+# a value that asks for nothing beyond what is served anyway (name → (accepted values, why not)).
+REFUSED_CHAT_PARAMETERS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "audio": ((None,), "audio output is not supported"),
+    "function_call": ((None, "none"), "function calling is not supported"),
+    "functions": ((None, []), "function calling is not supported"),
+    "logprobs": ((None, False), "log probabilities are not supported; leave logprobs unset or false"),
+    "metadata": ((None, {}), "metadata is kept with stored completions only, which this server does not offer"),
+    "modalities": ((None, ["text"]), "only the text modality is served"),
+    "prediction": ((None,), "predicted outputs are not supported"),
+    "reasoning_effort": ((None,), "this model does not reason in hidden steps; leave reasoning_effort unset"),
+    "response_format": ((None, {"type": "text"}), "only text answers are served ({'type': 'text'}); JSON mode "
+                        "and JSON schemas are not enforced by this server"),
+    "service_tier": ((None, "auto", "default"), "there is one service tier: 'auto' (or 'default')"),
+    "tool_choice": ((None, "none"), "tool calling is not supported"),
+    "tools": ((None, []), "tool calling is not supported; send the request without tools"),
+    "top_logprobs": ((None, 0), "log probabilities are not supported"),
+    "verbosity": ((None,), "verbosity applies to reasoning models; leave it unset"),
+    "web_search_options": ((None,), "web search is not supported"),
+}
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Every OpenAI parameter is declared: honoured, or refused by ``_refuse_what_cannot_be_served``;
+    an unknown field is refused too (400 naming it), so nothing is silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
-    logprobs: bool | None = None
+    audio: Any = None
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    function_call: Any = None
+    functions: Any = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: Any = None
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens.")
+    metadata: Any = None
+    modalities: Any = None
     n: int | None = None
-    seed: int | None = None
+    parallel_tool_calls: bool | None = Field(None, description="Accepted: without tools it changes nothing.")
+    prediction: Any = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    prompt_cache_key: str | None = Field(None, description="Accepted: a caching hint that never changes the answer.")
+    reasoning_effort: Any = None
+    response_format: Any = None
+    safety_identifier: str | None = Field(None, description="End-user id when ``user`` is not sent.")
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    service_tier: Any = None
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    tools: list[Any] | None = None
+    tool_choice: Any = None
+    tools: Any = None
+    top_logprobs: Any = None
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = Field(None, description="End-user id; conversations are stored under it.")
+    verbosity: Any = None
+    web_search_options: Any = None
 
     # --- tuneloop extensions ------------------------------------------------------------------
     conversation_id: str | None = Field(
@@ -93,16 +137,38 @@ class ChatCompletionRequest(BaseModel):
     # -------------------------------------------------------------------------------------------
 
     @model_validator(mode="after")
-    def _supported(self) -> "ChatCompletionRequest":
-        if self.n not in (None, 1):
-            raise ValueError("n: only n=1 is supported")
-        if self.logprobs:
-            raise ValueError("logprobs: log probabilities are not supported")
-        if self.tools:
-            raise ValueError("tools: tool calling is not supported")
-        if self.messages[-1].role != "user":
-            raise ValueError("messages: the last message must come from the user")
+    def _refuse_what_cannot_be_served(self) -> "ChatCompletionRequest":
+        from tuneloop.core.errors import ParamError
+
+        for name, (accepted, why) in REFUSED_CHAT_PARAMETERS.items():
+            if getattr(self, name) not in accepted:
+                raise ParamError(name, why)
         return self
+
+    @property
+    def end_user(self) -> str | None:
+        return self.user or self.safety_identifier
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, value: list[ChatMessage]) -> list[ChatMessage]:
+        if value[-1].role != "user":
+            raise ValueError("the last message must come from the user")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        from bot.completions import check_logit_bias
+
+        return check_logit_bias(value)
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("only n=1 is supported; send n separate requests (with different seeds) instead")
+        return value
 
     def to_sampling_params(self, defaults: Settings) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -112,6 +178,9 @@ class ChatCompletionRequest(BaseModel):
             top_p=defaults.top_p if self.top_p is None else self.top_p,
             stop=[s for s in stop if s],
             seed=self.seed,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
         )
 
 

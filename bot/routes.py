@@ -26,6 +26,8 @@ from tuneloop.core.deps import SessionDep, StaffAccount
 from tuneloop.core.errors import ApiError, error_body
 
 router = APIRouter(tags=["serving"])
+from bot.completion_routes import router as completion_router  # noqa: E402
+router.include_router(completion_router)
 
 
 # --- chat completions ------------------------------------------------------------------------------
@@ -58,7 +60,7 @@ def _start(runtime, body: protocol.ChatCompletionRequest) -> conversations.ChatT
     try:
         return conversations.start_turn(
             runtime, messages=[m.as_dict() for m in body.messages], params=body.to_sampling_params(runtime.settings),
-            model=body.model, conversation_id=body.conversation_id, end_user=body.user, channel="api",
+            model=body.model, conversation_id=body.conversation_id, end_user=body.end_user, channel="api",
         )
     except versions.UnknownModelError as exc:
         raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
@@ -114,13 +116,29 @@ class _SSEResponse(StreamingResponse):
 # --- models --------------------------------------------------------------------------------------
 @router.get("/v1/models", response_model=protocol.ModelList)
 def list_models(request: Request, session: SessionDep) -> protocol.ModelList:
+    """Every name chat accepts: the production alias, then each version by id and by name."""
     settings = request.app.state.settings
-    served = versions.servable_versions(session)
     production = versions.production_version(session)
-    cards = [protocol.ModelCard(id=settings.production_alias, created=protocol.unix(production.created_at),
-                                owned_by="tuneloop")]
-    cards += [protocol.ModelCard(id=v.id, created=protocol.unix(v.created_at), owned_by="tuneloop") for v in served]
+    cards = [_card(settings.production_alias, production)]
+    for version in versions.servable_versions(session):
+        cards += [_card(version.id, version), _card(version.name, version)]
+        for step, _directory in versions.checkpoint_adapters(settings, version):
+            name = f"{version.name}{versions.CHECKPOINT_MARK}{step}"
+            cards.append(_card(name, versions.resolve_model(session, settings, name)))
     return protocol.ModelList(data=cards)
+
+
+@router.get("/v1/models/{model:path}", response_model=protocol.ModelCard)
+def retrieve_model(model: str, request: Request, session: SessionDep) -> protocol.ModelCard:
+    try:
+        return _card(model, versions.resolve_model(session, request.app.state.settings, model))
+    except versions.UnknownModelError as exc:
+        raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
+
+
+def _card(name: str, version) -> protocol.ModelCard:
+    owner = "tuneloop" if not (version.adapter_path or version.hosted_model) else "org-tuneloop"
+    return protocol.ModelCard(id=name, created=protocol.unix(version.created_at), owned_by=owner)
 
 
 # --- conversations -------------------------------------------------------------------------------

@@ -137,6 +137,10 @@ class ServingRuntime:
         """Decode an answer. ``memory`` (from ``recall``) is appended to the system prompt."""
         return self.engine.stream(version, self._with_system(messages, memory), params)
 
+    def stream_prompt(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
+        """A legacy completion: the prompt as written, no system prompt, no memory."""
+        return self.engine.stream_prompt(version, prompt, params)
+
     def generate(self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams,
                  *, memory: str = "") -> Completion:
         return self.engine.generate(version, self._with_system(messages, memory), params)

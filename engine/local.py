@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 
-from engine.prompting import PromptTooLongError, trim_to_budget
+from engine.prompting import PromptTooLongError, raw_prompt_ids, trim_to_budget
 from engine.protocol import Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
 from engine.transformers_engine import LoadedModel, LocalEngine
 from tuneloop.core.settings import Settings
@@ -59,6 +59,11 @@ class TransformersEngine:
     def generate(self, version: ServedVersion, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
         loaded = self.loaded_for(version)
         return self.decoder.generate(self.encode(loaded, messages, params.max_tokens), params, loaded)
+
+    def stream_prompt(self, version: ServedVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
+        loaded = self.loaded_for(version)
+        context = min(self.settings.context_budget, loaded.max_context)
+        return self.decoder.stream(raw_prompt_ids(loaded.tokenizer, prompt, params.max_tokens, context), params, loaded)
 
     def close(self) -> None:
         if self.decoder is not None:

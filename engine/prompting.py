@@ -67,3 +67,16 @@ def trim_to_budget(
                 "shorten the last message or raise max context (TUNELOOP_CONTEXT_BUDGET)."
             )
         del kept[first_droppable]
+
+
+def raw_prompt_ids(tokenizer: Any, prompt: str, max_tokens: int, context: int) -> list[int]:
+    """A legacy completion prompt as written (no chat template), checked against the context: raises
+    ``PromptTooLongError`` naming ``max_tokens`` or ``prompt``, whichever the caller must change."""
+    if max_tokens >= context:
+        raise PromptTooLongError(f"max_tokens={max_tokens} leaves no room for the prompt in a context of "
+                                 f"{context} tokens; lower max_tokens", param="max_tokens")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(ids) + max_tokens > context:
+        raise PromptTooLongError(f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}; together they "
+                                 f"must fit the context of {context} tokens", param="prompt")
+    return ids

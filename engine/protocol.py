@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from tuneloop.core.errors import UnavailableError
+from tuneloop.core.errors import InvalidInputError, UnavailableError
+
+
+class CompletionsUnavailableError(InvalidInputError):
+    """This engine answers chats only (an upstream server): use /v1/chat/completions."""
+
+    param = "model"
 
 
 class NotReadyError(UnavailableError):
@@ -28,6 +34,13 @@ class SamplingParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    frequency_penalty: float = 0.0  # OpenAI's: minus penalty × how often a token was generated so far
+    presence_penalty: float = 0.0  # minus penalty once a token was generated at all
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id → added to its logit
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
 
 
 @dataclass
@@ -90,6 +103,9 @@ class Engine(Protocol):
 
     def generate(self, version: ServedVersion, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
         """The whole answer at once."""
+
+    def stream_prompt(self, version: ServedVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
+        """Like ``stream`` for a raw text prompt (OpenAI's legacy completions): no chat template."""
 
     def close(self) -> None:
         """Stop background threads; the engine answers nothing afterwards."""

@@ -28,6 +28,7 @@ from engine.protocol import Completion, SamplingParams, VersionSpec
 log = logging.getLogger(__name__)
 
 
+
 def pick_device(preference: str = "auto") -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
@@ -269,6 +270,8 @@ class LocalEngine:
     @staticmethod
     def _sample(request: _Request, logits: torch.Tensor) -> int:
         params = request.params
+        if params.adjusts_logits:
+            logits = LocalEngine._adjusted(request, logits)
         if params.temperature <= 0:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits.float() / params.temperature, dim=-1)
@@ -278,6 +281,19 @@ class LocalEngine:
             sorted_probs[(cumulative - sorted_probs) > params.top_p] = 0
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=request.generator))
+
+    @staticmethod
+    def _adjusted(request: _Request, logits: torch.Tensor) -> torch.Tensor:
+        """Penalties on the tokens generated so far and the caller's logit bias, as OpenAI applies them."""
+        params = request.params
+        logits = logits.float().clone()
+        if request.generated and (params.frequency_penalty or params.presence_penalty):
+            ids, counts = torch.tensor(request.generated, device=logits.device).unique(return_counts=True)
+            logits[ids] -= params.frequency_penalty * counts.to(logits.dtype) + params.presence_penalty
+        for token, bias in params.logit_bias.items():
+            if 0 <= token < logits.shape[-1]:
+                logits[token] += bias
+        return logits
 
     @staticmethod
     def _advance(request: _Request, token: int) -> bool:

@@ -23,7 +23,7 @@ from pathlib import PurePosixPath
 import httpx
 import openai
 
-from engine.protocol import Completion, SamplingParams, ServedVersion
+from engine.protocol import Completion, CompletionsUnavailableError, SamplingParams, ServedVersion
 from tuneloop.core.settings import Settings
 from tuneloop.core import errors
 
@@ -80,6 +80,10 @@ class UpstreamEngine:
         self.model_for(version)  # the upstream loads the version's adapter (or refuses: raises)
         self.serving_id = version.id
 
+    def stream_prompt(self, version: ServedVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
+        raise CompletionsUnavailableError("legacy completions need a local engine; this server relays chats to an "
+                                          "upstream (TUNELOOP_ENGINE=upstream): use /v1/chat/completions")
+
     def close(self) -> None:
         """Nothing runs in the background."""
 
@@ -128,7 +132,7 @@ class UpstreamEngine:
             model=self.model_for(version), messages=messages, stream=True,
             stream_options={"include_usage": True}, max_tokens=params.max_tokens,
             temperature=params.temperature, top_p=params.top_p, stop=params.stop or None,
-            seed=params.seed,
+            seed=params.seed, **_logit_controls(params),
         )
 
     # --- LoRA adapters (vLLM) ----------------------------------------------------------------------
@@ -222,3 +226,10 @@ def _translate(exc: openai.APIStatusError) -> Exception:
     if exc.status_code in (400, 413, 422):
         return UpstreamRejectedError(f"The upstream model server rejected the request: {message}")
     return UpstreamUnavailableError(f"The upstream model server answered {exc.status_code}: {message}")
+
+
+def _logit_controls(params: SamplingParams) -> dict:
+    """Penalties and logit bias, sent only when the caller set them (the upstream applies them)."""
+    controls = {"frequency_penalty": params.frequency_penalty or None, "presence_penalty": params.presence_penalty or None,
+                "logit_bias": {str(k): v for k, v in params.logit_bias.items()} or None}
+    return {k: v for k, v in controls.items() if v is not None}

@@ -133,6 +133,29 @@ def reject(version_id: str, body: RejectBody, admin: AdminAccount, session: Sess
     return registry.version_as_dict(session, version)
 
 
+@router.delete("/v1/models/{model:path}", tags=["models"])
+def delete_model(model: str, admin: AdminAccount, session: SessionDep, settings: SettingsDep) -> dict:
+    """OpenAI's models.delete: a fine-tuned version that is not in production (by id, name or alias)."""
+    from registry.versions import UnknownModelError, resolve_model
+
+    try:
+        version = resolve_model(session, settings, model)
+    except UnknownModelError as exc:
+        raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
+    from registry.versions import CHECKPOINT_MARK
+    from registry.checkpoints import remove_checkpoints
+
+    if CHECKPOINT_MARK in version.id:
+        raise ApiError(400, f"{model} is a checkpoint; it goes when its model {version.id.split(':')[0]} is deleted",
+                       param="model")
+    with registry_errors():
+        registry.delete(session, settings, version.id, admin)
+        session.commit()
+    if version.job_id:
+        remove_checkpoints(settings, version.job_id)
+    return {"id": model, "object": "model", "deleted": True}
+
+
 @router.delete("/v1/registry/versions/{version_id}")
 def delete(version_id: str, admin: AdminAccount, session: SessionDep, settings: SettingsDep) -> dict:
     with registry_errors():

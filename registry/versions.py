@@ -52,6 +52,8 @@ def resolve_model(session: Session, settings: Settings, name: str) -> ModelVersi
     """Map an API ``model`` field to a version: the production alias, a version id or a version name."""
     if name == settings.production_alias:
         return production_version(session)
+    if CHECKPOINT_MARK in name:
+        return _checkpoint_version(session, settings, name)
     version = session.get(ModelVersion, name) or session.exec(
         select(ModelVersion).where(ModelVersion.name == name)
     ).first()
@@ -60,6 +62,42 @@ def resolve_model(session: Session, settings: Settings, name: str) -> ModelVersi
             f"The model {name!r} does not exist. Use {settings.production_alias!r} or an id from GET /v1/models."
         )
     return version
+
+
+# A fine-tune's epoch checkpoints are adapters too, at model_store/checkpoints/<job id>/step-<N>/
+# (laid out by registry.checkpoints, written by retrain.checkpoints); "<version name>:ckpt-step-<N>" serves one.
+CHECKPOINT_MARK = ":ckpt-step-"
+
+
+def checkpoint_adapters(settings: Settings, version: ModelVersion) -> list[tuple[int, Path]]:
+    """(step, adapter directory) of each checkpoint kept for the job that made ``version``, oldest first."""
+    if not version.job_id or not version.adapter_path:
+        return []
+    root = settings.model_store_dir / "checkpoints" / version.job_id
+    found = [(int(p.name[5:]), p) for p in root.glob("step-*")
+             if p.name[5:].isdigit() and (p / "adapter_config.json").is_file()]
+    return sorted(found)
+
+
+def _checkpoint_version(session: Session, settings: Settings, name: str) -> ModelVersion:
+    """A transient (never stored) version for a checkpoint name, served like any other version."""
+    parent_name, _, step = name.rpartition(CHECKPOINT_MARK)
+    version = resolve_model(session, settings, parent_name)
+    found = dict(checkpoint_adapters(settings, version))
+    if not step.isdigit() or int(step) not in found:
+        kept = ", ".join(f"{CHECKPOINT_MARK}{s}" for s in found) or "none"
+        raise UnknownModelError(f"The model {name!r} does not exist: {version.name} keeps the checkpoints {kept}.")
+    directory = found[int(step)]
+    return ModelVersion(id=f"{version.id}{CHECKPOINT_MARK}{step}", number=version.number, name=name,
+                        base_model=version.base_model, adapter_path=str(directory.relative_to(settings.model_store_dir)),
+                        prompt_format=version.prompt_format, parent_id=version.parent_id, job_id=version.job_id,
+                        status=version.status, created_at=_mtime(directory))
+
+
+def _mtime(path: Path):
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
 
 
 def servable_versions(session: Session) -> list[ModelVersion]:

@@ -4,6 +4,10 @@ An example is ``{"messages": [system, ...context..., user], "completion": answer
 ``retrain.datasets.load_examples`` returns) or an OpenAI chat-format line whose last message is the
 assistant's answer. The prompt is tokenized with ``engine.prompting`` exactly as serving lays it out, so
 the model learns on the layout it is later asked in.
+
+A legacy ``{"prompt", "completion"}`` line (no ``messages``) is trained as written, without a chat
+template: the completion's tokens follow the prompt's, then end-of-sequence, exactly as
+``/v1/completions`` later feeds the prompt (separator included) and decodes what follows.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ def encode_example(tokenizer: Any, example: dict[str, Any], *, max_seq_len: int,
 
     Long prompts lose their oldest context turns first (as serving trims them); an example whose
     answer alone does not fit is dropped (None)."""
+    if "prompt" in example and "messages" not in example:
+        return encode_prompt_completion(tokenizer, example, max_seq_len=max_seq_len,
+                                        prompt_loss_weight=prompt_loss_weight)
     messages, answer = split_chat_example(example)
     completion = tokenizer(completion_text(tokenizer, messages, answer), add_special_tokens=False)["input_ids"]
     budget = max_seq_len - len(completion)
@@ -50,6 +57,25 @@ def encode_example(tokenizer: Any, example: dict[str, Any], *, max_seq_len: int,
         _kept, prompt = trim_to_budget(tokenizer, messages, budget)
     except PromptTooLongError:
         return None
+    return EncodedExample(
+        input_ids=prompt + completion,
+        weights=[prompt_loss_weight] * len(prompt) + [1.0] * len(completion),
+        completion_mask=[False] * len(prompt) + [True] * len(completion),
+    )
+
+
+def encode_prompt_completion(tokenizer: Any, example: dict[str, Any], *, max_seq_len: int,
+                             prompt_loss_weight: float) -> EncodedExample | None:
+    """Prompt ids (raw text, no template) + completion ids + eos; a long prompt keeps its end (the part
+    next to the separator); an example whose completion alone does not fit is dropped (None)."""
+    prompt = tokenizer(str(example["prompt"]), add_special_tokens=False)["input_ids"]
+    completion = tokenizer(str(example["completion"]), add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        completion = completion + [tokenizer.eos_token_id]
+    budget = max_seq_len - len(completion)
+    if budget < 1 or not prompt:
+        return None
+    prompt = prompt[-budget:]
     return EncodedExample(
         input_ids=prompt + completion,
         weights=[prompt_loss_weight] * len(prompt) + [1.0] * len(completion),

@@ -1,5 +1,7 @@
 """Files uploaded for fine-tuning (OpenAI's files API): stored under ``data_dir/files/<id>.jsonl``,
-checked for the chat format when a job that uses them starts."""
+checked when a job that uses them starts (chat lines, or legacy prompt/completion lines, which train
+the completion after the prompt as written). A job's result.csv is stored here too, as a file of
+purpose ``fine-tune-results``."""
 
 from __future__ import annotations
 
@@ -72,19 +74,87 @@ def get_file(session: Session, file_id: str) -> TrainingFile:
     return record
 
 
-def list_files(session: Session) -> list[TrainingFile]:
-    return list(session.exec(select(TrainingFile).order_by(col(TrainingFile.created_at).desc())))
+def list_files(session: Session, *, purpose: str | None = None, order: str = "desc", after: str | None = None,
+               limit: int | None = None) -> tuple[list[TrainingFile], bool]:
+    """Files newest first (``order="asc"``: oldest first), optionally of one ``purpose``; ``after`` is
+    the id of the last file of the previous page. Returns (files, has_more)."""
+    if order not in ("asc", "desc"):
+        raise JobError(f"order must be 'asc' or 'desc', not {order!r}", "order")
+    created, ident = col(TrainingFile.created_at), col(TrainingFile.id)
+    query = select(TrainingFile)
+    if purpose:
+        query = query.where(TrainingFile.purpose == purpose)
+    if after:
+        cursor = session.get(TrainingFile, after)
+        if cursor is None:
+            raise JobError(f"after: no file {after!r}; pass the id of the last file of the previous page", "after")
+        if order == "desc":
+            query = query.where((created < cursor.created_at) | ((created == cursor.created_at) & (ident < cursor.id)))
+        else:
+            query = query.where((created > cursor.created_at) | ((created == cursor.created_at) & (ident > cursor.id)))
+    query = query.order_by(created.desc(), ident.desc()) if order == "desc" else query.order_by(created, ident)
+    rows = list(session.exec(query.limit(limit + 1) if limit else query))
+    return (rows[:limit], len(rows) > limit) if limit else (rows, False)
+
+
+def file_content(settings: Settings, record: TrainingFile) -> bytes:
+    path = files_dir(settings) / record.path
+    if not path.is_file():
+        raise JobNotFoundError(f"the content of file {record.id!r} is gone from {files_dir(settings)}")
+    return path.read_bytes()
+
+
+def delete_file(session: Session, settings: Settings, file_id: str) -> TrainingFile:
+    """Delete a file and its content; refused (409) while a job that has not finished uses it."""
+    from retrain.jobs import ACTIVE, JobConflictError
+    from retrain.models import FineTuneJob
+
+    record = get_file(session, file_id)
+    user = session.exec(select(FineTuneJob).where(
+        col(FineTuneJob.status).in_(ACTIVE),
+        (FineTuneJob.training_file_id == file_id) | (FineTuneJob.validation_file_id == file_id))).first()
+    if user is not None:
+        raise JobConflictError(f"file {file_id} is used by fine-tuning job {user.id} ({user.status}); "
+                               "cancel the job or wait until it finishes", "file_id")
+    (files_dir(settings) / record.path).unlink(missing_ok=True)
+    session.delete(record)
+    session.flush()
+    return record
+
+
+def save_result_file(session: Session, settings: Settings, *, job_id: str, source: Path) -> TrainingFile:
+    """A job's result.csv as a file object (purpose ``fine-tune-results``), downloadable by id."""
+    content = source.read_bytes()
+    record = TrainingFile(filename=f"{job_id}-result.csv", purpose="fine-tune-results", bytes=len(content), path="")
+    record.path = f"{record.id}.csv"
+    files_dir(settings).mkdir(parents=True, exist_ok=True)
+    (files_dir(settings) / record.path).write_bytes(content)
+    session.add(record)
+    session.flush()
+    return record
 
 
 def read_examples(settings: Settings, record: TrainingFile) -> list[dict]:
+    """The file's examples: chat lines as they are, legacy lines as ``{"prompt", "completion"}`` (the
+    column names ``data validate`` accepts, such as "question"/"answer", are mapped)."""
     text = (files_dir(settings) / record.path).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [_legacy_columns(json.loads(line)) for line in text.splitlines() if line.strip()]
+
+
+def _legacy_columns(row: dict) -> dict:
+    if "messages" in row or ("prompt" in row and "completion" in row):
+        return row
+    from feedback.datafiles import COMPLETION_NAMES, PROMPT_NAMES
+
+    lookup = {str(k).strip().lower(): k for k in row}
+    prompt = next((lookup[n] for n in PROMPT_NAMES if n in lookup), None)
+    completion = next((lookup[n] for n in COMPLETION_NAMES if n in lookup), None)
+    if prompt is None or completion is None:
+        return row
+    return {"prompt": str(row[prompt]), "completion": str(row[completion])}
 
 
 def validate_training_file(settings: Settings, record: TrainingFile) -> list[str]:
     """Problems with an uploaded file, at most ten, each naming its line; empty when it is usable."""
     report = validate_file(files_dir(settings) / record.path, settings)
-    problems = [str(e) for e in report.errors]
-    if not problems and getattr(report, "kind", "chat") != "chat":
-        problems.append("fine-tuning needs the chat format ({\"messages\": [...]} per line)")
-    return problems[:10]
+    return [str(e) for e in report.errors][:10]  # chat or legacy prompt/completion lines

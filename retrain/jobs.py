@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
+import math
+from dataclasses import asdict, fields
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import update
@@ -114,14 +117,21 @@ def create_job(session: Session, settings: Settings, *, actor: str, model: str |
                snapshot_id: str | None = None, training_file_id: str | None = None,
                validation_file_id: str | None = None, hyperparameters: dict[str, Any] | None = None,
                suffix: str | None = None, seed: int | None = None, backend: str = "local",
-               admin: bool = False) -> FineTuneJob:
+               admin: bool = False, metadata: dict[str, str] | None = None,
+               method: dict[str, Any] | None = None) -> FineTuneJob:
     """Queue a job that continues from ``model`` (a version id, name or the production alias).
     ``admin``: the creator is an admin (or the operator at the CLI), whose job on an uploaded file
-    counts as its review."""
+    counts as its review. ``method``: None (supervised) or ``{"type": "dpo", "beta": number | "auto"}``
+    on a preference file."""
     from registry.versions import UnknownModelError, resolve_model
 
     hyper = normalize_hyperparameters(hyperparameters)
     _check_caps(settings, hyper)
+    _check_metadata(metadata)
+    method = _check_method(method, training_file_id, backend)
+    if method and validation_file_id:
+        raise JobError("DPO jobs here measure nothing on a validation file; leave validation_file unset",
+                       "validation_file")
     try:
         parent = resolve_model(session, settings, model or settings.production_alias)
     except UnknownModelError as exc:
@@ -142,7 +152,8 @@ def create_job(session: Session, settings: Settings, *, actor: str, model: str |
     job = FineTuneJob(backend=backend, parent_version_id=parent.id, snapshot_id=snapshot_id,
                       training_file_id=training_file_id, validation_file_id=validation_file_id,
                       hyperparameters=hyper, suffix=suffix, seed=42 if seed is None else int(seed),
-                      created_by=actor, status=JobStatus.validating_files)
+                      created_by=actor, status=JobStatus.validating_files, user_metadata=metadata or None,
+                      method=method)
     session.add(job)
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job {job.id} from {parent.id}"
@@ -150,6 +161,64 @@ def create_job(session: Session, settings: Settings, *, actor: str, model: str |
     audit(session, actor=actor, action="finetune.created", object_type="finetunejob", object_id=job.id,
           parent=parent.id, snapshot=snapshot_id, training_file=training_file_id)
     return job
+
+
+def _check_method(method: dict[str, Any] | None, training_file_id: str | None, backend: str) -> dict[str, Any] | None:
+    if not method:
+        return None
+    from retrain.dpo import DEFAULT_BETA
+
+    beta = DEFAULT_BETA if method.get("beta") in (None, "auto") else method["beta"]
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 < beta <= 2:
+        raise JobError(f"beta must be a number in (0, 2] or 'auto', not {beta!r}", "method.dpo.hyperparameters.beta")
+    if not training_file_id:
+        raise JobError("a DPO job trains on an uploaded preference file; pass training_file", "training_file")
+    if backend != "local":
+        raise JobError("DPO runs on the local backend only", "method.type")
+    return {"type": "dpo", "beta": float(beta)}
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    """OpenAI's limits: at most 16 pairs, keys up to 64 characters, string values up to 512."""
+    if not metadata:
+        return
+    if len(metadata) > 16:
+        raise JobError(f"metadata holds {len(metadata)} pairs; at most 16 are allowed", "metadata")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise JobError(f"metadata key {key[:20]!r}… is longer than 64 characters", "metadata")
+        if not isinstance(value, str) or len(value) > 512:
+            raise JobError(f"metadata[{key!r}] must be a string of at most 512 characters", "metadata")
+
+
+def planned_hyperparameters(config: TrainConfig, n_examples: int) -> tuple[dict[str, Any], list[str]]:
+    """The hyperparameters a run on ``n_examples`` uses (the trainer's rule: n_epochs is raised until the
+    run takes min_steps optimizer steps) and the reasons for each change, for the job's events."""
+    per_epoch = math.ceil(math.ceil(max(n_examples, 1) / config.batch_size) / config.gradient_accumulation)
+    n_epochs = max(config.n_epochs, math.ceil(config.min_steps / per_epoch))
+    reasons = []
+    if n_epochs != config.n_epochs:
+        reasons.append(f"n_epochs raised from {config.n_epochs} to {n_epochs} to reach {config.min_steps} optimizer "
+                       f"steps ({n_examples} examples at batch_size {config.batch_size}: {per_epoch} "
+                       f"step{'s' if per_epoch > 1 else ''} per epoch)")
+    effective = {**asdict(config), "n_epochs": n_epochs, "total_steps": per_epoch * n_epochs,
+                 "learning_rate": config.learning_rate, "n_examples": n_examples}
+    return effective, reasons
+
+
+def estimated_finish(session: Session, job: FineTuneJob) -> datetime | None:
+    """For a running job: the last step's time plus the remaining steps at the measured step time
+    (between the first and the last recorded step, so model loading does not count)."""
+    total = (job.effective_hyperparameters or {}).get("total_steps")
+    if job.status != JobStatus.running or not total:
+        return None
+    first = session.exec(select(JobMetric).where(JobMetric.job_id == job.id).order_by(col(JobMetric.step))).first()
+    last = session.exec(select(JobMetric).where(JobMetric.job_id == job.id)
+                        .order_by(col(JobMetric.step).desc())).first()
+    if first is None or last is None or last.step <= first.step:
+        return None
+    per_step = (last.created_at - first.created_at) / (last.step - first.step)
+    return last.created_at + per_step * max(int(total) - last.step, 0)
 
 
 def _require_file(session: Session, file_id: str, param: str) -> TrainingFile:
@@ -185,13 +254,18 @@ def get_job(session: Session, job_id: str) -> FineTuneJob:
     return job
 
 
-def list_jobs(session: Session, *, after: str | None = None, limit: int = 20) -> tuple[list[FineTuneJob], bool]:
-    """Newest first; ``after`` is the id of the last job of the previous page. Returns (jobs, has_more)."""
+def list_jobs(session: Session, *, after: str | None = None, limit: int = 20,
+              metadata: dict[str, str] | None = None) -> tuple[list[FineTuneJob], bool]:
+    """Newest first; ``after`` is the id of the last job of the previous page; ``metadata``: only jobs
+    whose metadata holds every given pair. Returns (jobs, has_more)."""
     query = select(FineTuneJob).order_by(col(FineTuneJob.created_at).desc(), col(FineTuneJob.id).desc())
     if after:
         cursor = get_job(session, after)
         query = query.where((col(FineTuneJob.created_at) < cursor.created_at)
                             | ((col(FineTuneJob.created_at) == cursor.created_at) & (col(FineTuneJob.id) < cursor.id)))
+    if metadata:  # JSON containment differs by engine; job lists are short, so filter here
+        rows = [j for j in session.exec(query) if all((j.user_metadata or {}).get(k) == v for k, v in metadata.items())]
+        return rows[:limit], len(rows) > limit
     rows = list(session.exec(query.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
 
@@ -256,7 +330,7 @@ def list_events(session: Session, job_id: str, *, after: int | str | None = None
 
 def _event_id(value: int | str) -> int:
     text = str(value).removeprefix("ftevent-")
-    if not text.isdigit():
+    if not text.isdigit() or int(text) >= 2**63:
         raise JobError(f"'after' must be an event id (ftevent-N), not {value!r}", "after")
     return int(text)
 
@@ -275,15 +349,24 @@ def list_metrics(session: Session, job_id: str) -> list[JobMetric]:
     return list(session.exec(select(JobMetric).where(JobMetric.job_id == job_id).order_by(col(JobMetric.step))))
 
 
-def list_checkpoints(session: Session, job_id: str) -> list[dict[str, Any]]:
-    """The adapter a succeeded job produced (we keep the final checkpoint only), with its last metrics."""
+def list_checkpoints(session: Session, settings: Settings, job_id: str) -> list[dict[str, Any]]:
+    """The checkpoints a succeeded job kept (the adapter after each of its last three epochs, the
+    last one being the final model), newest first, each with its model name and that step's metrics."""
+    from registry.versions import CHECKPOINT_MARK, checkpoint_adapters
+
     job = get_job(session, job_id)
     if job.status != JobStatus.succeeded or not job.result_version_id:
         return []
     version = session.get(ModelVersion, job.result_version_id)
-    metrics = list_metrics(session, job_id)
-    last = metrics[-1] if metrics else None
-    return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}", "job": job, "version": version, "metric": last}]
+    metrics = {m.step: m for m in list_metrics(session, job_id)}
+    found = checkpoint_adapters(settings, version)
+    if not found and version.adapter_path:  # a job from before checkpoints were kept: the final adapter
+        last = max(metrics) if metrics else 0
+        return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}", "job": job, "step": last,
+                 "name": version.name, "metric": metrics.get(last)}]
+    return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}", "job": job, "step": step,
+             "name": f"{version.name}{CHECKPOINT_MARK}{step}", "metric": metrics.get(step)}
+            for step, _directory in reversed(found)]
 
 
 def set_status(session: Session, job_id: str, status: JobStatus, *, message: str | None = None,

@@ -60,6 +60,13 @@ class FineTuneJob(SQLModel, table=True):
     cancel_requested: bool = False
     worker_id: str | None = None
     heartbeat_at: datetime | None = None
+    # What training actually used (defaults filled in, n_epochs raised to min_steps, total_steps), set
+    # when training starts; None before. ``hyperparameters`` keeps what was asked for.
+    effective_hyperparameters: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    method: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True),
+                                          description='{"type": "dpo", "beta": …}; None means supervised')
+    user_metadata: dict[str, str] | None = Field(default=None, sa_column=Column(JSON, nullable=True),
+                                                 description="OpenAI's job metadata (up to 16 string pairs)")
 
 
 class JobEvent(SQLModel, table=True):

@@ -12,17 +12,21 @@ from typing import Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel, Field
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from pydantic import BaseModel, Field, field_validator
 
 from retrain import files as file_service
 from retrain import jobs
 from retrain.models import FineTuneJob, JobEvent, TrainingFile
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
 from tuneloop.core.errors import ApiError
-from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
-from tuneloop.core.errors import ApiError
 from tuneloop.core.inputs import MAX_DB_INT, OptionalId
+from tuneloop.core.accounts.service import audit
+from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.errors import ApiError, ParamError
 
 router = APIRouter(tags=["fine-tuning"])
+SUPPORTED_METHODS = ("supervised", "dpo")
 
 
 class CreateJobRequest(BaseModel):
@@ -39,9 +43,27 @@ class CreateJobRequest(BaseModel):
     snapshot_id: OptionalId = None  # train on a dataset snapshot instead of an uploaded file
     backend: str = "local"  # local | openai (the hosted service in settings)
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        kind = (value or {}).get("type", "supervised")
+        if kind not in SUPPORTED_METHODS:
+            raise ParamError("method.type", f"method type {kind!r} is not supported; use one of "
+                             f"{', '.join(repr(m) for m in SUPPORTED_METHODS)}")
+        return value
+
     def merged_hyperparameters(self) -> dict[str, Any]:
-        supervised = ((self.method or {}).get("supervised") or {}).get("hyperparameters") or {}
-        return {**(self.hyperparameters or {}), **supervised}
+        """Top-level hyperparameters (OpenAI's older field) under the method's own; DPO's beta excluded."""
+        kind = (self.method or {}).get("type", "supervised")
+        inner = ((self.method or {}).get(kind) or {}).get("hyperparameters") or {}
+        return {k: v for k, v in {**(self.hyperparameters or {}), **inner}.items() if k != "beta"}
+
+    def method_settings(self) -> dict[str, Any] | None:
+        kind = (self.method or {}).get("type", "supervised")
+        if kind == "supervised":
+            return None
+        beta = (((self.method or {}).get(kind) or {}).get("hyperparameters") or {}).get("beta", "auto")
+        return {"type": kind, "beta": beta}
 
 
 @contextmanager
@@ -73,29 +95,51 @@ def file_object(record: TrainingFile) -> dict[str, Any]:
             "created_by": record.created_by, "approved_by": record.approved_by}
 
 
-def job_object(job: FineTuneJob, fine_tuned_model: str | None = None) -> dict[str, Any]:
-    hyper = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto", **job.hyperparameters}
-    hyperparameters = {k: hyper[k] for k in ("batch_size", "learning_rate_multiplier", "n_epochs")}
+def effective_hyperparameters(job: FineTuneJob) -> dict[str, Any]:
+    """What training used once it started; before that, what it will use as far as is known (requested
+    values over TrainConfig's defaults; n_epochs may still be raised to reach min_steps). A hosted job
+    shows "auto" where the hosted service decides."""
+    if job.effective_hyperparameters:
+        return dict(job.effective_hyperparameters)
+    if job.backend != "local":
+        return {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto", **job.hyperparameters}
+    from dataclasses import asdict
+
+    from retrain.trainer import TrainConfig
+
+    return asdict(TrainConfig.from_dict(job.hyperparameters))
+
+
+def job_object(job: FineTuneJob, fine_tuned_model: str | None = None,
+               estimated_finish: int | None = None) -> dict[str, Any]:
+    full = effective_hyperparameters(job)
+    hyperparameters = {k: full[k] for k in ("batch_size", "learning_rate_multiplier", "n_epochs")}
     return {
         "id": job.id, "object": "fine_tuning.job", "created_at": _ts(job.created_at),
         "error": job.error, "fine_tuned_model": fine_tuned_model, "finished_at": _ts(job.finished_at),
         "hyperparameters": hyperparameters, "model": job.parent_version_id, "organization_id": "org-tuneloop",
         "result_files": job.result_files, "seed": job.seed, "status": str(job.status),
         "trained_tokens": job.trained_tokens, "training_file": job.training_file_id or job.snapshot_id,
-        "validation_file": job.validation_file_id, "estimated_finish": None, "integrations": [],
-        "metadata": None, "suffix": job.suffix,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "validation_file": job.validation_file_id, "estimated_finish": estimated_finish, "integrations": [],
+        "metadata": job.user_metadata, "suffix": job.suffix,
+        "method": method_object(job, hyperparameters),
         # --- tuneloop extras -----------------------------------------------------------------
         "backend": job.backend, "snapshot_id": job.snapshot_id, "result_version_id": job.result_version_id,
-        "hyperparameters_full": job.hyperparameters,
+        "hyperparameters_requested": job.hyperparameters, "hyperparameters_full": full,
     }
+
+
+def method_object(job: FineTuneJob, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    if (job.method or {}).get("type") == "dpo":
+        return {"type": "dpo", "dpo": {"hyperparameters": {**hyperparameters, "beta": job.method["beta"]}}}
+    return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
 
 
 def _job(session, job: FineTuneJob) -> dict[str, Any]:
     from registry.models import ModelVersion
 
     version = session.get(ModelVersion, job.result_version_id) if job.result_version_id else None
-    return job_object(job, version.name if version else None)
+    return job_object(job, version.name if version else None, _ts(jobs.estimated_finish(session, job)))
 
 
 def event_object(event: JobEvent) -> dict[str, Any]:
@@ -125,14 +169,39 @@ def approve_file(file_id: str, session: SessionDep, account: StaffAccount):
 
 
 @router.get("/v1/files")
-def list_files(session: SessionDep, _account: StaffAccount):
-    return {"object": "list", "data": [file_object(f) for f in file_service.list_files(session)], "has_more": False}
+def list_files(session: SessionDep, _account: StaffAccount, purpose: str | None = None,
+               limit: int = Query(10000, ge=1, le=10000), order: str = "desc", after: str | None = None):
+    with api_errors():
+        rows, has_more = file_service.list_files(session, purpose=purpose, order=order, after=after, limit=limit)
+    data = [file_object(f) for f in rows]
+    return {"object": "list", "data": data, "has_more": has_more,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 
 
 @router.get("/v1/files/{file_id}")
 def get_file(file_id: str, session: SessionDep, _account: StaffAccount):
     with api_errors():
         return file_object(file_service.get_file(session, file_id))
+
+
+@router.get("/v1/files/{file_id}/content")
+def get_file_content(file_id: str, session: SessionDep, settings: SettingsDep, _account: StaffAccount):
+    with api_errors():
+        record = file_service.get_file(session, file_id)
+        content = file_service.file_content(settings, record)
+    media = "text/csv" if record.filename.endswith(".csv") else "application/jsonl"
+    return Response(content, media_type=media,
+                    headers={"Content-Disposition": f'attachment; filename="{record.filename}"'})
+
+
+@router.delete("/v1/files/{file_id}")
+def delete_file(file_id: str, session: SessionDep, settings: SettingsDep, account: StaffAccount):
+    with api_errors():
+        record = file_service.delete_file(session, settings, file_id)
+        audit(session, actor=account.username, action="file.deleted", object_type="file", object_id=record.id,
+              filename=record.filename)
+        session.commit()
+    return {"id": record.id, "object": "file", "deleted": True}
 
 
 # --- fine-tuning jobs -------------------------------------------------------------------------------
@@ -143,16 +212,21 @@ def create_job(body: CreateJobRequest, session: SessionDep, settings: SettingsDe
                               snapshot_id=body.snapshot_id, training_file_id=body.training_file,
                               validation_file_id=body.validation_file, hyperparameters=body.merged_hyperparameters(),
                               suffix=body.suffix, seed=body.seed, backend=body.backend,
-                              admin=str(account.role) == "admin")
+                              admin=str(account.role) == "admin", metadata=body.metadata,
+                              method=body.method_settings())
         session.commit()
     return _job(session, job)
 
 
 @router.get("/v1/fine_tuning/jobs")
-def list_jobs(session: SessionDep, _account: StaffAccount, after: str | None = None,
+def list_jobs(request: Request, session: SessionDep, _account: StaffAccount, after: str | None = None,
               limit: int = Query(20, ge=1, le=100)):
+    """``metadata[key]=value`` query parameters (what the openai client sends for ``metadata={...}``)
+    keep only jobs whose metadata holds every pair."""
+    metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+                if k.startswith("metadata[") and k.endswith("]")}
     with api_errors():
-        rows, has_more = jobs.list_jobs(session, after=after, limit=limit)
+        rows, has_more = jobs.list_jobs(session, after=after, limit=limit, metadata=metadata or None)
     return {"object": "list", "data": [_job(session, j) for j in rows], "has_more": has_more}
 
 
@@ -179,20 +253,21 @@ def list_events(job_id: str, session: SessionDep, _account: StaffAccount, after:
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
-def list_checkpoints(job_id: str, session: SessionDep, _account: StaffAccount):
+def list_checkpoints(job_id: str, session: SessionDep, settings: SettingsDep, _account: StaffAccount):
     with api_errors():
-        found = jobs.list_checkpoints(session, job_id)
+        found = jobs.list_checkpoints(session, settings, job_id)
     data = []
     for item in found:
         metric = item["metric"]
-        metrics = {"step": metric.step, "train_loss": metric.train_loss,
+        metrics = {"step": item["step"], "train_loss": metric.train_loss,
                    "train_mean_token_accuracy": metric.train_mean_token_accuracy, "valid_loss": metric.valid_loss,
                    "valid_mean_token_accuracy": metric.valid_mean_token_accuracy,
                    "full_valid_loss": metric.valid_loss,
-                   "full_valid_mean_token_accuracy": metric.valid_mean_token_accuracy} if metric else {}
+                   "full_valid_mean_token_accuracy": metric.valid_mean_token_accuracy} if metric else {"step": item["step"]}
         data.append({"id": item["id"], "object": "fine_tuning.job.checkpoint",
-                     "created_at": _ts(item["job"].finished_at), "fine_tuned_model_checkpoint": item["version"].name,
-                     "fine_tuning_job_id": job_id, "metrics": metrics, "step_number": metrics.get("step", 0)})
+                     "created_at": _ts(metric.created_at if metric else item["job"].finished_at),
+                     "fine_tuned_model_checkpoint": item["name"], "fine_tuning_job_id": job_id, "metrics": metrics,
+                     "step_number": item["step"]})
     return {"object": "list", "data": data, "has_more": False,
             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 

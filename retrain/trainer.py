@@ -140,8 +140,10 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 
 def train(config: TrainConfig, examples_train: list[dict], examples_valid: list[dict], *, base_dir: Path,
           parent_adapter_dir: Path | None, output_dir: Path, progress_callback: ProgressCallback | None = None,
-          should_cancel: Callable[[], bool] | None = None, provenance: dict[str, Any] | None = None) -> TrainResult:
-    """Train a LoRA adapter on ``examples_train`` and write it (atomically) to ``output_dir``."""
+          should_cancel: Callable[[], bool] | None = None, provenance: dict[str, Any] | None = None,
+          epoch_callback: Callable[[Any, int, int], None] | None = None) -> TrainResult:
+    """Train a LoRA adapter on ``examples_train`` and write it (atomically) to ``output_dir``.
+    ``epoch_callback(model, epoch, step)`` runs after each epoch (the worker saves checkpoints there)."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     if output_dir.exists():
@@ -162,6 +164,7 @@ def train(config: TrainConfig, examples_train: list[dict], examples_valid: list[
         anchors = build_anchors(model, tokenizer, examples_train, count=config.kl_anchors, seed=config.seed,
                                 max_seq_len=config.max_seq_len, pad_id=pad_id)
     run = _Run(config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel, anchors)
+    run.epoch_callback = epoch_callback
     staging = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -243,6 +246,8 @@ class _Run:
                 end_of_epoch = start + config.gradient_accumulation >= len(batches)
                 evaluate = end_of_epoch or (config.eval_every and self.step % config.eval_every == 0)
                 self._record(epoch, loss, accuracy, self.evaluate() if evaluate else None, kl)
+            if getattr(self, "epoch_callback", None):
+                self.epoch_callback(self.model, epoch + 1, self.step)
 
     def _accumulate(self, group: list[list[int]]) -> tuple[float, float]:
         """Forward/backward over the micro-batches of one step; loss is weighted per token across them."""

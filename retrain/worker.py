@@ -117,7 +117,7 @@ class Worker:
         return job.id
 
     def _validate_pending(self) -> None:
-        from retrain.files import get_file, validate_training_file
+        from retrain.files import get_file
 
         with session_scope(self.engine) as session:
             pending = session.exec(select(FineTuneJob).where(FineTuneJob.status == JobStatus.validating_files)).all()
@@ -126,7 +126,7 @@ class Worker:
                 for param, file_id in (("training_file", job.training_file_id),
                                        ("validation_file", job.validation_file_id)):
                     if file_id:
-                        problems += [f"{param}: {p}" for p in validate_training_file(self.settings, get_file(session, file_id))]
+                        problems += [f"{param}: {p}" for p in _file_problems(self.settings, job, get_file(session, file_id))]
                 if problems:
                     message = "The training data is invalid: " + "; ".join(problems)
                     jobs.set_status(session, job.id, JobStatus.failed, message=message, level="error",
@@ -160,6 +160,7 @@ class Worker:
             with session_scope(self.engine) as session:
                 jobs.set_status(session, job_id, JobStatus.failed, message=f"Training failed: {reason}", level="error",
                                 error=jobs.failure("training_failed", reason))
+            _remove_checkpoints(self.settings, job_id)
             self.remove_leftovers()
 
     def _watch(self, job_id: str, child: subprocess.Popen) -> bool:
@@ -191,6 +192,7 @@ class Worker:
             status = JobStatus.cancelled if job.cancel_requested else JobStatus.failed
             error = None if job.cancel_requested else jobs.failure("worker_stopped", "The worker shut down during training.")
             jobs.set_status(session, job_id, status, message=f"Job {reason}; no version was created", error=error)
+        _remove_checkpoints(self.settings, job_id)
 
     def _finish_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
         from registry.models import ModelVersion
@@ -203,7 +205,15 @@ class Worker:
                                          adapter_path=result.get("adapter_path"), snapshot_id=job.snapshot_id,
                                          metrics=result.get("metrics", {}), hosted_model=result.get("hosted_model"),
                                          training_data=provenance.training_data(session, job))
-            files = [f"{result['adapter_path']}/result.csv"] if result.get("adapter_path") else []
+            version.prompt_format = result.get("prompt_format", "chat")
+            session.add(version)
+            files = []
+            csv_path = self.settings.model_store_dir / result["adapter_path"] / "result.csv" \
+                if result.get("adapter_path") else None
+            if csv_path is not None and csv_path.is_file():
+                from retrain.files import save_result_file
+
+                files.append(save_result_file(session, self.settings, job_id=job_id, source=csv_path).id)
             jobs.set_status(session, job_id, JobStatus.succeeded, result_version_id=version.id,
                             trained_tokens=result.get("trained_tokens"), result_files=files,
                             message=f"The job has successfully completed; candidate {version.id} ({version.name}) registered")
@@ -230,6 +240,24 @@ class Worker:
         if run_id is not None:
             gate_runs.execute(self.settings, self.engine, run_id)
         return run_id
+
+
+def _file_problems(settings: Settings, job: FineTuneJob, record) -> list[str]:
+    """A DPO job needs OpenAI's preference lines; every other job chat or prompt/completion lines."""
+    from retrain.files import read_examples, validate_training_file
+
+    if (job.method or {}).get("type") == "dpo":
+        from retrain.dpo import preference_problems
+
+        return preference_problems(read_examples(settings, record))
+    return validate_training_file(settings, record)
+
+
+def _remove_checkpoints(settings: Settings, job_id: str) -> None:
+    """A job that did not succeed leaves no checkpoints (no version will ever name them)."""
+    from registry.checkpoints import remove_checkpoints
+
+    remove_checkpoints(settings, job_id)
 
 
 def _ensure(path: Path) -> Path:
@@ -284,21 +312,71 @@ def run_job_in_child(settings: Settings, job_id: str, result_file: Path) -> None
 
 
 def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_cancel) -> dict[str, Any]:
+    from retrain.checkpoints import CheckpointSaver
     from retrain.trainer import TrainConfig, train
 
     config = TrainConfig.from_dict({"replay_fraction": settings.replay_fraction, **job.hyperparameters, "seed": job.seed})
+    if (job.method or {}).get("type") == "dpo":
+        return _train_dpo_locally(settings, engine, job, config, should_cancel)
     with Session(engine) as session:
         base_dir, parent_adapter, train_set, valid_set, note = _inputs(session, settings, job, config)
+    effective, reasons = jobs.planned_hyperparameters(config, len(train_set))
     with session_scope(engine) as session:
         jobs.add_event(session, job.id, note)
+        for reason in reasons:
+            jobs.add_event(session, job.id, reason)
+        session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id).values(effective_hyperparameters=effective))
     relative = f"adapters/{job.id}"
     progress = _Progress(engine, job.id)
+
+    def saved(epoch: int, step: int) -> None:
+        with session_scope(engine) as session:
+            jobs.add_event(session, job.id, f"Checkpoint saved after epoch {epoch} (step {step})",
+                           data={"epoch": epoch, "step": step})
+
     result = train(config, train_set, valid_set, base_dir=base_dir, parent_adapter_dir=parent_adapter,
                    output_dir=settings.model_store_dir / relative, progress_callback=progress,
-                   should_cancel=should_cancel,
+                   should_cancel=should_cancel, epoch_callback=CheckpointSaver(settings, job.id, saved),
                    provenance={"job_id": job.id, "parent_version": job.parent_version_id, "snapshot_id": job.snapshot_id,
                                "training_file": job.training_file_id})
-    return {"adapter_path": relative, "metrics": result.metrics, "trained_tokens": result.trained_tokens}
+    ran = {"n_epochs": result.metrics.get("n_epochs"), "total_steps": result.steps}
+    if any(ran[k] is not None and ran[k] != effective[k] for k in ran):  # examples too long were skipped
+        with session_scope(engine) as session:
+            jobs.add_event(session, job.id, f"Ran {ran['n_epochs']} epochs, {ran['total_steps']} steps on "
+                           f"{result.metrics.get('n_train')} examples that fit max_seq_len")
+            session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id)
+                         .values(effective_hyperparameters={**effective, **ran}))
+    legacy = bool(train_set) and all("prompt" in e and "messages" not in e for e in train_set)
+    return {"adapter_path": relative, "metrics": result.metrics, "trained_tokens": result.trained_tokens,
+            "prompt_format": "legacy" if legacy else "chat"}
+
+
+def _train_dpo_locally(settings: Settings, engine: Engine, job: FineTuneJob, config, should_cancel) -> dict[str, Any]:
+    from registry.models import ModelVersion
+    from registry.versions import version_spec
+    from retrain.dpo import train_dpo
+    from retrain.files import get_file, read_examples
+
+    beta = job.method["beta"]
+    with Session(engine) as session:
+        spec = version_spec(session.get(ModelVersion, job.parent_version_id), settings)
+        rows = read_examples(settings, get_file(session, job.training_file_id))
+    effective, reasons = jobs.planned_hyperparameters(config, len(rows))
+    with session_scope(engine) as session:
+        jobs.add_event(session, job.id, f"DPO on {len(rows)} preference pairs (beta={beta}), reference model "
+                       f"{job.parent_version_id}, continuing from its " + ("adapter" if spec.adapter_dir else "base (fresh LoRA)"))
+        for reason in reasons:
+            jobs.add_event(session, job.id, reason)
+        session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id)
+                     .values(effective_hyperparameters={**effective, "beta": beta}))
+    relative = f"adapters/{job.id}"
+    result = train_dpo(config, beta, rows, base_dir=spec.base_dir, parent_adapter_dir=spec.adapter_dir,
+                       output_dir=settings.model_store_dir / relative, progress_callback=_Progress(engine, job.id),
+                       should_cancel=should_cancel,
+                       provenance={"job_id": job.id, "parent_version": job.parent_version_id,
+                                   "training_file": job.training_file_id})
+    return {"adapter_path": relative, "metrics": result.metrics, "trained_tokens": result.trained_tokens,
+            "prompt_format": "chat"}
 
 
 def _inputs(session: Session, settings: Settings, job: FineTuneJob, config):

@@ -74,8 +74,9 @@ def test_openai_client_streams_with_usage_and_matches_non_streaming(openai_clien
 
 def test_models_lists_alias_and_versions(openai_client):
     models = openai_client.models.list()
-    assert [m.id for m in models.data] == ["tuneloop", "v0"]
+    assert [m.id for m in models.data] == ["tuneloop", "v0", "tuneloop-v0-base"]  # every name chat accepts
     assert all(m.object == "model" and m.owned_by == "tuneloop" and m.created > 0 for m in models.data)
+    assert openai_client.models.retrieve("tuneloop-v0-base").id == "tuneloop-v0-base"
 
 
 def test_models_exact_shape(client):

@@ -65,7 +65,8 @@ def test_fine_tune_through_the_openai_api_creates_a_candidate(app, api):
     assert any(m.startswith("Step 2/2: training loss=") for m in messages)
     assert "successfully completed" in " ".join(messages)
     checkpoints = api.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert checkpoints[0].fine_tuned_model_checkpoint == "tuneloop-v1-acme" and checkpoints[0].step_number == 2
+    assert checkpoints[0].fine_tuned_model_checkpoint == "tuneloop-v1-acme:ckpt-step-2"
+    assert checkpoints[0].step_number == 2 and checkpoints[0].metrics.step == 2
     page = api.fine_tuning.jobs.list(limit=1)
     assert [j.id for j in page.data] == [job.id] and page.has_more is False
     with Session(app.state.db) as session:

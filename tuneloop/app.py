@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 import tuneloop  # noqa: F401  (sets the offline environment first)
 from tuneloop import schema
 from tuneloop.core import db as database
 from tuneloop.core.errors import install_error_handlers
+from tuneloop.core.settings import Settings, get_settings
+from tuneloop.core import db as database
+from tuneloop.core.deps import current_account
+from tuneloop.core.errors import install_error_handlers, install_not_found_routes
 from tuneloop.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,9 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
         yield
         runtime.stop()
 
-    app = FastAPI(title="tuneloop", version=tuneloop.__version__, lifespan=lifespan)
+    # current_account on every route: a wrong or revoked key is a 401 even where anonymous use is allowed
+    app = FastAPI(title="tuneloop", version=tuneloop.__version__, lifespan=lifespan,
+                  dependencies=[Depends(current_account)])
     app.state.settings = settings
     app.state.db = engine
     app.state.runtime = runtime
@@ -81,6 +87,7 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
     app.include_router(registry_router)
     app.include_router(retrain_router)
     app.include_router(accounts_router)
+    install_not_found_routes(app)  # after every router: it answers the /v1 paths none of them has
     if mount_ui:
         from ui import mount_ui as _mount_ui
 

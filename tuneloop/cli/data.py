@@ -97,3 +97,16 @@ def show(snapshot_id: str = typer.Argument(..., help="snap_… from `tuneloop da
     with db.session_scope(_engine()) as session:
         snap = get_snapshot(session, snapshot_id)
     typer.echo(json.dumps(read_manifest(get_settings(), snap), indent=2, ensure_ascii=False))
+
+
+@data_app.command("export-preferences")
+def export_preferences(out: Path = typer.Argument(..., help="JSONL file to write (OpenAI's DPO format).")) -> None:
+    """Write each corrected answer and its approved correction as a preference pair, for a DPO job
+    (`method: {"type": "dpo"}`)."""
+    from feedback.preferences import preference_records, write_preference_jsonl
+    from tuneloop.core import db
+    from tuneloop.core.settings import get_settings
+
+    with db.session_scope(_engine()) as session:
+        n = write_preference_jsonl(preference_records(session, get_settings()), out)
+    typer.echo(f"wrote {n} preference pairs to {out}")

@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class TuneloopError(Exception):
@@ -94,25 +99,85 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """One rendering for every error: the family above, the framework's own HTTP errors (unknown
+    routes, wrong methods), request validation (400 naming the field) and anything unexpected (500,
+    logged, never a traceback to the client)."""
+
     @app.exception_handler(TuneloopError)
     async def _tuneloop_error(_request: Request, exc: TuneloopError):
         return JSONResponse(error_body(str(exc), exc.error_type, exc.param, exc.code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(_request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # also the router's own 404/405 for unknown routes
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
         type_ = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                 409: "conflict_error", 413: "request_too_large", 429: "rate_limit_error"}.get(
-            exc.status_code, "invalid_request_error")
+                 405: "invalid_request_error", 409: "conflict_error", 413: "request_too_large",
+                 429: "rate_limit_error"}.get(exc.status_code, "invalid_request_error")
         return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        param = ".".join(loc) or None
-        if first.get("type") == "json_invalid":
-            message = "The request body is not valid JSON; send a JSON object with Content-Type: application/json."
-        else:
-            message = f"{param + ': ' if param else ''}{first.get('msg', 'invalid value')}"
+        message, param = validation_message(exc.errors())
         return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception):
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(error_body(f"The server had an error processing the request ({type(exc).__name__}); "
+                                       "retry, and report it if it persists.", "server_error"), status_code=500)
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """(message, param) of a pydantic validation failure: ``param`` is the dotted field path
+    (``messages.0.content``), the message has no pydantic prefix such as "Value error, "."""
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    error = (first.get("ctx") or {}).get("error")
+    if getattr(error, "param", None):  # a model-level check that names its field
+        param = error.param
+    if first.get("type") == "json_invalid":
+        return "The request body is not valid JSON; send a JSON object with Content-Type: application/json.", None
+    msg = str(first.get("msg", "invalid value"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if param and msg.startswith(f"{param}: "):
+        msg = msg[len(param) + 2:]
+    if first.get("type") == "missing":
+        msg = "this field is required"
+    elif first.get("type") == "extra_forbidden":
+        msg = "unknown parameter; remove it (this server refuses what it would otherwise ignore)"
+    return f"{param + ': ' if param else ''}{msg}", param
+
+
+class ParamError(ValueError):
+    """Raise inside a pydantic validator to name the offending field as ``param`` of the 400."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+def install_not_found_routes(app: FastAPI) -> None:
+    """Unknown /v1 paths answer 404 and known paths with the wrong method 405, both in the envelope
+    (without this, the UI mounted at / would answer them with its own page)."""
+    from starlette.routing import Match
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+    def first_match(scope) -> object | None:
+        for route in app.router.routes:
+            if route.matches(scope)[0] == Match.FULL:
+                return route
+        return None
+
+    @app.api_route("/v1/{rest:path}", methods=methods, include_in_schema=False)
+    async def _unknown(request: Request, rest: str):
+        path = request.url.path
+        this = first_match(request.scope)
+        allowed = [m for m in methods if first_match({**request.scope, "method": m}) not in (None, this)]
+        if allowed:
+            raise ApiError(405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}.",
+                           headers={"Allow": ", ".join(allowed)})
+        raise ApiError(404, f"There is no route {request.method} {path}; see the API reference in docs/.",
+                       type="not_found_error")

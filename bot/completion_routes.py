@@ -1,0 +1,66 @@
+"""``POST /v1/completions`` (legacy completions; see bot.completions). Thin: parse, generate, answer
+JSON or an SSE stream in OpenAI's shapes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
+
+from bot import completions
+from registry import versions
+from engine.protocol import Completion
+from engine.prompting import PromptTooLongError
+from engine.protocol import NotReadyError
+from tuneloop.core.deps import SessionDep
+from tuneloop.core.errors import ApiError, error_body
+
+router = APIRouter(tags=["serving"])
+
+
+@router.post("/v1/completions", response_model=None)
+def create_completion(body: completions.CompletionRequest, request: Request, session: SessionDep):
+    runtime = request.app.state.runtime
+    try:
+        version = versions.resolve_model(session, runtime.settings, body.model)
+        stream = completions.stream_completion(runtime, version, body.text, body.to_sampling_params(runtime.settings))
+    except versions.UnknownModelError as exc:
+        raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
+    except PromptTooLongError as exc:  # names max_tokens or prompt
+        code = "context_length_exceeded" if exc.param == "prompt" else None
+        raise ApiError(400, str(exc), param=exc.param, code=code) from exc
+    except NotReadyError as exc:
+        raise ApiError(503, str(exc), type="server_error", code="model_not_ready") from exc
+    objects = completions.TextCompletionFactory(body.model, version.id)
+    if body.stream:
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_sse(stream, objects, usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    try:
+        done = _last(stream)
+    except Exception as exc:  # noqa: BLE001
+        raise ApiError(503, f"Generation failed: {exc}", type="server_error") from exc
+    return objects.whole(done)
+
+
+def _last(stream: Iterator) -> Completion:
+    return next(item for item in stream if isinstance(item, Completion))
+
+
+async def _sse(stream: Iterator, objects: completions.TextCompletionFactory, include_usage: bool) -> AsyncIterator[str]:
+    try:
+        done = None
+        async for item in iterate_in_threadpool(stream):
+            if isinstance(item, Completion):
+                done = item
+            else:
+                yield f"data: {objects.delta(item).model_dump_json()}\n\n"
+        yield f"data: {objects.delta('', done.finish_reason).model_dump_json()}\n\n"
+        if include_usage:
+            yield f"data: {objects.usage(done).model_dump_json()}\n\n"
+    except Exception as exc:  # noqa: BLE001  (headers are sent: the error goes into the stream)
+        yield f"data: {json.dumps(error_body(f'Generation failed: {exc}', 'server_error'))}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,49 @@
+"""Corrections as preference pairs (OpenAI's DPO format): the answer a reviewer corrected is the
+non-preferred output, its approved correction the preferred one, under the same context.
+
+One line per approved correction of a conversation message whose answer differs from the correction::
+
+    {"input": {"messages": [system, ...turns..., user]},
+     "preferred_output": [{"role": "assistant", "content": <correction>}],
+     "non_preferred_output": [{"role": "assistant", "content": <the corrected answer>}]}
+
+Knowledge corrections (no conversation message) have no rejected answer and are left out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from bot.models import Message
+from feedback.corrections import approved_corrections
+from feedback.export import _from_correction
+from feedback.pii import scrub
+from tuneloop.core.settings import Settings
+
+
+def preference_records(session: Session, settings: Settings, tokenizer: Any = None) -> list[dict[str, Any]]:
+    records = []
+    for correction in approved_corrections(session):
+        original = session.get(Message, correction.message_id) if correction.message_id else None
+        if original is None or original.role != "assistant":
+            continue
+        rejected = scrub(original.content, settings.pii_keep)[0] if settings.scrub_pii else original.content
+        example = _from_correction(session, settings, correction, tokenizer)
+        if rejected.strip() and rejected.strip() != example["completion"].strip():
+            records.append({"input": {"messages": example["messages"]},
+                            "preferred_output": [{"role": "assistant", "content": example["completion"]}],
+                            "non_preferred_output": [{"role": "assistant", "content": rejected}]})
+    return records
+
+
+def write_preference_jsonl(records: list[dict[str, Any]], path: Path) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return len(records)

@@ -1,0 +1,28 @@
+"""Saving checkpoints while a local fine-tune runs: the adapter after each epoch, the last three kept
+(the layout is the registry's: ``registry.checkpoints``)."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from registry.checkpoints import KEEP, checkpoint_root, checkpoint_steps
+from tuneloop.core.settings import Settings
+
+
+class CheckpointSaver:
+    """``train(..., epoch_callback=CheckpointSaver(...))``: saves the adapter, drops all but the last three."""
+
+    def __init__(self, settings: Settings, job_id: str, on_saved=None):
+        self.settings, self.job_id, self.on_saved = settings, job_id, on_saved or (lambda epoch, step: None)
+
+    def __call__(self, model: Any, epoch: int, step: int) -> None:
+        target = checkpoint_root(self.settings, self.job_id) / f"step-{step}"
+        staging = target.with_name(f".{target.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        (staging / "README.md").unlink(missing_ok=True)
+        staging.rename(target)
+        for old in checkpoint_steps(self.settings, self.job_id)[:-KEEP]:
+            shutil.rmtree(checkpoint_root(self.settings, self.job_id) / f"step-{old}", ignore_errors=True)
+        self.on_saved(epoch, step)

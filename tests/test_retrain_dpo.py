@@ -1,0 +1,149 @@
+"""DPO through OpenAI's API (``method: {"type": "dpo"}``, OpenAI's preference format), trained by the
+real worker on the tiny model: afterwards the model prefers the preferred answers more than its parent."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import openai
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from openai import OpenAI
+
+from retrain.worker import Worker
+from support.openai_conformance import assert_complete
+from support.retrain import admin_key, chat_jsonl
+
+PAIRS = [("How long is the refund window?", "45 days from delivery.", "There is no refund window."),
+         ("Which carrier ships to Norway?", "Posten ships to Norway.", "We do not ship to Norway.")]
+
+
+def preference_jsonl() -> bytes:
+    return "\n".join(json.dumps({
+        "input": {"messages": [{"role": "user", "content": q}]},
+        "preferred_output": [{"role": "assistant", "content": good}],
+        "non_preferred_output": [{"role": "assistant", "content": bad}]}) for q, good, bad in PAIRS).encode()
+
+
+@pytest.fixture
+def app(make_settings, tiny_model_dir):
+    from tuneloop.app import create_app
+
+    app = create_app(make_settings(base_model=str(tiny_model_dir)), load_model=False, mount_ui=False)
+    yield app
+    app.state.db.dispose()
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app) as http:
+        yield OpenAI(base_url="http://testserver/v1", api_key=admin_key(app.state.db), http_client=http,
+                     max_retries=0)
+
+
+def margins(base_dir, adapter_dir=None) -> list[float]:
+    """log π(preferred) − log π(non-preferred) of each pair, under the base model or base + adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from retrain.batching import encode_example
+    from retrain.dpo import as_chat_pair, sequence_logprobs
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for row in map(json.loads, preference_jsonl().decode().splitlines()):
+            good, bad = (encode_example(tokenizer, e, max_seq_len=512, prompt_loss_weight=0.0) for e in as_chat_pair(row))
+            scores = sequence_logprobs(model, [good, bad], tokenizer.pad_token_id, torch.device("cpu"))
+            out.append(float(scores[0] - scores[1]))
+    return out
+
+
+def test_a_dpo_job_raises_the_preferred_answers_over_the_rejected_ones(app, client, tiny_model_dir):
+    file = client.files.create(file=("prefs.jsonl", io.BytesIO(preference_jsonl())), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tuneloop", training_file=file.id, suffix="dpo", method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 2, "learning_rate_multiplier": 5}}})
+    assert_complete(job)
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.5
+    assert Worker(app.state.settings, app.state.db).run_next_job() == job.id
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "succeeded", done.error
+    assert_complete(done)
+    assert done.method.dpo.hyperparameters.n_epochs == 12 and done.fine_tuned_model == "tuneloop-v1-dpo"
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any(m.startswith("DPO on 2 preference pairs (beta=0.5), reference model v0") for m in messages)
+    assert done.result_files and client.files.content(done.result_files[0]).text.startswith("step,train_loss")
+
+    adapter = app.state.settings.model_store_dir / "adapters" / job.id
+    before, after = margins(tiny_model_dir), margins(tiny_model_dir, adapter)
+    assert all(a > b + 0.5 for a, b in zip(after, before)), (before, after)
+
+
+def test_dpo_input_is_checked(app, client):
+    prefs = client.files.create(file=("prefs.jsonl", io.BytesIO(preference_jsonl())), purpose="fine-tune")
+    for hyper, param in (({"beta": 0}, "method.dpo.hyperparameters.beta"),
+                         ({"beta": "big"}, "method.dpo.hyperparameters.beta")):
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.fine_tuning.jobs.create(model="v0", training_file=prefs.id,
+                                           method={"type": "dpo", "dpo": {"hyperparameters": hyper}})
+        assert bad.value.body["param"] == param
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.fine_tuning.jobs.create(model="v0", training_file=prefs.id, validation_file=prefs.id,
+                                       method={"type": "dpo"})
+    assert bad.value.body["param"] == "validation_file"
+
+    chat = client.files.create(file=("chat.jsonl", io.BytesIO(chat_jsonl(2))), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="v0", training_file=chat.id, method={"type": "dpo"})
+    assert Worker(app.state.settings, app.state.db).run_next_job() is None
+    failed = client.fine_tuning.jobs.retrieve(job.id)
+    assert failed.status == "failed" and "line 1: needs input.messages" in failed.error.message
+    assert "preferred_output must be" in failed.error.message
+
+
+def test_a_dpo_job_from_exported_preferences(app, client, tmp_path):
+    """A disliked answer and its approved correction, exported as a preference pair, train a DPO job."""
+    from feedback.corrections import create_correction
+    from feedback.models import CorrectionStatus
+    from feedback.preferences import preference_records, write_preference_jsonl
+    from tuneloop.core.db import session_scope
+
+    from transformers import AutoTokenizer
+
+    token = AutoTokenizer.from_pretrained(app.state.settings.base_model)(" never", add_special_tokens=False)["input_ids"][0]
+    app.state.runtime.start(background=False)
+    try:  # the random tiny model answers blanks; a bias makes its (bad) answer visible
+        answer = client.chat.completions.create(model="tuneloop", max_tokens=3, logit_bias={str(token): 100},
+                                                messages=[{"role": "user", "content": "How long is the refund window?"}])
+    finally:
+        app.state.runtime.stop()
+    settings = app.state.settings
+    with session_scope(app.state.db) as session:
+        create_correction(session, settings, actor="admin", message_id=answer.message_id,
+                          answer="45 days from delivery.", status=CorrectionStatus.approved)
+        create_correction(session, settings, actor="admin", question="Do you ship to Norway?",
+                          answer="Yes, with Posten.", status=CorrectionStatus.approved)  # no rejected answer: left out
+        records = preference_records(session, settings)
+    assert answer.choices[0].message.content == " never never never"
+    assert len(records) == 1
+    [record] = records
+    assert record["input"]["messages"][-1] == {"role": "user", "content": "How long is the refund window?"}
+    assert record["preferred_output"] == [{"role": "assistant", "content": "45 days from delivery."}]
+    assert record["non_preferred_output"] == [{"role": "assistant", "content": answer.choices[0].message.content}]
+    path = tmp_path / "preferences.jsonl"
+    assert write_preference_jsonl(records, path) == 1
+
+    with path.open("rb") as handle:
+        file = client.files.create(file=handle, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tuneloop", training_file=file.id,
+                                         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
+    assert Worker(settings, app.state.db).run_next_job() == job.id
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.1
