@@ -24,6 +24,8 @@ class CorrectionCreate(BaseModel):
     message_id: str | None = Field(None, description="assistant message being corrected; omit for knowledge Q/A")
     question: str | None = Field(None, description="cleaned-up question; defaults to the user's message")
     key_facts: list[str] = Field(default_factory=list)
+    alternative_questions: list[str] = Field(
+        default_factory=list, description="other ways customers ask this (see GET .../phrasing-suggestions)")
     source: Literal["conversation", "knowledge"] | None = None
     submit: bool = Field(False, description="submit for approval right away")
 
@@ -32,6 +34,7 @@ class CorrectionUpdate(BaseModel):
     question: str | None = None
     answer: str | None = None
     key_facts: list[str] | None = None
+    alternative_questions: list[str] | None = Field(None, description="replaces the list; [] removes them all")
 
 
 class Rejection(BaseModel):
@@ -55,7 +58,7 @@ def create(body: CorrectionCreate, staff: StaffAccount, session: SessionDep, set
     with http_errors():
         correction = service.create_correction(
             session, settings, actor=staff.username, answer=body.answer, message_id=body.message_id,
-            question=body.question, key_facts=body.key_facts,
+            question=body.question, key_facts=body.key_facts, alternative_questions=body.alternative_questions,
             source=CorrectionSource(body.source) if body.source else None,
             status=CorrectionStatus.submitted if body.submit else CorrectionStatus.draft)
         session.commit()
@@ -83,7 +86,8 @@ def update(correction_id: str, body: CorrectionUpdate, staff: StaffAccount, sess
            settings: SettingsDep) -> dict:
     with http_errors():
         correction = service.update_correction(session, settings, correction_id, actor=staff.username,
-                                               question=body.question, answer=body.answer, key_facts=body.key_facts)
+                                               question=body.question, answer=body.answer, key_facts=body.key_facts,
+                                               alternative_questions=body.alternative_questions)
         session.commit()
         return correction_as_dict(session, settings, correction)
 

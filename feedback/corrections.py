@@ -67,26 +67,66 @@ def question_before(session: Session, message: Message) -> str:
     return previous.content if previous else ""
 
 
-def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[str]) -> tuple[dict, list]:
+def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[str],
+           alternatives: Sequence[str] = ()) -> tuple[dict, list]:
     question, answer = question.strip(), answer.strip()
     facts = [f.strip() for f in key_facts if f and f.strip()]
+    alternatives = clean_alternatives(question, alternatives)
     if not answer:
         raise FeedbackError("answer must not be empty: write the answer the bot should have given")
     if not question:
         raise FeedbackError("question must not be empty: give the customer's question")
     fields = {"question": question, "answer": answer}
     fields.update({f"key_facts.{i}": fact for i, fact in enumerate(facts)})
+    fields.update({f"alternative_questions.{i}": text for i, text in enumerate(alternatives)})
     masked: list[dict[str, Any]] = []
     if settings.scrub_pii:
         fields, masked = scrub_fields(fields, settings.pii_keep)
     return {"question": fields["question"], "answer": fields["answer"],
-            "key_facts": [fields[f"key_facts.{i}"] for i in range(len(facts))]}, masked
+            "key_facts": [fields[f"key_facts.{i}"] for i in range(len(facts))],
+            "alternative_questions": [fields[f"alternative_questions.{i}"] for i in range(len(alternatives))]}, masked
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip("?.! ")
+
+
+def clean_alternatives(question: str, alternatives: Sequence[str]) -> list[str]:
+    """Stripped alternative questions; empty ones, repeats and copies of the question are refused."""
+    cleaned, seen = [], {_normal(question): "the question itself"}
+    for i, text in enumerate(alternatives):
+        if not isinstance(text, str) or not text.strip():
+            raise FeedbackError(f"alternative_questions[{i}] is empty: write the other wording or remove the entry")
+        key = _normal(text)
+        if key in seen:
+            raise FeedbackError(f"alternative_questions[{i}] ({text.strip()!r}) repeats {seen[key]}: "
+                                "remove it or write a different wording")
+        seen[key] = f"alternative_questions[{i}]"
+        cleaned.append(text.strip())
+    return cleaned
+
+
+def check_alternatives_unique(session: Session, correction: Correction) -> None:
+    """Refuse alternative questions identical to another approved correction's question or phrasing:
+    memory could not tell the two corrections apart."""
+    if not correction.alternative_questions:
+        return
+    mine = {_normal(t): t for t in correction.alternative_questions}
+    others = session.exec(select(Correction).where(Correction.status == CorrectionStatus.approved,
+                                                   Correction.lineage_id != correction.lineage_id)).all()
+    for other in others:
+        for text in (other.question, *(other.alternative_questions or ())):
+            if _normal(text) in mine:
+                raise FeedbackError(
+                    f"alternative question {mine[_normal(text)]!r} is already how approved correction {other.id} "
+                    f"is asked ({text!r}); remove it here, or edit {other.id} if that one is wrong")
 
 
 def create_correction(session: Session, settings: Settings, *, actor: str, answer: str,
                       message_id: str | None = None, question: str | None = None,
                       key_facts: Sequence[str] = (), source: CorrectionSource | None = None,
-                      status: CorrectionStatus = CorrectionStatus.draft, origin: dict | None = None) -> Correction:
+                      status: CorrectionStatus = CorrectionStatus.draft, origin: dict | None = None,
+                      alternative_questions: Sequence[str] = ()) -> Correction:
     """A correction for an assistant message (the question defaults to the user's message before it)
     or, without ``message_id``, a standalone knowledge question/answer pair."""
     conversation_id = None
@@ -102,13 +142,14 @@ def create_correction(session: Session, settings: Settings, *, actor: str, answe
         source = source or CorrectionSource.knowledge
     if status not in (CorrectionStatus.draft, CorrectionStatus.submitted, CorrectionStatus.approved):
         raise FeedbackError("a new correction starts as draft or submitted")
-    fields, masked = _clean(settings, question or "", answer, key_facts)
+    fields, masked = _clean(settings, question or "", answer, key_facts, alternative_questions)
     correction_id = new_id("corr")
     correction = Correction(id=correction_id, lineage_id=correction_id, source=CorrectionSource(source),
                             message_id=message_id, conversation_id=conversation_id, status=status, author=actor,
                             pii_masked=masked, origin=origin or {}, **fields)
     if status == CorrectionStatus.approved:  # imports by an admin: approved on arrival
         correction.reviewer, correction.decided_at = actor, utcnow()
+    check_alternatives_unique(session, correction)
     session.add(correction)
     audit(session, actor=actor, action="correction.created", object_type="correction", object_id=correction.id,
           status=str(status), source=str(source), message_id=message_id)
@@ -118,12 +159,17 @@ def create_correction(session: Session, settings: Settings, *, actor: str, answe
 
 def update_correction(session: Session, settings: Settings, correction_id: str, *, actor: str,
                       question: str | None = None, answer: str | None = None,
-                      key_facts: Sequence[str] | None = None) -> Correction:
+                      key_facts: Sequence[str] | None = None,
+                      alternative_questions: Sequence[str] | None = None) -> Correction:
     """Edit in place while draft/submitted; editing an approved correction makes its next revision."""
     current = get_correction(session, correction_id)
     fields, masked = _clean(settings, current.question if question is None else question,
                             current.answer if answer is None else answer,
-                            current.key_facts if key_facts is None else key_facts)
+                            current.key_facts if key_facts is None else key_facts,
+                            current.alternative_questions if alternative_questions is None else alternative_questions)
+    check_alternatives_unique(session, Correction(lineage_id=current.lineage_id, question=fields["question"],
+                                                  answer=fields["answer"], author=actor,
+                                                  alternative_questions=fields["alternative_questions"]))
     if current.status in OPEN_STATUSES:
         for name, value in fields.items():
             setattr(current, name, value)
@@ -163,6 +209,7 @@ def submit_correction(session: Session, correction_id: str, *, actor: str) -> Co
 def approve_correction(session: Session, settings: Settings, correction_id: str, *, actor: str) -> Correction:
     """Approve a submitted correction; the lineage's previously approved revision becomes superseded."""
     correction = _decidable(session, settings, correction_id, actor)
+    check_alternatives_unique(session, correction)  # another correction may have been approved meanwhile
     for previous in session.exec(select(Correction).where(Correction.lineage_id == correction.lineage_id,
                                                           Correction.status == CorrectionStatus.approved)).all():
         previous.status, previous.updated_at = CorrectionStatus.superseded, utcnow()
