@@ -72,7 +72,7 @@ class HybridIndex:
 
     ``vector_cache`` (text -> unit vector) lets a rebuild embed only texts it has not seen."""
 
-    def __init__(self, entries: Sequence[Entry], *, lexical_weight: float = 0.25, answer_weight: float = 0.15,
+    def __init__(self, entries: Sequence[Entry], *, lexical_weight: float = 0.10, answer_weight: float = 0.45,
                  vector_cache: dict[str, np.ndarray] | None = None):
         import bm25s
 
