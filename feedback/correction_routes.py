@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Form, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
@@ -79,6 +79,24 @@ def list_(_staff: StaffAccount, session: SessionDep, status: CorrectionStatus | 
 def get(correction_id: str, _staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
     with http_errors():
         return correction_as_dict(session, settings, service.get_correction(session, correction_id))
+
+
+@router.get("/v1/corrections/{correction_id}/phrasing-suggestions")
+def phrasing_suggestions(correction_id: str, request: Request, _staff: StaffAccount, session: SessionDep,
+                         settings: SettingsDep, sources: str = Query("logs,model,teacher",
+                                                                     description="comma-separated: logs, model, teacher"),
+                         limit: int = Query(10, ge=1, le=50)) -> dict:
+    """Other ways customers ask this correction's question, each routed to it by correction memory;
+    accept them by PATCHing ``alternative_questions``."""
+    from feedback.phrasings import suggest_phrasings
+
+    with http_errors():
+        correction = service.get_correction(session, correction_id)
+        found, skipped = suggest_phrasings(session, settings, correction, runtime=request.app.state.runtime,
+                                           sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
+                                           limit=limit)
+    return {"object": "list", "correction_id": correction.id, "data": [s.as_dict() for s in found],
+            "skipped": skipped}
 
 
 @router.patch("/v1/corrections/{correction_id}")

@@ -40,6 +40,8 @@ from tuneloop.cli.demo import demo_app  # noqa: E402
 app.registered_commands += demo_app.registered_commands
 from tuneloop.cli.distill import distill_app  # noqa: E402
 app.add_typer(distill_app, name="distill")
+from tuneloop.cli.memory import memory_app  # noqa: E402
+app.add_typer(memory_app, name="memory")
 
 
 def main() -> None:
