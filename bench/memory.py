@@ -1,0 +1,168 @@
+"""Instant fix by correction memory, before any training: how often a question gets the approved answer
+verbatim (a verified reply), and how often an off-topic question wrongly does.
+
+The 60 facts of examples/acme_kb.jsonl become approved corrections in a fresh SQLite database, through
+the same service functions the API uses; the questions go through ``CorrectionMemory.decide`` exactly
+as a chat turn does (nothing is generated: a verified reply is the approved text itself).
+
+Two scenarios:
+
+* **question only**: each correction has just its question and answer; all 3 paraphrases per fact are
+  held-out rewordings;
+* **one accepted phrasing**: the author accepted the first paraphrase as an alternative question; the
+  other 2 are held out (never in the index).
+
+Off-topic: bench/offtopic_questions.txt (60 shop questions no fact answers). A verified reply to one is
+wrong. Also runs the calibration (``tuneloop memory calibrate``) on the second scenario with the
+off-topic list as negatives.
+
+    python bench/memory.py            # writes the "memory" section of docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, machine, write_section  # noqa: E402
+
+KB = ROOT / "examples" / "acme_kb.jsonl"
+OFFTOPIC = ROOT / "bench" / "offtopic_questions.txt"
+
+
+def load_facts() -> list[dict]:
+    return [json.loads(line) for line in KB.read_text().splitlines() if line.strip()]
+
+
+def load_offtopic() -> list[str]:
+    return [line.strip() for line in OFFTOPIC.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def build(facts: list[dict], accepted: int, data_dir: Path):
+    """A database with every fact approved (``accepted`` paraphrases as alternative questions)."""
+    from feedback.corrections import create_correction
+    from feedback.memory import CorrectionMemory
+    from feedback.models import CorrectionStatus
+    from tuneloop.app import prepare_database
+    from tuneloop.db import session_scope
+    from tuneloop.settings import Settings
+
+    settings = Settings(data_dir=data_dir, admin_password="bench-password")
+    engine = prepare_database(settings)
+    ids = {}
+    with session_scope(engine) as session:
+        for fact in facts:
+            correction = create_correction(session, settings, actor="bench", question=fact["question"],
+                                           answer=fact["answer"], status=CorrectionStatus.approved,
+                                           alternative_questions=fact["paraphrases"][:accepted])
+            ids[fact["id"]] = correction.id
+    memory = CorrectionMemory(settings, engine)
+    memory.refresh(force=True)
+    return settings, engine, memory, ids
+
+
+def measure(memory, questions: list[tuple[str | None, str]]) -> dict:
+    """For (expected correction id or None, question): verified right / wrong, grounded with the right one."""
+    verified_right = verified_wrong = grounded_right = 0
+    for expected, question in questions:
+        decision = memory.decide([{"role": "user", "content": question}])
+        if decision.outcome == "verified":
+            if decision.correction_ids[0] == expected:
+                verified_right += 1
+            else:
+                verified_wrong += 1
+        elif decision.outcome == "grounded" and expected in decision.correction_ids:
+            grounded_right += 1
+    n = len(questions)
+    return {"n": n, "verified_right": verified_right, "verified_wrong": verified_wrong,
+            "grounded_right": grounded_right, "verified_right_rate": verified_right / n,
+            "verified_wrong_rate": verified_wrong / n}
+
+
+def scenario(facts: list[dict], offtopic: list[str], accepted: int, data_dir: Path) -> dict:
+    settings, engine, memory, ids = build(facts, accepted, data_dir)
+    started = time.perf_counter()
+    exact = measure(memory, [(ids[f["id"]], f["question"]) for f in facts])
+    reworded = measure(memory, [(ids[f["id"]], p) for f in facts for p in f["paraphrases"][accepted:]])
+    off = measure(memory, [(None, q) for q in offtopic])
+    seconds = time.perf_counter() - started
+    result = {"accepted_phrasings": accepted, "exact": exact, "reworded": reworded, "offtopic": off,
+              "ms_per_question": 1000 * seconds / (exact["n"] + reworded["n"] + off["n"])}
+    if accepted:
+        from sqlmodel import Session
+
+        from feedback.calibration import calibrate, format_table
+
+        with Session(engine) as session:
+            report = calibrate(session, settings, extra_negatives=offtopic)
+        result["calibration"] = report.as_dict()
+        result["calibration_table"] = format_table(report)
+    engine.dispose()
+    return result
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def markdown(results: list[dict], settings) -> str:
+    rows = []
+    for r in results:
+        name = "question only" if not r["accepted_phrasings"] else f"{r['accepted_phrasings']} accepted phrasing"
+        ex, rw, off = r["exact"], r["reworded"], r["offtopic"]
+        rows.append(f"| {name} | {ex['verified_right']}/{ex['n']} ({pct(ex['verified_right_rate'])}) "
+                    f"| {rw['verified_right']}/{rw['n']} ({pct(rw['verified_right_rate'])}) "
+                    f"| {rw['verified_wrong']} | {rw['grounded_right']} "
+                    f"| {off['verified_wrong']}/{off['n']} ({pct(off['verified_wrong_rate'])}) "
+                    f"| {r['ms_per_question']:.0f} |")
+    m = machine()
+    calibrated = next((r for r in results if "calibration_table" in r), None)
+    text = f"""## Instant fix by correction memory (`bench/memory.py`)
+
+Measured {m['date']} on {m['cores']} CPU cores, default settings (verified ≥ {settings.memory_verified_threshold}
+and {settings.memory_verified_margin} ahead of the runner-up; grounded ≥ {settings.memory_threshold}; BM25 weight
+{settings.memory_lexical_weight}, answer weight {settings.memory_answer_weight}). The 60 facts of
+examples/acme_kb.jsonl are approved corrections; rewordings are the paraphrases not accepted as alternative
+questions (never in the index); off-topic is bench/offtopic_questions.txt. A verified reply is the approved answer
+itself, so "verified right" is the share answered with the corrected fact before any training.
+
+| scenario | exact questions verified right | rewordings verified right | rewordings verified wrong | rewordings grounded with the right correction | off-topic verified | ms per question |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Targets (issue 14, before training): exact 100%, rewordings ≥ 90%, off-topic verified ≤ 1%. Rewordings are short of
+the target: the bundled MiniLM ranks the right correction first for about 86% of these rewordings (question and
+answer together), and verified needs a confident, clear lead, so the rest fall back to grounded (the approved answer
+in the prompt) or none. Each accepted phrasing per correction raises the figure; the calibration below shows the
+precision/recall trade-off of the threshold.
+"""
+    if calibrated:
+        text += f"""
+Calibration (`tuneloop memory calibrate --negatives bench/offtopic_questions.txt`) on the
+"{calibrated['accepted_phrasings']} accepted phrasing" database: positives are the accepted phrasings, each held out
+of the index in turn.
+
+```
+{calibrated['calibration_table']}
+```
+"""
+    return text
+
+
+def main() -> None:
+    from tuneloop.settings import Settings
+
+    facts, offtopic = load_facts(), load_offtopic()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [scenario(facts, offtopic, accepted, Path(tmp) / f"s{accepted}") for accepted in (0, 1)]
+    settings = Settings(data_dir=Path("unused"))
+    write_section("memory", markdown(results, settings), {"machine": machine(), "results": results})
+
+
+if __name__ == "__main__":
+    main()
