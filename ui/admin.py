@@ -42,6 +42,10 @@ def build_admin(app: FastAPI, sign_in: PageSignIn) -> gr.Blocks:
                 golden_table = _golden_tab(app, sign_in)
             with gr.Tab("Distill"):
                 distill_tab(app, sign_in)
+            with gr.Tab("Memory"):
+                from ui.memory_panel import memory_tab
+
+                memory_tab(app, sign_in)
 
         def load(request: gr.Request):
             account = sign_in.account(request)
