@@ -10,13 +10,17 @@ Two scenarios:
 * **question only**: each correction has just its question and answer; all 3 paraphrases per fact are
   held-out rewordings;
 * **one accepted phrasing**: the author accepted the first paraphrase as an alternative question; the
-  other 2 are held out (never in the index).
+  other 2 are held out (never in the index);
+* **model phrasings** (``--scenarios model``, ~10 min on 2 busy cores): every phrasing the bundled
+  SmolLM2 suggests (``feedback.phrasings``, source ``model``, kept only when it routes to its own
+  correction) is accepted; all 3 paraphrases are held out.
 
 Off-topic: bench/offtopic_questions.txt (60 shop questions no fact answers). A verified reply to one is
 wrong. Also runs the calibration (``tuneloop memory calibrate``) on the second scenario with the
 off-topic list as negatives.
 
-    python bench/memory.py            # writes the "memory" section of docs/benchmarks.md
+    python bench/memory.py                      # scenarios 0 and 1: the "memory" section of docs/benchmarks.md
+    python bench/memory.py --scenarios model    # adds the model-phrasings row (kept from earlier runs)
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def load_offtopic() -> list[str]:
     return [line.strip() for line in OFFTOPIC.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-def build(facts: list[dict], accepted: int, data_dir: Path):
+def build(facts: list[dict], accepted: int | str, data_dir: Path):
     """A database with every fact approved (``accepted`` paraphrases as alternative questions)."""
     from feedback.corrections import create_correction
     from feedback.memory import CorrectionMemory
@@ -52,18 +56,58 @@ def build(facts: list[dict], accepted: int, data_dir: Path):
     from tuneloop.db import session_scope
     from tuneloop.settings import Settings
 
-    settings = Settings(data_dir=data_dir, admin_password="bench-password")
+    settings = Settings(data_dir=data_dir, admin_password="bench-password", base_model=str(real_model_dir()))
     engine = prepare_database(settings)
     ids = {}
     with session_scope(engine) as session:
         for fact in facts:
             correction = create_correction(session, settings, actor="bench", question=fact["question"],
                                            answer=fact["answer"], status=CorrectionStatus.approved,
-                                           alternative_questions=fact["paraphrases"][:accepted])
+                                           alternative_questions=fact["paraphrases"][:accepted] if accepted != "model"
+                                           else [])
             ids[fact["id"]] = correction.id
+    if accepted == "model":
+        accept_model_phrasings(settings, engine)
     memory = CorrectionMemory(settings, engine)
     memory.refresh(force=True)
     return settings, engine, memory, ids
+
+
+def real_model_dir() -> Path:
+    """The bundled SmolLM2 converted once (the test cache's copy when there is one)."""
+    import os
+
+    from bot.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
+
+    target = Path(os.environ.get("TUNELOOP_TEST_CACHE", ROOT / ".tuneloop-test-cache")) / BUNDLED_DIR_NAME
+    if not (target / "model.safetensors").is_file():
+        convert_gguf(bundled_gguf_path(), target, show_progress=False)
+    return target
+
+
+def accept_model_phrasings(settings, engine) -> None:
+    """Ask the served model for phrasings of every correction and accept all that memory routes back.
+    (A benchmark shortcut: the rows are updated in place instead of through a reviewed revision.)"""
+    from sqlmodel import select
+
+    from bot.runtime import ServingRuntime
+    from feedback.models import Correction
+    from feedback.phrasings import suggest_phrasings
+    from tuneloop.db import session_scope
+
+    runtime = ServingRuntime(settings, engine)
+    runtime.start(background=False)
+    try:
+        with session_scope(engine) as session:
+            rows = list(session.exec(select(Correction)).all())
+            accepted = {c.id: [s.text for s in suggest_phrasings(session, settings, c, runtime=runtime,
+                                                                 sources=("model",))[0]] for c in rows}
+            for correction in rows:
+                correction.alternative_questions = accepted[correction.id]
+                session.add(correction)
+    finally:
+        runtime.stop()
+    print(f"model phrasings accepted: {sum(map(len, accepted.values()))} for {len(accepted)} corrections")
 
 
 def measure(memory, questions: list[tuple[str | None, str]]) -> dict:
@@ -84,16 +128,24 @@ def measure(memory, questions: list[tuple[str | None, str]]) -> dict:
             "verified_wrong_rate": verified_wrong / n}
 
 
-def scenario(facts: list[dict], offtopic: list[str], accepted: int, data_dir: Path) -> dict:
+def scenario(facts: list[dict], offtopic: list[str], accepted: int | str, data_dir: Path) -> dict:
     settings, engine, memory, ids = build(facts, accepted, data_dir)
     started = time.perf_counter()
+    held_out = 0 if accepted == "model" else accepted
     exact = measure(memory, [(ids[f["id"]], f["question"]) for f in facts])
-    reworded = measure(memory, [(ids[f["id"]], p) for f in facts for p in f["paraphrases"][accepted:]])
+    reworded = measure(memory, [(ids[f["id"]], p) for f in facts for p in f["paraphrases"][held_out:]])
     off = measure(memory, [(None, q) for q in offtopic])
     seconds = time.perf_counter() - started
     result = {"accepted_phrasings": accepted, "exact": exact, "reworded": reworded, "offtopic": off,
               "ms_per_question": 1000 * seconds / (exact["n"] + reworded["n"] + off["n"])}
-    if accepted:
+    if accepted == "model":
+        from sqlmodel import Session, select
+
+        from feedback.models import Correction
+
+        with Session(engine) as session:
+            result["model_phrasings"] = sum(len(c.alternative_questions) for c in session.exec(select(Correction)))
+    if accepted == 1:
         from sqlmodel import Session
 
         from feedback.calibration import calibrate, format_table
@@ -113,7 +165,8 @@ def pct(x: float) -> str:
 def markdown(results: list[dict], settings) -> str:
     rows = []
     for r in results:
-        name = "question only" if not r["accepted_phrasings"] else f"{r['accepted_phrasings']} accepted phrasing"
+        name = {0: "question only", 1: "1 accepted phrasing (paraphrase 1; 2 held out)"}.get(
+            r["accepted_phrasings"], f"model phrasings accepted ({r.get('model_phrasings', '?')} for 60 corrections)")
         ex, rw, off = r["exact"], r["reworded"], r["offtopic"]
         rows.append(f"| {name} | {ex['verified_right']}/{ex['n']} ({pct(ex['verified_right_rate'])}) "
                     f"| {rw['verified_right']}/{rw['n']} ({pct(rw['verified_right_rate'])}) "
@@ -155,11 +208,22 @@ of the index in turn.
 
 
 def main() -> None:
+    import argparse
+
+    from bench.common import RESULTS
     from tuneloop.settings import Settings
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenarios", default="0,1", help="comma-separated: 0, 1, model")
+    wanted = [s if s == "model" else int(s) for s in parser.parse_args().scenarios.split(",")]
     facts, offtopic = load_facts(), load_offtopic()
     with tempfile.TemporaryDirectory() as tmp:
-        results = [scenario(facts, offtopic, accepted, Path(tmp) / f"s{accepted}") for accepted in (0, 1)]
+        fresh = {str(a): scenario(facts, offtopic, a, Path(tmp) / f"s{a}") for a in wanted}
+    earlier = RESULTS / "memory.json"
+    kept = {str(r["accepted_phrasings"]): r for r in json.loads(earlier.read_text())["results"]} \
+        if earlier.is_file() else {}
+    merged = {**kept, **fresh}
+    results = [merged[k] for k in ("0", "1", "model") if k in merged]
     settings = Settings(data_dir=Path("unused"))
     write_section("memory", markdown(results, settings), {"machine": machine(), "results": results})
 

@@ -46,8 +46,14 @@ class PhrasingSuggestion:
 
 
 def rewrite_prompt(question: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": f"Write {REWRITES} different ways a customer could ask the question "
-             f"below, one per line, without answering it.\nQuestion: {question}"}]
+    """One worked example first: the bundled 135M model copies the layout of an example far more
+    reliably than it follows an instruction (without it, most of its lines are not questions)."""
+    return [{"role": "user", "content": f"Write {REWRITES} different ways a customer could ask a question, one per "
+             "line, without answering it.\nQuestion: Do you ship to Canada?"},
+            {"role": "assistant", "content": "1. Can I get my order delivered to Canada?\n2. Is shipping to Canada "
+             "available?\n3. Do you deliver to Canadian addresses?\n4. Can you send a parcel to Toronto?\n"
+             "5. Will you ship my order to Canada?"},
+            {"role": "user", "content": f"Question: {question}"}]
 
 
 def parse_rewrites(text: str) -> list[str]:
