@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from sqlmodel import Session, col, select
 
 from bot.models import Message
-from feedback.corrections import _normal, approved_corrections
+from feedback.corrections import normalized_question, approved_corrections
 from feedback.retrieval import Entry, HybridIndex
 from tuneloop.embeddings import embed
 from tuneloop.settings import Settings
@@ -114,13 +114,13 @@ def _negatives(session: Session, settings: Settings, index: HybridIndex, extra: 
     """Logged user questions no correction covers, plus ``extra``; each text once."""
     rows = session.exec(select(Message.content).where(Message.role == "user")
                         .order_by(col(Message.created_at).desc()).limit(NEGATIVE_SCAN_LIMIT)).all()
-    known = {_normal(t) for t in index.texts}
-    logged = list(dict.fromkeys(t.strip() for t in rows if t and t.strip() and _normal(t) not in known))
+    known = {normalized_question(t) for t in index.texts}
+    logged = list(dict.fromkeys(t.strip() for t in rows if t and t.strip() and normalized_question(t) not in known))
     if logged and len(index):
         questions = index.vectors[~index.is_answer]
         nearest = (embed(logged) @ questions.T).max(axis=1)
         logged = [t for t, s in zip(logged, nearest) if s < settings.duplicate_question_threshold]
-    extra = [t.strip() for t in extra if t.strip() and _normal(t) not in known]
+    extra = [t.strip() for t in extra if t.strip() and normalized_question(t) not in known]
     return list(dict.fromkeys(logged + extra))
 
 

@@ -87,17 +87,18 @@ def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[s
             "alternative_questions": [fields[f"alternative_questions.{i}"] for i in range(len(alternatives))]}, masked
 
 
-def _normal(text: str) -> str:
+def normalized_question(text: str) -> str:
+    """How two wordings are compared for "the same": case, spacing and trailing punctuation ignored."""
     return " ".join(text.lower().split()).rstrip("?.! ")
 
 
 def clean_alternatives(question: str, alternatives: Sequence[str]) -> list[str]:
     """Stripped alternative questions; empty ones, repeats and copies of the question are refused."""
-    cleaned, seen = [], {_normal(question): "the question itself"}
+    cleaned, seen = [], {normalized_question(question): "the question itself"}
     for i, text in enumerate(alternatives):
         if not isinstance(text, str) or not text.strip():
             raise FeedbackError(f"alternative_questions[{i}] is empty: write the other wording or remove the entry")
-        key = _normal(text)
+        key = normalized_question(text)
         if key in seen:
             raise FeedbackError(f"alternative_questions[{i}] ({text.strip()!r}) repeats {seen[key]}: "
                                 "remove it or write a different wording")
@@ -111,14 +112,14 @@ def check_alternatives_unique(session: Session, correction: Correction) -> None:
     memory could not tell the two corrections apart."""
     if not correction.alternative_questions:
         return
-    mine = {_normal(t): t for t in correction.alternative_questions}
+    mine = {normalized_question(t): t for t in correction.alternative_questions}
     others = session.exec(select(Correction).where(Correction.status == CorrectionStatus.approved,
                                                    Correction.lineage_id != correction.lineage_id)).all()
     for other in others:
         for text in (other.question, *(other.alternative_questions or ())):
-            if _normal(text) in mine:
+            if normalized_question(text) in mine:
                 raise FeedbackError(
-                    f"alternative question {mine[_normal(text)]!r} is already how approved correction {other.id} "
+                    f"alternative question {mine[normalized_question(text)]!r} is already how approved correction {other.id} "
                     f"is asked ({text!r}); remove it here, or edit {other.id} if that one is wrong")
 
 

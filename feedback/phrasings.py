@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from sqlmodel import Session, col, select
 
 from bot.models import Message
-from feedback.corrections import _normal
+from feedback.corrections import normalized_question
 from feedback.models import Correction, CorrectionStatus
 from feedback.retrieval import Entry, HybridIndex
 from tuneloop.settings import Settings
@@ -74,13 +74,13 @@ class PhrasingRouter:
                              tuple(correction.alternative_questions or ())))
         self.index = HybridIndex(entries, lexical_weight=settings.memory_lexical_weight,
                                  answer_weight=settings.memory_answer_weight)
-        self.known = {_normal(t) for c in [*others, correction]
+        self.known = {normalized_question(t) for c in [*others, correction]
                       for t in (c.question, *(c.alternative_questions or ()))}
 
     def accept(self, text: str, *, strict: bool) -> float | None:
         """The phrasing's score for this correction when memory routes it here, else None. ``strict``:
         no other correction may score ≥ memory_threshold (used for generated rewrites)."""
-        if not text.strip() or _normal(text) in self.known:
+        if not text.strip() or normalized_question(text) in self.known:
             return None
         scores = self.index.search(text)
         if not scores or scores[0].correction_id != self.correction.id:
@@ -118,7 +118,7 @@ def suggest_phrasings(session: Session, settings: Settings, correction: Correcti
                     found.append(PhrasingSuggestion(rewrite, source, score))
     unique: dict[str, PhrasingSuggestion] = {}
     for suggestion in sorted(found, key=lambda s: -s.score):
-        unique.setdefault(_normal(suggestion.text), suggestion)
+        unique.setdefault(normalized_question(suggestion.text), suggestion)
     return list(unique.values())[:limit], skipped
 
 
@@ -127,7 +127,7 @@ def _from_logs(session: Session, router: PhrasingRouter) -> list[PhrasingSuggest
 
     rows = session.exec(select(Message.content).where(Message.role == "user")
                         .order_by(col(Message.created_at).desc()).limit(LOG_SCAN_LIMIT)).all()
-    texts = list(dict.fromkeys(t.strip() for t in rows if t and t.strip() and _normal(t) not in router.known))
+    texts = list(dict.fromkeys(t.strip() for t in rows if t and t.strip() and normalized_question(t) not in router.known))
     if not texts:
         return []
     vectors = embed(texts)
