@@ -176,3 +176,33 @@ def test_store_false_leaves_no_trace(tiny_app, openai_client):
         messages=[{"role": "user", "content": "And one more thing"}])
     assert again.model_extra["conversation_id"] == stored.model_extra["conversation_id"]  # it exists
     assert again.model_extra["message_id"] is None and _counts(tiny_app) == after_stored
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_decide_and_calibration_endpoints(make_settings, database_url):
+    from fastapi.testclient import TestClient
+
+    from tuneloop.accounts import service as accounts
+    from tuneloop.app import create_app
+
+    app = create_app(make_settings(database_url=database_url), load_model=False, mount_ui=False)
+    with session_scope(app.state.db) as session:
+        staff = accounts.create_api_key(session, accounts.create_account(
+            session, username="alice", password="password1", role=Role.staff))[1]
+        admin = accounts.create_api_key(session, accounts.get_account(session, "admin"))[1]
+        returns_id = create_correction(session, app.state.settings, actor="bob", question=RETURNS[0], answer=RETURNS[1],
+                                       alternative_questions=["What is your return window?"], status="approved").id
+    as_staff, as_admin = {"Authorization": f"Bearer {staff}"}, {"Authorization": f"Bearer {admin}"}
+    with TestClient(app) as http:
+        decided = http.post("/v1/memory/decide", headers=as_staff,
+                            json={"messages": [{"role": "user", "content": RETURNS[0]}]})
+        assert decided.status_code == 200, decided.text
+        assert decided.json()["outcome"] == VERIFIED and decided.json()["correction_ids"] == [returns_id]
+        bad = http.post("/v1/memory/decide", headers=as_staff, json={"messages": [{"role": "assistant", "content": "x"}]})
+        assert bad.status_code == 400 and "last message must come from the user" in bad.json()["error"]["message"]
+        assert http.get("/v1/memory/calibration", headers=as_staff).status_code == 403
+        report = http.get("/v1/memory/calibration?target_precision=0.95", headers=as_admin).json()
+        assert report["object"] == "memory.calibration" and report["positives"] == 1
+        assert report["target_precision"] == 0.95 and len(report["points"]) == 27
+    assert _counts(app) == (0, 0)  # deciding logs nothing
+    app.state.db.dispose()
