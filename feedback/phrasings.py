@@ -5,7 +5,8 @@ Three sources, each kept only when correction memory would route the phrasing to
 * ``logs``: real customers' logged questions near the correction (turns sent with ``store: false``
   are never logged, so evaluation traffic never becomes a suggestion);
 * ``model``: the served model rewriting the question; a rewrite is kept only when it retrieves its own
-  correction first and no other correction scores as plausible (``memory_threshold``);
+  correction first, plausibly (``memory_threshold``) and clearly ahead of any other
+  (``memory_verified_margin``);
 * ``teacher``: the distillation teacher (``feedback.teacher``) doing the same, when one is configured.
 
 The author accepts, edits or removes them (``alternative_questions`` on the correction); nothing here
@@ -78,14 +79,19 @@ class PhrasingRouter:
                       for t in (c.question, *(c.alternative_questions or ()))}
 
     def accept(self, text: str, *, strict: bool) -> float | None:
-        """The phrasing's score for this correction when memory routes it here, else None. ``strict``:
-        no other correction may score ≥ memory_threshold (used for generated rewrites)."""
+        """The phrasing's score for this correction when memory routes it here, else None: this
+        correction ranks first with a plausible score (≥ memory_threshold). ``strict`` (generated
+        rewrites): it must also lead the runner-up by memory_verified_margin, so an ambiguous rewrite,
+        one that retrieves another correction as well, is dropped."""
         if not text.strip() or normalized_question(text) in self.known:
             return None
         scores = self.index.search(text)
         if not scores or scores[0].correction_id != self.correction.id:
             return None
-        if strict and len(scores) > 1 and scores[1].score >= self.settings.memory_threshold:
+        if scores[0].score < self.settings.memory_threshold:
+            return None
+        runner_up = scores[1].score if len(scores) > 1 else 0.0
+        if strict and scores[0].score - runner_up < self.settings.memory_verified_margin:
             return None
         return scores[0].score
 
