@@ -33,7 +33,8 @@ SOURCES = ("logs", "model", "teacher")
 LOG_SCAN_LIMIT = 1000  # latest logged user questions considered
 LOG_MIN_SIMILARITY = 0.55  # dense similarity to the correction's question a logged question needs first
 REWRITES = 5
-_BULLET_RE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|\(\d+\))\s*")
+_BULLET_RE = re.compile(r"^\s*(?:(?:[-*\u2022]|\d+[.)]|\(\d+\))\s*)+")
+_EXAMPLE_WORDS = {"canada", "canadian", "toronto", "parcel"}  # from the worked example: a copied rewrite
 
 
 @dataclass
@@ -61,6 +62,11 @@ def parse_rewrites(text: str) -> list[str]:
     """One question per line, numbering and bullets removed; lines that are not questions dropped."""
     lines = [_BULLET_RE.sub("", line).strip().strip('"') for line in text.splitlines()]
     return [line for line in lines if line.endswith("?") and 2 <= len(line.split()) <= 30]
+
+
+def _copies_example(rewrite: str, question: str) -> bool:
+    words = set(re.findall(r"[a-z]+", rewrite.lower())) - set(re.findall(r"[a-z]+", question.lower()))
+    return bool(words & _EXAMPLE_WORDS)
 
 
 class PhrasingRouter:
@@ -119,6 +125,8 @@ def suggest_phrasings(session: Session, settings: Settings, correction: Correcti
                                    if source == "teacher" else "the model is still loading; try again shortly")
                 continue
             for rewrite in parse_rewrites(text):
+                if _copies_example(rewrite, correction.question):
+                    continue
                 score = router.accept(rewrite, strict=True)
                 if score is not None:
                     found.append(PhrasingSuggestion(rewrite, source, score))

@@ -167,3 +167,12 @@ def test_calibrate_prints_the_curve_and_suggests_a_threshold(tuneloop, tmp_path)
     assert code == 2 and "--target-precision must be in (0, 1]" in err
     code, _, err = tuneloop("memory", "calibrate", "--negatives", str(tmp_path / "none.txt"))
     assert code == 2 and "no such file" in err
+
+
+def test_model_rewrites_are_parsed_into_questions():
+    from feedback.phrasings import _copies_example, parse_rewrites
+
+    text = "1. 1. When is shipping free?\n2) Is delivery free over some amount?\n- Shipping is free.\n\n(4) Why?"
+    assert parse_rewrites(text) == ["When is shipping free?", "Is delivery free over some amount?"]
+    assert _copies_example("When is shipping to Canada free?", "When is shipping free?")  # the worked example leaked
+    assert not _copies_example("Do you ship to Canada?", "Do you ship to Canada?")
