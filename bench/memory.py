@@ -88,8 +88,6 @@ def real_model_dir() -> Path:
 def accept_model_phrasings(settings, engine, correction_ids: list[str]) -> None:
     """Ask the served model for phrasings of every correction and accept all that memory routes back.
     (A benchmark shortcut: the rows are updated in place instead of through a reviewed revision.)"""
-    from sqlmodel import select
-
     from bot.runtime import ServingRuntime
     from feedback.models import Correction
     from feedback.phrasings import suggest_phrasings
