@@ -123,6 +123,9 @@ class ChatTurn:
     channel: str
     source: Iterator[str | Completion] | None = None
     memory_correction_ids: list[str] = field(default_factory=list)
+    memory_outcome: str | None = None  # verified | grounded | none; None when memory is off
+    memory_scores: list[dict] = field(default_factory=list)
+    store: bool = True  # False (OpenAI's ``store``): nothing is written, the turn leaves no trace
     message_id: str = field(default_factory=lambda: new_id("msg"))
     text: str = ""
     completion: Completion | None = None
@@ -178,6 +181,11 @@ class ChatTurn:
         self.latency_ms = int((time.perf_counter() - self.started) * 1000)
         if self.completion is not None:
             self.text = self.completion.text
+        if not self.store:
+            self.recorded = True
+            observe_generation(self.version.id, self.completion.completion_tokens if self.completion else 0,
+                               self.first_token_at - self.started if self.first_token_at else None)
+            return
         try:
             with session_scope(self.db) as session:
                 record_turn(session, self)
@@ -212,6 +220,7 @@ def record_turn(session: Session, turn: ChatTurn) -> Message:
         content=turn.text, model_version_id=turn.version.id, latency_ms=turn.latency_ms,
         prompt_tokens=done.prompt_tokens if done else None, completion_tokens=done.completion_tokens if done else None,
         finish_reason=turn.finish_reason, memory_correction_ids=list(turn.memory_correction_ids),
+        memory_outcome=turn.memory_outcome, memory_scores=list(turn.memory_scores),
     )
     session.add(answer)
     session.flush()
@@ -220,8 +229,13 @@ def record_turn(session: Session, turn: ChatTurn) -> Message:
 
 def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParams | None = None,
                model: str | None = None, conversation_id: str | None = None, end_user: str | None = None,
-               channel: str = "api") -> ChatTurn:
-    """Validate a chat turn and start decoding it; nothing is written until the answer ends.
+               channel: str = "api", store: bool = True) -> ChatTurn:
+    """Validate a chat turn and start decoding it; nothing is written until the answer ends
+    (and nothing at all with ``store=False``).
+
+    Correction memory decides the turn's outcome first (``feedback.memory``): ``verified`` streams the
+    approved answer itself, ``grounded`` puts approved answers into the system prompt, ``none`` leaves
+    the model alone. The outcome, the corrections used and the best scores are recorded on the message.
 
     ``runtime`` is ``app.state.runtime``. ``model`` defaults to the production alias. Raises
     ``versions.UnknownModelError``, ``UnknownConversationError``, ``NoNewMessageError``,
@@ -245,14 +259,21 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
         system = [m for m in messages if m["role"] == "system"]
         prompt = system + [m for m in stored if m["role"] != "system" or not system] + \
             [m for m in new if m["role"] != "system"]
-    memory, memory_ids = runtime.recall(prompt)
-    source = runtime.stream(version, prompt, params or SamplingParams(
-        max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p), memory=memory)
+    params = params or SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature,
+                                      top_p=settings.top_p)
+    decision = runtime.recall(prompt)
+    if decision is not None and decision.outcome == "verified":
+        source = runtime.verified(version, prompt, decision.answer, params)
+    else:
+        source = runtime.stream(version, prompt, params, memory=decision.context if decision else "")
     return ChatTurn(
         db=runtime.db, version=version, conversation_id=conversation_id or new_id("conv"),
         is_new_conversation=conversation_id is None,
         new_messages=new if conversation_id else list(messages),
-        end_user=end_user or "anonymous", channel=channel, source=source, memory_correction_ids=memory_ids,
+        end_user=end_user or "anonymous", channel=channel, source=source,
+        memory_correction_ids=decision.correction_ids if decision else [],
+        memory_outcome=decision.outcome if decision else None,
+        memory_scores=decision.logged_scores() if decision else [], store=store,
     )
 
 

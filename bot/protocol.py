@@ -118,6 +118,10 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     service_tier: Any = None
     stop: str | list[str] | None = None
+    store: bool | None = Field(
+        None, description="false: the turn is not logged (no conversation, message or rating target; never review "
+        "or phrasing-suggestion material), e.g. for evaluation traffic. Unlike OpenAI, tuneloop stores by default, "
+        "because reviewing logged turns is what it is for.")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -219,11 +223,14 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str
 
     # --- tuneloop extensions ------------------------------------------------------------------
-    conversation_id: str
-    message_id: str = Field(description="id of the stored assistant message; rate it with "
-                            "POST /v1/messages/{message_id}/rating")
+    conversation_id: str | None = Field(description="null for a new conversation sent with store: false")
+    message_id: str | None = Field(description="id of the stored assistant message; rate it with "
+                                   "POST /v1/messages/{message_id}/rating (null with store: false)")
     memory_correction_ids: list[str] = Field(default_factory=list,
-                                             description="approved corrections given to the model as context")
+                                             description="approved corrections used: the verified answer, or "
+                                             "those given to the model as context")
+    memory_outcome: str | None = Field(None, description="verified (the reply is an approved answer), grounded "
+                                       "(approved answers were in the prompt), none; null when memory is off")
     # -------------------------------------------------------------------------------------------
 
 
@@ -249,8 +256,8 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
     # --- tuneloop extensions ------------------------------------------------------------------
-    conversation_id: str
-    message_id: str
+    conversation_id: str | None
+    message_id: str | None
     # -------------------------------------------------------------------------------------------
 
 
@@ -262,7 +269,7 @@ def fingerprint(version_id: str) -> str:
 class ChunkFactory:
     """Builds the chunks of one stream: same id, created, model and extension ids in each."""
 
-    def __init__(self, model: str, version_id: str, conversation_id: str, message_id: str):
+    def __init__(self, model: str, version_id: str, conversation_id: str | None, message_id: str | None):
         self.common = dict(id=completion_id(), created=int(time.time()), model=model,
                            system_fingerprint=fingerprint(version_id), conversation_id=conversation_id,
                            message_id=message_id)

@@ -50,9 +50,17 @@ def chat_completions(body: protocol.ChatCompletionRequest, request: Request):
                                  finish_reason=turn.finish_reason)],
         usage=protocol.Usage.of(done.prompt_tokens, done.completion_tokens),
         system_fingerprint=protocol.fingerprint(turn.version.id),
-        conversation_id=turn.conversation_id, message_id=turn.message_id,
-        memory_correction_ids=turn.memory_correction_ids,
+        conversation_id=_stored_ids(turn)[0], message_id=_stored_ids(turn)[1],
+        memory_correction_ids=turn.memory_correction_ids, memory_outcome=turn.memory_outcome,
     )
+
+
+def _stored_ids(turn: conversations.ChatTurn) -> tuple[str | None, str | None]:
+    """The conversation and message ids a client can use later: none for a turn sent with store: false
+    (only a conversation it continues, which exists)."""
+    if turn.store:
+        return turn.conversation_id, turn.message_id
+    return (None if turn.is_new_conversation else turn.conversation_id), None
 
 
 def _start(runtime, body: protocol.ChatCompletionRequest) -> conversations.ChatTurn:
@@ -61,6 +69,7 @@ def _start(runtime, body: protocol.ChatCompletionRequest) -> conversations.ChatT
         return conversations.start_turn(
             runtime, messages=[m.as_dict() for m in body.messages], params=body.to_sampling_params(runtime.settings),
             model=body.model, conversation_id=body.conversation_id, end_user=body.end_user, channel="api",
+            store=body.store is not False,
         )
     except versions.UnknownModelError as exc:
         raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
@@ -78,7 +87,7 @@ async def _sse(turn: conversations.ChatTurn, model: str, include_usage: bool) ->
     """OpenAI's stream: a role chunk, content chunks, a finish chunk, optionally a usage chunk, [DONE].
     The blocking decode runs in worker threads; if the client goes away, the turn is closed (and
     recorded with finish_reason "abort") by the response below."""
-    chunks = protocol.ChunkFactory(model, turn.version.id, turn.conversation_id, turn.message_id)
+    chunks = protocol.ChunkFactory(model, turn.version.id, *_stored_ids(turn))
     stream_started()
     try:
         yield _event(chunks.delta("", first=True))

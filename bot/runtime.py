@@ -45,7 +45,7 @@ class ServingRuntime:
         self.swap_error: str | None = None  # why following the last production change failed, if it did
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
-        self.memory = None  # set by the app: an object with context_for(question) -> (text, correction ids)
+        self.memory = None  # set by the app: a feedback.memory.CorrectionMemory (decide(messages) -> MemoryDecision)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self, *, background: bool = True) -> None:
@@ -120,16 +120,26 @@ class ServingRuntime:
         system = self.settings.resolved_system_prompt + (f"\n\n{memory}" if memory else "")
         return with_system_prompt(system, messages)
 
-    def recall(self, messages: list[dict[str, str]]) -> tuple[str, list[str]]:
-        """Correction memory for the last user message: context text and the correction ids used."""
+    def recall(self, messages: list[dict[str, str]]):
+        """Correction memory's decision for the last user message (a ``feedback.memory.MemoryDecision``,
+        or None when memory is off or failed: the model answers alone)."""
         if self.memory is None or not self.settings.memory_enabled:
-            return "", []
-        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            return None
         try:
-            return self.memory.context_for(question)
+            return self.memory.decide(messages)
         except Exception:  # memory is a help, never a reason to fail an answer
             log.exception("correction memory lookup failed; answering without it")
-            return "", []
+            return None
+
+    def verified(self, version: ModelVersion, messages: list[dict[str, str]], answer: str,
+                 params: SamplingParams) -> Iterator[str | Completion]:
+        """Stream the approved ``answer`` as the reply (``bot.verified``), counting tokens as decoding would."""
+        from bot.verified import verified_stream
+
+        prompt_tokens, tokenizer = self.engine.count_prompt_tokens(version, self._with_system(messages),
+                                                                   params.max_tokens)
+        return verified_stream(answer, params, prompt_tokens=prompt_tokens, version_id=version.id,
+                               tokenizer=tokenizer)
 
     def stream(
         self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams, *, memory: str = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from engine.prompting import PromptTooLongError, raw_prompt_ids, trim_to_budget
 from engine.protocol import Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
@@ -64,6 +65,11 @@ class TransformersEngine:
         loaded = self.loaded_for(version)
         context = min(self.settings.context_budget, loaded.max_context)
         return self.decoder.stream(raw_prompt_ids(loaded.tokenizer, prompt, params.max_tokens, context), params, loaded)
+
+    def count_prompt_tokens(self, version: ServedVersion, messages: list[dict[str, str]],
+                            max_tokens: int) -> tuple[int, Any]:
+        loaded = self.loaded_for(version)
+        return len(self.encode(loaded, messages, max_tokens)), loaded.tokenizer
 
     def close(self) -> None:
         if self.decoder is not None:

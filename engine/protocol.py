@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tuneloop.core.errors import InvalidInputError, UnavailableError
 
@@ -106,6 +106,11 @@ class Engine(Protocol):
 
     def stream_prompt(self, version: ServedVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
         """Like ``stream`` for a raw text prompt (OpenAI's legacy completions): no chat template."""
+
+    def count_prompt_tokens(self, version: ServedVersion, messages: list[dict[str, str]],
+                            max_tokens: int) -> tuple[int, Any]:
+        """Tokens of ``messages`` as this engine would feed them (trimmed to fit), and the tokenizer that
+        counted them (None where the engine can only estimate: an upstream)."""
 
     def close(self) -> None:
         """Stop background threads; the engine answers nothing afterwards."""

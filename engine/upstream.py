@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import PurePosixPath
+from typing import Any
 
 import httpx
 import openai
@@ -83,6 +84,11 @@ class UpstreamEngine:
     def stream_prompt(self, version: ServedVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
         raise CompletionsUnavailableError("legacy completions need a local engine; this server relays chats to an "
                                           "upstream (TUNELOOP_ENGINE=upstream): use /v1/chat/completions")
+
+    def count_prompt_tokens(self, version: ServedVersion, messages: list[dict[str, str]],
+                            max_tokens: int) -> tuple[int, Any]:
+        """An estimate (about four characters a token): the upstream's tokenizer is not at hand."""
+        return max(1, -(-sum(len(m["content"]) for m in messages) // 4)), None
 
     def close(self) -> None:
         """Nothing runs in the background."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Form, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
@@ -30,6 +31,8 @@ class CorrectionCreate(BaseModel):
     message_id: OptionalId = Field(None, description="assistant message being corrected; omit for knowledge Q/A")
     question: str | None = Field(None, description="cleaned-up question; defaults to the user's message")
     key_facts: list[str] = Field(default_factory=list)
+    alternative_questions: list[str] = Field(
+        default_factory=list, description="other ways customers ask this (see GET .../phrasing-suggestions)")
     source: Literal["conversation", "knowledge"] | None = None
     submit: bool = Field(False, description="submit for approval right away")
 
@@ -38,6 +41,7 @@ class CorrectionUpdate(BaseModel):
     question: str | None = None
     answer: str | None = None
     key_facts: list[str] | None = None
+    alternative_questions: list[str] | None = Field(None, description="replaces the list; [] removes them all")
 
 
 class Approval(BaseModel):
@@ -71,7 +75,7 @@ def create(body: CorrectionCreate, staff: StaffAccount, session: SessionDep, set
     with http_errors():
         correction = service.create_correction(
             session, settings, actor=staff.username, answer=body.answer, message_id=body.message_id,
-            question=body.question, key_facts=body.key_facts,
+            question=body.question, key_facts=body.key_facts, alternative_questions=body.alternative_questions,
             source=CorrectionSource(body.source) if body.source else None,
             status=CorrectionStatus.submitted if body.submit else CorrectionStatus.draft)
         session.commit()
@@ -97,12 +101,31 @@ def get(correction_id: str, _staff: StaffAccount, session: SessionDep, settings:
     return body
 
 
+@router.get("/v1/corrections/{correction_id}/phrasing-suggestions")
+def phrasing_suggestions(correction_id: str, request: Request, _staff: StaffAccount, session: SessionDep,
+                         settings: SettingsDep, sources: str = Query("logs,model,teacher",
+                                                                     description="comma-separated: logs, model, teacher"),
+                         limit: int = Query(10, ge=1, le=50)) -> dict:
+    """Other ways customers ask this correction's question, each routed to it by correction memory;
+    accept them by PATCHing ``alternative_questions``."""
+    from feedback.phrasings import suggest_phrasings
+
+    with http_errors():
+        correction = service.get_correction(session, correction_id)
+        found, skipped = suggest_phrasings(session, settings, correction, runtime=request.app.state.runtime,
+                                           sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
+                                           limit=limit)
+    return {"object": "list", "correction_id": correction.id, "data": [s.as_dict() for s in found],
+            "skipped": skipped}
+
+
 @router.patch("/v1/corrections/{correction_id}")
 def update(correction_id: str, body: CorrectionUpdate, staff: StaffAccount, session: SessionDep,
            settings: SettingsDep) -> dict:
     with http_errors():
         correction = service.update_correction(session, settings, correction_id, actor=staff.username,
-                                               question=body.question, answer=body.answer, key_facts=body.key_facts)
+                                               question=body.question, answer=body.answer, key_facts=body.key_facts,
+                                               alternative_questions=body.alternative_questions)
         session.commit()
         return correction_as_dict(session, settings, correction)
 

@@ -38,7 +38,8 @@ OPEN_STATUSES = (CorrectionStatus.draft, CorrectionStatus.submitted)
 def correction_etag(correction: Correction) -> str:
     """Names one revision's exact text: any edit changes it, so an approval that names it approves the
     words the reviewer read (HTTP: the ``ETag`` of GET, sent back as ``If-Match``)."""
-    content = [correction.id, correction.revision, correction.question, correction.answer, correction.key_facts]
+    content = [correction.id, correction.revision, correction.question, correction.answer, correction.key_facts,
+               correction.alternative_questions]
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:24]
 
 
@@ -79,27 +80,67 @@ def question_before(session: Session, message: Message) -> str:
     return previous.content if previous else ""
 
 
-def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[str], *,
-           decide_later: bool = True) -> tuple[dict, list]:
+def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[str],
+           alternatives: Sequence[str] = (), *, decide_later: bool = True) -> tuple[dict, list]:
     question, answer = question.strip(), answer.strip()
     facts = [f.strip() for f in key_facts if f and f.strip()]
+    alternatives = clean_alternatives(question, alternatives)
     if not answer:
         raise FeedbackError("answer must not be empty: write the answer the bot should have given")
     if not question:
         raise FeedbackError("question must not be empty: give the customer's question")
     fields = {"question": question, "answer": answer}
     fields.update({f"key_facts.{i}": fact for i, fact in enumerate(facts)})
+    fields.update({f"alternative_questions.{i}": text for i, text in enumerate(alternatives)})
     masked: list[dict[str, Any]] = []
     if settings.scrub_pii:
         fields, masked = clean_fields(settings, fields, decide_later=decide_later)  # see feedback.contacts
     return {"question": fields["question"], "answer": fields["answer"],
-            "key_facts": [fields[f"key_facts.{i}"] for i in range(len(facts))]}, masked
+            "key_facts": [fields[f"key_facts.{i}"] for i in range(len(facts))],
+            "alternative_questions": [fields[f"alternative_questions.{i}"] for i in range(len(alternatives))]}, masked
+
+
+def normalized_question(text: str) -> str:
+    """How two wordings are compared for "the same": case, spacing and trailing punctuation ignored."""
+    return " ".join(text.lower().split()).rstrip("?.! ")
+
+
+def clean_alternatives(question: str, alternatives: Sequence[str]) -> list[str]:
+    """Stripped alternative questions; empty ones, repeats and copies of the question are refused."""
+    cleaned, seen = [], {normalized_question(question): "the question itself"}
+    for i, text in enumerate(alternatives):
+        if not isinstance(text, str) or not text.strip():
+            raise FeedbackError(f"alternative_questions[{i}] is empty: write the other wording or remove the entry")
+        key = normalized_question(text)
+        if key in seen:
+            raise FeedbackError(f"alternative_questions[{i}] ({text.strip()!r}) repeats {seen[key]}: "
+                                "remove it or write a different wording")
+        seen[key] = f"alternative_questions[{i}]"
+        cleaned.append(text.strip())
+    return cleaned
+
+
+def check_alternatives_unique(session: Session, correction: Correction) -> None:
+    """Refuse alternative questions identical to another approved correction's question or phrasing:
+    memory could not tell the two corrections apart."""
+    if not correction.alternative_questions:
+        return
+    mine = {normalized_question(t): t for t in correction.alternative_questions}
+    others = session.exec(select(Correction).where(Correction.status == CorrectionStatus.approved,
+                                                   Correction.lineage_id != correction.lineage_id)).all()
+    for other in others:
+        for text in (other.question, *(other.alternative_questions or ())):
+            if normalized_question(text) in mine:
+                raise FeedbackError(
+                    f"alternative question {mine[normalized_question(text)]!r} is already how approved correction {other.id} "
+                    f"is asked ({text!r}); remove it here, or edit {other.id} if that one is wrong")
 
 
 def create_correction(session: Session, settings: Settings, *, actor: str, answer: str,
                       message_id: str | None = None, question: str | None = None,
                       key_facts: Sequence[str] = (), source: CorrectionSource | None = None,
-                      status: CorrectionStatus = CorrectionStatus.draft, origin: dict | None = None) -> Correction:
+                      status: CorrectionStatus = CorrectionStatus.draft, origin: dict | None = None,
+                      alternative_questions: Sequence[str] = ()) -> Correction:
     """A correction for an assistant message (the question defaults to the user's message before it)
     or, without ``message_id``, a standalone knowledge question/answer pair."""
     conversation_id = None
@@ -115,7 +156,7 @@ def create_correction(session: Session, settings: Settings, *, actor: str, answe
         source = source or CorrectionSource.knowledge
     if status not in (CorrectionStatus.draft, CorrectionStatus.submitted, CorrectionStatus.approved):
         raise FeedbackError("a new correction starts as draft or submitted")
-    fields, masked = _clean(settings, question or "", answer, key_facts,
+    fields, masked = _clean(settings, question or "", answer, key_facts, alternative_questions,
                             decide_later=status != CorrectionStatus.approved)  # no one to decide: mask
     correction_id = new_id("corr")
     correction = Correction(id=correction_id, lineage_id=correction_id, source=CorrectionSource(source),
@@ -123,6 +164,7 @@ def create_correction(session: Session, settings: Settings, *, actor: str, answe
                             pii_masked=masked, origin=origin or {}, **fields)
     if status == CorrectionStatus.approved:  # imports by an admin: approved on arrival
         correction.reviewer, correction.decided_at = actor, utcnow()
+    check_alternatives_unique(session, correction)
     session.add(correction)
     audit(session, actor=actor, action="correction.created", object_type="correction", object_id=correction.id,
           status=str(status), source=str(source), message_id=message_id)
@@ -132,13 +174,18 @@ def create_correction(session: Session, settings: Settings, *, actor: str, answe
 
 def update_correction(session: Session, settings: Settings, correction_id: str, *, actor: str,
                       question: str | None = None, answer: str | None = None,
-                      key_facts: Sequence[str] | None = None) -> Correction:
+                      key_facts: Sequence[str] | None = None,
+                      alternative_questions: Sequence[str] | None = None) -> Correction:
     """The author edits a draft/submitted correction in place; anyone else's edit, and any edit of an
     approved correction, makes the next revision, authored by the editor."""
     current = get_correction(session, correction_id)
     fields, masked = _clean(settings, current.question if question is None else question,
                             current.answer if answer is None else answer,
-                            current.key_facts if key_facts is None else key_facts)
+                            current.key_facts if key_facts is None else key_facts,
+                            current.alternative_questions if alternative_questions is None else alternative_questions)
+    check_alternatives_unique(session, Correction(lineage_id=current.lineage_id, question=fields["question"],
+                                                  answer=fields["answer"], author=actor,
+                                                  alternative_questions=fields["alternative_questions"]))
     if current.status in OPEN_STATUSES and current.author == actor:
         before = correction_etag(current)
         for name, value in fields.items():
@@ -202,6 +249,7 @@ def approve_correction(session: Session, settings: Settings, correction_id: str,
     if etag is not None and etag.strip().removeprefix("W/").strip('"') != current_etag:
         raise ConflictError(f"correction {correction.id} changed since you read it (its etag is now {current_etag}); "
                             "read the current text (GET it again) and approve that")
+    check_alternatives_unique(session, correction)  # another correction may have been approved meanwhile
     for previous in session.exec(select(Correction).where(Correction.lineage_id == correction.lineage_id,
                                                           Correction.status == CorrectionStatus.approved)).all():
         previous.status, previous.updated_at = CorrectionStatus.superseded, utcnow()

@@ -3,7 +3,7 @@ formats trainers read.
 
 An example is a dict::
 
-    {"id", "correction_id", "lineage_id", "split_key", "source", "key_facts",
+    {"id", "correction_id", "lineage_id", "split_key", "source", "key_facts", "alternative_questions",
      "messages": [system prompt, ...earlier turns..., the user's (cleaned) question],
      "completion": the answer}
 
@@ -52,7 +52,12 @@ def _from_correction(session: Session, settings: Settings, correction: Correctio
         turns = [{"role": "user", "content": correction.question}]
     return _example(settings, tokenizer, turns, correction.answer, id=f"ex_{correction.id}",
                     correction_id=correction.id, lineage_id=correction.lineage_id, split_key=correction.split_key,
-                    source=str(correction.source), key_facts=list(correction.key_facts))
+                    source=str(correction.source), key_facts=list(correction.key_facts),
+                    alternative_questions=_scrubbed(settings, correction.alternative_questions or []))
+
+
+def _scrubbed(settings: Settings, texts: list[str]) -> list[str]:
+    return [scrub(t, settings.pii_keep)[0] for t in texts] if settings.scrub_pii else list(texts)
 
 
 def _from_thumbs_up(session: Session, settings: Settings, tokenizer: Any) -> list[dict[str, Any]]:
@@ -68,7 +73,8 @@ def _from_thumbs_up(session: Session, settings: Settings, tokenizer: Any) -> lis
         if turns and turns[-1]["role"] == "user":
             examples.append(_example(settings, tokenizer, turns, message.content, id=f"ex_{message.id}",
                                      correction_id=None, lineage_id=message.id, split_key=message.id,
-                                     source=str(CorrectionSource.thumbs_up), key_facts=[]))
+                                     source=str(CorrectionSource.thumbs_up), key_facts=[],
+                                     alternative_questions=[]))
     return examples
 
 
@@ -118,7 +124,8 @@ def chat_record(example: dict[str, Any], *, with_metadata: bool = True) -> dict[
     """OpenAI chat fine-tuning line. Our metadata rides in a "tuneloop" key that OpenAI ignores."""
     record: dict[str, Any] = {"messages": [*example["messages"], {"role": "assistant", "content": example["completion"]}]}
     if with_metadata:
-        record["tuneloop"] = {k: example.get(k) for k in ("id", "correction_id", "lineage_id", "source", "key_facts")}
+        record["tuneloop"] = {k: example.get(k) for k in ("id", "correction_id", "lineage_id", "source", "key_facts",
+                                                          "alternative_questions")}
     return record
 
 

@@ -70,6 +70,9 @@ class Correction(SQLModel, table=True):
     question: str = Field(sa_column=Column(Text, nullable=False), description="the user's question, cleaned up")
     answer: str = Field(sa_column=Column(Text, nullable=False), description="the expert answer")
     key_facts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    alternative_questions: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False),
+        description="other ways customers ask this question: retrieved by correction memory, trained on")
     status: CorrectionStatus = Field(default=CorrectionStatus.draft, index=True, sa_type=String(16))
     author: str = Field(index=True)
     reviewer: str | None = None

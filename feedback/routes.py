@@ -17,3 +17,7 @@ router.include_router(correction_router)
 from feedback.distill_routes import router as distill_router  # noqa: E402
 
 router.include_router(distill_router)
+
+from feedback.memory_routes import router as memory_router  # noqa: E402
+
+router.include_router(memory_router)

@@ -24,7 +24,7 @@ def test_completion_has_openai_shape_and_is_stored(client, tiny_app):
     assert response.status_code == 200, response.text
     body = response.json()
     assert list(body) == ["id", "object", "created", "model", "choices", "usage", "system_fingerprint",
-                          "conversation_id", "message_id", "memory_correction_ids"]
+                          "conversation_id", "message_id", "memory_correction_ids", "memory_outcome"]
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
     assert isinstance(body["created"], int) and body["model"] == "tuneloop"
     assert body["system_fingerprint"] == "fp_tuneloop_v0"

@@ -25,6 +25,7 @@ from tuneloop.core.db import session_scope
 from ui.account import password_tab
 from ui.auth import PageSignIn
 from ui.distill import distill_tab
+from ui.memory_panel import memory_tab
 from ui.errors import shown_to_user
 from ui.text import as_text
 
@@ -48,6 +49,8 @@ def build_admin(app: FastAPI, sign_in: PageSignIn) -> gr.Blocks:
                 golden_table = _golden_tab(app, sign_in)
             with gr.Tab("Distill"):
                 distill_tab(app, sign_in)
+            with gr.Tab("Memory"):
+                memory_tab(app, sign_in)
             with gr.Tab("Account"):
                 password_tab(app, sign_in)
 

@@ -2,7 +2,8 @@
 
 Queue tab: the answers to look at (thumbs-down first, then rated with a comment, optionally a sample of
 the rest), filtered by status and model version; the selected answer's whole conversation; "mark fine"
-or a correction (question, answer, key facts) submitted for approval. Approvals tab: corrections
+or a correction (question, answer, key facts, other ways customers ask it, with suggestions from
+logged questions, the model and the teacher) submitted for approval. Approvals tab: corrections
 submitted by others, with what was masked as personal data and any near-duplicate or conflicting
 approved correction, to approve or reject with a reason. Callbacks call ``feedback.review`` and
 ``feedback.corrections``, the same functions as the HTTP API.
@@ -80,6 +81,9 @@ def _queue_tab(app: FastAPI, sign_in: PageSignIn) -> dict:
             answer = gr.Textbox(label="Answer", lines=5, elem_id="correction-answer")
             facts = gr.Textbox(label="Key facts (one per line; the answer must contain them)", lines=3,
                                elem_id="correction-facts")
+            alternatives = gr.Textbox(label="Other ways customers ask this (one per line; edit or delete freely)",
+                                      lines=3, elem_id="correction-alternatives")
+            suggest = gr.Button("Suggest phrasings", size="sm", elem_id="suggest-phrasings")
             submit = gr.Button("Submit correction", variant="primary", elem_id="submit-correction")
     result = gr.Markdown(elem_id="review-result")
 
@@ -93,17 +97,23 @@ def _queue_tab(app: FastAPI, sign_in: PageSignIn) -> dict:
         return _open(app, (evt.row_value or [None])[0])
 
     table.select(open_item, outputs=[selected, conversation, details, question, answer, facts, result])
+    table.select(lambda: "", outputs=alternatives)
+
+    def suggest_phrasings(q, a, current, request: gr.Request):
+        return _suggest(app, sign_in, request, q, a, current)
+
+    suggest.click(suggest_phrasings, inputs=[question, answer, alternatives], outputs=[alternatives, result])
 
     def mark_fine(message_id, s, v, f, request: gr.Request):
         return _mark_fine(app, sign_in, request, message_id, s, v, f)
 
     fine.click(mark_fine, inputs=[selected, *filters], outputs=[table, result])
 
-    def submit_correction(message_id, q, a, k, s, v, f, request: gr.Request):
-        return _submit(app, sign_in, request, message_id, q, a, k, s, v, f)
+    def submit_correction(message_id, q, a, k, alt, s, v, f, request: gr.Request):
+        return _submit(app, sign_in, request, message_id, q, a, k, alt, s, v, f)
 
-    submit.click(submit_correction, inputs=[selected, question, answer, facts, *filters],
-                 outputs=[table, result, answer, facts])
+    submit.click(submit_correction, inputs=[selected, question, answer, facts, alternatives, *filters],
+                 outputs=[table, result, answer, facts, alternatives])
     return load_queue
 
 
@@ -140,7 +150,32 @@ def _mark_fine(app, sign_in, request, message_id, status, version, sample):
     return _queue_rows(app, status, version, sample), f"Marked `{message_id}` fine."
 
 
-def _submit(app, sign_in, request, message_id, question, answer, facts, status, version, sample):
+def _suggest(app, sign_in, request, question, answer, current):
+    """Append suggested phrasings (not yet listed) to the alternatives box; the author edits them."""
+    from feedback.models import Correction
+    from feedback.phrasings import suggest_phrasings
+
+    account = sign_in.account(request)
+    if not (question or "").strip():
+        raise gr.Error("Write the question first; phrasings are suggested for it.")
+    draft = Correction(id="corr_draft", lineage_id="corr_draft", question=question.strip(),
+                       answer=(answer or "").strip() or question.strip(), author=account.username,
+                       alternative_questions=_lines(current))
+    with shown_to_user(), session_scope(app.state.db) as session:
+        found, skipped = suggest_phrasings(session, app.state.settings, draft, runtime=app.state.runtime)
+    lines = _lines(current) + [s.text for s in found if s.text not in _lines(current)]
+    note = f"{len(found)} suggestion(s) added: " + ", ".join(f"{s.source}" for s in found) if found else \
+        "No suggestion routes to this question yet."
+    if skipped:
+        note += " Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())
+    return "\n".join(lines), note
+
+
+def _lines(text: str | None) -> list[str]:
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def _submit(app, sign_in, request, message_id, question, answer, facts, alternatives, status, version, sample):
     account = sign_in.account(request)
     if not message_id:
         raise gr.Error("Pick an answer in the queue first.")
@@ -148,7 +183,8 @@ def _submit(app, sign_in, request, message_id, question, answer, facts, status, 
     with shown_to_user(), session_scope(app.state.db) as session:
         correction = corrections.create_correction(
             session, app.state.settings, actor=account.username, message_id=message_id, question=question,
-            answer=answer or "", key_facts=key_facts, status=CorrectionStatus.submitted)
+            answer=answer or "", key_facts=key_facts, status=CorrectionStatus.submitted,
+            alternative_questions=_lines(alternatives))
         masked = list(correction.pii_masked)
     undecided = [m for m in masked if m.get("decision") == "pending"]
     done = [m for m in masked if "decision" not in m]
@@ -157,7 +193,7 @@ def _submit(app, sign_in, request, message_id, question, answer, facts, status, 
         note += (" Contacts in your answer (" + ", ".join(f"{m['kind']} {as_text(m['value'])}" for m in undecided)
                  + ") stay as written until you or the reviewer keeps them as the company's or masks them.")
     return (_queue_rows(app, status, version, sample),
-            f"Correction `{correction.id}` submitted; another staff member will review it.{note}", "", "")
+            f"Correction `{correction.id}` submitted; another staff member will review it.{note}", "", "", "")
 
 
 def _question_of(item: review.ReviewItem) -> str:
@@ -233,6 +269,9 @@ def _pending_details(app: FastAPI, correction_id: str):
              f"**Question:** {as_text(correction.question)}", f"**Answer:** {as_text(correction.answer)}"]
     if correction.key_facts:
         lines.append("**Key facts:** " + "; ".join(as_text(f) for f in correction.key_facts))
+    if correction.alternative_questions:
+        lines.append("**Other ways customers ask this** (answered with this text when memory is confident):\n"
+                     + "\n".join(f"- {as_text(q)}" for q in correction.alternative_questions))
     undecided = [m for m in correction.pii_masked if m.get("decision") == "pending"]
     masked = [m for m in correction.pii_masked if m.get("decision") in (None, "masked")]
     if undecided:

@@ -15,6 +15,7 @@ from tuneloop.cli.distill import distill_app
 from tuneloop.cli.errors import CliError, report
 from tuneloop.cli.init import init_app
 from tuneloop.cli.jobs import jobs_app
+from tuneloop.cli.memory import memory_app
 from tuneloop.cli.ops import forget, ops_app
 from tuneloop.cli.registry import golden_app, models_app
 from tuneloop.cli.server import db_app, serve_app
@@ -33,7 +34,7 @@ app = typer.Typer(
 COMMANDS = [serve_app, chat_app, ops_app, worker_app, demo_app, init_app]
 # Command groups: (name, app) -> `tuneloop NAME SUBCOMMAND`.
 GROUPS = [("db", db_app), ("users", users_app), ("data", data_app), ("models", models_app),
-          ("golden", golden_app), ("jobs", jobs_app), ("distill", distill_app)]
+          ("golden", golden_app), ("jobs", jobs_app), ("distill", distill_app), ("memory", memory_app)]
 
 for commands in COMMANDS:
     app.registered_commands += commands.registered_commands

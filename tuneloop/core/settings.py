@@ -115,14 +115,33 @@ class Settings(BaseSettings):
     gate_max_tokens: int = Field(96, ge=8, description="Longest answer generated per gate question (tokens).")
 
     # --- correction memory ---------------------------------------------------------------------
-    memory_enabled: bool = True
+    memory_enabled: bool = Field(True, description="Correction memory at all (verified and grounded replies).")
+    memory_verified_enabled: bool = Field(
+        True, description="Reply with an approved answer itself when the latest user turn confidently matches it.")
+    memory_grounded_enabled: bool = Field(
+        True, description="Give plausible approved answers to the model as context (the model still answers).")
+    memory_verified_threshold: float = Field(
+        0.55, ge=0.0, le=1.0,
+        description="Combined score (feedback.retrieval) at or above which a turn gets the verified answer. "
+        "Measured on examples/acme_kb.jsonl (bench/memory.py): no off-topic question of 60 scores above 0.51; "
+        "exact questions score 0.8-0.9. Measure it on your data with `tuneloop memory calibrate`.")
+    memory_verified_margin: float = Field(
+        0.05, ge=0.0, le=1.0, description="How far the best correction must score ahead of the runner-up for verified.")
     memory_threshold: float = Field(
-        0.5, ge=0.0, le=1.0,
-        description="Question similarity (MiniLM cosine) above which an approved correction is given to the model. "
-        "Measured on the demo knowledge base: held-out paraphrases score 0.38-0.63 against their own question, "
-        "so memory passes up to memory_max_hits candidates and lets the model pick.",
+        0.40, ge=0.0, le=1.0,
+        description="Combined score at or above which an approved correction is given to the model as context "
+        "(grounded). Up to memory_max_hits candidates are passed and the model picks.",
     )
     memory_max_hits: int = Field(3, ge=1, le=10)
+    memory_lexical_weight: float = Field(
+        0.10, ge=0.0, le=1.0, description="Share of the BM25 (bm25s) score in the combined score; the rest is dense.")
+    memory_answer_weight: float = Field(
+        0.45, ge=0.0, le=1.0, description="Share of the answer's dense similarity in the dense part. Measured on the "
+        "acme KB: ranking by question alone puts the right correction first for 74% of held-out rewordings, "
+        "with the answer at 0.45 for 86%.")
+    memory_followup_max_words: int = Field(
+        8, ge=0, description="A user turn after earlier turns this short that leans on them (it, that, and ...) "
+        "is a follow-up: never answered verified.")
 
     # --- distillation (teacher) ----------------------------------------------------------------
     teacher_base_url: str = Field(
