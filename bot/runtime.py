@@ -24,7 +24,7 @@ from sqlmodel import Session
 from bot import versions
 from bot.engine import Completion, LoadedModel, LocalEngine, SamplingParams
 from bot.models import ModelVersion
-from bot.prompting import prompt_ids, trim_to_budget, with_system_prompt
+from bot.prompting import prompt_ids, system_with_memory, trim_to_budget, with_system_prompt
 from tuneloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,7 @@ class ServingRuntime:
         return ids
 
     def _with_system(self, messages: list[dict[str, str]], memory: str = "") -> list[dict[str, str]]:
-        system = self.settings.resolved_system_prompt + (f"\n\n{memory}" if memory else "")
-        return with_system_prompt(system, messages)
+        return with_system_prompt(system_with_memory(self.settings.resolved_system_prompt, memory), messages)
 
     def recall(self, messages: list[dict[str, str]]) -> tuple[str, list[str]]:
         """Correction memory for the last user message: context text and the correction ids used."""

@@ -51,7 +51,8 @@ def _from_correction(session: Session, settings: Settings, correction: Correctio
         turns = [{"role": "user", "content": correction.question}]
     return _example(settings, tokenizer, turns, correction.answer, id=f"ex_{correction.id}",
                     correction_id=correction.id, lineage_id=correction.lineage_id, split_key=correction.split_key,
-                    source=str(correction.source), key_facts=list(correction.key_facts))
+                    source=str(correction.source), key_facts=list(correction.key_facts),
+                    alternative_questions=list(getattr(correction, "alternative_questions", None) or []))
 
 
 def _from_thumbs_up(session: Session, settings: Settings, tokenizer: Any) -> list[dict[str, Any]]:
@@ -86,6 +87,7 @@ def _example(settings: Settings, tokenizer: Any, turns: list[dict[str, str]], an
     if settings.scrub_pii:
         turns = [{"role": t["role"], "content": scrub(t["content"], settings.pii_keep)[0]} for t in turns]
         answer = scrub(answer, settings.pii_keep)[0]
+        meta["alternative_questions"] = [scrub(q, settings.pii_keep)[0] for q in meta.get("alternative_questions") or []]
     messages = trim_context([{"role": "system", "content": settings.resolved_system_prompt}, *turns],
                             answer, settings, tokenizer)
     return {**meta, "messages": messages, "completion": answer}
@@ -117,6 +119,8 @@ def chat_record(example: dict[str, Any], *, with_metadata: bool = True) -> dict[
     record: dict[str, Any] = {"messages": [*example["messages"], {"role": "assistant", "content": example["completion"]}]}
     if with_metadata:
         record["tuneloop"] = {k: example.get(k) for k in ("id", "correction_id", "lineage_id", "source", "key_facts")}
+        if example.get("alternative_questions"):  # accepted phrasings (only when there are some: same hash otherwise)
+            record["tuneloop"]["alternative_questions"] = list(example["alternative_questions"])
     return record
 
 
