@@ -241,7 +241,8 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
         [m for m in new if m["role"] != "system"]
     memory, memory_ids = runtime.recall(prompt)
     source = runtime.stream(version, prompt, params or SamplingParams(
-        max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p), memory=memory)
+        max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p,
+        repetition_ngram=settings.repetition_guard_ngram), memory=memory)
     return ChatTurn(
         db=runtime.db, version=version, conversation_id=conversation_id or new_id("conv"),
         is_new_conversation=conversation_id is None,

@@ -112,6 +112,7 @@ class ChatCompletionRequest(BaseModel):
             top_p=defaults.top_p if self.top_p is None else self.top_p,
             stop=[s for s in stop if s],
             seed=self.seed,
+            repetition_ngram=defaults.repetition_guard_ngram,
         )
 
 

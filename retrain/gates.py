@@ -160,7 +160,8 @@ def answer_all(loaded: LoadedModel, items: list[GateItem], settings: Settings) -
             budget = min(settings.context_budget, loaded.max_context) - max_tokens
             prompts = {i: trim_to_budget(loaded.tokenizer, items[i].messages, budget)[1] for i in indices}
             order = sorted(indices, key=lambda i: len(prompts[i]))
-            done = engine.generate_many([prompts[i] for i in order], SamplingParams(max_tokens=max_tokens, temperature=0))
+            done = engine.generate_many([prompts[i] for i in order], SamplingParams(
+                max_tokens=max_tokens, temperature=0, repetition_ngram=settings.repetition_guard_ngram))
             for i, completion in zip(order, done):
                 answers[i] = completion.text.strip()
     finally:

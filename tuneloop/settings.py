@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_guard_ngram: int = Field(
+        10, ge=0, description="Greedy replies (serving and gates) end before a sentence they already said, or before "
+        "a run of this many tokens they already produced (bot/repetition.py); 0 turns the guard off.")
 
     # --- feedback ------------------------------------------------------------------------------
     allow_self_approval: bool = Field(False, description="Let one person write and approve a correction (one-person teams).")
