@@ -6,8 +6,11 @@ engine is used directly) and judges each answer against a reference with ``retra
 
 1. **learned** — the corrections in the snapshot's training split that are new since the parent
    (examples whose lineage is not in any ancestor's snapshot). The candidate must answer at least
-   ``gate_learned_min_pass_rate`` of them correctly (default 1.0: all). The validation split is held
+   ``gate_learned_min_pass_rate`` of them correctly (default 0.95). The validation split is held
    out of training; it is measured by the job's validation loss/accuracy, not asked here.
+   **generalises** — the held-out phrasing of each new correction that has two or more accepted
+   phrasings (``retrain.augment.split_phrasings``; never trained on). The candidate must answer at
+   least ``gate_generalises_min_pass_rate`` of them; each one is in the report by name.
 2. **not_forgotten** — every earlier approved correction (those in an ancestor's snapshot; the suite
    grows each round). The candidate's pass rate may fall at most ``gate_forgetting_margin`` (default
    0.05) below production's; every item that passes on production and fails on the candidate is
@@ -20,7 +23,8 @@ engine is used directly) and judges each answer against a reference with ``retra
    and a round that flipped 2 borderline answers was rejected by noise. Perplexity may rise at most
    ``gate_perplexity_margin`` (0.25, relative). Answers that must never change belong in the golden set.
 
-A gate with no questions passes (and says so). Answers are capped at 1.5× the reference's length
+A gate with no questions does not block, and its report says ``"status": "not measured"`` (with
+``"measured": false``) rather than passed. Answers are capped at 1.5× the reference's length
 + 8 tokens (at most ``gate_max_tokens``, 96), and questions are decoded in batches sorted by prompt
 length, so a few hundred questions take minutes on a CPU. See docs/gates.md.
 """
@@ -52,7 +56,7 @@ from tuneloop.settings import Settings
 log = logging.getLogger(__name__)
 
 GENERAL_DIR = Path(__file__).parent / "general"
-GATES = ("learned", "not_forgotten", "golden", "general")
+GATES = ("learned", "generalises", "not_forgotten", "golden", "general")
 
 
 @dataclass
@@ -114,23 +118,33 @@ def _snapshot_lineages(session: Session, settings: Settings, snapshot_id: str | 
     return {e["lineage_id"] for e in read_manifest(settings, snapshot)["examples"]}
 
 
+def generalises_items(records: list[dict[str, Any]]) -> list[GateItem]:
+    """The held-out phrasing of each new correction that has one (``retrain.augment.split_phrasings``:
+    one of two or more accepted phrasings, never trained on), asked as the correction's own question is."""
+    from retrain.augment import held_out_phrasing
+
+    items = []
+    for record in records:
+        held = held_out_phrasing(record)
+        if held is not None:
+            item = _record_item("generalises", record)
+            meta = record.get("tuneloop") or {}
+            item.name = f"{meta.get('correction_id') or meta.get('id')}: {held[:60]}"
+            item.messages = [*item.messages[:-1], {"role": "user", "content": held}]
+            items.append(item)
+    return items
+
+
 def correction_items(session: Session, settings: Settings, candidate: ModelVersion) -> tuple[list[GateItem], list[GateItem]]:
-    """(learned, not_forgotten) items for ``candidate``, from its snapshot and the approved corrections."""
+    """(learned, not_forgotten) items for ``candidate``, from its snapshot and the approved corrections.
+    ``generalises_items(new_training_records(...))`` are the held-out phrasings of the learned ones."""
     from feedback.export import training_examples
-    from retrain.datasets import load_examples
     from retrain.registry import lineage
 
     earlier: set[str] = set()
     for ancestor in lineage(session, candidate)[1:]:
         earlier |= _snapshot_lineages(session, settings, ancestor.snapshot_id)
-    learned: list[GateItem] = []
-    snapshot = session.get(DatasetSnapshot, candidate.snapshot_id) if candidate.snapshot_id else None
-    if snapshot is not None:
-        new_train = [r for r in load_examples(settings, snapshot, "train")
-                     if (r.get("tuneloop") or {}).get("lineage_id") not in earlier]
-        # The validation split is held out of training on purpose (its loss is in the job's metrics);
-        # asking the candidate to "know" facts it never saw would make this gate fail by construction.
-        learned = [_record_item("learned", r) for r in new_train]
+    learned = [_record_item("learned", r) for r in new_training_records(session, settings, candidate, earlier)]
     not_forgotten = [
         GateItem("not_forgotten", f"{e['correction_id']}: {e['messages'][-1]['content'][:60]}", e["messages"],
                  e["completion"], list(e.get("key_facts") or []))
@@ -138,6 +152,25 @@ def correction_items(session: Session, settings: Settings, candidate: ModelVersi
         if e.get("correction_id") and e["lineage_id"] in earlier
     ]
     return learned, not_forgotten
+
+
+def new_training_records(session: Session, settings: Settings, candidate: ModelVersion,
+                         earlier: set[str] | None = None) -> list[dict[str, Any]]:
+    """The snapshot lines of ``candidate``'s training split whose lineage no ancestor's snapshot had."""
+    from retrain.datasets import load_examples
+    from retrain.registry import lineage
+
+    if earlier is None:
+        earlier = set()
+        for ancestor in lineage(session, candidate)[1:]:
+            earlier |= _snapshot_lineages(session, settings, ancestor.snapshot_id)
+    snapshot = session.get(DatasetSnapshot, candidate.snapshot_id) if candidate.snapshot_id else None
+    if snapshot is None:
+        return []
+    # The validation split is held out of training on purpose (its loss is in the job's metrics);
+    # asking the candidate to "know" facts it never saw would make this gate fail by construction.
+    return [r for r in load_examples(settings, snapshot, "train")
+            if (r.get("tuneloop") or {}).get("lineage_id") not in earlier]
 
 
 # --- asking ------------------------------------------------------------------------------------
@@ -201,7 +234,8 @@ def evaluate(settings: Settings, candidate: LoadedModel, baseline: LoadedModel, 
         "passed": not reasons, "reasons": reasons, "gates": gates,
         "candidate_version_id": candidate.spec.id, "baseline_version_id": baseline.spec.id,
         "thresholds": {k: getattr(settings, k) for k in (
-            "gate_similarity_threshold", "gate_learned_min_pass_rate", "gate_forgetting_margin",
+            "gate_similarity_threshold", "gate_learned_min_pass_rate", "gate_generalises_min_pass_rate",
+            "gate_forgetting_margin",
             "gate_general_margin", "gate_perplexity_margin", "gate_max_tokens")},
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -228,6 +262,10 @@ def _judge(gate: str, rows: list[dict], settings: Settings, ppl: tuple[float, fl
         ok = cand_rate + eps >= settings.gate_learned_min_pass_rate
         reason = (f"learned: the candidate answered {cand}/{n} new or validation corrections correctly; "
                   f"needs {settings.gate_learned_min_pass_rate:.0%}")
+    elif gate == "generalises":
+        ok = cand_rate + eps >= settings.gate_generalises_min_pass_rate
+        reason = (f"generalises: the candidate answered {cand}/{n} held-out phrasings of the new corrections "
+                  f"correctly; needs {settings.gate_generalises_min_pass_rate:.0%}")
     elif gate == "not_forgotten":
         ok = cand_rate + eps >= prod_rate - settings.gate_forgetting_margin
         reason = (f"not_forgotten: pass rate {cand_rate:.0%} vs production {prod_rate:.0%} (margin "
@@ -253,9 +291,12 @@ def _judge(gate: str, rows: list[dict], settings: Settings, ppl: tuple[float, fl
                 reason += (f" perplexity {ppl[0]:.2f} vs production {ppl[1]:.2f} "
                            f"(allowed up to {limit:.2f})")
                 ok = False
-    if n == 0 and gate != "general":
-        result["note"] = "no questions for this gate"
+    result["measured"] = n > 0
+    if n == 0:  # nothing was asked: the gate does not block, and the report says it was not measured
+        result["note"] = "not measured: no questions for this gate"
+        ok = True
     result["passed"] = ok
+    result["status"] = "not measured" if n == 0 else ("passed" if ok else "failed")
     result["reason"] = "" if ok else reason
     return result
 
@@ -285,7 +326,8 @@ def run_gates(settings: Settings, db_engine: Engine, candidate_id: str) -> GateR
             raise InvalidStateError(f"{candidate_id} is served by a hosted API; the gates run local models only")
         baseline = versions.production_version(session)
         learned, not_forgotten = correction_items(session, settings, candidate)
-        items = learned + not_forgotten + golden_items(session, settings) + general_items(settings)
+        generalises = generalises_items(new_training_records(session, settings, candidate))
+        items = learned + generalises + not_forgotten + golden_items(session, settings) + general_items(settings)
         candidate_spec, baseline_spec = (versions.version_spec(v, settings) for v in (candidate, baseline))
     cand_model = LoadedModel.load(candidate_spec, device=settings.device, dtype=settings.dtype)
     base_model = cand_model if baseline_spec == candidate_spec else LoadedModel.load(
