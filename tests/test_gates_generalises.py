@@ -73,3 +73,24 @@ def test_generalises_is_reported_per_item_with_its_own_threshold(make_settings, 
     for name in ("learned", "not_forgotten", "golden"):
         assert outcome.summary["gates"][name]["status"] == "not measured"
         assert outcome.summary["gates"][name]["measured"] is False
+
+
+def test_the_admin_page_lists_each_held_out_phrasing_and_unmeasured_gates(make_settings, tiny_model_dir, versions,
+                                                                          sqlite_url):
+    from types import SimpleNamespace
+
+    from retrain.gates import _store
+    from tuneloop.app import prepare_database
+    from ui.admin import _report_view
+
+    settings = make_settings(base_model=str(tiny_model_dir), database_url=sqlite_url, gate_perplexity_margin=100.0)
+    engine = prepare_database(settings)
+    candidate, production = versions
+    _store(engine, "v0", "v0", evaluate(settings, candidate, production, generalises_items(records()), texts=[]))
+    text, rows = _report_view(SimpleNamespace(state=SimpleNamespace(db=engine)), "v0")
+    assert "- **generalises** (passed): candidate 1/2" in text
+    assert f'- ✓ c_known: "{CANADA[0]}"' in text and '- ✗ c_unknown: "' in text
+    assert "- **golden**: not measured (no questions)" in text
+    assert sorted(r[2] for r in rows if r[0] == "generalises") == sorted(
+        i.messages[-1]["content"] for i in generalises_items(records()))
+    engine.dispose()
