@@ -50,7 +50,7 @@ class DecodeState:
 
     def keep(self, rows: list[int]) -> None:
         """Drop finished rows, then the leading columns no remaining row attends to."""
-        index = torch.tensor(rows, device=self.attention.device)
+        index = torch.tensor(rows, dtype=torch.long, device=self.attention.device)  # [] would be float
         self.cache.batch_select_indices(index)
         self.attention, self.positions, self.logits = self.attention[index], self.positions[index], self.logits[index]
         unused = int((self.attention.sum(0) == 0).long().cumprod(0).sum())
