@@ -95,17 +95,20 @@ def add_memory_context(examples: list[dict[str, Any]], *, fraction: float, max_d
                        seed: int) -> list[dict[str, Any]]:
     """``examples`` (output of ``expand_phrasings``) plus a seeded ``fraction`` of them once more with
     memory context: the example's own verified answer and 0..``max_distractors`` other approved
-    answers, in random order, in the system prompt exactly as serving puts them there."""
+    answers, in random order, in the system prompt exactly as serving puts them there.
+
+    Only corrections are in correction memory at serving time, so only examples with a
+    ``correction_id`` get a copy (uploaded training files and thumbs-up answers do not)."""
     from feedback.memory import MemoryHit, memory_context
 
     verified: dict[str, tuple[str, str]] = {}  # correction -> (its own question, answer), as memory shows it
     for e in examples:
         meta = e["tuneloop"]
-        if meta.get("phrasing") == 0 and e["messages"][-1]["role"] == "user":
+        if meta.get("phrasing") == 0 and meta.get("correction_id") and e["messages"][-1]["role"] == "user":
             verified.setdefault(_key(meta), (e["messages"][-1]["content"], e["completion"]))
     rng = random.Random(seed)
-    count = min(len(examples), round(fraction * len(examples)))
-    chosen = sorted(rng.sample(range(len(examples)), count)) if verified else []
+    eligible = [i for i, e in enumerate(examples) if e["tuneloop"].get("correction_id")]
+    chosen = sorted(rng.sample(eligible, min(len(eligible), round(fraction * len(eligible)))))
     copies = []
     for i in chosen:
         example, key = examples[i], _key(examples[i]["tuneloop"])

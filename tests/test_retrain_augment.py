@@ -98,7 +98,11 @@ def test_memory_context_examples_are_laid_out_exactly_as_serving_lays_them_out(t
 def test_training_set_without_phrasings_or_memory_is_one_example_per_correction():
     assert len(training_set(corrections(), phrasings=False, memory_fraction=0.0, max_distractors=2, seed=1)) == 3
     everything = training_set(corrections(), phrasings=True, memory_fraction=0.5, max_distractors=2, seed=1)
-    assert len(everything) == 6 + 3  # 1 + 2 + 1 + 1... phrasings (6 examples), plus half of them with memory
+    assert len(everything) == 6 + 3  # c0: question + 2 trained phrasings, c1: 2, c2: 1; plus half of them with memory
+    # Only corrections are in memory at serving time: an uploaded training file gets no memory copies.
+    uploaded = [{"messages": [SYSTEM, {"role": "user", "content": f"Hi {i}?"}, {"role": "assistant", "content": "Hello."}]}
+                for i in range(4)]
+    assert len(training_set(uploaded, phrasings=True, memory_fraction=0.5, max_distractors=2, seed=1)) == 4
 
 
 def _all_answer_tokens_right(base_dir, adapter_dir, examples) -> bool:
