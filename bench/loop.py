@@ -140,7 +140,8 @@ def train_and_promote(platform: Platform) -> dict:
     served_at = time.time()
     return {
         "version": version["name"], "gates_passed": report["passed"], "gate_reasons": report["reasons"],
-        "gates": {name: {k: g.get(k) for k in ("candidate_rate", "production_rate", "n", "passed")}
+        "gates": {name: {k: g.get(k) for k in ("candidate_rate", "production_rate", "total", "candidate_passed",
+                                               "passed", "status")}
                   for name, g in report["gates"].items()},
         "train_metrics": version["metrics"],
         "seconds": {"snapshot": snapshot_s, "training": trained_at - started - snapshot_s,
@@ -275,6 +276,21 @@ def report(results: dict) -> str:
                   f"{pct(a2['round1_canonical_memory_off'])} after round 2 (forgetting: "
                   f"{max(0, round((results['after1']['canonical_memory_off'] - a2['round1_canonical_memory_off']) * results['round1']))}"
                   " net corrections lost)."]
+    lines += ["", "| gate | " + " | ".join(k[:6] for k in ("round1_loop", "round2_loop") if k in results) + " |",
+              "|---|" + "---|" * sum(k in results for k in ("round1_loop", "round2_loop"))]
+    for gate in results["round1_loop"]["gates"]:
+        cells = []
+        for key in ("round1_loop", "round2_loop"):
+            if key in results:
+                g = results[key]["gates"].get(gate) or {}
+                status = g.get("status") or ("passed" if g.get("passed") else "failed")
+                cells.append(status if not g.get("total") else f"{status} ({g.get('candidate_passed')}/{g['total']})")
+        lines.append(f"| {gate} | " + " | ".join(cells) + " |")
+    for key in ("round1_loop", "round2_loop"):
+        if key in results:
+            m = results[key]["train_metrics"]
+            lines.append(f"\n{key[:6]} training stopped at step {m.get('stopped_at_step', m.get('steps'))} of at most "
+                         f"{m.get('max_steps', '?')} ({m.get('stop_reason', 'no stop rule')}).")
     general = [results["before"]["general"], results["after1"]["general"]] + (
         [results["after2"]["general"]] if "after2" in results else [])
     lines += ["", "General questions answered correctly (gate judge): " + " → ".join(pct(g) for g in general) + ".",

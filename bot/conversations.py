@@ -260,7 +260,7 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
         prompt = system + [m for m in stored if m["role"] != "system" or not system] + \
             [m for m in new if m["role"] != "system"]
     params = params or SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature,
-                                      top_p=settings.top_p)
+                                      top_p=settings.top_p, repetition_ngram=settings.repetition_guard_ngram)
     decision = runtime.recall(prompt)
     if decision is not None and decision.outcome == "verified":
         source = runtime.verified(version, prompt, decision.answer, params)

@@ -185,6 +185,7 @@ class ChatCompletionRequest(BaseModel):
             frequency_penalty=self.frequency_penalty or 0.0,
             presence_penalty=self.presence_penalty or 0.0,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            repetition_ngram=defaults.repetition_guard_ngram,
         )
 
 

@@ -28,6 +28,12 @@ from engine.protocol import Engine as ModelEngine
 from registry import versions
 from registry.models import ModelVersion
 from tuneloop.core.settings import Settings
+from registry import versions
+from engine.protocol import Completion, SamplingParams
+from engine.transformers_engine import LoadedModel, LocalEngine
+from registry.models import ModelVersion
+from engine.prompting import prompt_ids, system_with_memory, trim_to_budget, with_system_prompt
+from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +123,7 @@ class ServingRuntime:
 
     # --- generation --------------------------------------------------------------------------------
     def _with_system(self, messages: list[dict[str, str]], memory: str = "") -> list[dict[str, str]]:
-        system = self.settings.resolved_system_prompt + (f"\n\n{memory}" if memory else "")
-        return with_system_prompt(system, messages)
+        return with_system_prompt(system_with_memory(self.settings.resolved_system_prompt, memory), messages)
 
     def recall(self, messages: list[dict[str, str]]):
         """Correction memory's decision for the last user message (a ``feedback.memory.MemoryDecision``,

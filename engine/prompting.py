@@ -22,6 +22,13 @@ def with_system_prompt(system_prompt: str, messages: list[dict[str, str]]) -> li
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
+def system_with_memory(system_prompt: str, memory: str) -> str:
+    """The system prompt as serving sends it when correction memory found verified answers
+    (``memory`` is ``feedback.memory.memory_context``'s text). Training builds its memory-context
+    examples with this same function, so the tuned model sees exactly the serving layout."""
+    return system_prompt + (f"\n\n{memory}" if memory else "")
+
+
 def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

@@ -37,6 +37,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # OpenAI's: minus penalty × how often a token was generated so far
     presence_penalty: float = 0.0  # minus penalty once a token was generated at all
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id → added to its logit
+    repetition_ngram: int = 10  # greedy only: stop before a repeated sentence or a repeated run of this many tokens; 0 off
 
     @property
     def adjusts_logits(self) -> bool:

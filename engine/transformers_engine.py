@@ -24,8 +24,11 @@ import torch
 
 from engine.decode_state import DecodeState
 from engine.protocol import Completion, SamplingParams, VersionSpec
+from engine import repetition
+from engine.decode_state import DecodeState
 
 log = logging.getLogger(__name__)
+
 
 
 
@@ -90,6 +93,7 @@ class _Request:
         self.params = params
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.generated: list[int] = []
+        self.decode = lambda ids: loaded.tokenizer.decode(ids, skip_special_tokens=True)
         self.emitted = ""
         self.finish_reason: str | None = None
         self.generator: torch.Generator | None = None
@@ -308,9 +312,14 @@ class LocalEngine:
             if cut != -1:
                 LocalEngine._emit(request, text[:cut])
                 return LocalEngine._finish(request, "stop")
+        shown = len(text)
+        if params.repetition_ngram and params.temperature <= 0:
+            shown, loops = repetition.guard(request.generated, text, request.decode, params.repetition_ngram)
+            if loops:  # the reply ends before the repeat (which was held back, never streamed)
+                return LocalEngine._finish(request, "stop", text[:shown])
         if not text.endswith("\ufffd"):  # hold back half a multi-byte character
             held = max((len(s) - 1 for s in params.stop), default=0)  # a stop string may be forming
-            LocalEngine._emit(request, text[: len(text) - held] if held else text)
+            LocalEngine._emit(request, text[: min(shown, len(text) - held)])
         if len(request.generated) >= params.max_tokens:
             LocalEngine._emit(request, text)
             return LocalEngine._finish(request, "length")
@@ -323,8 +332,12 @@ class LocalEngine:
             request.emitted = text
 
     @staticmethod
-    def _finish(request: _Request, reason: str) -> bool:
-        text = request.loaded.tokenizer.decode(request.generated, skip_special_tokens=True)
+    def _finish(request: _Request, reason: str, text: str | None = None) -> bool:
+        """End the request with ``text`` (default: everything decoded, cut at a stop string)."""
+        if text is not None:
+            LocalEngine._emit(request, text)
+        else:
+            text = request.loaded.tokenizer.decode(request.generated, skip_special_tokens=True)
         if reason == "stop":
             for stop in request.params.stop:
                 if stop in text:

@@ -94,6 +94,7 @@ def _example(settings: Settings, tokenizer: Any, turns: list[dict[str, str]], an
         keep = company_contacts(settings)
         turns = [{"role": t["role"], "content": scrub(t["content"], keep)[0]} for t in turns]
         answer = scrub(answer, keep)[0]
+        meta["alternative_questions"] = [scrub(q, keep)[0] for q in meta.get("alternative_questions") or []]
     messages = trim_context([{"role": "system", "content": settings.resolved_system_prompt}, *turns],
                             answer, settings, tokenizer)
     return {**meta, "messages": messages, "completion": answer}
@@ -124,8 +125,9 @@ def chat_record(example: dict[str, Any], *, with_metadata: bool = True) -> dict[
     """OpenAI chat fine-tuning line. Our metadata rides in a "tuneloop" key that OpenAI ignores."""
     record: dict[str, Any] = {"messages": [*example["messages"], {"role": "assistant", "content": example["completion"]}]}
     if with_metadata:
-        record["tuneloop"] = {k: example.get(k) for k in ("id", "correction_id", "lineage_id", "source", "key_facts",
-                                                          "alternative_questions")}
+        record["tuneloop"] = {k: example.get(k) for k in ("id", "correction_id", "lineage_id", "source", "key_facts")}
+        if example.get("alternative_questions"):  # accepted phrasings (only when there are some: same hash otherwise)
+            record["tuneloop"]["alternative_questions"] = list(example["alternative_questions"])
     return record
 
 

@@ -6,8 +6,11 @@ engine is used directly) and judges each answer against a reference with ``retra
 
 1. **learned** — the corrections in the snapshot's training split that are new since the parent
    (examples whose lineage is not in any ancestor's snapshot). The candidate must answer at least
-   ``gate_learned_min_pass_rate`` of them correctly (default 1.0: all). The validation split is held
+   ``gate_learned_min_pass_rate`` of them correctly (default 0.95). The validation split is held
    out of training; it is measured by the job's validation loss/accuracy, not asked here.
+   **generalises** — the held-out phrasing of each new correction that has two or more accepted
+   phrasings (``retrain.augment.split_phrasings``; never trained on). The candidate must answer at
+   least ``gate_generalises_min_pass_rate`` of them; each one is in the report by name.
 2. **not_forgotten** — every earlier correction (in an ancestor's snapshot and still in the candidate's
    own; the suite grows each round). The candidate's pass rate may fall at most ``gate_forgetting_margin`` (default
    0.05) below production's; every item that passes on production and fails on the candidate is
@@ -24,7 +27,9 @@ Items come only from dataset snapshots, the golden set and the shipped general s
 records the snapshots and the content hashes of the other two; ``gate_report.json`` beside the
 adapter holds the whole report, so it can be recomputed from the artifacts.
 
-A gate with no questions passes (and says so). Answers are capped at 1.5× the reference's length
+A gate with no questions is reported as ``"status": "not measured"`` (``"measured": false``), never as
+passed; only an empty **learned** gate blocks promotion (nothing new to check the candidate on: an
+admin must give a written reason). Answers are capped at 1.5× the reference's length
 + 8 tokens (at most ``gate_max_tokens``, 96), and questions are decoded in batches sorted by prompt
 length, so a few hundred questions take minutes on a CPU. See docs/gates.md.
 """
@@ -62,7 +67,7 @@ from tuneloop.core.settings import Settings
 log = logging.getLogger(__name__)
 
 GENERAL_DIR = Path(__file__).parent / "general"
-GATES = ("learned", "not_forgotten", "golden", "general")
+GATES = ("learned", "generalises", "not_forgotten", "golden", "general")
 
 
 @dataclass
@@ -124,9 +129,27 @@ def _snapshot_lineages(session: Session, settings: Settings, snapshot_id: str | 
     return {e["lineage_id"] for e in read_manifest(settings, snapshot)["examples"]}
 
 
+def generalises_items(records: list[dict[str, Any]]) -> list[GateItem]:
+    """The held-out phrasing of each new correction that has one (``retrain.augment.split_phrasings``:
+    one of two or more accepted phrasings, never trained on), asked as the correction's own question is."""
+    from retrain.augment import held_out_phrasing
+
+    items = []
+    for record in records:
+        held = held_out_phrasing(record)
+        if held is not None:
+            item = _record_item("generalises", record)
+            meta = record.get("tuneloop") or {}
+            item.name = f"{meta.get('correction_id') or meta.get('id')}: {held[:60]}"
+            item.messages = [*item.messages[:-1], {"role": "user", "content": held}]
+            items.append(item)
+    return items
+
+
 def correction_items(session: Session, settings: Settings, candidate: ModelVersion) -> tuple[list[GateItem], list[GateItem]]:
     """(learned, not_forgotten) items for ``candidate``, read only from dataset snapshots, so a report
     can be recomputed from the artifacts whatever happened to the corrections since.
+    ``generalises_items(new_training_records(...))`` are the held-out phrasings of the learned ones.
 
     learned: the candidate's training split, less every example whose lineage is in an ancestor's
     snapshot. not_forgotten: the examples of the candidate's snapshot (both splits: the current text of
@@ -139,12 +162,7 @@ def correction_items(session: Session, settings: Settings, candidate: ModelVersi
     for ancestor in ancestors:
         earlier |= _snapshot_lineages(session, settings, ancestor.snapshot_id)
     own = session.get(DatasetSnapshot, candidate.snapshot_id) if candidate.snapshot_id else None
-    learned: list[GateItem] = []
-    if own is not None:
-        # The validation split is held out of training on purpose (its loss is in the job's metrics);
-        # asking the candidate to "know" facts it never saw would make this gate fail by construction.
-        learned = [_record_item("learned", r) for r in load_examples(settings, own, "train")
-                   if _lineage(r) not in earlier]
+    learned = [_record_item("learned", r) for r in new_training_records(session, settings, candidate, earlier)]
     source = own or next((s for s in (session.get(DatasetSnapshot, a.snapshot_id) for a in ancestors
                                       if a.snapshot_id) if s is not None), None)
     not_forgotten: list[GateItem] = []
@@ -156,6 +174,23 @@ def correction_items(session: Session, settings: Settings, candidate: ModelVersi
 
 def _lineage(record: dict[str, Any]) -> str | None:
     return (record.get("tuneloop") or {}).get("lineage_id")
+
+
+def new_training_records(session: Session, settings: Settings, candidate: ModelVersion,
+                         earlier: set[str] | None = None) -> list[dict[str, Any]]:
+    """The snapshot lines of ``candidate``'s training split whose lineage no ancestor's snapshot had."""
+    from retrain.datasets import load_examples
+
+    if earlier is None:
+        earlier = set()
+        for ancestor in lineage(session, candidate)[1:]:
+            earlier |= _snapshot_lineages(session, settings, ancestor.snapshot_id)
+    snapshot = session.get(DatasetSnapshot, candidate.snapshot_id) if candidate.snapshot_id else None
+    if snapshot is None:
+        return []
+    # The validation split is held out of training on purpose (its loss is in the job's metrics);
+    # asking the candidate to "know" facts it never saw would make this gate fail by construction.
+    return [r for r in load_examples(settings, snapshot, "train") if _lineage(r) not in earlier]
 
 
 # --- asking ------------------------------------------------------------------------------------
@@ -178,7 +213,8 @@ def answer_all(loaded: LoadedModel, items: list[GateItem], settings: Settings) -
             budget = min(settings.context_budget, loaded.max_context) - max_tokens
             prompts = {i: trim_to_budget(loaded.tokenizer, items[i].messages, budget)[1] for i in indices}
             order = sorted(indices, key=lambda i: len(prompts[i]))
-            done = engine.generate_many([prompts[i] for i in order], SamplingParams(max_tokens=max_tokens, temperature=0))
+            done = engine.generate_many([prompts[i] for i in order], SamplingParams(
+                max_tokens=max_tokens, temperature=0, repetition_ngram=settings.repetition_guard_ngram))
             for i, completion in zip(order, done):
                 answers[i] = completion.text.strip()
     finally:
@@ -213,12 +249,13 @@ def evaluate(settings: Settings, candidate: LoadedModel, baseline: LoadedModel, 
         cand_ppl = perplexity(candidate, texts)
         ppl = (cand_ppl, cand_ppl if baseline is candidate else perplexity(baseline, texts))
     gates = {gate: _judge(gate, [r for r in rows if r["gate"] == gate], settings, ppl) for gate in GATES}
-    reasons = [g["reason"] for g in gates.values() if not g["passed"]]
+    reasons = [g["reason"] for g in gates.values() if g["blocks"]]
     summary = {
         "passed": not reasons, "reasons": reasons, "gates": gates,
         "candidate_version_id": candidate.spec.id, "baseline_version_id": baseline.spec.id,
         "thresholds": {k: getattr(settings, k) for k in (
-            "gate_similarity_threshold", "gate_learned_min_pass_rate", "gate_forgetting_margin",
+            "gate_similarity_threshold", "gate_learned_min_pass_rate", "gate_generalises_min_pass_rate",
+            "gate_forgetting_margin",
             "gate_general_margin", "gate_perplexity_margin", "gate_max_tokens")},
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -245,6 +282,10 @@ def _judge(gate: str, rows: list[dict], settings: Settings, ppl: tuple[float, fl
         ok = cand_rate + eps >= settings.gate_learned_min_pass_rate
         reason = (f"learned: the candidate answered {cand}/{n} new or validation corrections correctly; "
                   f"needs {settings.gate_learned_min_pass_rate:.0%}")
+    elif gate == "generalises":
+        ok = cand_rate + eps >= settings.gate_generalises_min_pass_rate
+        reason = (f"generalises: the candidate answered {cand}/{n} held-out phrasings of the new corrections "
+                  f"correctly; needs {settings.gate_generalises_min_pass_rate:.0%}")
     elif gate == "not_forgotten":
         ok = cand_rate + eps >= prod_rate - settings.gate_forgetting_margin
         reason = (f"not_forgotten: pass rate {cand_rate:.0%} vs production {prod_rate:.0%} (margin "
@@ -271,18 +312,27 @@ def _judge(gate: str, rows: list[dict], settings: Settings, ppl: tuple[float, fl
                            f"(allowed up to {limit:.2f})")
                 ok = False
     result["measured"] = n > 0
-    if n == 0:  # a gate nobody could fail is not a pass: promotion then needs an admin's written reason
+    if n == 0:  # nothing was asked: reported as not measured, never as passed
         result["note"] = "not measured: no questions for this gate"
-        ok, reason = False, f"{gate}: not measured (no questions); {NOT_MEASURED_HINTS[gate]}"
-    result["passed"] = ok
+        ok = gate not in BLOCKING_WHEN_EMPTY
+        reason = f"{gate}: not measured (no questions); {NOT_MEASURED_HINTS.get(gate, '')}"
+    result["passed"] = ok and n > 0  # a gate nobody could fail is never "passed"
+    result["blocks"] = not ok
+    result["status"] = "not measured" if n == 0 else ("passed" if ok else "failed")
     result["reason"] = "" if ok else reason
     return result
 
 
+# A candidate with no new correction to check it on (trained from an uploaded file, or nothing new)
+# cannot be promoted without an admin's written reason. The other gates may honestly have nothing to
+# ask (round 1 has nothing earlier to forget; a new deployment has no golden set): they are reported
+# as not measured, which neither passes nor blocks.
+BLOCKING_WHEN_EMPTY = {"learned"}
 NOT_MEASURED_HINTS = {
     "learned": "the training data held no approved corrections to check the candidate on (an uploaded file?)",
-    "not_forgotten": "there are no earlier approved corrections yet; promote with a written reason",
-    "golden": "add must-pass questions (POST /v1/golden) or promote with a written reason",
+    "not_forgotten": "there are no earlier approved corrections yet",
+    "golden": "add must-pass questions (POST /v1/golden)",
+    "generalises": "no new correction has two or more accepted phrasings to hold one out",
     "general": "the general question set is empty",
 }
 
@@ -315,7 +365,8 @@ def run_gates(settings: Settings, db_engine: Engine, candidate_id: str, *,
         baseline = versions.production_version(session)
         learned, not_forgotten = correction_items(session, settings, candidate)
         golden = golden_items(session, settings)
-        items = learned + not_forgotten + golden + general_items(settings)
+        generalises = generalises_items(new_training_records(session, settings, candidate))
+        items = learned + generalises + not_forgotten + golden + general_items(settings)
         inputs = gate_inputs(session, candidate, golden)
         candidate_spec, baseline_spec = (versions.version_spec(v, settings) for v in (candidate, baseline))
         adapter_path = candidate.adapter_path
@@ -323,8 +374,9 @@ def run_gates(settings: Settings, db_engine: Engine, candidate_id: str, *,
     cand_model = LoadedModel.load(candidate_spec, device=settings.device, dtype=settings.dtype)
     base_model = cand_model if baseline_spec == candidate_spec else LoadedModel.load(
         baseline_spec, device=settings.device, dtype=settings.dtype)
-    progress(f"asking {len(items)} questions ({len(learned)} learned, {len(not_forgotten)} not forgotten, "
-             f"{len(golden)} golden, {len(items) - len(learned) - len(not_forgotten) - len(golden)} general)")
+    progress(f"asking {len(items)} questions ({len(learned)} learned, {len(generalises)} held-out phrasings, "
+             f"{len(not_forgotten)} not forgotten, {len(golden)} golden, "
+             f"{len(items) - len(learned) - len(generalises) - len(not_forgotten) - len(golden)} general)")
     outcome = evaluate(settings, cand_model, base_model, items)
     outcome.summary["inputs"] = inputs
     del cand_model, base_model

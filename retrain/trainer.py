@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
+from retrain.augment import held_out_by_correction, training_set
 from retrain.batching import EncodedExample, collate, encode_example, length_grouped_batches, target_logits
+from retrain.replay import example_key
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "training_config.json", "result.csv")
@@ -84,6 +86,18 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={"help": "Evaluate on the validation split every N steps "
                             "(0: only at the end of each epoch)."})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if present, bf16 autocast), cpu (fp32) or cuda."})
+    train_on_phrasings: bool = field(default=True, metadata={"help": "Train each correction on its accepted "
+                                     "alternative phrasings too (one example each, same answer); with two or more, one "
+                                     "is held out for the generalises gate (retrain.augment)."})
+    memory_examples_fraction: float = field(default=0.5, metadata={"help": "Share of the examples trained once "
+                                            "more with memory context (their verified answer among other approved "
+                                            "answers, laid out as serving does), so the model learns to use memory; 0: off."})
+    memory_distractors: int = field(default=2, metadata={"help": "Most other approved answers shown beside the "
+                                    "right one in a memory-context example (each example draws 0 to this many)."})
+    stop_when_learned: bool = field(default=True, metadata={"help": "Stop once every new example's answer tokens "
+                                    "are all predicted right (teacher-forced argmax of the training pass itself) at "
+                                    "learned_checks consecutive end-of-epoch checks; n_epochs is then the cap."})
+    learned_checks: int = field(default=2, metadata={"help": "Consecutive all-right checks before stopping."})
 
     def __post_init__(self) -> None:
         checks = [
@@ -106,6 +120,9 @@ class TrainConfig:
             (0.0 <= self.warmup_fraction < 1.0, "warmup_fraction must be in [0, 1)"),
             (self.eval_every >= 0, "eval_every must be 0 or more"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
+            (0.0 <= self.memory_examples_fraction <= 1.0, "memory_examples_fraction must be in [0, 1]"),
+            (self.memory_distractors >= 0, "memory_distractors must be 0 or more"),
+            (self.learned_checks >= 1, "learned_checks must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -141,8 +158,13 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 def train(config: TrainConfig, examples_train: list[dict], examples_valid: list[dict], *, base_dir: Path,
           parent_adapter_dir: Path | None, output_dir: Path, progress_callback: ProgressCallback | None = None,
           should_cancel: Callable[[], bool] | None = None, provenance: dict[str, Any] | None = None,
-          epoch_callback: Callable[[Any, int, int], None] | None = None) -> TrainResult:
+          epoch_callback: Callable[[Any, int, int], None] | None = None,
+          new_keys: set[str] | None = None) -> TrainResult:
     """Train a LoRA adapter on ``examples_train`` and write it (atomically) to ``output_dir``.
+
+    The examples are first expanded with their accepted phrasings and memory-context copies
+    (``retrain.augment``). ``new_keys`` (``retrain.replay.example_key`` of the examples new this
+    round; None: all) are the ones ``stop_when_learned`` waits for: replayed examples were learned before.
     ``epoch_callback(model, epoch, step)`` runs after each epoch (the worker saves checkpoints there)."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
@@ -152,8 +174,13 @@ def train(config: TrainConfig, examples_train: list[dict], examples_valid: list[
     device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     model, tokenizer = _load_model(config, base_dir, parent_adapter_dir, device)
-    train_set = _encode_all(tokenizer, examples_train, config)
-    valid_set = _encode_all(tokenizer, examples_valid, config)
+    expanded = training_set(examples_train, phrasings=config.train_on_phrasings,
+                            memory_fraction=config.memory_examples_fraction,
+                            max_distractors=config.memory_distractors, seed=config.seed)
+    encoded = _encode_all(tokenizer, expanded, config)
+    train_set = [enc for enc, _ in encoded]
+    is_new = [new_keys is None or example_key(e) in new_keys for _, e in encoded]
+    valid_set = [enc for enc, _ in _encode_all(tokenizer, examples_valid, config)]
     if not train_set:
         raise ValueError("no training example fits max_seq_len; nothing to train on")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -163,8 +190,12 @@ def train(config: TrainConfig, examples_train: list[dict], examples_valid: list[
 
         anchors = build_anchors(model, tokenizer, examples_train, count=config.kl_anchors, seed=config.seed,
                                 max_seq_len=config.max_seq_len, pad_id=pad_id)
-    run = _Run(config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel, anchors)
+    run = _Run(config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel, anchors, is_new)
     run.epoch_callback = epoch_callback
+    provenance = {**(provenance or {}), "held_out_phrasings": held_out_by_correction(examples_train),
+                  "expanded_examples": {"phrasing": sum(e["tuneloop"]["phrasing"] > 0 for _, e in encoded),
+                                        "memory_context": sum(e["tuneloop"]["memory_context"] for _, e in encoded),
+                                        "total": len(encoded)}}
     staging = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -198,18 +229,24 @@ def _load_model(config: TrainConfig, base_dir: Path, parent_adapter_dir: Path | 
     return model.to(device), tokenizer
 
 
-def _encode_all(tokenizer: Any, examples: list[dict], config: TrainConfig) -> list[EncodedExample]:
-    encoded = (encode_example(tokenizer, e, max_seq_len=config.max_seq_len,
-                              prompt_loss_weight=config.prompt_loss_weight) for e in examples)
-    return [e for e in encoded if e is not None]
+def _encode_all(tokenizer: Any, examples: list[dict], config: TrainConfig) -> list[tuple[EncodedExample, dict]]:
+    """(encoded, source example) of every example that fits max_seq_len."""
+    encoded = ((encode_example(tokenizer, e, max_seq_len=config.max_seq_len,
+                               prompt_loss_weight=config.prompt_loss_weight), e) for e in examples)
+    return [(enc, e) for enc, e in encoded if enc is not None]
 
 
 class _Run:
     """The optimisation loop and its bookkeeping (one instance per ``train`` call)."""
 
     def __init__(self, config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel,
-                 anchors=()):
+                 anchors=(), is_new=None):
         self.config, self.model, self.device, self.pad_id = config, model, device, pad_id
+        # Train until learned: per example, were all its answer tokens right in its latest forward pass?
+        self.is_new = list(is_new) if is_new is not None else [True] * len(train_set)
+        self.right = [False] * len(train_set)
+        self.all_right_checks = 0
+        self.learned_at_step: int | None = None
         self.anchors = list(anchors)
         self.train_set, self.valid_set = train_set, valid_set
         self.progress = progress_callback or (lambda _event: None)
@@ -245,19 +282,34 @@ class _Run:
                 self.step += 1
                 end_of_epoch = start + config.gradient_accumulation >= len(batches)
                 evaluate = end_of_epoch or (config.eval_every and self.step % config.eval_every == 0)
-                self._record(epoch, loss, accuracy, self.evaluate() if evaluate else None, kl)
+                self._record(epoch, loss, accuracy, self.evaluate() if evaluate else None, kl,
+                             self._check_learned() if end_of_epoch else None)
             if getattr(self, "epoch_callback", None):
                 self.epoch_callback(self.model, epoch + 1, self.step)
+            if self.learned_at_step is not None and config.stop_when_learned:
+                return
+
+    def _check_learned(self) -> float:
+        """End of an epoch, where every example had one forward pass: the share of new examples whose
+        answer tokens were all the argmax. Sets ``learned_at_step`` after ``learned_checks`` in a row at 100%."""
+        new = [right for right, is_new in zip(self.right, self.is_new) if is_new]
+        share = sum(new) / len(new) if new else 1.0
+        self.all_right_checks = self.all_right_checks + 1 if share == 1.0 else 0
+        if self.all_right_checks >= self.config.learned_checks and self.learned_at_step is None:
+            self.learned_at_step = self.step
+        return share
 
     def _accumulate(self, group: list[list[int]]) -> tuple[float, float]:
         """Forward/backward over the micro-batches of one step; loss is weighted per token across them."""
         batches = [collate([self.train_set[i] for i in idx], self.pad_id) for idx in group]
         total_weight = sum(float(b["weights"][:, 1:].sum()) for b in batches) or 1.0
         loss_sum, correct, counted = 0.0, 0, 0
-        for batch in batches:
+        for idx, batch in zip(group, batches):
             if self.should_cancel():
                 raise TrainingCancelled()
-            weighted, c, n = self._forward(batch)
+            weighted, c, n, rows_right = self._forward(batch)
+            for i, right in zip(idx, rows_right):
+                self.right[i] = right
             (weighted / total_weight).backward()
             loss_sum += float(weighted.detach())
             correct, counted = correct + c, counted + n
@@ -277,8 +329,9 @@ class _Run:
         (self.config.kl_weight * kl).backward()
         return float(kl.detach())
 
-    def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-        """(sum of weighted token losses, correct answer tokens, answer tokens) of one padded batch."""
+    def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int, list[bool]]:
+        """(sum of weighted token losses, correct answer tokens, answer tokens, per row: every answer
+        token right) of one padded batch."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         weights, answer = batch["weights"][:, 1:], batch["completion_mask"][:, 1:]
         select = (weights > 0) | answer
@@ -288,8 +341,12 @@ class _Run:
         token_loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
         weighted = (token_loss * weights[select]).sum()
         scored = answer[select]
-        correct = int(((logits.argmax(-1) == targets) & scored).sum())
-        return weighted, correct, int(scored.sum())
+        hit = logits.argmax(-1) == targets
+        correct = int((hit & scored).sum())
+        rows = select.nonzero()[:, 0]  # the batch row of each selected position
+        wrong_per_row = torch.zeros(select.shape[0], dtype=torch.long, device=hit.device)
+        wrong_per_row.index_add_(0, rows, (~hit & scored).long())
+        return weighted, correct, int(scored.sum()), (wrong_per_row == 0).tolist()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
@@ -301,16 +358,19 @@ class _Run:
         for start in range(0, len(self.valid_set), self.config.batch_size):
             batch = collate(self.valid_set[start:start + self.config.batch_size], self.pad_id)
             batch["weights"] = batch["completion_mask"].float()
-            weighted, c, n = self._forward(batch)
+            weighted, c, n, _rows = self._forward(batch)
             loss_sum, correct, counted = loss_sum + float(weighted), correct + c, counted + n
         self.model.train()
         self.last_valid = {"valid_loss": loss_sum / max(counted, 1), "valid_mean_token_accuracy": correct / max(counted, 1)}
         return self.last_valid
 
     def _record(self, epoch: int, loss: float, accuracy: float, valid: dict[str, float] | None,
-                kl: float | None = None) -> None:
+                kl: float | None = None, learned: float | None = None) -> None:
         row = {"step": self.step, "train_loss": loss, "train_accuracy": accuracy, "kl_to_parent": kl,
                "valid_loss": None, "valid_mean_token_accuracy": None, **(valid or {})}
+        if learned is not None:
+            row["learned_share"] = learned
+            row["learned_at_step"] = self.learned_at_step
         self.rows.append(row)
         self.progress({**row, "epoch": epoch + 1, "total_steps": self.total_steps,
                        "trained_tokens": self.trained_tokens})
@@ -319,7 +379,11 @@ class _Run:
         last = self.rows[-1]
         metrics = {"train_loss": last["train_loss"], "train_mean_token_accuracy": last["train_accuracy"],
                    "steps": self.step, "trained_tokens": self.trained_tokens,
-                   "n_train": len(self.train_set), "n_valid": len(self.valid_set), "n_epochs": self.n_epochs}
+                   "n_train": len(self.train_set), "n_valid": len(self.valid_set), "n_epochs": self.n_epochs,
+                   "max_steps": self.total_steps, "learned_at_step": self.learned_at_step,
+                   "stopped_at_step": self.step,
+                   "stop_reason": ("learned" if self.learned_at_step is not None and self.config.stop_when_learned
+                                   else "cap")}
         return {**metrics, **self.last_valid}
 
 

@@ -319,7 +319,7 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
     if (job.method or {}).get("type") == "dpo":
         return _train_dpo_locally(settings, engine, job, config, should_cancel)
     with Session(engine) as session:
-        base_dir, parent_adapter, train_set, valid_set, note = _inputs(session, settings, job, config)
+        base_dir, parent_adapter, train_set, valid_set, note, new_keys = _inputs(session, settings, job, config)
     effective, reasons = jobs.planned_hyperparameters(config, len(train_set))
     with session_scope(engine) as session:
         jobs.add_event(session, job.id, note)
@@ -338,12 +338,15 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
                    output_dir=settings.model_store_dir / relative, progress_callback=progress,
                    should_cancel=should_cancel, epoch_callback=CheckpointSaver(settings, job.id, saved),
                    provenance={"job_id": job.id, "parent_version": job.parent_version_id, "snapshot_id": job.snapshot_id,
-                               "training_file": job.training_file_id})
+                               "training_file": job.training_file_id}, new_keys=new_keys)
+    with session_scope(engine) as session:
+        jobs.add_event(session, job.id, _stop_message(result.metrics), data={
+            k: result.metrics.get(k) for k in ("learned_at_step", "stopped_at_step", "max_steps", "stop_reason")})
     ran = {"n_epochs": result.metrics.get("n_epochs"), "total_steps": result.steps}
-    if any(ran[k] is not None and ran[k] != effective[k] for k in ran):  # examples too long were skipped
+    if any(ran[k] is not None and ran[k] != effective[k] for k in ran):  # stopped once learned, or examples skipped
         with session_scope(engine) as session:
             jobs.add_event(session, job.id, f"Ran {ran['n_epochs']} epochs, {ran['total_steps']} steps on "
-                           f"{result.metrics.get('n_train')} examples that fit max_seq_len")
+                           f"{result.metrics.get('n_train')} examples")
             session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id)
                          .values(effective_hyperparameters={**effective, **ran}))
     legacy = bool(train_set) and all("prompt" in e and "messages" not in e for e in train_set)
@@ -404,12 +407,23 @@ def _inputs(session: Session, settings: Settings, job: FineTuneJob, config):
         train_set = read_examples(settings, get_file(session, job.training_file_id))
         valid = read_examples(settings, get_file(session, job.validation_file_id)) if job.validation_file_id else []
         n_new, n_replay = len(train_set), 0
+    new_keys = {example_key(e) for e in train_set[:n_new]} if job.snapshot_id else None
     note = (f"Training {len(train_set)} examples ({n_new} new, {n_replay} replayed), {len(valid)} validation, "
             f"{config.n_epochs} epochs (at least {config.min_steps} steps), continuing from {parent.id}"
             + (" (its adapter)" if spec.adapter_dir else " (fresh LoRA)")
             + (f"; the parent first answers {config.kl_anchors} general prompts for the KL penalty"
                if config.kl_weight > 0 else ""))
-    return spec.base_dir, spec.adapter_dir, train_set, valid, note
+    return spec.base_dir, spec.adapter_dir, train_set, valid, note, new_keys
+
+
+def _stop_message(metrics: dict[str, Any]) -> str:
+    if metrics.get("stop_reason") == "learned":
+        return (f"Stopped at step {metrics['stopped_at_step']} of at most {metrics['max_steps']}: every new example's "
+                "answer was predicted right at consecutive end-of-epoch checks")
+    learned = metrics.get("learned_at_step")
+    return (f"Trained to the cap of {metrics.get('stopped_at_step')} steps; "
+            + (f"every new example was learned at step {learned}" if learned else
+               "some new examples' answers were still not predicted right token for token"))
 
 
 class _Progress:
@@ -420,12 +434,14 @@ class _Progress:
 
     def __call__(self, row: dict[str, Any]) -> None:
         valid = "" if row.get("valid_loss") is None else f", validation loss={row['valid_loss']:.3f}"
-        message = f"Step {row['step']}/{row['total_steps']}: training loss={row['train_loss']:.3f}{valid}"
+        learned = "" if row.get("learned_share") is None else f", new examples learned={row['learned_share']:.0%}"
+        message = f"Step {row['step']}/{row['total_steps']}: training loss={row['train_loss']:.3f}{valid}{learned}"
         with session_scope(self.engine) as session:
             jobs.record_metrics(session, self.job_id, row)
             jobs.add_event(session, self.job_id, message, type="metrics",
                            data={k: row.get(k) for k in ("step", "total_steps", "epoch", "train_loss", "train_accuracy",
-                                                         "valid_loss", "valid_mean_token_accuracy", "trained_tokens")})
+                                                         "valid_loss", "valid_mean_token_accuracy", "trained_tokens",
+                                                         "learned_share", "learned_at_step")})
             session.exec(update(FineTuneJob).where(FineTuneJob.id == self.job_id)
                          .values(trained_tokens=row["trained_tokens"]))
 

@@ -11,7 +11,8 @@ from retrain.kl_anchor import anchor_prompts, build_anchors, kl_to_parent
 from retrain.trainer import TrainConfig, train
 from tests.test_retrain_trainer import facts
 
-FAST = dict(n_epochs=6, batch_size=2, lora_r=4, lora_alpha=8, min_steps=0, base_learning_rate=3e-2, kl_anchors=8)
+FAST = dict(n_epochs=6, batch_size=2, lora_r=4, lora_alpha=8, min_steps=0, base_learning_rate=3e-2, kl_anchors=8,
+            memory_examples_fraction=0.0, stop_when_learned=False)
 
 
 def confident_copy(tiny_model_dir, tmp_path):

@@ -28,7 +28,7 @@ def digest(directory) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
-FAST = dict(n_epochs=2, batch_size=2, lora_r=4, lora_alpha=8, min_steps=0)
+FAST = dict(n_epochs=2, batch_size=2, lora_r=4, lora_alpha=8, min_steps=0, memory_examples_fraction=0.0)
 
 
 def test_lora_run_changes_adapter_not_base_and_writes_promised_files(tiny_model_dir, tmp_path):

@@ -143,18 +143,24 @@ def _report_view(app: FastAPI, version_id: str) -> tuple[str, list[list[str]]]:
              f"{'PASSED' if summary['passed'] else 'FAILED'}"]
     lines += [f"- {as_text(reason)}" for reason in summary["reasons"]]  # reasons quote questions
     for gate, result in summary["gates"].items():
-        if result.get("measured") is False:
+        if result.get("measured") is False or not result.get("total"):
             lines.append(f"- **{gate}**: not measured (no questions): does not count as passed")
             continue
-        lines.append(f"- **{gate}**: candidate {result.get('candidate_passed')}/{result.get('total')}, production "
+        lines.append(f"- **{gate}** ({result.get('status') or ('passed' if result.get('passed') else 'failed')}): "
+                     f"candidate {result.get('candidate_passed')}/{result.get('total')}, production "
                      f"{result.get('production_passed')}/{result.get('total')}"
                      + (f"; newly failing: {as_text(', '.join(result['newly_failing']))}"
                         if result.get("newly_failing") else ""))
+    held_out = [i for i in summary["items"] if i["gate"] == "generalises"]
+    if held_out:  # per item: the phrasings nobody trained on are the point of this gate
+        lines.append("\n**Generalises: held-out phrasings of the new corrections (never trained on)**")
+        lines += [f"- {'✓' if i['candidate']['passed'] else '✗'} {as_text(i['name'].split(':')[0])}: "
+                  f"\"{as_text(i['question'])}\" → \"{as_text(i['candidate']['answer'])}\"" for i in held_out]
     if summary.get("override_reason"):
         lines.append(f"Overridden by {as_text(summary['overridden_by'])}: {as_text(summary['override_reason'])}")
     # Every regression, and every answer that changed; unchanged passing answers are left out.
     changed = [i for i in summary["items"] if i.get("verdict") not in ("both_pass", "unchanged")
-               or i["candidate"]["answer"] != i["production"]["answer"]]
+               or i["candidate"]["answer"] != i["production"]["answer"] or i["gate"] == "generalises"]
     changed.sort(key=lambda i: i.get("verdict") != "newly_failing")
     rows = [[i["gate"], i.get("verdict", ""), i["question"], i["production"]["answer"], i["candidate"]["answer"],
              "; ".join(i.get("key_facts") or [])] for i in changed]

