@@ -15,6 +15,12 @@ def _transformers(settings: Settings, spec_for: Callable[[ServedVersion], Versio
     return TransformersEngine(settings, spec_for)
 
 
+def _llamacpp(settings: Settings, spec_for: Callable[[ServedVersion], VersionSpec]) -> Engine:
+    from engine.llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine(settings, spec_for)
+
+
 def _upstream(settings: Settings, _spec_for: Callable[[ServedVersion], VersionSpec]) -> Engine:
     from engine.upstream import UpstreamEngine
 
@@ -22,7 +28,9 @@ def _upstream(settings: Settings, _spec_for: Callable[[ServedVersion], VersionSp
 
 
 ENGINES: dict[str, Callable[[Settings, Callable[[ServedVersion], VersionSpec]], Engine]] = {
-    "local": _transformers,
+    "llamacpp": _llamacpp,
+    "transformers": _transformers,
+    "local": _transformers,  # the name this engine had before llama.cpp
     "upstream": _upstream,
 }
 
@@ -34,6 +42,6 @@ def engine_for(settings: Settings, spec_for: Callable[[ServedVersion], VersionSp
         factory = ENGINES[settings.serving_backend]
     except KeyError:
         raise InvalidInputError(f"serving_backend={settings.serving_backend!r} is not one of "
-                                f"{', '.join(ENGINES)}; set TUNELOOP_SERVING_BACKEND.",
+                                f"{', '.join(ENGINES)}; set TUNELOOP_ENGINE.",
                                 param="serving_backend") from None
     return factory(settings, spec_for)

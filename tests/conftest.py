@@ -14,6 +14,10 @@ import pytest
 
 import tuneloop  # noqa: F401  (offline environment before transformers is imported)
 
+# Servers and workers the tests start in other processes serve with transformers, as the in-process
+# apps do (``make_settings``); the llama.cpp engine, the default for users, has tests of its own.
+os.environ.setdefault("TUNELOOP_ENGINE", "transformers")
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("TUNELOOP_TEST_CACHE", REPO / ".tuneloop-test-cache"))
 PG_ADMIN_URL = os.environ.get("TUNELOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -117,6 +121,7 @@ def make_settings(tmp_path):
             # The demo company, as `tuneloop demo` sets it up (the product's defaults name no company).
             company_name="Acme Outdoor Gear", company_hotline="1-800-555-0142",
             company_email_domain="acmeoutdoor.example",
+            serving_backend="transformers",  # the llama.cpp engine has its own tests (test_engine_llamacpp.py)
         )
         values.update(overrides)
         return Settings(**values)

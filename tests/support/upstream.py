@@ -25,7 +25,8 @@ def serve_tiny_model(model_dir: Path, data_dir: Path) -> Iterator[str]:
     port = sock.getsockname()[1]
     env = {**os.environ, "SERVER_FD": str(sock.fileno()), "TUNELOOP_DATA_DIR": str(data_dir),
            "TUNELOOP_DATABASE_URL": f"sqlite:///{data_dir / 'up.db'}", "TUNELOOP_BASE_MODEL": str(model_dir),
-           "TUNELOOP_DTYPE": "float32", "TUNELOOP_ADMIN_PASSWORD": "x" * 12, "TUNELOOP_RATE_LIMIT_PER_MINUTE": "0"}
+           "TUNELOOP_DTYPE": "float32", "TUNELOOP_ADMIN_PASSWORD": "x" * 12, "TUNELOOP_RATE_LIMIT_PER_MINUTE": "0",
+           "TUNELOOP_REPETITION_GUARD_NGRAM": "0"}  # a plain model server: the client decides
     process = subprocess.Popen([sys.executable, "-c", SERVER], env=env, pass_fds=[sock.fileno()])
     sock.close()
     base = f"http://127.0.0.1:{port}"

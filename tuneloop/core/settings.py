@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_BASE_MODEL = "bundled:smollm2-135m-instruct"
@@ -28,7 +28,17 @@ class Settings(BaseSettings):
         description="The bundled SmolLM2 (default) or a path to a local Hugging Face model directory.",
     )
     production_alias: str = Field("tuneloop", description="Model name that always means the production version.")
-    serving_backend: Literal["local", "upstream"] = "local"
+    serving_backend: Literal["llamacpp", "transformers", "local", "upstream"] = Field(
+        "llamacpp", validation_alias=AliasChoices("TUNELOOP_ENGINE", "TUNELOOP_SERVING_BACKEND", "serving_backend"),
+        description="Which engine answers (TUNELOOP_ENGINE): llamacpp (default on a CPU: each version's GGUF), "
+                    "transformers (local = the same; training and perplexity always use it), upstream (vLLM or any "
+                    "OpenAI-compatible server).")
+    gguf_quantization: Literal["F32", "F16", "Q8_0", "Q4_1"] = Field(
+        "Q8_0", description="Weights of the GGUF written for each trained version (the bundled base is served "
+                            "from its shipped Q4_1 file).")
+    llamacpp_context_tokens: int = Field(8192, ge=512, description="KV cache of the llama.cpp engine, shared by "
+                                                                   "the chats it decodes together.")
+    llamacpp_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp (0: all cores).")
     upstream_base_url: str = Field("", description="OpenAI-compatible server used when serving_backend=upstream.")
     upstream_api_key: str = "not-needed"
     upstream_model: str = Field("", description="Upstream model name for the base version (v0) and LoRA versions "

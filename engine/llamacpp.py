@@ -1,0 +1,426 @@
+"""``engine.protocol.Engine`` on llama.cpp (``llama-cpp-python``'s C API): the default on a CPU.
+
+A decode step through transformers on a 135M model is mostly Python and per-op overhead; llama.cpp
+runs the same weights (each version's GGUF, ``engine.gguf_files``) several times faster. One decode
+thread owns every llama.cpp context. Each chat is one *sequence* of a shared KV cache, and every step
+decodes one llama.cpp batch holding the next token of each running chat plus the prompt tokens of
+chats that just arrived (continuous batching: a new chat starts at the next step, not after the
+others finish). A chat that finishes, or whose client went away, frees its sequence at once.
+
+Prompts are laid out and tokenized by the model's own Hugging Face tokenizer (``engine.prompting``,
+the vocabulary is the GGUF's), and text, stop strings and max_tokens are handled exactly as by the
+transformers engine, so both engines give the same answer for the same weights under greedy decoding.
+
+``swap`` loads the new version's GGUF into its own model and context before it serves; chats already
+decoding finish on the old one, which is freed when its last chat ends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.prompting import PromptTooLongError, raw_prompt_ids, trim_to_budget
+from engine.protocol import Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
+from engine.transformers_engine import LocalEngine
+from tuneloop.core.settings import Settings
+
+log = logging.getLogger(__name__)
+_backend_lock = threading.Lock()
+_backend_ready = False
+_log_handler = None
+
+
+def gguf_path(spec: VersionSpec) -> Path:
+    """Where a version's GGUF lives: beside its adapter, or beside a base model directory."""
+    return (spec.adapter_dir or spec.base_dir) / "model.gguf"
+
+
+def ensure_gguf(spec: VersionSpec, settings: Settings) -> Path:
+    """The version's GGUF, written once (atomically) from the transformers weights if it is missing.
+    The bundled base model is served from the GGUF it ships as: the very weights transformers
+    de-quantised."""
+    from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path
+
+    if spec.adapter_dir is None and spec.base_dir.name == BUNDLED_DIR_NAME:
+        return bundled_gguf_path()
+    path = gguf_path(spec)
+    if not path.is_file():
+        from engine.gguf_files import write_llama_gguf
+        from engine.transformers_engine import LoadedModel
+
+        started = time.perf_counter()
+        loaded = LoadedModel.load(spec, device="cpu", dtype="float32")
+        write_llama_gguf(loaded.model, loaded.tokenizer, path, quantization=settings.gguf_quantization,
+                         name=spec.id)
+        log.info("wrote %s for %s in %.1fs", path, spec.id, time.perf_counter() - started)
+    return path
+
+
+def _init_backend() -> Any:
+    """llama.cpp, initialised once per process, logging only its errors (through ours)."""
+    global _backend_ready, _log_handler
+    import llama_cpp
+
+    with _backend_lock:
+        if not _backend_ready:
+            _log_handler = llama_cpp.llama_log_callback(_log_errors)  # kept referenced: C holds the pointer
+            llama_cpp.llama_log_set(_log_handler, ctypes.c_void_p())
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+    return llama_cpp
+
+
+def _log_errors(level, text, _user_data):  # noqa: ANN001  (a ctypes callback)
+    if level == 4:  # GGML_LOG_LEVEL_ERROR (5 is a continuation line of any level)
+        log.error("llama.cpp: %s", text.decode(errors="replace").rstrip())
+
+
+class LlamaModel:
+    """One version in llama.cpp: model, context (a KV cache for ``n_seq`` sequences) and a batch."""
+
+    def __init__(self, spec: VersionSpec, settings: Settings, tokenizer: Any, eos_ids: set[int]):
+        lc = _init_backend()
+        self.lc, self.spec, self.tokenizer, self.eos_ids = lc, spec, tokenizer, eos_ids
+        path = ensure_gguf(spec, settings)
+        model_params = lc.llama_model_default_params()
+        model_params.n_gpu_layers = 0
+        self.model = lc.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {path}; delete it to have it written again.")
+        self.n_seq = settings.max_batch_size
+        self.n_batch = max(512, settings.context_budget)
+        context_params = lc.llama_context_default_params()
+        context_params.n_ctx = settings.llamacpp_context_tokens
+        context_params.n_batch = context_params.n_ubatch = self.n_batch
+        context_params.n_seq_max = self.n_seq
+        context_params.kv_unified = True  # sequences share the cache: a long chat may use what short ones leave
+        threads = settings.llamacpp_threads or os.cpu_count() or 1
+        context_params.n_threads = context_params.n_threads_batch = threads
+        context_params.no_perf = True
+        self.ctx = lc.llama_init_from_model(self.model, context_params)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise RuntimeError("llama.cpp could not create a context; lower TUNELOOP_LLAMACPP_CONTEXT_TOKENS.")
+        self.memory = lc.llama_get_memory(self.ctx)
+        self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
+        self.n_ctx = lc.llama_n_ctx(self.ctx)
+        self.max_context = min(int(lc.llama_model_n_ctx_train(self.model)), self.n_ctx)
+        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self.free_seqs = list(range(self.n_seq))
+        self.tokens_reserved = 0  # prompt + max_tokens of the chats decoding now (never above n_ctx)
+
+    def release(self, seq: int, reserved: int) -> None:
+        self.lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        self.free_seqs.append(seq)
+        self.tokens_reserved -= reserved
+
+    def close(self) -> None:
+        self.lc.llama_batch_free(self.batch)
+        self.lc.llama_free(self.ctx)
+        self.lc.llama_model_free(self.model)
+
+
+class _Request:
+    """One chat. The attributes ``loaded``, ``params``, ``generated``, ``emitted``, ``events`` and
+    ``finish_reason`` are what the transformers engine's text handling reads and writes."""
+
+    def __init__(self, loaded: LlamaModel, prompt_ids: list[int], params: SamplingParams):
+        self.loaded, self.prompt_ids, self.params = loaded, prompt_ids, params
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.generated: list[int] = []
+        self.decode = lambda ids: loaded.tokenizer.decode(ids, skip_special_tokens=True)
+        self.emitted = ""
+        self.finish_reason: str | None = None
+        self.seq: int | None = None
+        self.fed = 0  # prompt tokens already in the cache
+        self.cancelled = False
+        self.rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
+        self.reserved = len(prompt_ids) + params.max_tokens
+
+
+class LlamaCppEngine:
+    """Serves registry versions through llama.cpp, many chats per decode step."""
+
+    def __init__(self, settings: Settings, spec_for: Callable[[ServedVersion], VersionSpec]):
+        self.settings, self.spec_for = settings, spec_for
+        self.current: LlamaModel | None = None
+        self._extra: dict[str, LlamaModel] = {}
+        self._retired: list[LlamaModel] = []
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._waiting: list[_Request] = []
+        self._running: list[_Request] = []
+        self.peak_batch = 0  # the most chats decoded in one step so far (for tests and /metrics)
+        self._thread = threading.Thread(target=self._run, name="tuneloop-llamacpp", daemon=True)
+        self._thread.start()
+
+    # --- Engine ------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    @property
+    def serving_id(self) -> str | None:
+        return self.current.spec.id if self.current else None
+
+    def wait_until_available(self, stop: threading.Event | None, poll_seconds: float) -> None:
+        """Nothing to wait for: the files are local."""
+
+    def prepare(self, version: ServedVersion) -> None:
+        """Write the version's GGUF now if it has none, so the swap after the pointer moves is quick."""
+        ensure_gguf(self.spec_for(version), self.settings)
+
+    def swap(self, version: ServedVersion) -> None:
+        with self._lock:
+            if self.current is not None and self.current.spec.id == version.id:
+                return
+            loaded = self._extra.pop(version.id, None) or self._load(version)
+            previous, self.current = self.current, loaded
+            if previous is not None:
+                self._retired.append(previous)  # freed by the decode thread once its chats end
+        log.info("llama.cpp serving %s (was %s)", version.id, previous.spec.id if previous else "nothing")
+
+    def stream(self, version: ServedVersion, messages: list[dict[str, str]],
+               params: SamplingParams) -> Iterator[str | Completion]:
+        loaded = self.loaded_for(version)
+        request = _Request(loaded, self.encode(loaded, messages, params.max_tokens), params)
+        self._queue.put(request)
+        return self._events(request)
+
+    def stream_prompt(self, version: ServedVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
+        loaded = self.loaded_for(version)
+        context = min(self.settings.context_budget, loaded.max_context)
+        request = _Request(loaded, raw_prompt_ids(loaded.tokenizer, prompt, params.max_tokens, context), params)
+        self._queue.put(request)
+        return self._events(request)
+
+    def count_prompt_tokens(self, version: ServedVersion, messages: list[dict[str, str]],
+                            max_tokens: int) -> tuple[int, Any]:
+        loaded = self.loaded_for(version)
+        return len(self.encode(loaded, messages, max_tokens)), loaded.tokenizer
+
+    def generate(self, version: ServedVersion, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
+        for item in self.stream(version, messages, params):
+            if isinstance(item, Completion):
+                return item
+        raise RuntimeError("the llama.cpp engine ended a request without an answer")
+
+    def generate_many(self, version: ServedVersion, conversations: list[list[dict[str, str]]],
+                      params: SamplingParams) -> list[Completion]:
+        """Answers to many conversations, decoded together (the gates ask this way)."""
+        streams = [self.stream(version, messages, params) for messages in conversations]
+        return [next(item for item in stream if isinstance(item, Completion)) for stream in streams]
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        for loaded in {id(m): m for m in [self.current, *self._extra.values(), *self._retired] if m}.values():
+            loaded.close()
+        self.current = None
+
+    # --- helpers -------------------------------------------------------------------------------------
+    def loaded_for(self, version: ServedVersion) -> LlamaModel:
+        if self.current is None:
+            raise NotReadyError("The model is still loading; retry in a few seconds.")
+        if version.id == self.current.spec.id:
+            return self.current
+        with self._lock:
+            if version.id not in self._extra:
+                for old in self._extra.values():
+                    self._retired.append(old)
+                self._extra = {version.id: self._load(version)}
+            return self._extra[version.id]
+
+    def encode(self, loaded: LlamaModel, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
+        context = min(self.settings.context_budget, loaded.max_context)
+        if context - max_tokens <= 0:
+            raise PromptTooLongError(f"max_tokens={max_tokens} leaves no room for the prompt in a context of "
+                                     f"{context} tokens; lower max_tokens.")
+        return trim_to_budget(loaded.tokenizer, messages, context - max_tokens)[1]
+
+    def _load(self, version: ServedVersion) -> LlamaModel:
+        from transformers import AutoTokenizer, GenerationConfig
+
+        spec = self.spec_for(version)
+        started = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(spec.base_dir)
+        try:
+            eos = GenerationConfig.from_pretrained(spec.base_dir).eos_token_id
+        except OSError:
+            eos = None
+        eos_ids = {i for i in ([*eos] if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id] if i is not None}
+        loaded = LlamaModel(spec, self.settings, tokenizer, eos_ids)
+        log.info("llama.cpp loaded %s in %.1fs", spec.id, time.perf_counter() - started)
+        return loaded
+
+    @staticmethod
+    def _events(request: _Request) -> Iterator[str | Completion]:
+        """The request's deltas, then its Completion. Closing the iterator early (a client that went
+        away) cancels the request: its sequence is freed at the next step."""
+        try:
+            while True:
+                kind, value = request.events.get()
+                if kind == "delta":
+                    yield value
+                elif kind == "done":
+                    yield value
+                    return
+                else:
+                    raise value
+        finally:
+            request.cancelled = True
+
+    # --- the decode thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            if not self._running and not self._waiting:
+                item = self._queue.get()
+                if item is None:
+                    return
+                self._waiting.append(item)
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    return
+                self._waiting.append(item)
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001  (every chat in the step learns why; the thread lives on)
+                log.exception("llama.cpp decode failed")
+                for request in self._running:
+                    request.events.put(("error", exc))
+                    request.loaded.release(request.seq, request.reserved)
+                self._running = []
+            self._free_retired()
+
+    def _admit(self) -> None:
+        """Move waiting chats into the running set while a sequence and cache room are free."""
+        still_waiting = []
+        for request in self._waiting:
+            loaded = request.loaded
+            if request.cancelled:
+                continue
+            if loaded.free_seqs and loaded.tokens_reserved + request.reserved <= loaded.n_ctx:
+                request.seq = loaded.free_seqs.pop(0)
+                loaded.tokens_reserved += request.reserved
+                self._running.append(request)
+            else:
+                still_waiting.append(request)
+        self._waiting = still_waiting
+
+    def _step(self) -> None:
+        for request in [r for r in self._running if r.cancelled]:
+            self._drop(request)
+        self._admit()
+        self.peak_batch = max(self.peak_batch, len(self._running))
+        by_model: dict[int, list[_Request]] = {}
+        for request in self._running:
+            by_model.setdefault(id(request.loaded), []).append(request)
+        for requests in by_model.values():
+            self._decode_once(requests[0].loaded, requests)
+
+    def _decode_once(self, loaded: LlamaModel, requests: list[_Request]) -> None:
+        """One llama_decode: the next token of each running chat, and prompt tokens of new ones
+        (a long prompt is fed over several steps)."""
+        batch, n, wants_logits = loaded.batch, 0, []
+        for request in requests:
+            if request.fed < len(request.prompt_ids):
+                room = loaded.n_batch - n
+                if room <= 0:
+                    continue
+                chunk = request.prompt_ids[request.fed:request.fed + room]
+                for offset, token in enumerate(chunk):
+                    _put(batch, n + offset, token, request.fed + offset, request.seq, False)
+                request.fed += len(chunk)
+                n += len(chunk)
+                if request.fed == len(request.prompt_ids):
+                    batch.logits[n - 1] = 1
+                    wants_logits.append((request, n - 1))
+            elif n < loaded.n_batch:
+                position = len(request.prompt_ids) + len(request.generated) - 1
+                _put(batch, n, request.generated[-1], position, request.seq, True)
+                wants_logits.append((request, n))
+                n += 1
+        if n == 0:
+            return
+        batch.n_tokens = n
+        status = loaded.lc.llama_decode(loaded.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status} (the KV cache is full: lower max_batch_size or "
+                               "raise TUNELOOP_LLAMACPP_CONTEXT_TOKENS)")
+        for request, row in wants_logits:
+            pointer = loaded.lc.llama_get_logits_ith(loaded.ctx, row)
+            logits = np.ctypeslib.as_array(pointer, shape=(loaded.n_vocab,))
+            token = _sample(request, logits)
+            if not LocalEngine._advance(request, token):  # text, stop strings, max_tokens: as transformers does
+                self._drop(request)
+
+    def _drop(self, request: _Request) -> None:
+        self._running.remove(request)
+        request.loaded.release(request.seq, request.reserved)
+
+    def _free_retired(self) -> None:
+        busy = {id(r.loaded) for r in self._running + self._waiting}
+        with self._lock:
+            keep = []
+            for loaded in self._retired:
+                if id(loaded) in busy or loaded is self.current or loaded in self._extra.values():
+                    keep.append(loaded)
+                else:
+                    loaded.close()
+            self._retired = keep
+
+
+def _put(batch: Any, index: int, token: int, position: int, seq: int, logits: bool) -> None:
+    batch.token[index] = token
+    batch.pos[index] = position
+    batch.n_seq_id[index] = 1
+    batch.seq_id[index][0] = seq
+    batch.logits[index] = 1 if logits else 0
+
+
+def _sample(request: _Request, logits: np.ndarray) -> int:
+    params = request.params
+    logits = _penalised(request, logits)
+    if params.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = (logits.astype(np.float64) - logits.max()) / params.temperature
+    probs = np.exp(scaled)
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs)
+        cumulative = np.cumsum(probs[order])
+        cut = order[(cumulative - probs[order]) > params.top_p]
+        probs[cut] = 0
+        probs /= probs.sum()
+    return int(request.rng.choice(len(probs), p=probs))
+
+
+def _penalised(request: _Request, logits: np.ndarray) -> np.ndarray:
+    """OpenAI's frequency/presence penalties and logit_bias, when the request carries them."""
+    params = request.params
+    frequency = getattr(params, "frequency_penalty", 0.0) or 0.0
+    presence = getattr(params, "presence_penalty", 0.0) or 0.0
+    bias = getattr(params, "logit_bias", None) or {}
+    if not (frequency or presence or bias):
+        return logits
+    adjusted = logits.astype(np.float32, copy=True)
+    if request.generated and (frequency or presence):
+        tokens, counts = np.unique(np.asarray(request.generated), return_counts=True)
+        adjusted[tokens] -= frequency * counts + presence
+    for token, value in bias.items():
+        adjusted[int(token)] += float(value)
+    return adjusted

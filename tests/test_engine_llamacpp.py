@@ -1,0 +1,95 @@
+"""The llama.cpp engine on the tiny model converted to GGUF: the same greedy answer as transformers
+on the same weights, chats decoded together in one batch, an aborted stream frees its sequence, and
+`tuneloop models export` writes a GGUF that bare llama-cpp-python loads, with an Ollama Modelfile.
+(The shared contract — streaming, stop, max_tokens, usage, swap under a stream — is in
+test_engine_contract.py.)"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from engine.llamacpp import LlamaCppEngine
+from engine.local import TransformersEngine
+from engine.protocol import SamplingParams, VersionSpec
+from test_engine_contract import MESSAGES, V0, drain
+
+QUESTIONS = ["Can I return boots?", "Do you ship to Canada?", "What is your phone number?", "Hello!"]
+
+
+def conversation(question: str) -> list[dict[str, str]]:
+    return [MESSAGES[0], {"role": "user", "content": question}]
+
+
+@pytest.fixture
+def llama(make_settings, tiny_model_dir):
+    settings = make_settings(base_model=str(tiny_model_dir), serving_backend="llamacpp", max_batch_size=4)
+    engine = LlamaCppEngine(settings, lambda version: VersionSpec(version.id, tiny_model_dir))
+    engine.swap(V0)
+    yield engine
+    engine.close()
+
+
+def test_same_greedy_answers_as_transformers_on_the_same_weights(make_settings, tiny_model_dir, tmp_path):
+    """The GGUF writer keeps every weight where llama.cpp expects it (names, rotary permutation of
+    q/k, tied embeddings): float32 weights give token-for-token the transformers answer."""
+    settings = make_settings(base_model=str(tiny_model_dir), gguf_quantization="F32")
+    base = shutil.copytree(tiny_model_dir, tmp_path / "tiny", ignore=shutil.ignore_patterns("*.gguf"))  # its own F32 GGUF
+    spec_for = lambda version: VersionSpec(version.id, base)  # noqa: E731
+    llama, reference = LlamaCppEngine(settings, spec_for), TransformersEngine(settings, spec_for)
+    try:
+        llama.swap(V0)
+        reference.swap(V0)
+        params = SamplingParams(max_tokens=24, repetition_ngram=0)
+        for question in QUESTIONS:
+            ours, theirs = (e.generate(V0, conversation(question), params) for e in (llama, reference))
+            assert ours.text == theirs.text and ours.completion_tokens == theirs.completion_tokens, question
+            assert ours.prompt_tokens == theirs.prompt_tokens
+    finally:
+        llama.close()
+        reference.close()
+
+
+def test_concurrent_chats_are_decoded_together(llama):
+    params = SamplingParams(max_tokens=32, repetition_ngram=0)
+    alone = [llama.generate(V0, conversation(q), params).text for q in QUESTIONS]
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        together = list(pool.map(lambda q: llama.generate(V0, conversation(q), params).text, QUESTIONS))
+    assert together == alone
+    assert llama.peak_batch >= 2  # more than one chat shared a decode step
+
+
+def test_an_aborted_stream_frees_its_sequence(llama):
+    current = llama.current
+    stream = llama.stream(V0, MESSAGES, SamplingParams(max_tokens=400, repetition_ngram=0))
+    next(stream)
+    assert len(current.free_seqs) == current.n_seq - 1 and current.tokens_reserved > 0
+    stream.close()  # the client went away
+    deadline = time.monotonic() + 30
+    while (len(current.free_seqs), current.tokens_reserved) != (current.n_seq, 0):
+        assert time.monotonic() < deadline, "the aborted chat still holds its sequence"
+        time.sleep(0.05)
+    _, done = drain(llama.stream(V0, MESSAGES, SamplingParams(max_tokens=8, repetition_ngram=0)))  # and the engine goes on
+    assert done.completion_tokens == 8
+
+
+def test_more_chats_than_sequences_wait_their_turn(llama):
+    params = SamplingParams(max_tokens=8, repetition_ngram=0)
+    results, errors = [], []
+
+    def ask(question):
+        try:
+            results.append(llama.generate(V0, conversation(question), params))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in QUESTIONS * 3]  # 12 chats, 4 sequences
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and len(results) == 12 and all(r.completion_tokens == 8 for r in results)
