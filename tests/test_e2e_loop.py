@@ -78,13 +78,13 @@ def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sql
             candidate_id = finished.fine_tuned_model
             report = http.get(f"/v1/registry/versions/{candidate_id}/gate-report", headers=as_admin)
             assert report.status_code == 200, report.text
-            # Round 1 has nothing earlier to forget and no golden set: those gates are "not measured",
-            # which is not a pass; everything that was measured passed.
-            assert all("not measured" in r for r in report.json()["reasons"]), report.json()["reasons"]
+            # Round 1 has nothing earlier to forget and no golden set: those gates are "not measured"
+            # (never "passed") and do not block; every measured gate passed with the defaults.
+            assert report.json()["passed"], report.json()["reasons"]
+            assert report.json()["gates"]["golden"]["status"] == "not measured"
 
-            # 4. The admin promotes with a written reason; the bot now answers with every correction.
-            promoted = http.post(f"/v1/registry/versions/{candidate_id}/promote", headers=as_admin,
-                                 json={"reason": "first round: nothing earlier to forget, no golden set yet"})
+            # 4. The admin promotes (no override needed); the bot now answers with every correction.
+            promoted = http.post(f"/v1/registry/versions/{candidate_id}/promote", headers=as_admin, json={})
             assert promoted.status_code == 200, promoted.text
             for question, _answer, fact in FACTS:
                 after = ask(customer, question)

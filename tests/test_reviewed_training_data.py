@@ -93,10 +93,14 @@ def test_epochs_steps_and_queued_jobs_are_capped(api):
     assert job(api, "bob", record["id"]).status_code == 200  # the limit is per account
 
 
-@pytest.mark.parametrize("gate", ["learned", "not_forgotten", "golden", "general"])
+@pytest.mark.parametrize("gate", ["learned", "generalises", "not_forgotten", "golden", "general"])
 def test_a_gate_with_no_questions_is_not_measured_and_not_passed(make_settings, gate):
+    """Never "passed"; only an empty learned gate (nothing new to check the candidate on, e.g. an
+    uploaded file) blocks promotion."""
     from retrain.gates import _judge
 
     result = _judge(gate, [], make_settings(), None)
-    assert result["measured"] is False and result["passed"] is False
-    assert "not measured" in result["reason"]
+    assert result["measured"] is False and result["passed"] is False and result["status"] == "not measured"
+    assert result["blocks"] is (gate == "learned")
+    if gate == "learned":
+        assert "not measured" in result["reason"]
