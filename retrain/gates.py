@@ -202,24 +202,62 @@ def _answer_budget(tokenizer: Any, reference: str, settings: Settings) -> int:
 
 
 def answer_all(loaded: LoadedModel, items: list[GateItem], settings: Settings) -> list[str]:
-    """Greedy answers of ``loaded`` to every item, decoded in length-sorted batches."""
+    """Greedy answers of ``loaded`` to every item, from the engine production serves with (what is
+    gated is what serves: ``serving_backend=llamacpp`` asks llama.cpp, on the version's GGUF)."""
+    if settings.serving_backend == "llamacpp":
+        return _answer_with_llamacpp(loaded, items, settings)
     engine = LocalEngine(loaded, max_batch_size=max(settings.max_batch_size, 16))
     answers = [""] * len(items)
     try:
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, item in enumerate(items):
-            groups[_answer_budget(loaded.tokenizer, item.reference, settings)].append(i)
-        for max_tokens, indices in sorted(groups.items()):
+        for max_tokens, indices in _budget_groups(loaded, items, settings):
             budget = min(settings.context_budget, loaded.max_context) - max_tokens
             prompts = {i: trim_to_budget(loaded.tokenizer, items[i].messages, budget)[1] for i in indices}
             order = sorted(indices, key=lambda i: len(prompts[i]))
-            done = engine.generate_many([prompts[i] for i in order], SamplingParams(
-                max_tokens=max_tokens, temperature=0, repetition_ngram=settings.repetition_guard_ngram))
+            done = engine.generate_many([prompts[i] for i in order], _greedy(settings, max_tokens))
             for i, completion in zip(order, done):
                 answers[i] = completion.text.strip()
     finally:
         engine.close()
     return answers
+
+
+def _answer_with_llamacpp(loaded: LoadedModel, items: list[GateItem], settings: Settings) -> list[str]:
+    from engine.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine(settings.model_copy(update={"max_batch_size": max(settings.max_batch_size, 16)}),
+                            lambda _version: loaded.spec)
+    version = _Served(loaded.spec.id)
+    answers = [""] * len(items)
+    try:
+        engine.swap(version)
+        for max_tokens, indices in _budget_groups(loaded, items, settings):
+            done = engine.generate_many(version, [items[i].messages for i in indices], _greedy(settings, max_tokens))
+            for i, completion in zip(indices, done):
+                answers[i] = completion.text.strip()
+    finally:
+        engine.close()
+    return answers
+
+
+@dataclass
+class _Served:
+    """A version as an engine needs it (``engine.protocol.ServedVersion``): the gates load files, not rows."""
+
+    id: str
+    name: str = ""
+    adapter_path: str | None = None
+    hosted_model: str | None = None
+
+
+def _budget_groups(loaded: LoadedModel, items: list[GateItem], settings: Settings) -> list[tuple[int, list[int]]]:
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        groups[_answer_budget(loaded.tokenizer, item.reference, settings)].append(i)
+    return sorted(groups.items())
+
+
+def _greedy(settings: Settings, max_tokens: int) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0, repetition_ngram=settings.repetition_guard_ngram)
 
 
 # --- judging -----------------------------------------------------------------------------------
@@ -258,6 +296,7 @@ def evaluate(settings: Settings, candidate: LoadedModel, baseline: LoadedModel, 
             "gate_forgetting_margin",
             "gate_general_margin", "gate_perplexity_margin", "gate_max_tokens")},
         "seconds": round(time.perf_counter() - started, 1),
+        "engine": "llamacpp" if settings.serving_backend == "llamacpp" else "transformers",
     }
     return GateOutcome(not reasons, summary, rows)
 

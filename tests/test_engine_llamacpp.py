@@ -93,3 +93,24 @@ def test_more_chats_than_sequences_wait_their_turn(llama):
     for thread in threads:
         thread.join(timeout=120)
     assert not errors and len(results) == 12 and all(r.completion_tokens == 8 for r in results)
+
+
+def test_the_gates_ask_through_the_serving_engine(make_settings, tiny_model_dir, tmp_path):
+    """What is gated is what serves: with the llama.cpp engine the gates' answers come from llama.cpp
+    on the version's GGUF (the same answers as transformers on float32 weights), and the report says so."""
+    from engine.transformers_engine import LoadedModel
+    from retrain.gates import GateItem, evaluate
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "tiny", ignore=shutil.ignore_patterns("*.gguf"))
+    loaded = LoadedModel.load(VersionSpec("v0", base), dtype="float32")
+    items = [GateItem("general", q, conversation(q), "Yes, within 30 days.", []) for q in QUESTIONS]
+    reports = {}
+    for backend in ("llamacpp", "transformers"):
+        settings = make_settings(base_model=str(base), serving_backend=backend, gguf_quantization="F32",
+                                 gate_perplexity_margin=100.0)
+        reports[backend] = evaluate(settings, loaded, loaded, items, texts=[])
+    assert reports["llamacpp"].summary["engine"] == "llamacpp"
+    assert reports["transformers"].summary["engine"] == "transformers"
+    assert [r["candidate"]["answer"] for r in reports["llamacpp"].items] == \
+        [r["candidate"]["answer"] for r in reports["transformers"].items]
+    assert (base / "model.gguf").is_file()  # the artifact production would serve
