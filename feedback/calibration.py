@@ -25,6 +25,7 @@ from bot.models import Message
 from feedback.corrections import normalized_question, approved_corrections
 from feedback.retrieval import Entry, HybridIndex
 from engine.embeddings import embed
+from tuneloop.core.errors import InvalidInputError
 from tuneloop.core.settings import Settings
 
 NEGATIVE_SCAN_LIMIT = 2000
@@ -61,7 +62,8 @@ class Calibration:
 def calibrate(session: Session, settings: Settings, *, target_precision: float = 0.99, margin: float | None = None,
               extra_negatives: Sequence[str] = (), thresholds: Sequence[float] = THRESHOLDS) -> Calibration:
     if not 0.0 < target_precision <= 1.0:
-        raise ValueError("target precision must be in (0, 1], e.g. 0.99 for at most 1% wrong verified replies")
+        raise InvalidInputError("target precision must be in (0, 1], e.g. 0.99 for at most 1% wrong verified replies",
+                                param="target_precision")
     margin = settings.memory_verified_margin if margin is None else margin
     corrections = approved_corrections(session)
     entries = [Entry(c.id, c.question, c.answer, tuple(c.alternative_questions or ())) for c in corrections]

@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from feedback import corrections as service
-from feedback.errors import http_errors
 from feedback.models import Correction, CorrectionSource, CorrectionStatus
 from feedback.similarity import find_similar
 from tuneloop.core.accounts.models import AuditEvent
@@ -72,14 +71,13 @@ def correction_as_dict(session: Session, settings: Settings, correction: Correct
 
 @router.post("/v1/corrections", status_code=201)
 def create(body: CorrectionCreate, staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
-    with http_errors():
-        correction = service.create_correction(
-            session, settings, actor=staff.username, answer=body.answer, message_id=body.message_id,
-            question=body.question, key_facts=body.key_facts, alternative_questions=body.alternative_questions,
-            source=CorrectionSource(body.source) if body.source else None,
-            status=CorrectionStatus.submitted if body.submit else CorrectionStatus.draft)
-        session.commit()
-        return correction_as_dict(session, settings, correction)
+    correction = service.create_correction(
+        session, settings, actor=staff.username, answer=body.answer, message_id=body.message_id,
+        question=body.question, key_facts=body.key_facts, alternative_questions=body.alternative_questions,
+        source=CorrectionSource(body.source) if body.source else None,
+        status=CorrectionStatus.submitted if body.submit else CorrectionStatus.draft)
+    session.commit()
+    return correction_as_dict(session, settings, correction)
 
 
 @router.get("/v1/corrections")
@@ -95,8 +93,7 @@ def list_(_staff: StaffAccount, session: SessionDep, status: CorrectionStatus | 
 @router.get("/v1/corrections/{correction_id}")
 def get(correction_id: str, _staff: StaffAccount, session: SessionDep, settings: SettingsDep,
         response: Response) -> dict:
-    with http_errors():
-        body = correction_as_dict(session, settings, service.get_correction(session, correction_id))
+    body = correction_as_dict(session, settings, service.get_correction(session, correction_id))
     response.headers["ETag"] = f'"{body["etag"]}"'
     return body
 
@@ -110,11 +107,10 @@ def phrasing_suggestions(correction_id: str, request: Request, _staff: StaffAcco
     accept them by PATCHing ``alternative_questions``."""
     from feedback.phrasings import suggest_phrasings
 
-    with http_errors():
-        correction = service.get_correction(session, correction_id)
-        found, skipped = suggest_phrasings(session, settings, correction, runtime=request.app.state.runtime,
-                                           sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
-                                           limit=limit)
+    correction = service.get_correction(session, correction_id)
+    found, skipped = suggest_phrasings(session, settings, correction, runtime=request.app.state.runtime,
+                                       sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
+                                       limit=limit)
     return {"object": "list", "correction_id": correction.id, "data": [s.as_dict() for s in found],
             "skipped": skipped}
 
@@ -122,20 +118,18 @@ def phrasing_suggestions(correction_id: str, request: Request, _staff: StaffAcco
 @router.patch("/v1/corrections/{correction_id}")
 def update(correction_id: str, body: CorrectionUpdate, staff: StaffAccount, session: SessionDep,
            settings: SettingsDep) -> dict:
-    with http_errors():
-        correction = service.update_correction(session, settings, correction_id, actor=staff.username,
-                                               question=body.question, answer=body.answer, key_facts=body.key_facts,
-                                               alternative_questions=body.alternative_questions)
-        session.commit()
-        return correction_as_dict(session, settings, correction)
+    correction = service.update_correction(session, settings, correction_id, actor=staff.username,
+                                           question=body.question, answer=body.answer, key_facts=body.key_facts,
+                                           alternative_questions=body.alternative_questions)
+    session.commit()
+    return correction_as_dict(session, settings, correction)
 
 
 @router.post("/v1/corrections/{correction_id}/submit")
 def submit(correction_id: str, staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
-    with http_errors():
-        correction = service.submit_correction(session, correction_id, actor=staff.username)
-        session.commit()
-        return correction_as_dict(session, settings, correction, with_similar=True)
+    correction = service.submit_correction(session, correction_id, actor=staff.username)
+    session.commit()
+    return correction_as_dict(session, settings, correction, with_similar=True)
 
 
 @router.post("/v1/corrections/{correction_id}/approve")
@@ -146,8 +140,7 @@ def approve(correction_id: str, staff: StaffAccount, session: SessionDep, settin
     if not etag:
         raise ApiError(428, "name the revision you approve: send the etag from GET /v1/corrections/{id} as "
                             "'If-Match' or as {\"etag\": ...}", param="etag", code="etag_required")
-    with http_errors():
-        correction = service.approve_correction(session, settings, correction_id, actor=staff.username, etag=etag)
+    correction = service.approve_correction(session, settings, correction_id, actor=staff.username, etag=etag)
     session.commit()
     return correction_as_dict(session, settings, correction)
 
@@ -158,19 +151,17 @@ def decide_contacts(correction_id: str, body: ContactDecision, staff: StaffAccou
     """Keep or mask the contacts detected in a staff-written answer (see feedback.contacts)."""
     from feedback import contacts
 
-    with http_errors():
-        correction = contacts.decide(session, settings, service.get_correction(session, correction_id),
-                                     actor=staff.username, action=body.action)
-        session.commit()
+    correction = contacts.decide(session, settings, service.get_correction(session, correction_id),
+                                 actor=staff.username, action=body.action)
+    session.commit()
     return correction_as_dict(session, settings, correction)
 
 
 @router.post("/v1/corrections/{correction_id}/reject")
 def reject(correction_id: str, body: Rejection, staff: StaffAccount, session: SessionDep,
            settings: SettingsDep) -> dict:
-    with http_errors():
-        correction = service.reject_correction(session, settings, correction_id, actor=staff.username,
-                                               reason=body.reason)
+    correction = service.reject_correction(session, settings, correction_id, actor=staff.username,
+                                           reason=body.reason)
     session.commit()
     return correction_as_dict(session, settings, correction)
 
@@ -185,7 +176,7 @@ def import_file(file: UploadFile, staff: StaffAccount, session: SessionDep, sett
     if status == "approved" and str(staff.role) != "admin":
         raise ApiError(403, "importing as approved skips review and needs an admin; import as submitted instead",
                        type="permission_error")
-    with http_errors(), save_upload(file, settings) as path:
+    with save_upload(file, settings) as path:
         created = run_import(session, settings, path, actor=staff.username, status=CorrectionStatus(status))
         session.commit()
     return {"object": "import", "imported": len(created), "ids": [c.id for c in created]}

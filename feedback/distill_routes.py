@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from feedback import distill, distill_plan
-from feedback.errors import ConflictError, http_errors
+from feedback.errors import ConflictError
 from feedback.teacher import TeacherError
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep
 from tuneloop.core.errors import ApiError
@@ -52,8 +52,7 @@ class Resume(BaseModel):
 def distill_errors() -> Iterator[None]:
     """Service errors as usual; a teacher that cannot be used is the upstream's fault: 502."""
     try:
-        with http_errors():
-            yield
+        yield
     except TeacherError as exc:
         raise ApiError(502, str(exc), type="teacher_error") from exc
 

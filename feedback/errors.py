@@ -1,9 +1,9 @@
-"""What can go wrong in the feedback workflow. The API maps these to status codes (routes.py) and
-the CLI prints them as one line; every message says what to fix."""
+"""What can go wrong in the feedback workflow: members of the one error family
+(``tuneloop.core.errors``), rendered by its one handler; the CLI prints them as one line. Every
+message says what to fix."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from tuneloop.core import errors
 
 
@@ -25,23 +25,3 @@ class ForbiddenError(errors.ForbiddenError):
 
 class TooLargeError(errors.TooLargeError, FeedbackError):
     """An upload over ``settings.max_upload_bytes`` (413)."""
-
-
-@contextmanager
-def http_errors():
-    """Turn service errors into API errors (OpenAI's envelope) inside a route."""
-    from tuneloop.core.accounts.service import AccountError
-    from tuneloop.core.errors import ApiError
-
-    try:
-        yield
-    except TooLargeError as exc:
-        raise ApiError(413, str(exc), type="request_too_large") from exc
-    except ConflictError as exc:
-        raise ApiError(409, str(exc), type="conflict_error") from exc
-    except (FeedbackError, AccountError) as exc:
-        raise ApiError(400, str(exc)) from exc
-    except NotFoundError as exc:
-        raise ApiError(404, str(exc), type="not_found_error") from exc
-    except ForbiddenError as exc:
-        raise ApiError(403, str(exc), type="permission_error") from exc

@@ -31,7 +31,7 @@ class NotRateableError(errors.InvalidInputError):
 def rating_value(value: str | int) -> int:
     """"up"/"down" or +1/-1 as the stored +1/-1."""
     if isinstance(value, bool) or value not in _VALUES:
-        raise ValueError(f"A rating is 'up' or 'down' (or +1 / -1), not {value!r}.")
+        raise errors.InvalidInputError(f"A rating is 'up' or 'down' (or +1 / -1), not {value!r}.", param="rating")
     return _VALUES[value]
 
 

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query
 
 from feedback import review
 from feedback.correction_routes import correction_as_dict
-from feedback.errors import http_errors
 from feedback.models import ReviewStatus
 from tuneloop.core.deps import SessionDep, SettingsDep, StaffAccount
 from tuneloop.core.deps import SessionDep, SettingsDep, StaffAccount
@@ -32,16 +31,14 @@ def queue(_staff: StaffAccount, session: SessionDep,
 
 @router.get("/v1/review/items/{message_id}")
 def item(message_id: str, _staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
-    with http_errors():
-        found = review.review_item(session, message_id)
-        body = review.item_as_dict(found)
-        body["corrections"] = [correction_as_dict(session, settings, c) for c in found.corrections]
+    found = review.review_item(session, message_id)
+    body = review.item_as_dict(found)
+    body["corrections"] = [correction_as_dict(session, settings, c) for c in found.corrections]
     return body
 
 
 @router.post("/v1/review/items/{message_id}/fine")
 def mark_fine(message_id: str, staff: StaffAccount, session: SessionDep) -> dict:
-    with http_errors():
-        found = review.mark_fine(session, message_id, actor=staff.username)
+    found = review.mark_fine(session, message_id, actor=staff.username)
     session.commit()
     return review.item_as_dict(found)

@@ -20,7 +20,7 @@ def add_golden(session: Session, *, question: str, answer: str, key_facts: Seque
                actor: str) -> GoldenExample:
     question, answer = question.strip(), answer.strip()
     if not question or not answer:
-        raise ValueError("a golden example needs both a question and an answer")
+        raise errors.InvalidInputError("a golden example needs both a question and an answer", param="question")
     facts = [f.strip() for f in key_facts if f.strip()]
     example = GoldenExample(question=question, answer=answer, key_facts=facts, created_by=actor)
     session.add(example)

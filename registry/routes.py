@@ -4,8 +4,6 @@ Reads need staff, every change of production needs an admin. (Running the gates:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
@@ -18,23 +16,6 @@ from tuneloop.core.errors import ApiError
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["registry"])
-
-
-@contextmanager
-def registry_errors() -> Iterator[None]:
-    """Service exceptions → OpenAI error envelopes; nothing was committed when one is raised."""
-    try:
-        yield
-    except (registry.VersionNotFoundError, golden.GoldenNotFoundError) as exc:
-        raise ApiError(404, str(exc), type="not_found_error", code="not_found") from exc
-    except registry.PromotionConflictError as exc:
-        raise ApiError(409, str(exc), type="conflict_error", code="production_changed") from exc
-    except registry.InvalidStateError as exc:
-        raise ApiError(409, str(exc), type="conflict_error", code="invalid_state") from exc
-    except registry.NotAdminError as exc:
-        raise ApiError(403, str(exc), type="permission_error") from exc
-    except ValueError as exc:  # RegistryError and input errors
-        raise ApiError(400, str(exc)) from exc
 
 
 class PromoteBody(BaseModel):
@@ -62,8 +43,7 @@ class GoldenBody(BaseModel):
 @router.get("/v1/registry/versions")
 def list_versions(_staff: StaffAccount, session: SessionDep, limit: int = Query(20, ge=1, le=100),
                   after: str | None = None, status: VersionStatus | None = None) -> dict:
-    with registry_errors():
-        rows, has_more = registry.list_versions(session, limit=limit, after=after, status=status)
+    rows, has_more = registry.list_versions(session, limit=limit, after=after, status=status)
     data = [registry.version_as_dict(session, v) for v in rows]
     return {"object": "list", "data": data, "has_more": has_more,
             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
@@ -71,14 +51,12 @@ def list_versions(_staff: StaffAccount, session: SessionDep, limit: int = Query(
 
 @router.get("/v1/registry/versions/{version_id}")
 def get_version(version_id: str, _staff: StaffAccount, session: SessionDep) -> dict:
-    with registry_errors():
-        return registry.version_as_dict(session, registry.get_version(session, version_id), detail=True)
+    return registry.version_as_dict(session, registry.get_version(session, version_id), detail=True)
 
 
 @router.get("/v1/registry/versions/{version_id}/gate-report")
 def get_gate_report(version_id: str, _staff: StaffAccount, session: SessionDep) -> dict:
-    with registry_errors():
-        report = registry.gate_report_for(session, registry.get_version(session, version_id))
+    report = registry.gate_report_for(session, registry.get_version(session, version_id))
     if report is None:
         raise ApiError(404, f"{version_id} has not been gated yet; POST /v1/registry/versions/{version_id}/gates",
                        type="not_found_error", code="not_found")
@@ -110,25 +88,22 @@ def _changed_production(request: Request, session: SessionDep, version) -> dict:
 def promote(version_id: str, admin: AdminAccount, request: Request, session: SessionDep, settings: SettingsDep,
             body: PromoteBody | None = None) -> dict:
     body = body or PromoteBody()
-    with registry_errors():
-        version = registry.promote(session, settings, version_id, admin, reason=body.reason,
-                                   expected_production=body.expected_production)
-        return _changed_production(request, session, version)
+    version = registry.promote(session, settings, version_id, admin, reason=body.reason,
+                               expected_production=body.expected_production)
+    return _changed_production(request, session, version)
 
 
 @router.post("/v1/registry/rollback")
 def rollback(body: RollbackBody, admin: AdminAccount, request: Request, session: SessionDep,
              settings: SettingsDep) -> dict:
-    with registry_errors():
-        version = registry.rollback(session, settings, body.version_id, admin, reason=body.reason,
-                                    expected_production=body.expected_production)
-        return _changed_production(request, session, version)
+    version = registry.rollback(session, settings, body.version_id, admin, reason=body.reason,
+                                expected_production=body.expected_production)
+    return _changed_production(request, session, version)
 
 
 @router.post("/v1/registry/versions/{version_id}/reject")
 def reject(version_id: str, body: RejectBody, admin: AdminAccount, session: SessionDep) -> dict:
-    with registry_errors():
-        version = registry.reject(session, version_id, admin, body.reason)
+    version = registry.reject(session, version_id, admin, body.reason)
     session.commit()
     return registry.version_as_dict(session, version)
 
@@ -148,9 +123,8 @@ def delete_model(model: str, admin: AdminAccount, session: SessionDep, settings:
     if CHECKPOINT_MARK in version.id:
         raise ApiError(400, f"{model} is a checkpoint; it goes when its model {version.id.split(':')[0]} is deleted",
                        param="model")
-    with registry_errors():
-        registry.delete(session, settings, version.id, admin)
-        session.commit()
+    registry.delete(session, settings, version.id, admin)
+    session.commit()
     if version.job_id:
         remove_checkpoints(settings, version.job_id)
     return {"id": model, "object": "model", "deleted": True}
@@ -158,8 +132,7 @@ def delete_model(model: str, admin: AdminAccount, session: SessionDep, settings:
 
 @router.delete("/v1/registry/versions/{version_id}")
 def delete(version_id: str, admin: AdminAccount, session: SessionDep, settings: SettingsDep) -> dict:
-    with registry_errors():
-        version = registry.delete(session, settings, version_id, admin)
+    version = registry.delete(session, settings, version_id, admin)
     session.commit()
     return {"id": version.id, "object": "model.version.deleted", "deleted": True}
 
@@ -172,16 +145,14 @@ def list_golden(_admin: AdminAccount, session: SessionDep) -> dict:
 
 @router.post("/v1/golden", status_code=201)
 def add_golden(body: GoldenBody, admin: AdminAccount, session: SessionDep) -> dict:
-    with registry_errors():
-        example = golden.add_golden(session, question=body.question, answer=body.answer,
-                                    key_facts=body.key_facts, actor=admin.username)
+    example = golden.add_golden(session, question=body.question, answer=body.answer,
+                                key_facts=body.key_facts, actor=admin.username)
     session.commit()
     return golden.golden_as_dict(example)
 
 
 @router.delete("/v1/golden/{golden_id}")
 def remove_golden(golden_id: str, admin: AdminAccount, session: SessionDep) -> dict:
-    with registry_errors():
-        golden.remove_golden(session, golden_id, actor=admin.username)
+    golden.remove_golden(session, golden_id, actor=admin.username)
     session.commit()
     return {"id": golden_id, "object": "golden_example.deleted", "deleted": True}

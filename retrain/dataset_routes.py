@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from feedback.errors import http_errors
 from retrain import datasets
 from tuneloop.core.deps import SessionDep, SettingsDep, StaffAccount
 
@@ -26,6 +25,5 @@ def list_(_staff: StaffAccount, session: SessionDep, limit: int = Query(50, ge=1
 
 @router.get("/v1/datasets/snapshots/{snapshot_id}")
 def get(snapshot_id: str, _staff: StaffAccount, session: SessionDep, settings: SettingsDep) -> dict:
-    with http_errors():
-        snapshot = datasets.get_snapshot(session, snapshot_id)
+    snapshot = datasets.get_snapshot(session, snapshot_id)
     return {**datasets.snapshot_as_dict(snapshot), "manifest": datasets.read_manifest(settings, snapshot)}
