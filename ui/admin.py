@@ -49,7 +49,13 @@ def build_admin(app: FastAPI, sign_in: PageSignIn) -> gr.Blocks:
 
         def load(request: gr.Request):
             account = sign_in.account(request)
-            return (f"# Admin\nSigned in as **{account.username}** · [Sign out](/admin/logout)",
+            from tuneloop.company import is_configured
+
+            setup = "" if is_configured(app.state.settings) else (
+                "\n\n**First start:** no company is set up yet, so the bot names no company and keeps no published "
+                "contacts. Run `tuneloop init` (company name, persona, hotline, e-mail domain, web address) and "
+                "restart the server.")
+            return (f"# Admin\nSigned in as **{account.username}** · [Sign out](/admin/logout){setup}",
                     *_production(app), _version_rows(app), _job_rows(app), _schedule_md(app), _golden_rows(app))
 
         page.load(load, outputs=[header, production, seen_production, versions_table, jobs_table, schedule,
