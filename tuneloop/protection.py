@@ -195,7 +195,6 @@ class ProtectionMiddleware:
                 raise
             await _send_error(send, 413, _too_large_body(limit))
 
-
     def _recording_login(self, client: str, send):
         async def recording_send(message):
             if message["type"] == "http.response.start":
