@@ -31,6 +31,13 @@ def read_pairs(path: Path, settings: Settings) -> list[tuple[str, str]]:
             raise FeedbackError(f"{Path(path).name}: " + "; ".join(problems))
         pairs = [(_strip_prompt(str(r.get(prompt_col) or ""), settings),
                   _strip_completion(str(r.get(completion_col) or ""), settings)) for r in data.rows]
+    from tuneloop.core.inputs import lone_surrogate_path
+
+    broken = [n for n, pair in enumerate(pairs, 1) if lone_surrogate_path(list(pair)) is not None]
+    if broken:
+        raise FeedbackError(f"{Path(path).name}: rows {', '.join(map(str, broken[:20]))} contain a lone UTF-16 "
+                            "surrogate (e.g. \\ud800), which is not a character; fix them and import again "
+                            "(nothing was imported)")
     bad = [n for n, (q, a) in enumerate(pairs, 1) if not q or not a]
     if bad:
         raise FeedbackError(f"{Path(path).name}: rows {', '.join(map(str, bad[:20]))} have an empty question or "

@@ -40,6 +40,13 @@ def save_upload(session: Session, settings: Settings, *, filename: str, content:
         raise JobError(f"{filename} is not JSONL (one JSON object per line): {exc}", "file") from exc
     if not lines or not all(isinstance(line, dict) for line in lines):
         raise JobError(f"{filename} is not JSONL: expected one JSON object per line", "file")
+    from tuneloop.core.inputs import lone_surrogate_path
+
+    broken = next(((n, path) for n, line in enumerate(lines, 1) if (path := lone_surrogate_path(line)) is not None),
+                  None)
+    if broken is not None:
+        raise JobError(f"{filename} line {broken[0]} ({broken[1] or 'a key'}): text contains a lone UTF-16 surrogate "
+                       "(e.g. \\ud800), which is not a character; fix it and upload again", "file")
     record = TrainingFile(filename=filename, purpose=purpose, bytes=len(content), path="", created_by=actor)
     record.path = f"{record.id}.jsonl"
     files_dir(settings).mkdir(parents=True, exist_ok=True)

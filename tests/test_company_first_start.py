@@ -88,3 +88,20 @@ def test_a_kept_hotline_is_trained_on_never_masked(new_company):
     again = api.post("/v1/corrections", json={"question": "Phone?", "answer": f"Ring {HOTLINE}."},
                      headers=api.as_["alice"]).json()
     assert again["pii_masked"] == []
+
+
+def test_the_admin_page_saves_the_company_for_this_process_and_in_env(make_settings, tmp_path):
+    from types import SimpleNamespace
+
+    from tuneloop.core.settings import Settings
+    from ui.company import _save
+
+    settings = make_settings(company_name="", company_hotline="")
+    app = SimpleNamespace(state=SimpleNamespace(settings=settings))
+    sign_in = SimpleNamespace(account=lambda request: SimpleNamespace(username="admin"))
+    env_file = tmp_path / ".env"
+    message = _save(app, sign_in, None, env_file, "Brightwater Bikes", "a cheerful bike mechanic", HOTLINE,
+                    "brightwater.example", "")
+    assert "Saved by admin" in message
+    assert settings.company_name == "Brightwater Bikes" and settings.company_hotline == HOTLINE
+    assert Settings(_env_file=env_file, data_dir=tmp_path).bot_persona == "a cheerful bike mechanic"

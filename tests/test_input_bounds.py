@@ -79,3 +79,16 @@ def test_job_seed_and_distill_budget_are_bounded(api):
     assert found["param"] == "seed"
     found = error(api.post("/v1/distill/runs", json={"description": "a shop", "budget": 2**63}, headers=api.admin))
     assert found["param"] == "budget"
+
+
+def test_lone_surrogates_in_uploaded_files_are_a_400(api):
+    import io
+
+    row = b'{"question": "Do you ship\\ud800?", "answer": "Yes."}\n'
+    imported = error(api.post("/v1/corrections/import", files={"file": ("pairs.jsonl", io.BytesIO(row))},
+                              headers=api.admin))
+    assert "rows 1" in imported["message"] and "surrogate" in imported["message"]
+    chat = b'{"messages": [{"role": "user", "content": "hi \\udc00"}, {"role": "assistant", "content": "Hello."}]}\n'
+    uploaded = error(api.post("/v1/files", files={"file": ("train.jsonl", io.BytesIO(chat))},
+                              data={"purpose": "fine-tune"}, headers=api.admin))
+    assert uploaded["param"] == "file" and "line 1 (messages.0.content)" in uploaded["message"]

@@ -19,10 +19,13 @@ from feedback import review
 from registry import golden, lifecycle as registry
 from retrain import gate_runs, jobs, scheduler
 from tuneloop.core.db import session_scope
+from retrain import jobs, scheduler
 from registry import golden, lifecycle as registry
 from retrain import jobs, scheduler
+from tuneloop.core.company import is_configured
 from tuneloop.core.db import session_scope
 from ui.account import password_tab
+from ui.company import company_tab
 from ui.auth import PageSignIn
 from ui.distill import distill_tab
 from ui.memory_panel import memory_tab
@@ -40,7 +43,8 @@ def build_admin(app: FastAPI, sign_in: PageSignIn) -> gr.Blocks:
         header = gr.Markdown(elem_classes="tl-header")
         production = gr.Markdown(elem_id="production")
         seen_production = gr.State(None)  # the production id this admin saw: promotion is compare-and-swap
-        with gr.Tabs():
+        first_start = not is_configured(app.state.settings)
+        with gr.Tabs(selected="company" if first_start else None):
             with gr.Tab("Versions"):
                 versions_table = _versions_tab(app, sign_in, production, seen_production)
             with gr.Tab("Training"):
@@ -51,12 +55,17 @@ def build_admin(app: FastAPI, sign_in: PageSignIn) -> gr.Blocks:
                 distill_tab(app, sign_in)
             with gr.Tab("Memory"):
                 memory_tab(app, sign_in)
+            with gr.Tab("Company", id="company"):
+                company_tab(app, sign_in)
             with gr.Tab("Account"):
                 password_tab(app, sign_in)
 
         def load(request: gr.Request):
             account = sign_in.account(request)
-            return (f"# Admin\nSigned in as **{account.username}** · [Sign out](/admin/logout)",
+            setup = "" if is_configured(app.state.settings) else (
+                "\n\n**First start:** no company is set up yet, so the bot names no company and keeps no published "
+                "contacts: fill in the Company tab (or run `tuneloop init`).")
+            return (f"# Admin\nSigned in as **{account.username}** · [Sign out](/admin/logout){setup}",
                     *_production(app), _version_rows(app), _job_rows(app), _schedule_md(app), _golden_rows(app))
 
         page.load(load, outputs=[header, production, seen_production, versions_table, jobs_table, schedule,

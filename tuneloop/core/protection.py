@@ -155,6 +155,7 @@ class ProtectionMiddleware:
                 return await _send_error(send, 429, error_body(
                     f"Too many wrong passwords from this address; try again in {retry} s.", "rate_limit_error",
                     code="login_throttled"), [(b"retry-after", str(retry).encode())])
+            self.logins.record(client, success=False)  # counted before it runs: parallel guesses wait too
             send = self._recording_login(client, send)
         if self._rate_limited(scope):
             wait = self.limiter.take(await client_identity(scope))
@@ -195,11 +196,10 @@ class ProtectionMiddleware:
                 raise
             await _send_error(send, 413, _too_large_body(limit))
 
-
     def _recording_login(self, client: str, send):
         async def recording_send(message):
-            if message["type"] == "http.response.start":
-                self.logins.record(client, success=message["status"] < 400)
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                self.logins.record(client, success=True)
             await send(message)
 
         return recording_send
