@@ -129,8 +129,12 @@ def _open(app: FastAPI, message_id: str):
     ratings = "; ".join(f"{'thumbs up' if r.value > 0 else 'thumbs down'}" + (f" — “{r.comment}”" if r.comment else "")
                         for r in item.ratings) or "no ratings"
     corrections_md = "".join(f"\n- correction by {c.author}: {c.status}" for c in item.corrections)
+    memory = {"verified": " · **verified reply** (the approved text of "
+              f"{', '.join(item.message.memory_correction_ids)}: edit that correction)",
+              "grounded": f" · grounded on {', '.join(item.message.memory_correction_ids)}"}.get(
+                  item.message.memory_outcome or "", "")
     details = (f"**{item.reason.replace('_', ' ')}** · {item.status.value} · answered by "
-               f"`{item.message.model_version_id}` · {ratings}{corrections_md}")
+               f"`{item.message.model_version_id}`{memory} · {ratings}{corrections_md}")
     return message_id, turns, details, _question_of(item), "", "", ""
 
 
