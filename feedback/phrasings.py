@@ -33,7 +33,7 @@ SOURCES = ("logs", "model", "teacher")
 LOG_SCAN_LIMIT = 1000  # latest logged user questions considered
 LOG_MIN_SIMILARITY = 0.55  # dense similarity to the correction's question a logged question needs first
 REWRITES = 5
-_BULLET_RE = re.compile(r"^\s*(?:(?:[-*\u2022]|\d+[.)]|\(\d+\))\s*)+")
+_BULLET_RE = re.compile(r"^\s*(?:(?:[-*\u2022]|\d+[.)]|\(\d+\)|question:)\s*)+", re.IGNORECASE)
 _EXAMPLE_WORDS = {"canada", "canadian", "toronto", "parcel"}  # from the worked example: a copied rewrite
 
 

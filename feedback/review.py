@@ -147,6 +147,9 @@ def item_as_dict(item: ReviewItem) -> dict[str, Any]:
         "reason": item.reason, "review_status": item.status.value,
         "model_version_id": item.message.model_version_id, "created_at": item.message.created_at.isoformat(),
         "answer": item.message.content,
+        # verified: the answer was an approved correction's own text, so a thumbs-down means that correction
+        # needs editing; grounded: these corrections were in the prompt
+        "memory_outcome": item.message.memory_outcome, "memory_correction_ids": list(item.message.memory_correction_ids),
         "conversation": [{"id": t.id, "role": t.role, "content": t.content} for t in item.conversation],
         "ratings": [{"id": r.id, "value": r.value, "comment": r.comment, "rater": r.rater} for r in item.ratings],
         "corrections": [c.model_dump(mode="json", warnings=False) for c in item.corrections],

@@ -69,6 +69,11 @@ def test_confident_match_is_answered_with_the_approved_text_streamed_with_usage(
         assert (stored.content, stored.memory_outcome, stored.memory_correction_ids) == (RETURNS[1], VERIFIED, [returns_id])
         assert stored.memory_scores[0]["correction_id"] == returns_id and stored.memory_scores[0]["score"] > 0.8
         assert len(stored.memory_scores) == 2 and stored.memory_scores[1]["score"] < stored.memory_scores[0]["score"]
+    from feedback.review import item_as_dict, review_item
+
+    with Session(tiny_app.state.db) as session:  # a reviewer sees that the reply was the correction's own text
+        item = item_as_dict(review_item(session, reply.model_extra["message_id"]))
+    assert (item["memory_outcome"], item["memory_correction_ids"]) == (VERIFIED, [returns_id])
 
     stream = openai_client.chat.completions.create(
         model="tuneloop", messages=[{"role": "user", "content": "How long do I have to return an item?"}],

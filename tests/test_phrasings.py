@@ -172,7 +172,9 @@ def test_calibrate_prints_the_curve_and_suggests_a_threshold(tuneloop, tmp_path)
 def test_model_rewrites_are_parsed_into_questions():
     from feedback.phrasings import _copies_example, parse_rewrites
 
-    text = "1. 1. When is shipping free?\n2) Is delivery free over some amount?\n- Shipping is free.\n\n(4) Why?"
-    assert parse_rewrites(text) == ["When is shipping free?", "Is delivery free over some amount?"]
+    text = ("1. 1. When is shipping free?\n2) Is delivery free over some amount?\n- Shipping is free.\n\n(4) Why?\n"
+            "Question: Do you ship for free?")
+    assert parse_rewrites(text) == ["When is shipping free?", "Is delivery free over some amount?",
+                                    "Do you ship for free?"]
     assert _copies_example("When is shipping to Canada free?", "When is shipping free?")  # the worked example leaked
     assert not _copies_example("Do you ship to Canada?", "Do you ship to Canada?")

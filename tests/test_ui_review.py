@@ -1,5 +1,6 @@
 """The staff page in a real browser: one staff member corrects a thumbs-down answer, a second one
-approves it, and the next dataset snapshot holds it in both training formats."""
+approves it (seeing the other ways customers ask it), and the next dataset snapshot holds it in both
+training formats."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def test_correct_then_approve_reaches_snapshot(browser, ui_server, ui_app):  # n
     assert alice.locator("#correction-question textarea").input_value() == "How long do refunds take?"
     alice.locator("#correction-answer textarea").fill(ANSWER)
     alice.locator("#correction-facts textarea").fill("5 business days")
+    alice.locator("#correction-alternatives textarea").fill("How many days until my refund arrives?\n")
     alice.locator("#submit-correction").click()
     alice.locator("#review-result").get_by_text("submitted").wait_for()
     alice.screenshot(path="/tmp/tuneloop-staff-queue.png", full_page=True)
@@ -56,6 +58,7 @@ def test_correct_then_approve_reaches_snapshot(browser, ui_server, ui_app):  # n
     bob.get_by_role("tab", name="Approve corrections").click()
     table_cell(bob, "pending", 0, 1).get_by_text("alice").click()
     bob.locator("#pending-details").get_by_text("email in answer").wait_for()  # a contact, not masked silently
+    bob.locator("#pending-details").get_by_text("How many days until my refund arrives?").wait_for()
     bob.screenshot(path="/tmp/tuneloop-staff-approve.png", full_page=True)
     bob.locator("#mask-contacts").click()  # a customer's address, not the company's: mask it
     bob.locator("#approve-result").get_by_text("masked").wait_for()
@@ -66,6 +69,7 @@ def test_correct_then_approve_reaches_snapshot(browser, ui_server, ui_app):  # n
         correction = session.query(Correction).filter_by(message_id=message_id).one()
     assert (correction.status, correction.author, correction.reviewer) == (CorrectionStatus.approved, "alice", "bob")
     assert correction.answer == "Refunds take 5 business days. Questions: write to [EMAIL]."
+    assert correction.alternative_questions == ["How many days until my refund arrives?"]
     with session_scope(ui_app.state.db) as session:
         snapshot = create_snapshot(session, ui_app.state.settings, "test")
         folder = snapshot_dir(ui_app.state.settings, snapshot)

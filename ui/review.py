@@ -136,8 +136,12 @@ def _open(app: FastAPI, message_id: str):
     ratings = "; ".join(f"{'thumbs up' if r.value > 0 else 'thumbs down'}" + (f" — “{as_text(r.comment)}”" if r.comment else "")
                         for r in item.ratings) or "no ratings"
     corrections_md = "".join(f"\n- correction by {as_text(c.author)}: {c.status}" for c in item.corrections)
+    memory = {"verified": " · **verified reply** (the approved text of "
+              f"{as_text(', '.join(item.message.memory_correction_ids))}: edit that correction)",
+              "grounded": f" · grounded on {as_text(', '.join(item.message.memory_correction_ids))}"}.get(
+                  item.message.memory_outcome or "", "")
     details = (f"**{item.reason.replace('_', ' ')}** · {item.status.value} · answered by "
-               f"{as_text(item.message.model_version_id)} · {ratings}{corrections_md}")
+               f"{as_text(item.message.model_version_id)}{memory} · {ratings}{corrections_md}")
     return message_id, turns, details, _question_of(item), "", "", ""
 
 
