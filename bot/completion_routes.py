@@ -13,8 +13,6 @@ from starlette.concurrency import iterate_in_threadpool
 from bot import completions
 from registry import versions
 from engine.protocol import Completion
-from engine.prompting import PromptTooLongError
-from engine.protocol import NotReadyError
 from tuneloop.core.deps import SessionDep
 from tuneloop.core.errors import ApiError, error_body
 
@@ -24,16 +22,8 @@ router = APIRouter(tags=["serving"])
 @router.post("/v1/completions", response_model=None)
 def create_completion(body: completions.CompletionRequest, request: Request, session: SessionDep):
     runtime = request.app.state.runtime
-    try:
-        version = versions.resolve_model(session, runtime.settings, body.model)
-        stream = completions.stream_completion(runtime, version, body.text, body.to_sampling_params(runtime.settings))
-    except versions.UnknownModelError as exc:
-        raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
-    except PromptTooLongError as exc:  # names max_tokens or prompt
-        code = "context_length_exceeded" if exc.param == "prompt" else None
-        raise ApiError(400, str(exc), param=exc.param, code=code) from exc
-    except NotReadyError as exc:
-        raise ApiError(503, str(exc), type="server_error", code="model_not_ready") from exc
+    version = versions.resolve_model(session, runtime.settings, body.model)  # errors name model, prompt or max_tokens
+    stream = completions.stream_completion(runtime, version, body.text, body.to_sampling_params(runtime.settings))
     objects = completions.TextCompletionFactory(body.model, version.id)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)

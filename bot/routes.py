@@ -18,9 +18,6 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from bot import conversations, protocol
 from registry import versions
-from engine.prompting import PromptTooLongError
-from engine.protocol import NotReadyError
-from engine.upstream import UpstreamRejectedError, UpstreamUnavailableError
 from tuneloop.core.metrics import stream_ended, stream_started
 from tuneloop.core.deps import SessionDep, StaffAccount
 from tuneloop.core.errors import ApiError, error_body
@@ -64,23 +61,13 @@ def _stored_ids(turn: conversations.ChatTurn) -> tuple[str | None, str | None]:
 
 
 def _start(runtime, body: protocol.ChatCompletionRequest) -> conversations.ChatTurn:
-    """Validate and start the turn; every refusal here happens before anything is stored."""
-    try:
-        return conversations.start_turn(
-            runtime, messages=[m.as_dict() for m in body.messages], params=body.to_sampling_params(runtime.settings),
-            model=body.model, conversation_id=body.conversation_id, end_user=body.end_user, channel="api",
-            store=body.store is not False,
-        )
-    except versions.UnknownModelError as exc:
-        raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
-    except conversations.UnknownConversationError as exc:
-        raise ApiError(404, str(exc), type="not_found_error", param="conversation_id") from exc
-    except PromptTooLongError as exc:
-        raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
-    except (conversations.NoNewMessageError, UpstreamRejectedError) as exc:
-        raise ApiError(400, str(exc), param="messages") from exc
-    except (NotReadyError, UpstreamUnavailableError) as exc:
-        raise ApiError(503, str(exc), type="server_error", code="model_not_ready") from exc
+    """Validate and start the turn; every refusal here happens before anything is stored (each error
+    names its param: model, conversation_id, messages; 503 while the model loads)."""
+    return conversations.start_turn(
+        runtime, messages=[m.as_dict() for m in body.messages], params=body.to_sampling_params(runtime.settings),
+        model=body.model, conversation_id=body.conversation_id, end_user=body.end_user, channel="api",
+        store=body.store is not False,
+    )
 
 
 async def _sse(turn: conversations.ChatTurn, model: str, include_usage: bool) -> AsyncIterator[str]:
@@ -139,10 +126,7 @@ def list_models(request: Request, session: SessionDep) -> protocol.ModelList:
 
 @router.get("/v1/models/{model:path}", response_model=protocol.ModelCard)
 def retrieve_model(model: str, request: Request, session: SessionDep) -> protocol.ModelCard:
-    try:
-        return _card(model, versions.resolve_model(session, request.app.state.settings, model))
-    except versions.UnknownModelError as exc:
-        raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
+    return _card(model, versions.resolve_model(session, request.app.state.settings, model))  # 404 names model
 
 
 def _card(name: str, version) -> protocol.ModelCard:
@@ -174,10 +158,7 @@ def list_conversations(session: SessionDep, _staff: StaffAccount, limit: int = Q
 @router.get("/v1/conversations/{conversation_id}", response_model=protocol.ConversationObject)
 def get_conversation(conversation_id: str, session: SessionDep) -> protocol.ConversationObject:
     """Anyone holding the (unguessable) id may read it: that is how a customer gets their history back."""
-    try:
-        conversation = conversations.get_conversation(session, conversation_id)
-    except conversations.UnknownConversationError as exc:
-        raise ApiError(404, str(exc), type="not_found_error", param="conversation_id") from exc
+    conversation = conversations.get_conversation(session, conversation_id)  # 404 names conversation_id
     messages = conversations.conversation_messages(session, conversation_id)
     return _conversation(conversation, messages)
 

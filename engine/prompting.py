@@ -81,9 +81,9 @@ def raw_prompt_ids(tokenizer: Any, prompt: str, max_tokens: int, context: int) -
     ``PromptTooLongError`` naming ``max_tokens`` or ``prompt``, whichever the caller must change."""
     if max_tokens >= context:
         raise PromptTooLongError(f"max_tokens={max_tokens} leaves no room for the prompt in a context of "
-                                 f"{context} tokens; lower max_tokens", param="max_tokens")
+                                 f"{context} tokens; lower max_tokens", param="max_tokens", code="invalid_value")
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if len(ids) + max_tokens > context:
         raise PromptTooLongError(f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}; together they "
-                                 f"must fit the context of {context} tokens", param="prompt")
+                                 f"must fit the context of {context} tokens", param="prompt")  # code: context_length_exceeded
     return ids

@@ -13,12 +13,13 @@ from sqlmodel import Session, col, select
 from feedback.validate import validate_file
 from retrain.jobs import JobError, JobNotFoundError
 from retrain.models import TrainingFile
+from tuneloop.core import errors
 from tuneloop.core.settings import Settings
 
 ROLES = {"system", "user", "assistant"}
 
 
-class FileTooLargeError(JobError):
+class FileTooLargeError(errors.TooLargeError, JobError):
     """An upload over ``settings.max_upload_bytes`` (413)."""
 
 

@@ -46,12 +46,14 @@ class JobConflictError(errors.ConflictError, JobError):
     """The job is not in a state that allows this (409), e.g. cancelling a finished job."""
 
 
-class JobForbiddenError(JobError):
+class JobForbiddenError(errors.ForbiddenError, JobError):
     """The caller may not start this job (403): training on a file nobody else has reviewed."""
 
 
 class JobLimitError(JobError):
     """Too many jobs waiting for this account (429)."""
+
+    status_code, error_type, code = 429, "rate_limit_error", "too_many_jobs"
 
 
 def _check_caps(settings: Settings, hyper: dict[str, Any]) -> None:

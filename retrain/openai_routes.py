@@ -7,7 +7,6 @@ Object shapes follow the OpenAI API reference (fields in its order); our extras 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
@@ -64,24 +63,6 @@ class CreateJobRequest(BaseModel):
             return None
         beta = (((self.method or {}).get(kind) or {}).get("hyperparameters") or {}).get("beta", "auto")
         return {"type": kind, "beta": beta}
-
-
-@contextmanager
-def api_errors():
-    try:
-        yield
-    except file_service.FileTooLargeError as exc:
-        raise ApiError(413, str(exc), type="request_too_large", param=exc.param) from exc
-    except jobs.JobConflictError as exc:
-        raise ApiError(409, str(exc), type="conflict_error", param=exc.param) from exc
-    except jobs.JobForbiddenError as exc:
-        raise ApiError(403, str(exc), type="permission_error", param=exc.param) from exc
-    except jobs.JobLimitError as exc:
-        raise ApiError(429, str(exc), type="rate_limit_error", param=exc.param, code="too_many_jobs") from exc
-    except jobs.JobError as exc:
-        raise ApiError(400, str(exc), param=exc.param) from exc
-    except (jobs.JobNotFoundError, LookupError) as exc:
-        raise ApiError(404, str(exc), type="not_found_error") from exc
 
 
 def _ts(value) -> int | None:
@@ -152,27 +133,24 @@ def event_object(event: JobEvent) -> dict[str, Any]:
 async def upload_file(session: SessionDep, settings: SettingsDep, account: StaffAccount,
                       file: UploadFile = File(...), purpose: str = Form("fine-tune")):
     content = await file.read(settings.max_upload_bytes + 1)
-    with api_errors():
-        record = file_service.save_upload(session, settings, filename=file.filename or "upload.jsonl",
-                                          content=content, purpose=purpose, actor=account.username)
-        session.commit()
+    record = file_service.save_upload(session, settings, filename=file.filename or "upload.jsonl",
+                                      content=content, purpose=purpose, actor=account.username)
+    session.commit()
     return file_object(record)
 
 
 @router.post("/v1/files/{file_id}/approve")
 def approve_file(file_id: str, session: SessionDep, account: StaffAccount):
     """tuneloop extra: a second staff member has read the file and vouches for it as training data."""
-    with api_errors():
-        record = file_service.approve_file(session, file_id, actor=account.username)
-        session.commit()
+    record = file_service.approve_file(session, file_id, actor=account.username)
+    session.commit()
     return file_object(record)
 
 
 @router.get("/v1/files")
 def list_files(session: SessionDep, _account: StaffAccount, purpose: str | None = None,
                limit: int = Query(10000, ge=1, le=10000), order: str = "desc", after: str | None = None):
-    with api_errors():
-        rows, has_more = file_service.list_files(session, purpose=purpose, order=order, after=after, limit=limit)
+    rows, has_more = file_service.list_files(session, purpose=purpose, order=order, after=after, limit=limit)
     data = [file_object(f) for f in rows]
     return {"object": "list", "data": data, "has_more": has_more,
             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
@@ -180,15 +158,13 @@ def list_files(session: SessionDep, _account: StaffAccount, purpose: str | None 
 
 @router.get("/v1/files/{file_id}")
 def get_file(file_id: str, session: SessionDep, _account: StaffAccount):
-    with api_errors():
-        return file_object(file_service.get_file(session, file_id))
+    return file_object(file_service.get_file(session, file_id))
 
 
 @router.get("/v1/files/{file_id}/content")
 def get_file_content(file_id: str, session: SessionDep, settings: SettingsDep, _account: StaffAccount):
-    with api_errors():
-        record = file_service.get_file(session, file_id)
-        content = file_service.file_content(settings, record)
+    record = file_service.get_file(session, file_id)
+    content = file_service.file_content(settings, record)
     media = "text/csv" if record.filename.endswith(".csv") else "application/jsonl"
     return Response(content, media_type=media,
                     headers={"Content-Disposition": f'attachment; filename="{record.filename}"'})
@@ -196,25 +172,23 @@ def get_file_content(file_id: str, session: SessionDep, settings: SettingsDep, _
 
 @router.delete("/v1/files/{file_id}")
 def delete_file(file_id: str, session: SessionDep, settings: SettingsDep, account: StaffAccount):
-    with api_errors():
-        record = file_service.delete_file(session, settings, file_id)
-        audit(session, actor=account.username, action="file.deleted", object_type="file", object_id=record.id,
-              filename=record.filename)
-        session.commit()
+    record = file_service.delete_file(session, settings, file_id)
+    audit(session, actor=account.username, action="file.deleted", object_type="file", object_id=record.id,
+          filename=record.filename)
+    session.commit()
     return {"id": record.id, "object": "file", "deleted": True}
 
 
 # --- fine-tuning jobs -------------------------------------------------------------------------------
 @router.post("/v1/fine_tuning/jobs")
 def create_job(body: CreateJobRequest, session: SessionDep, settings: SettingsDep, account: StaffAccount):
-    with api_errors():
-        job = jobs.create_job(session, settings, actor=account.username, model=body.model,
-                              snapshot_id=body.snapshot_id, training_file_id=body.training_file,
-                              validation_file_id=body.validation_file, hyperparameters=body.merged_hyperparameters(),
-                              suffix=body.suffix, seed=body.seed, backend=body.backend,
-                              admin=str(account.role) == "admin", metadata=body.metadata,
-                              method=body.method_settings())
-        session.commit()
+    job = jobs.create_job(session, settings, actor=account.username, model=body.model,
+                          snapshot_id=body.snapshot_id, training_file_id=body.training_file,
+                          validation_file_id=body.validation_file, hyperparameters=body.merged_hyperparameters(),
+                          suffix=body.suffix, seed=body.seed, backend=body.backend,
+                          admin=str(account.role) == "admin", metadata=body.metadata,
+                          method=body.method_settings())
+    session.commit()
     return _job(session, job)
 
 
@@ -225,37 +199,32 @@ def list_jobs(request: Request, session: SessionDep, _account: StaffAccount, aft
     keep only jobs whose metadata holds every pair."""
     metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
                 if k.startswith("metadata[") and k.endswith("]")}
-    with api_errors():
-        rows, has_more = jobs.list_jobs(session, after=after, limit=limit, metadata=metadata or None)
+    rows, has_more = jobs.list_jobs(session, after=after, limit=limit, metadata=metadata or None)
     return {"object": "list", "data": [_job(session, j) for j in rows], "has_more": has_more}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")
 def get_job(job_id: str, session: SessionDep, _account: StaffAccount):
-    with api_errors():
-        return _job(session, jobs.get_job(session, job_id))
+    return _job(session, jobs.get_job(session, job_id))
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, session: SessionDep, account: StaffAccount):
-    with api_errors():
-        job = jobs.cancel_job(session, job_id, actor=account.username)
-        session.commit()
+    job = jobs.cancel_job(session, job_id, actor=account.username)
+    session.commit()
     return _job(session, job)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
 def list_events(job_id: str, session: SessionDep, _account: StaffAccount, after: str | None = None,
                 limit: int = Query(20, ge=1, le=1000)):
-    with api_errors():
-        rows, has_more = jobs.list_events(session, job_id, after=after, limit=limit)
+    rows, has_more = jobs.list_events(session, job_id, after=after, limit=limit)
     return {"object": "list", "data": [event_object(e) for e in rows], "has_more": has_more}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
 def list_checkpoints(job_id: str, session: SessionDep, settings: SettingsDep, _account: StaffAccount):
-    with api_errors():
-        found = jobs.list_checkpoints(session, settings, job_id)
+    found = jobs.list_checkpoints(session, settings, job_id)
     data = []
     for item in found:
         metric = item["metric"]
@@ -275,8 +244,7 @@ def list_checkpoints(job_id: str, session: SessionDep, settings: SettingsDep, _a
 @router.get("/v1/fine_tuning/jobs/{job_id}/metrics")
 def list_metrics(job_id: str, session: SessionDep, _account: StaffAccount):
     """tuneloop extra: every step's metrics (what result.csv holds), for charts."""
-    with api_errors():
-        rows = jobs.list_metrics(session, job_id)
+    rows = jobs.list_metrics(session, job_id)
     return {"object": "list", "data": [m.model_dump(exclude={"id", "job_id", "created_at"}) for m in rows]}
 
 
@@ -292,7 +260,6 @@ def scheduler_state(session: SessionDep, settings: SettingsDep, _account: StaffA
 def train_now(session: SessionDep, settings: SettingsDep, account: AdminAccount):
     from retrain.scheduler import train_now as start
 
-    with api_errors():
-        job = start(session, settings, actor=account.username)
-        session.commit()
+    job = start(session, settings, actor=account.username)
+    session.commit()
     return _job(session, job)
