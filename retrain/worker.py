@@ -313,16 +313,18 @@ def run_job_in_child(settings: Settings, job_id: str, result_file: Path) -> None
 
 def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_cancel) -> dict[str, Any]:
     from retrain.checkpoints import CheckpointSaver
+    from retrain.rounds import plan_round
     from retrain.trainer import TrainConfig, train
 
     config = TrainConfig.from_dict({"replay_fraction": settings.replay_fraction, **job.hyperparameters, "seed": job.seed})
     if (job.method or {}).get("type") == "dpo":
         return _train_dpo_locally(settings, engine, job, config, should_cancel)
     with Session(engine) as session:
-        base_dir, parent_adapter, train_set, valid_set, note, new_keys = _inputs(session, settings, job, config)
+        round_ = plan_round(session, settings, job, config)
+    train_set = round_.train
     effective, reasons = jobs.planned_hyperparameters(config, len(train_set))
     with session_scope(engine) as session:
-        jobs.add_event(session, job.id, note)
+        jobs.add_event(session, job.id, round_.describe(config))
         for reason in reasons:
             jobs.add_event(session, job.id, reason)
         session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id).values(effective_hyperparameters=effective))
@@ -334,11 +336,11 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
             jobs.add_event(session, job.id, f"Checkpoint saved after epoch {epoch} (step {step})",
                            data={"epoch": epoch, "step": step})
 
-    result = train(config, train_set, valid_set, base_dir=base_dir, parent_adapter_dir=parent_adapter,
+    result = train(config, train_set, round_.valid, base_dir=round_.base_dir, parent_adapter_dir=round_.parent_adapter_dir,
                    output_dir=settings.model_store_dir / relative, progress_callback=progress,
                    should_cancel=should_cancel, epoch_callback=CheckpointSaver(settings, job.id, saved),
                    provenance={"job_id": job.id, "parent_version": job.parent_version_id, "snapshot_id": job.snapshot_id,
-                               "training_file": job.training_file_id}, new_keys=new_keys)
+                               "training_file": job.training_file_id}, new_keys=round_.new_keys)
     with session_scope(engine) as session:
         jobs.add_event(session, job.id, _stop_message(result.metrics), data={
             k: result.metrics.get(k) for k in ("learned_at_step", "stopped_at_step", "max_steps", "stop_reason")})
@@ -380,40 +382,6 @@ def _train_dpo_locally(settings: Settings, engine: Engine, job: FineTuneJob, con
                                    "training_file": job.training_file_id})
     return {"adapter_path": relative, "metrics": result.metrics, "trained_tokens": result.trained_tokens,
             "prompt_format": "chat"}
-
-
-def _inputs(session: Session, settings: Settings, job: FineTuneJob, config):
-    """Base model, parent adapter and the examples of this round (new + replayed)."""
-    from registry.models import ModelVersion
-    from registry.versions import version_spec
-    from retrain.replay import example_key, select_for_round
-
-    parent = session.get(ModelVersion, job.parent_version_id)
-    spec = version_spec(parent, settings)
-    if job.snapshot_id:
-        from retrain.datasets import get_snapshot, load_examples
-
-        snapshot = get_snapshot(session, job.snapshot_id)
-        current, valid = load_examples(settings, snapshot, "train"), load_examples(settings, snapshot, "valid")
-        seen = None
-        if parent.snapshot_id and parent.snapshot_id != snapshot.id:
-            seen = {example_key(e) for e in load_examples(settings, get_snapshot(session, parent.snapshot_id), "train")}
-        elif parent.snapshot_id == snapshot.id:
-            seen = set()  # same data as the parent: train on all of it
-        train_set, n_new, n_replay = select_for_round(current, seen, replay_fraction=config.replay_fraction, seed=config.seed)
-    else:
-        from retrain.files import get_file, read_examples
-
-        train_set = read_examples(settings, get_file(session, job.training_file_id))
-        valid = read_examples(settings, get_file(session, job.validation_file_id)) if job.validation_file_id else []
-        n_new, n_replay = len(train_set), 0
-    new_keys = {example_key(e) for e in train_set[:n_new]} if job.snapshot_id else None
-    note = (f"Training {len(train_set)} examples ({n_new} new, {n_replay} replayed), {len(valid)} validation, "
-            f"{config.n_epochs} epochs (at least {config.min_steps} steps), continuing from {parent.id}"
-            + (" (its adapter)" if spec.adapter_dir else " (fresh LoRA)")
-            + (f"; the parent first answers {config.kl_anchors} general prompts for the KL penalty"
-               if config.kl_weight > 0 else ""))
-    return spec.base_dir, spec.adapter_dir, train_set, valid, note, new_keys
 
 
 def _stop_message(metrics: dict[str, Any]) -> str:
