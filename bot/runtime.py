@@ -122,7 +122,8 @@ class ServingRuntime:
         self.engine.prepare(version)
 
     # --- generation --------------------------------------------------------------------------------
-    def _with_system(self, messages: list[dict[str, str]], memory: str = "") -> list[dict[str, str]]:
+    def with_system(self, messages: list[dict[str, str]], memory: str = "") -> list[dict[str, str]]:
+        """The conversation as the engine receives it: system prompt (with memory's context) first."""
         return with_system_prompt(system_with_memory(self.settings.resolved_system_prompt, memory), messages)
 
     def recall(self, messages: list[dict[str, str]]):
@@ -141,7 +142,7 @@ class ServingRuntime:
         """Stream the approved ``answer`` as the reply (``bot.verified``), counting tokens as decoding would."""
         from bot.verified import verified_stream
 
-        prompt_tokens, tokenizer = self.engine.count_prompt_tokens(version, self._with_system(messages),
+        prompt_tokens, tokenizer = self.engine.count_prompt_tokens(version, self.with_system(messages),
                                                                    params.max_tokens)
         return verified_stream(answer, params, prompt_tokens=prompt_tokens, version_id=version.id,
                                tokenizer=tokenizer)
@@ -150,7 +151,7 @@ class ServingRuntime:
         self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams, *, memory: str = ""
     ) -> Iterator[str | Completion]:
         """Decode an answer. ``memory`` (from ``recall``) is appended to the system prompt."""
-        return self.engine.stream(version, self._with_system(messages, memory), params)
+        return self.engine.stream(version, self.with_system(messages, memory), params)
 
     def stream_prompt(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
         """A legacy completion: the prompt as written, no system prompt, no memory."""
@@ -158,7 +159,7 @@ class ServingRuntime:
 
     def generate(self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams,
                  *, memory: str = "") -> Completion:
-        return self.engine.generate(version, self._with_system(messages, memory), params)
+        return self.engine.generate(version, self.with_system(messages, memory), params)
 
 
 __all__ = ["ServingRuntime"]

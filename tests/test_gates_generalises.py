@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ui.text import as_text
+
 from engine.protocol import VersionSpec
 from engine.transformers_engine import LoadedModel
 from feedback.export import chat_record
@@ -90,7 +92,8 @@ def test_the_admin_page_lists_each_held_out_phrasing_and_unmeasured_gates(make_s
     _store(engine, "v0", "v0", evaluate(settings, candidate, production, generalises_items(records()), texts=[]))
     text, rows = _report_view(SimpleNamespace(state=SimpleNamespace(db=engine)), "v0")
     assert "- **generalises** (passed): candidate 1/2" in text
-    assert f'- ✓ c_known: "{CANADA[0]}"' in text and '- ✗ c_unknown: "' in text
+    # user text is escaped for Markdown on the admin page (c_known → c\\_known)
+    assert f'- ✓ c\\_known: "{as_text(CANADA[0])}"' in text and '- ✗ c\\_unknown: "' in text
     assert "- **golden**: not measured (no questions)" in text
     assert sorted(r[2] for r in rows if r[0] == "generalises") == sorted(
         i.messages[-1]["content"] for i in generalises_items(records()))

@@ -6,6 +6,7 @@ corrections and their scores are logged on the message; follow-ups never get a c
 from __future__ import annotations
 
 import pytest
+from transformers import AutoTokenizer
 from sqlmodel import Session, func, select
 
 from bot.models import Conversation, Message
@@ -56,7 +57,7 @@ def _client(app):
 
 def test_confident_match_is_answered_with_the_approved_text_streamed_with_usage(tiny_app, openai_client):
     [returns_id, _] = approve(tiny_app, RETURNS, TUNEUP)
-    tokenizer = tiny_app.state.runtime.engine.current.tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_app.state.settings.base_model)  # the served model's
     reply = openai_client.chat.completions.create(
         model="tuneloop", messages=[{"role": "user", "content": "How long do I have to return an item?"}])
     assert reply.choices[0].message.content == RETURNS[1]

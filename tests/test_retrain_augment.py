@@ -75,8 +75,8 @@ def test_memory_context_examples_are_laid_out_exactly_as_serving_lays_them_out(t
         cid = example["tuneloop"]["correction_id"]
         k = int(cid[1])
         # What serving would send for this user turn when memory finds this correction.
-        served = runtime.encode(loaded, example["messages"][1:], 64,
-                                memory_context([MemoryHit(cid, QUESTIONS[k], ANSWERS[k], 0.9)]))
+        served = runtime.engine.encode(loaded, runtime.with_system(
+            example["messages"][1:], memory_context([MemoryHit(cid, QUESTIONS[k], ANSWERS[k], 0.9)])), 64)
         encoded = encode_example(loaded.tokenizer, example, max_seq_len=1024, prompt_loss_weight=0.0)
         prompt = [t for t, answer in zip(encoded.input_ids, encoded.completion_mask) if not answer]
         assert prompt == served
@@ -92,7 +92,7 @@ def test_memory_context_examples_are_laid_out_exactly_as_serving_lays_them_out(t
         assert k in shown
         orders = [[MemoryHit(f"c{j}", QUESTIONS[j], ANSWERS[j], 1.0) for j in order]
                   for order in itertools.permutations(shown)]
-        assert system in {runtime._with_system([], memory_context(hits))[0]["content"] for hits in orders}
+        assert system in {runtime.with_system([], memory_context(hits))[0]["content"] for hits in orders}
     assert any(len([j for j in range(3) if QUESTIONS[j] in e["messages"][0]["content"]]) > 1 for e in mixed)
 
 
