@@ -127,17 +127,21 @@ def add_memory_context(examples: list[dict[str, Any]], *, fraction: float, max_d
 
 def training_set(examples: list[dict[str, Any]], *, phrasings: bool, memory_fraction: float, max_distractors: int,
                  seed: int) -> list[dict[str, Any]]:
-    """Everything a round trains on, from the round's examples (see the module docstring)."""
-    expanded = expand_phrasings(examples, enabled=phrasings)
-    if memory_fraction <= 0:
-        return expanded
-    return add_memory_context(expanded, fraction=memory_fraction, max_distractors=max_distractors, seed=seed)
+    """Everything a round trains on, from the round's examples (see the module docstring). Legacy
+    prompt/completion lines (no ``messages``) train as written: no phrasings, no memory context."""
+    chat = [e for e in examples if "messages" in e]
+    legacy = [{**e, "tuneloop": {**(e.get("tuneloop") or {}), "phrasing": 0, "memory_context": False}}
+              for e in examples if "messages" not in e]
+    expanded = expand_phrasings(chat, enabled=phrasings)
+    if memory_fraction > 0:
+        expanded = add_memory_context(expanded, fraction=memory_fraction, max_distractors=max_distractors, seed=seed)
+    return expanded + legacy
 
 
 def held_out_by_correction(examples: list[dict[str, Any]]) -> dict[str, str]:
     """{correction: its held-out phrasing} for the examples that have one (recorded in provenance)."""
     out = {}
-    for example in examples:
+    for example in (e for e in examples if "messages" in e):
         held = held_out_phrasing(example)
         if held is not None:
             out[_key(metadata(example))] = held

@@ -80,7 +80,8 @@ def test_bad_alternative_questions_are_refused_with_the_fix(api, app):
 
     shown = api.get(f"/v1/corrections/{correction_id}", headers=api.as_["bob"]).json()  # what the approver sees
     assert shown["alternative_questions"] == ["How many days do I get to return a purchase?"]
-    assert api.post(f"/v1/corrections/{correction_id}/approve", headers=api.as_["bob"]).status_code == 200
+    assert api.post(f"/v1/corrections/{correction_id}/approve", headers=api.as_["bob"],
+                    json={"etag": shown["etag"]}).status_code == 200  # approves exactly what he was shown
     with Session(app.state.db) as session:
         examples = {e["correction_id"]: e for e in training_examples(session, app.state.settings)}
     assert examples[correction_id]["alternative_questions"] == ["How many days do I get to return a purchase?"]

@@ -133,7 +133,7 @@ def test_failed_gates_reject_delete_and_errors(client, tiny_app, keys, returns_v
     assert on_disk["summary"]["inputs"]["general_sha256"] and on_disk["summary"]["inputs"]["snapshot_id"] is None
     assert body["candidate_version_id"] == "v1" and body["baseline_version_id"] == "v0"
     assert {i["gate"] for i in body["items"]} == {"general"} and set(body["gates"]) == {
-        "learned", "not_forgotten", "golden", "general"}
+        "learned", "generalises", "not_forgotten", "golden", "general"}
     stored = client.get("/v1/registry/versions/v1/gate-report", headers=keys["staff"]).json()
     assert stored["id"] == body["id"] and len(stored["items"]) == len(body["items"])
 
