@@ -39,6 +39,7 @@ from sqlmodel import Session, col, select
 from retrain import gate_runs, jobs, provenance
 from retrain.models import FineTuneJob, GateRun, GateRunStatus, JobStatus
 from tuneloop.core.db import make_engine, session_scope
+from tuneloop.core.errors import TuneloopError
 from tuneloop.core.ids import utcnow
 from tuneloop.core.settings import Settings
 
@@ -222,10 +223,15 @@ class Worker:
 
     def _run_gates(self, job_id: str, candidate_id: str) -> None:
         """Gate the new candidate now, as a gate run like any other (followed the same way)."""
-        with session_scope(self.engine) as session:
-            run_id = gate_runs.queue_gate_run(session, candidate_id, actor=f"job {job_id}").id
-            session.exec(update(GateRun).where(GateRun.id == run_id).values(
-                status=GateRunStatus.running, started_at=utcnow(), worker_id=self.worker_id))
+        try:
+            with session_scope(self.engine) as session:
+                run_id = gate_runs.queue_gate_run(session, candidate_id, actor=f"job {job_id}").id
+                session.exec(update(GateRun).where(GateRun.id == run_id).values(
+                    status=GateRunStatus.running, started_at=utcnow(), worker_id=self.worker_id))
+        except TuneloopError as exc:  # e.g. a hosted model: nothing local to gate; the job stays succeeded
+            with session_scope(self.engine) as session:
+                jobs.add_event(session, job_id, f"Gates not run for {candidate_id}: {exc}", level="warn")
+            return
         run = gate_runs.execute(self.settings, self.engine, run_id)
         if run.status == GateRunStatus.succeeded:
             message, level = f"Gates {run.stage.split(':')[0]} for {candidate_id}", "info"
