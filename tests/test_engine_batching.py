@@ -38,7 +38,9 @@ def test_engine_lets_chats_join_a_running_batch(tiny_model_dir):
 
         long_prompt = ids("tell me everything about your return policy")
         joiners = [ids("hi"), ids("what are your opening hours on a long weekend in the summer, and on holidays?")]
-        long_params, short_params = SamplingParams(max_tokens=200), SamplingParams(max_tokens=6)
+        # the tiny model repeats itself: the repetition guard is off, so lengths are what is tested
+        long_params = SamplingParams(max_tokens=200, repetition_ngram=0)
+        short_params = SamplingParams(max_tokens=6, repetition_ngram=0)
         alone_long = engine.generate(long_prompt, long_params)
         alone_short = [engine.generate(p, short_params) for p in joiners]
         assert alone_long.completion_tokens == 200  # precondition: the long answer runs its full length
