@@ -28,12 +28,20 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_account(request: Request, session: SessionDep) -> Account | None:
-    """The staff/admin account behind a bearer API key or the UI's login, or None (an end user)."""
+def current_account(request: Request) -> Account | None:
+    """The staff/admin account behind a bearer API key or the UI's login, or None (an end user).
+
+    The key is looked up in a session of its own, closed at once: a streamed answer lasts seconds,
+    and holding a pooled connection for it would run the pool dry under concurrent chats. A bearer
+    string that is not one of our keys (the official client insists on sending something) is an
+    anonymous caller, with no database round trip."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         key = header[7:].strip()
-        account = accounts.account_for_key(session, key)
+        if not key.startswith(accounts.KEY_PREFIX):
+            return None
+        with Session(request.app.state.db, expire_on_commit=False) as session:
+            account = accounts.account_for_key(session, key)
         if account is None and key.startswith(accounts.KEY_PREFIX):
             raise ApiError(401, "This API key is invalid or revoked; create a new one with "
                                 "`tuneloop users key create`.", type="authentication_error", code="invalid_api_key")
