@@ -25,15 +25,19 @@ class TuneloopError(Exception):
     param: str | None = None
 
     def __init__(self, message: str = "", *, param: str | None = None, code: str | None = None):
-        super().__init__(message)
+        Exception.__init__(self, message)  # not super(): ApiError is also an HTTPException
+        self._message = message
         if param is not None:
             self.param = param
         if code is not None:
             self.code = code
 
+    def __str__(self) -> str:
+        return self._message
+
     @property
     def message(self) -> str:
-        return str(self)
+        return self._message
 
 
 class InvalidInputError(TuneloopError, ValueError):
