@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.prompting import PromptTooLongError, raw_prompt_ids, trim_to_budget
 from engine.protocol import Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
-from engine.transformers_engine import LocalEngine
+from engine.transformers_engine import LocalEngine, request_events
 from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -268,15 +268,7 @@ class LlamaCppEngine:
         """The request's deltas, then its Completion. Closing the iterator early (a client that went
         away) cancels the request: its sequence is freed at the next step."""
         try:
-            while True:
-                kind, value = request.events.get()
-                if kind == "delta":
-                    yield value
-                elif kind == "done":
-                    yield value
-                    return
-                else:
-                    raise value
+            yield from request_events(request.events)
         finally:
             request.cancelled = True
 

@@ -112,6 +112,20 @@ class _Job:
         self.error: BaseException | None = None
 
 
+def request_events(events: queue.Queue[tuple[str, Any]]) -> Iterator[str | Completion]:
+    """What a decode thread put on a request's queue, as the caller's stream: text deltas, then the
+    Completion; an error raised by the decode thread is raised here."""
+    while True:
+        kind, value = events.get()
+        if kind == "delta":
+            yield value
+        elif kind == "done":
+            yield value
+            return
+        else:
+            raise value
+
+
 class LocalEngine:
     def __init__(self, loaded: LoadedModel, *, max_batch_size: int = 8):
         self._current = loaded
@@ -138,15 +152,7 @@ class LocalEngine:
         """Yield text deltas as they are decoded, then one final Completion."""
         request = _Request(loaded or self._current, prompt_ids, params)
         self._queue.put(request)
-        while True:
-            kind, value = request.events.get()
-            if kind == "delta":
-                yield value
-            elif kind == "done":
-                yield value
-                return
-            else:
-                raise value
+        yield from request_events(request.events)
 
     def generate(
         self, prompt_ids: list[int], params: SamplingParams, loaded: LoadedModel | None = None

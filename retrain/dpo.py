@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 from retrain.batching import EncodedExample, collate, encode_example, length_grouped_batches
-from retrain.trainer import TrainConfig, TrainingCancelled, TrainResult, _load_model
+from retrain.trainer import TrainConfig, TrainingCancelled, TrainResult, start_training
 
 DEFAULT_BETA = 0.1
 ROLES = {"system", "developer", "user", "assistant"}
@@ -87,12 +87,7 @@ def train_dpo(config: TrainConfig, beta: float, rows: list[dict], *, base_dir: P
     """Train a LoRA adapter on preference ``rows`` and write it (atomically) to ``output_dir``."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    if output_dir.exists():
-        raise FileExistsError(f"{output_dir} already exists; adapters are never overwritten")
-    torch.manual_seed(config.seed)
-    device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
-    model, tokenizer = _load_model(config, base_dir, parent_adapter_dir, device)
+    model, tokenizer, device = start_training(config, base_dir, parent_adapter_dir, output_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pairs = []
     for row in rows:

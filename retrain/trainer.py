@@ -168,12 +168,7 @@ def train(config: TrainConfig, examples_train: list[dict], examples_valid: list[
     ``epoch_callback(model, epoch, step)`` runs after each epoch (the worker saves checkpoints there)."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    if output_dir.exists():
-        raise FileExistsError(f"{output_dir} already exists; adapters are never overwritten")
-    torch.manual_seed(config.seed)
-    device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
-    model, tokenizer = _load_model(config, base_dir, parent_adapter_dir, device)
+    model, tokenizer, device = start_training(config, base_dir, parent_adapter_dir, output_dir)
     expanded = training_set(examples_train, phrasings=config.train_on_phrasings,
                             memory_fraction=config.memory_examples_fraction,
                             max_distractors=config.memory_distractors, seed=config.seed)
@@ -212,6 +207,19 @@ def train(config: TrainConfig, examples_train: list[dict], examples_valid: list[
     return TrainResult(output_dir=output_dir, steps=run.step, trained_tokens=run.trained_tokens, metrics=metrics,
                        seconds=time.perf_counter() - started,
                        continued_from=str(parent_adapter_dir) if parent_adapter_dir else None)
+
+
+def start_training(config: TrainConfig, base_dir: Path, parent_adapter_dir: Path | None,
+                   output_dir: Path) -> tuple[Any, Any, torch.device]:
+    """What every training run does first (supervised and DPO): refuse an existing output directory
+    (adapters are never overwritten), seed, pick the device, load the base model with the LoRA to train."""
+    if output_dir.exists():
+        raise FileExistsError(f"{output_dir} already exists; adapters are never overwritten")
+    torch.manual_seed(config.seed)
+    device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    model, tokenizer = _load_model(config, base_dir, parent_adapter_dir, device)
+    return model, tokenizer, device
 
 
 def _load_model(config: TrainConfig, base_dir: Path, parent_adapter_dir: Path | None, device: torch.device):
