@@ -148,6 +148,32 @@ def tiny_app(tiny_settings):
 
 
 @pytest.fixture
+def sqlite_tiny_app(make_settings, tiny_model_dir):
+    """``tiny_app`` on SQLite alone, for tests that train (running them on both engines doubles their
+    time and tests the database no further)."""
+    from tuneloop.app import create_app
+
+    app = create_app(make_settings(base_model=str(tiny_model_dir)), load_model=False, mount_ui=False)
+    app.state.runtime.start(background=False)
+    yield app
+    app.state.runtime.stop()
+    app.state.db.dispose()
+
+
+@pytest.fixture
+def admin_openai(sqlite_tiny_app):
+    """The official openai client on ``sqlite_tiny_app`` with an admin's API key."""
+    from fastapi.testclient import TestClient
+    from openai import OpenAI
+
+    from support.retrain import admin_key
+
+    with TestClient(sqlite_tiny_app) as http:
+        yield OpenAI(base_url="http://testserver/v1", api_key=admin_key(sqlite_tiny_app.state.db), http_client=http,
+                     max_retries=0)
+
+
+@pytest.fixture
 def client(tiny_app):
     from fastapi.testclient import TestClient
 

@@ -7,33 +7,23 @@ import io
 import threading
 
 import pytest
-from fastapi.testclient import TestClient
-from openai import OpenAI
 
 from retrain.worker import Worker
 from support.openai_conformance import assert_complete
-from support.retrain import admin_key, chat_jsonl
+from support.retrain import chat_jsonl
 from support.servers import wait_until
 
 USER = [{"role": "user", "content": "Do you ship to Canada?"}]
 
 
 @pytest.fixture
-def app(make_settings, tiny_model_dir):
-    from tuneloop.app import create_app
-
-    app = create_app(make_settings(base_model=str(tiny_model_dir)), load_model=False, mount_ui=False)
-    app.state.runtime.start(background=False)
-    yield app
-    app.state.runtime.stop()
-    app.state.db.dispose()
+def app(sqlite_tiny_app):
+    return sqlite_tiny_app
 
 
 @pytest.fixture
-def client(app):
-    with TestClient(app) as http:
-        yield OpenAI(base_url="http://testserver/v1", api_key=admin_key(app.state.db), http_client=http,
-                     max_retries=0)
+def client(admin_openai):
+    return admin_openai
 
 
 def test_serving_routes_answer_complete_objects(client):
