@@ -11,13 +11,19 @@ under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.protocol import VersionSpec
 from tuneloop.core.errors import InvalidInputError
+from tuneloop.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # transformers name (after "model.") -> llama.cpp name
 _LAYER_NAMES = {
@@ -49,6 +55,31 @@ def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
     """The query/key row order llama.cpp's rotary embedding expects (``convert_hf_to_gguf.permute``)."""
     return (weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
             .swapaxes(1, 2).reshape(weight.shape))
+
+
+def gguf_path(spec: VersionSpec) -> Path:
+    """Where a version's GGUF lives: beside its adapter, or beside a base model directory."""
+    return (spec.adapter_dir or spec.base_dir) / "model.gguf"
+
+
+def ensure_gguf(spec: VersionSpec, settings: Settings) -> Path:
+    """The version's GGUF, written once (atomically) from the transformers weights if it is missing.
+    The bundled base model is served from the GGUF it ships as: the very weights transformers
+    de-quantised."""
+    from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path
+
+    if spec.adapter_dir is None and spec.base_dir.name == BUNDLED_DIR_NAME:
+        return bundled_gguf_path()
+    path = gguf_path(spec)
+    if not path.is_file():
+        from engine.transformers_engine import LoadedModel
+
+        started = time.perf_counter()
+        loaded = LoadedModel.load(spec, device="cpu", dtype="float32")
+        write_llama_gguf(loaded.model, loaded.tokenizer, path, quantization=settings.gguf_quantization,
+                         name=spec.id)
+        log.info("wrote %s for %s in %.1fs", path, spec.id, time.perf_counter() - started)
+    return path
 
 
 def write_llama_gguf(model: Any, tokenizer: Any, target: Path, *, quantization: str = "Q8_0",

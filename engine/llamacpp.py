@@ -24,11 +24,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.gguf_files import ensure_gguf
 from engine.prompting import PromptTooLongError, raw_prompt_ids, trim_to_budget
 from engine.protocol import Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
 from engine.transformers_engine import LocalEngine, request_events
@@ -38,32 +38,6 @@ log = logging.getLogger(__name__)
 _backend_lock = threading.Lock()
 _backend_ready = False
 _log_handler = None
-
-
-def gguf_path(spec: VersionSpec) -> Path:
-    """Where a version's GGUF lives: beside its adapter, or beside a base model directory."""
-    return (spec.adapter_dir or spec.base_dir) / "model.gguf"
-
-
-def ensure_gguf(spec: VersionSpec, settings: Settings) -> Path:
-    """The version's GGUF, written once (atomically) from the transformers weights if it is missing.
-    The bundled base model is served from the GGUF it ships as: the very weights transformers
-    de-quantised."""
-    from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path
-
-    if spec.adapter_dir is None and spec.base_dir.name == BUNDLED_DIR_NAME:
-        return bundled_gguf_path()
-    path = gguf_path(spec)
-    if not path.is_file():
-        from engine.gguf_files import write_llama_gguf
-        from engine.transformers_engine import LoadedModel
-
-        started = time.perf_counter()
-        loaded = LoadedModel.load(spec, device="cpu", dtype="float32")
-        write_llama_gguf(loaded.model, loaded.tokenizer, path, quantization=settings.gguf_quantization,
-                         name=spec.id)
-        log.info("wrote %s for %s in %.1fs", path, spec.id, time.perf_counter() - started)
-    return path
 
 
 def _init_backend() -> Any:

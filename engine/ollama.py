@@ -23,7 +23,7 @@ CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
 
 def export_gguf(spec: VersionSpec, settings: Settings, target: Path) -> Path:
     """A standalone GGUF of ``spec`` at ``target`` (a file path or a directory for ``model.gguf``)."""
-    from engine.llamacpp import ensure_gguf
+    from engine.gguf_files import ensure_gguf
 
     target = target / "model.gguf" if target.is_dir() or target.suffix != ".gguf" else target
     _writable(target.parent)
