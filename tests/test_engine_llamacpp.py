@@ -114,3 +114,33 @@ def test_the_gates_ask_through_the_serving_engine(make_settings, tiny_model_dir,
     assert [r["candidate"]["answer"] for r in reports["llamacpp"].items] == \
         [r["candidate"]["answer"] for r in reports["transformers"].items]
     assert (base / "model.gguf").is_file()  # the artifact production would serve
+
+
+def test_models_export_writes_a_gguf_bare_llama_cpp_loads_and_a_modelfile(cli_runner, make_settings, tiny_model_dir,
+                                                                        tmp_path):
+    """`tuneloop models export v0 --ollama DIR`: a standalone GGUF that bare llama-cpp-python loads and
+    answers with, a Modelfile with the chat template and stop tokens; bad input is a one-line error."""
+    from llama_cpp import Llama
+
+    from tuneloop.app import prepare_database
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "tiny", ignore=shutil.ignore_patterns("*.gguf"))
+    settings = make_settings(base_model=str(base))
+    prepare_database(settings).dispose()
+    run = cli_runner({"DATA_DIR": settings.data_dir, "DATABASE_URL": settings.database_url, "BASE_MODEL": str(base),
+                      "ADMIN_PASSWORD": "admin-password"})
+    code, out, err = run("models", "export", "v0", "--ollama", str(tmp_path / "ollama"))
+    assert code == 0, err
+    gguf = tmp_path / "ollama" / "model.gguf"
+    modelfile = (tmp_path / "ollama" / "Modelfile").read_text()
+    assert f"wrote {gguf}" in out and modelfile.startswith("FROM ./model.gguf\n")
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>{{ .Role }}" in modelfile
+    llm = Llama(model_path=str(gguf), n_ctx=256, verbose=False)
+    assert llm.create_completion("Hello", max_tokens=4, temperature=0)["usage"]["completion_tokens"] >= 1
+
+    code, _, err = run("models", "export", "v9", "-o", str(tmp_path / "x"))
+    assert code == 2 and "v9" in err and "Traceback" not in err
+    code, _, err = run("models", "export", "v0", "--format", "onnx")
+    assert code == 2 and "--format gguf" in err
+    code, _, err = run("models", "export", "v0", "-o", "/proc/tuneloop-export/model.gguf")
+    assert code == 2 and "choose a directory you can write to" in err
