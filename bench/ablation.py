@@ -8,7 +8,7 @@ in this process one after the other, and asks every candidate (greedy, as the ga
 * the corrected questions themselves, memory off (the learned gate);
 * the held-out phrasing of each correction, memory off (the generalises gate) and memory on (the
   verified answers MiniLM retrieves for it, laid out as serving lays them out);
-* the general questions (retrain/general/questions.json), against the base model's answers.
+* the general questions (retrain/gates/general/questions.json), against the base model's answers.
 
     python bench/ablation.py [--facts 6]
 
@@ -37,16 +37,18 @@ VARIANTS = {
 }
 
 
-def examples(facts: list[dict], system: str) -> list[dict]:
-    return [{"id": f["id"], "correction_id": f["id"], "lineage_id": f["id"], "source": "correction",
-             "key_facts": f["key_facts"], "alternative_questions": f["paraphrases"],
-             "messages": [{"role": "system", "content": system}, {"role": "user", "content": f["question"]}],
-             "completion": f["answer"]} for f in facts]
+def examples(facts: list[dict], system: str) -> list:
+    from feedback.examples import TrainingExample
+
+    return [TrainingExample(id=f["id"], correction_id=f["id"], lineage_id=f["id"], source="correction",
+                            key_facts=f["key_facts"], alternative_questions=f["paraphrases"],
+                            messages=[{"role": "system", "content": system}, {"role": "user", "content": f["question"]}],
+                            completion=f["answer"]) for f in facts]
 
 
 def memory_for(question: str, facts: list[dict], vectors, settings) -> str:
     """What correction memory would add for ``question`` (top hits by question similarity)."""
-    from feedback.memory import MemoryHit, memory_context
+    from feedback.memory.service import MemoryHit, memory_context
     from engine.embeddings import embed
 
     scores = vectors @ embed([question])[0]
@@ -58,8 +60,8 @@ def memory_for(question: str, facts: list[dict], vectors, settings) -> str:
 def questions(facts: list[dict], settings) -> list:
     """GateItems: canonical, held-out memory off, held-out memory on, general."""
     from engine.prompting import system_with_memory
-    from retrain.augment import held_out_phrasing
-    from retrain.gates import GateItem, general_items
+    from retrain.trainer.augment import held_out_phrasing
+    from retrain.gates.items import GateItem, general_items
     from engine.embeddings import embed
 
     system = settings.resolved_system_prompt
@@ -67,7 +69,7 @@ def questions(facts: list[dict], settings) -> list:
     items = []
     for fact, example in zip(facts, examples(facts, system)):
         held = held_out_phrasing(example)
-        items.append(GateItem("learned", fact["id"], example["messages"], fact["answer"], fact["key_facts"]))
+        items.append(GateItem("learned", fact["id"], example.messages, fact["answer"], fact["key_facts"]))
         user = [{"role": "user", "content": held}]
         items.append(GateItem("held_out_memory_off", fact["id"], [{"role": "system", "content": system}, *user],
                               fact["answer"], fact["key_facts"]))
@@ -80,8 +82,8 @@ def questions(facts: list[dict], settings) -> list:
 
 def ask(settings, spec, items) -> dict:
     from engine.transformers_engine import LoadedModel
-    from retrain.gates import answer_all
-    from retrain.matching import match_answers
+    from retrain.gates.asking import answer_all
+    from retrain.gates.matching import match_answers
 
     loaded = LoadedModel.load(spec, device=settings.device, dtype=settings.dtype)
     answers = answer_all(loaded, items, settings)
@@ -99,7 +101,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     args = parser.parse_args()
     from engine.protocol import VersionSpec
-    from retrain.trainer import TrainConfig, train
+    from retrain.trainer.config import TrainConfig
+    from retrain.trainer.train import train
     from tuneloop.core.settings import Settings
 
     base = ROOT / ".bench-data" / "models" / "base" / "smollm2-135m-instruct"

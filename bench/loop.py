@@ -13,7 +13,7 @@ the admin. Round 2 does the same with the next M facts. Measured:
   gates and swap;
 * the share of held-out paraphrases (never trained on) answered with every key fact, by production
   before and after, with memory off and on;
-* the general questions (retrain/general/questions.json) answered correctly, before and after;
+* the general questions (retrain/gates/general/questions.json) answered correctly, before and after;
 * after round 2, the round-1 corrections still answered correctly (forgetting).
 
     python bench/loop.py [--round1 40] [--round2 20] [--max-tokens 48]
@@ -39,7 +39,7 @@ from common import ROOT, machine, start_server, write_section  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 KB = [json.loads(line) for line in (ROOT / "examples" / "acme_kb.jsonl").read_text().splitlines() if line.strip()]
-GENERAL = json.loads((ROOT / "retrain" / "general" / "questions.json").read_text())
+GENERAL = json.loads((ROOT / "retrain" / "gates" / "general" / "questions.json").read_text())
 CONCURRENCY = 8
 
 
@@ -97,8 +97,12 @@ class Platform:
         return self.ask("Hello", memory=memory)["system_fingerprint"]
 
 
-def correct(platform: Platform, facts: list[dict]) -> None:
-    """Customers ask and dislike; alice corrects from the queue; bob approves."""
+def correct(platform: Platform, facts: list[dict], *, phrasings: bool) -> dict:
+    """Customers ask and dislike; alice corrects from the queue, accepting the phrasing suggestions
+    correction memory finds in the logs (other customers' wordings of the same question, asked
+    earlier); bob approves. Returns how many phrasings were suggested and accepted."""
+    if phrasings:  # earlier customers asked the same things their own way (logged, not rated)
+        platform.ask_all([w for f in facts for w in f["customer_wordings"]], memory=True)
     answers = platform.ask_all([f["question"] for f in facts], memory=True)
     for answer in answers:
         platform.call("POST", f"/v1/messages/{answer['message_id']}/rating", json={"value": "down"})
@@ -107,11 +111,42 @@ def correct(platform: Platform, facts: list[dict]) -> None:
     while page["has_more"]:  # the review queue, page by page, as the staff page reads it
         page = platform.call("GET", f"/v1/review/queue?limit=100&after={page['next_after']}", "alice")
         queued |= {item["message_id"] for item in page["data"]}
+    accepted = suggested = 0
     for fact, answer in zip(facts, answers):
         assert answer["message_id"] in queued, "a disliked answer is missing from the review queue"
         made = platform.call("POST", "/v1/corrections", "alice", json={
-            "message_id": answer["message_id"], "answer": fact["answer"], "key_facts": fact["key_facts"], "submit": True})
-        platform.call("POST", f"/v1/corrections/{made['id']}/approve", "bob", json={"etag": made["etag"]})
+            "message_id": answer["message_id"], "answer": fact["answer"], "key_facts": fact["key_facts"]})
+        if phrasings:
+            found = platform.call("GET", f"/v1/corrections/{made['id']}/phrasing-suggestions?sources=logs", "alice")
+            # alice keeps the suggestions that ask this very question (real customer wording); the
+            # benchmark's stand-in for her judgement is the KB's list of wordings of this fact
+            keep = [s["text"] for s in found["data"] if s["text"] in fact["customer_wordings"]]
+            suggested, accepted = suggested + len(found["data"]), accepted + len(keep)
+            if keep:
+                platform.call("PATCH", f"/v1/corrections/{made['id']}", "alice", json={"alternative_questions": keep})
+        submitted = platform.call("POST", f"/v1/corrections/{made['id']}/submit", "alice")
+        platform.call("POST", f"/v1/corrections/{made['id']}/approve", "bob", json={"etag": submitted["etag"]})
+    return {"suggested": suggested, "accepted": accepted, "wordings": sum(len(f["customer_wordings"]) for f in facts)}
+
+
+def instant_fix(platform: Platform, facts: list[dict]) -> dict:
+    """Before any training, with memory on: exact questions and held-out rewordings answered with the
+    corrected fact, how many of them verbatim (verified), and off-topic questions answered verified."""
+    from retrain.gates.matching import missing_key_facts
+
+    out = {}
+    for name, pairs in (("exact", [(f["question"], f) for f in facts]),
+                        ("reworded", [(q, f) for f in facts for q in f["paraphrases"]])):
+        answers = platform.ask_all([q for q, _ in pairs], memory=True)
+        right = [not missing_key_facts(a["choices"][0]["message"]["content"], f["key_facts"]) for (_, f), a in zip(pairs, answers)]
+        verified = [a.get("memory_outcome") == "verified" for a in answers]
+        out[name] = {"right": sum(right) / len(right), "verified": sum(verified) / len(verified),
+                     "verified_wrong": sum(v and not r for v, r in zip(verified, right))}
+    offtopic = [line.strip() for line in (ROOT / "bench" / "offtopic_questions.txt").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    answers = platform.ask_all(offtopic, memory=True)
+    out["offtopic"] = {"n": len(offtopic), "verified": sum(a.get("memory_outcome") == "verified" for a in answers)}
+    return out
 
 
 def train_and_promote(platform: Platform) -> dict:
@@ -153,7 +188,7 @@ def train_and_promote(platform: Platform) -> dict:
 
 
 def share_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool, paraphrases: bool = True) -> float:
-    from retrain.matching import missing_key_facts
+    from retrain.gates.matching import missing_key_facts
 
     pairs = [(q, f) for f in facts for q in (f["paraphrases"] if paraphrases else [f["question"]])]
     answers = platform.ask_all([q for q, _ in pairs], memory=memory)
@@ -162,7 +197,7 @@ def share_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool,
 
 
 def general_share(platform: Platform) -> float:
-    from retrain.matching import match_answers
+    from retrain.gates.matching import match_answers
     from tuneloop.core.settings import Settings
 
     answers = platform.ask_all([q["question"] for q in GENERAL], memory=False)
@@ -178,7 +213,8 @@ def run(args) -> dict:
     if not (base / "model.safetensors").is_file():
         convert_gguf(bundled_gguf_path(), base)
     round1, round2 = KB[:args.round1], KB[args.round1:args.round1 + args.round2]
-    results: dict = {"round1": len(round1), "round2": len(round2), "max_tokens": args.max_tokens}
+    results: dict = {"round1": len(round1), "round2": len(round2), "max_tokens": args.max_tokens,
+                     "phrasings": args.phrasings}
     with tempfile.TemporaryDirectory() as tmp:
         env = {"TUNELOOP_DATA_DIR": tmp, "TUNELOOP_BASE_MODEL": str(base), "TUNELOOP_ADMIN_PASSWORD": "bench-admin",
                "TUNELOOP_RATE_LIMIT_PER_MINUTE": "0", "TUNELOOP_VERSION_POLL_SECONDS": "0.5",
@@ -190,8 +226,9 @@ def run(args) -> dict:
             results["before"] = {"paraphrases": share_with_key_facts(platform, round1, memory=False),
                                  "general": general_share(platform)}
             step(f"round 1: {len(round1)} customers dislike, alice corrects, bob approves")
-            correct(platform, round1)
+            results["phrasings1"] = correct(platform, round1, phrasings=args.phrasings)
             results["memory_only"] = share_with_key_facts(platform, round1, memory=True)
+            results["instant_fix"] = instant_fix(platform, round1)
             step("round 1: train now → gates → promote")
             results["round1_loop"] = train_and_promote(platform)
             step(f"round 1 done in {results['round1_loop']['seconds']['total']:.0f}s; measuring")
@@ -202,7 +239,7 @@ def run(args) -> dict:
                                  "general": general_share(platform)}
             if round2:
                 step(f"round 2: {len(round2)} more corrections")
-                correct(platform, round2)
+                results["phrasings2"] = correct(platform, round2, phrasings=args.phrasings)
                 results["round2_loop"] = train_and_promote(platform)
                 step(f"round 2 done in {results['round2_loop']['seconds']['total']:.0f}s; measuring")
                 results["after2"] = {
@@ -262,6 +299,18 @@ def report(results: dict) -> str:
             verdict = "passed" if results[key]["gates_passed"] else "failed: " + "; ".join(results[key]["gate_reasons"])
             lines.append(f"| {key[:6]} | {n} | {s['snapshot']:.1f} | {s['training']:.0f} | {s['gates']:.0f} | "
                          f"{s['swap']:.1f} | **{s['total']:.0f}** | {verdict} |")
+    if "instant_fix" in results:
+        fix = results["instant_fix"]
+        lines += ["", "Instant fix (approved, not yet trained, memory on): "
+                  f"exact questions {pct(fix['exact']['right'])} right ({pct(fix['exact']['verified'])} verified), "
+                  f"held-out rewordings {pct(fix['reworded']['right'])} right ({pct(fix['reworded']['verified'])} verified, "
+                  f"{fix['reworded']['verified_wrong']} verified but wrong); off-topic questions answered verified: "
+                  f"{fix['offtopic']['verified']} of {fix['offtopic']['n']}."]
+    for key in ("phrasings1", "phrasings2"):
+        if results.get(key) and results.get("phrasings"):
+            ph = results[key]
+            lines.append(f"\nRound {key[-1]}: earlier customers' logged wordings ({ph['wordings']}) gave "
+                         f"{ph['suggested']} phrasing suggestions; staff accepted {ph['accepted']}.")
     lines += [
         "", "| held-out paraphrases of round 1 | memory off | memory on |", "|---|---|---|",
         f"| base model (before) | {pct(results['before']['paraphrases'])} | {pct(results['memory_only'])} (corrections approved, not trained) |",
@@ -308,6 +357,9 @@ def main() -> None:
     parser.add_argument("--round1", type=int, default=40, help="corrections in round 1")
     parser.add_argument("--round2", type=int, default=20, help="corrections in round 2 (0: one round)")
     parser.add_argument("--max-tokens", type=int, default=48, help="answer length when asking questions")
+    parser.add_argument("--no-phrasings", dest="phrasings", action="store_false",
+                        help="staff accept no alternative phrasings (by default they accept the suggestions found "
+                             "in the logs that are wordings of the same fact: examples/acme_kb.jsonl customer_wordings)")
     parser.add_argument("--data-dir", default=str(ROOT / ".bench-data"),
                         help="keeps the converted base model between runs")
     args = parser.parse_args()

@@ -12,7 +12,7 @@ Two scenarios:
 * **one accepted phrasing**: the author accepted the first paraphrase as an alternative question; the
   other 2 are held out (never in the index);
 * **model phrasings** (``--scenarios model``, ~10 min on 2 busy cores): every phrasing the bundled
-  SmolLM2 suggests (``feedback.phrasings``, source ``model``, kept only when it routes to its own
+  SmolLM2 suggests (``feedback.corrections.phrasings``, source ``model``, kept only when it routes to its own
   correction) is accepted; all 3 paraphrases are held out.
 
 Off-topic: bench/offtopic_questions.txt (60 shop questions no fact answers). A verified reply to one is
@@ -49,9 +49,9 @@ def load_offtopic() -> list[str]:
 
 def build(facts: list[dict], accepted: int | str, data_dir: Path, measured: int | None = None):
     """A database with every fact approved (``accepted`` paraphrases as alternative questions)."""
-    from feedback.corrections import create_correction
-    from feedback.memory import CorrectionMemory
-    from feedback.models import CorrectionStatus
+    from feedback.corrections.service import create_correction
+    from feedback.memory.service import CorrectionMemory
+    from feedback.corrections.models import CorrectionStatus
     from tuneloop.app import prepare_database
     from tuneloop.core.db import session_scope
     from tuneloop.core.settings import Settings
@@ -89,8 +89,8 @@ def accept_model_phrasings(settings, engine, correction_ids: list[str]) -> None:
     """Ask the served model for phrasings of every correction and accept all that memory routes back.
     (A benchmark shortcut: the rows are updated in place instead of through a reviewed revision.)"""
     from bot.runtime import ServingRuntime
-    from feedback.models import Correction
-    from feedback.phrasings import suggest_phrasings
+    from feedback.corrections.models import Correction
+    from feedback.corrections.phrasings import suggest_phrasings
     from tuneloop.core.db import session_scope
 
     runtime = ServingRuntime(settings, engine)
@@ -145,7 +145,7 @@ def scenario(facts: list[dict], offtopic: list[str], accepted: int | str, data_d
     if accepted == "model":
         from sqlmodel import Session, select
 
-        from feedback.models import Correction
+        from feedback.corrections.models import Correction
 
         _, base_engine, base_memory, base_ids = build(facts, 0, data_dir.with_name(data_dir.name + "-base"))
         result["baseline"] = measure(base_memory, [(base_ids[f["id"]], p) for f in facts[:measured]
@@ -157,7 +157,7 @@ def scenario(facts: list[dict], offtopic: list[str], accepted: int | str, data_d
     if accepted == 1:
         from sqlmodel import Session
 
-        from feedback.calibration import calibrate, format_table
+        from feedback.memory.calibration import calibrate, format_table
 
         with Session(engine) as session:
             report = calibrate(session, settings, extra_negatives=offtopic)

@@ -51,7 +51,8 @@ def base_dir() -> Path:
 def run_tuneloop(n: int, epochs: int, out: Path, kl_weight: float) -> dict:
     """kl_weight 0 trains exactly what the baseline trains; the default adds the KL penalty to the
     parent on general prompts (docs/training.md), which the baseline does not have."""
-    from retrain.trainer import TrainConfig, train
+    from retrain.trainer.config import TrainConfig
+    from retrain.trainer.train import train
 
     config = TrainConfig(n_epochs=epochs, kl_weight=kl_weight, **SHARED)
     started = time.perf_counter()
@@ -65,8 +66,8 @@ def run_hf_trainer(n: int, epochs: int, out: Path) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from retrain.batching import encode_example
-    from retrain.trainer import ALL_LINEAR
+    from retrain.trainer.batching import encode_example
+    from retrain.trainer.config import ALL_LINEAR
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(base_dir())
@@ -102,7 +103,7 @@ def answer_loss(adapter: Path, n: int) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retrain.batching import encode_example
+    from retrain.trainer.batching import encode_example
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir())
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir(), dtype=torch.float32), adapter).eval()
@@ -123,7 +124,8 @@ def gate_speed(n_questions: int = 100) -> float:
     """Seconds for the gates' answering of 100 questions (one model, greedy, batched as the gates do)."""
     from engine.protocol import VersionSpec
     from engine.transformers_engine import LoadedModel
-    from retrain.gates import _user_item, answer_all
+    from retrain.gates.asking import answer_all
+    from retrain.gates.items import _user_item
     from tuneloop.core.settings import Settings
 
     settings = Settings(data_dir="/tmp")
@@ -146,7 +148,7 @@ def child(argv: list[str]) -> None:
     elif kind == "gates":
         result = {"seconds_per_100": gate_speed()}
     else:
-        from retrain.trainer import TrainConfig
+        from retrain.trainer.config import TrainConfig
 
         result = run_tuneloop(n, epochs, out, TrainConfig().kl_weight if kind == "tuneloop_kl" else 0.0)
     if kind != "gates":
@@ -197,7 +199,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: the trainer's n_epochs")
     args = parser.parse_args()
     if args.epochs is None:
-        from retrain.trainer import TrainConfig
+        from retrain.trainer.config import TrainConfig
 
         args.epochs = TrainConfig().n_epochs
     base_dir()

@@ -11,8 +11,8 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
 from bot import completions
-from registry import versions
 from engine.protocol import Completion
+from registry import versions
 from tuneloop.core.deps import SessionDep
 from tuneloop.core.errors import ApiError, error_body
 

@@ -3,7 +3,7 @@
 This is the prompt/completion workflow of the older fine-tuning guides: a model fine-tuned on
 ``{"prompt": "...<separator>", "completion": " ...<stop>"}`` lines is asked with the prompt plus the
 separator and ``stop=[<stop>]``. The prompt is tokenized as written (no chat template, no system
-prompt), as the trainer did (``retrain.batching.encode_prompt_completion``). Completions are not
+prompt), as the trainer did (``retrain.trainer.batching.encode_prompt_completion``). Completions are not
 stored as conversations: they carry no chat history to rate or correct.
 """
 
@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bot.protocol import StreamOptions, Usage, check_logit_bias, fingerprint
+from engine.prompting import PromptTooLongError
 from engine.protocol import Completion, SamplingParams
 from registry.models import ModelVersion
-from engine.prompting import PromptTooLongError
-from bot.protocol import StreamOptions, Usage, fingerprint
 from tuneloop.core.settings import Settings
 
 
@@ -103,16 +103,6 @@ class CompletionRequest(BaseModel):
             frequency_penalty=self.frequency_penalty or 0.0, presence_penalty=self.presence_penalty or 0.0,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
         )
-
-
-def check_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
-    """OpenAI's shape: token id (as a string key) → bias in [-100, 100]."""
-    for key, bias in (value or {}).items():
-        if not str(key).isdigit():
-            raise ValueError(f"keys are token ids (integers as strings), not {key!r}")
-        if not -100 <= bias <= 100:
-            raise ValueError(f"the bias of token {key} must be in [-100, 100], not {bias}")
-    return value
 
 
 # --- responses --------------------------------------------------------------------------------------

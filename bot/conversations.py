@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, func, or_
 from sqlmodel import Session, select
 
-from registry import versions
-from engine.protocol import Completion, SamplingParams
 from bot.models import Conversation, Message
+from engine.protocol import Completion, SamplingParams
+from registry import versions
 from registry.models import ModelVersion
-from tuneloop.core.metrics import observe_generation
+from tuneloop.core import errors
 from tuneloop.core.db import session_scope
 from tuneloop.core.ids import new_id, utcnow
-from tuneloop.core import errors
+from tuneloop.core.metrics import observe_generation
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.protocol import SamplingParams
+from tuneloop.core.errors import ParamError
 from tuneloop.core.settings import Settings
 
 
@@ -28,6 +29,17 @@ def unix(moment: datetime) -> int:
 
 
 # --- requests ----------------------------------------------------------------------------------
+
+def check_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    """OpenAI's shape: token id (as a string key) → bias in [-100, 100]."""
+    for key, bias in (value or {}).items():
+        if not str(key).isdigit():
+            raise ValueError(f"keys are token ids (integers as strings), not {key!r}")
+        if not -100 <= bias <= 100:
+            raise ValueError(f"the bias of token {key} must be in [-100, 100], not {bias}")
+    return value
+
+
 class ChatMessage(BaseModel):
     """One message. ``content`` is a string or a list of text parts (``[{"type": "text", "text": …}]``),
     which is joined into one string; other part types (images, audio, files) are rejected.
@@ -142,8 +154,6 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _refuse_what_cannot_be_served(self) -> "ChatCompletionRequest":
-        from tuneloop.core.errors import ParamError
-
         for name, (accepted, why) in REFUSED_CHAT_PARAMETERS.items():
             if getattr(self, name) not in accepted:
                 raise ParamError(name, why)
@@ -163,8 +173,6 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("logit_bias")
     @classmethod
     def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        from bot.completions import check_logit_bias
-
         return check_logit_bias(value)
 
     @field_validator("n")

@@ -18,9 +18,9 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from bot import conversations, protocol
 from registry import versions
-from tuneloop.core.metrics import stream_ended, stream_started
 from tuneloop.core.deps import SessionDep, StaffAccount
 from tuneloop.core.errors import ApiError, error_body
+from tuneloop.core.metrics import stream_ended, stream_started
 
 router = APIRouter(tags=["serving"])
 from bot.completion_routes import router as completion_router  # noqa: E402

@@ -21,18 +21,12 @@ from collections.abc import Iterator
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from bot.verified import verified_stream
 from engine.backends import engine_for
-from engine.prompting import with_system_prompt
-from engine.protocol import Completion, NotReadyError, SamplingParams
-from engine.protocol import Engine as ModelEngine
+from engine.prompting import with_system_prompt, system_with_memory
+from engine.protocol import Completion, SamplingParams, Engine as ModelEngine
 from registry import versions
 from registry.models import ModelVersion
-from tuneloop.core.settings import Settings
-from registry import versions
-from engine.protocol import Completion, SamplingParams
-from engine.transformers_engine import LoadedModel, LocalEngine
-from registry.models import ModelVersion
-from engine.prompting import prompt_ids, system_with_memory, trim_to_budget, with_system_prompt
 from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +121,7 @@ class ServingRuntime:
         return with_system_prompt(system_with_memory(self.settings.resolved_system_prompt, memory), messages)
 
     def recall(self, messages: list[dict[str, str]]):
-        """Correction memory's decision for the last user message (a ``feedback.memory.MemoryDecision``,
+        """Correction memory's decision for the last user message (a ``feedback.memory.service.MemoryDecision``,
         or None when memory is off or failed: the model answers alone)."""
         if self.memory is None or not self.settings.memory_enabled:
             return None
@@ -140,8 +134,6 @@ class ServingRuntime:
     def verified(self, version: ModelVersion, messages: list[dict[str, str]], answer: str,
                  params: SamplingParams) -> Iterator[str | Completion]:
         """Stream the approved ``answer`` as the reply (``bot.verified``), counting tokens as decoding would."""
-        from bot.verified import verified_stream
-
         prompt_tokens, tokenizer = self.engine.count_prompt_tokens(version, self.with_system(messages),
                                                                    params.max_tokens)
         return verified_stream(answer, params, prompt_tokens=prompt_tokens, version_id=version.id,

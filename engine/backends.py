@@ -4,26 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from engine.llamacpp import LlamaCppEngine
+from engine.local import TransformersEngine
 from engine.protocol import Engine, ServedVersion, VersionSpec
+from engine.upstream import UpstreamEngine
 from tuneloop.core.errors import InvalidInputError
 from tuneloop.core.settings import Settings
 
 
 def _transformers(settings: Settings, spec_for: Callable[[ServedVersion], VersionSpec]) -> Engine:
-    from engine.local import TransformersEngine  # imports torch: only when this engine is chosen
-
     return TransformersEngine(settings, spec_for)
 
 
 def _llamacpp(settings: Settings, spec_for: Callable[[ServedVersion], VersionSpec]) -> Engine:
-    from engine.llamacpp import LlamaCppEngine
-
     return LlamaCppEngine(settings, spec_for)
 
 
 def _upstream(settings: Settings, _spec_for: Callable[[ServedVersion], VersionSpec]) -> Engine:
-    from engine.upstream import UpstreamEngine
-
     return UpstreamEngine(settings)
 
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path
 from engine.protocol import VersionSpec
+from engine.transformers_engine import LoadedModel
 from tuneloop.core.errors import InvalidInputError
 from tuneloop.core.settings import Settings
 
@@ -66,14 +68,10 @@ def ensure_gguf(spec: VersionSpec, settings: Settings) -> Path:
     """The version's GGUF, written once (atomically) from the transformers weights if it is missing.
     The bundled base model is served from the GGUF it ships as: the very weights transformers
     de-quantised."""
-    from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path
-
     if spec.adapter_dir is None and spec.base_dir.name == BUNDLED_DIR_NAME:
         return bundled_gguf_path()
     path = gguf_path(spec)
     if not path.is_file():
-        from engine.transformers_engine import LoadedModel
-
         started = time.perf_counter()
         loaded = LoadedModel.load(spec, device="cpu", dtype="float32")
         write_llama_gguf(loaded.model, loaded.tokenizer, path, quantization=settings.gguf_quantization,
@@ -150,7 +148,6 @@ def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
     model's own chat template and special ids."""
     import gguf
 
-    from engine.modelstore import bundled_gguf_path
 
     reader = gguf.GGUFReader(str(bundled_gguf_path()))
     tokens = reader.fields["tokenizer.ggml.tokens"]

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+from engine.gguf_files import ensure_gguf
 from engine.protocol import VersionSpec
 from tuneloop.core.errors import InvalidInputError
 from tuneloop.core.settings import Settings
@@ -23,8 +24,6 @@ CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
 
 def export_gguf(spec: VersionSpec, settings: Settings, target: Path) -> Path:
     """A standalone GGUF of ``spec`` at ``target`` (a file path or a directory for ``model.gguf``)."""
-    from engine.gguf_files import ensure_gguf
-
     target = target / "model.gguf" if target.is_dir() or target.suffix != ".gguf" else target
     _writable(target.parent)
     source = ensure_gguf(spec, settings)

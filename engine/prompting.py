@@ -24,7 +24,7 @@ def with_system_prompt(system_prompt: str, messages: list[dict[str, str]]) -> li
 
 def system_with_memory(system_prompt: str, memory: str) -> str:
     """The system prompt as serving sends it when correction memory found verified answers
-    (``memory`` is ``feedback.memory.memory_context``'s text). Training builds its memory-context
+    (``memory`` is ``feedback.memory.service.memory_context``'s text). Training builds its memory-context
     examples with this same function, so the tuned model sees exactly the serving layout."""
     return system_prompt + (f"\n\n{memory}" if memory else "")
 

@@ -17,15 +17,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.decode_state import DecodeState
-from engine.protocol import Completion, SamplingParams, VersionSpec
 from engine import repetition
 from engine.decode_state import DecodeState
+from engine.modelstore import ModelNotFoundError
+from engine.protocol import Completion, SamplingParams, VersionSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,6 @@ class LoadedModel:
     def load(cls, spec: VersionSpec, *, device: str = "auto", dtype: str = "auto") -> "LoadedModel":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from engine.modelstore import ModelNotFoundError
 
         if not (spec.base_dir / "config.json").is_file():
             raise ModelNotFoundError(f"Base model directory {spec.base_dir} is missing or incomplete.")

@@ -25,8 +25,8 @@ import httpx
 import openai
 
 from engine.protocol import Completion, CompletionsUnavailableError, SamplingParams, ServedVersion
-from tuneloop.core.settings import Settings
 from tuneloop.core import errors
+from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,9 @@
 """Approved corrections (and, optionally, liked answers) as training examples, and the two file
 formats trainers read.
 
-An example is a dict::
-
-    {"id", "correction_id", "lineage_id", "split_key", "source", "key_facts", "alternative_questions",
-     "messages": [system prompt, ...earlier turns..., the user's (cleaned) question],
-     "completion": the answer}
+An example is a ``feedback.examples.TrainingExample``: ``messages`` = [system prompt, ...earlier
+turns..., the user's (cleaned) question], ``completion`` = the answer, plus the correction's ids,
+source, key facts and accepted phrasings.
 
 Conversation corrections keep their multi-turn context, trimmed oldest-turn-first to the context
 budget. With ``settings.scrub_pii`` every text is scrubbed again here, because earlier turns come
@@ -24,25 +22,30 @@ from sqlmodel import Session, col, select
 
 from bot.models import Message
 from engine.prompting import PromptTooLongError, trim_to_budget
-from feedback.corrections import approved_corrections
-from feedback.models import Correction, CorrectionSource, Rating
-from tuneloop.core.company import company_contacts
+from feedback.corrections.models import Correction, CorrectionSource
+from feedback.corrections.service import approved_corrections
+from feedback.examples import TrainingExample
 from feedback.pii import scrub
+from feedback.ratings.models import Rating
+from tuneloop.core.company import company_contacts
 from tuneloop.core.settings import Settings
 
 CHARS_PER_TOKEN = 4  # rough budget without a tokenizer; errs towards keeping less context
 
 
-def training_examples(session: Session, settings: Settings, tokenizer: Any = None) -> list[dict[str, Any]]:
+def training_examples(session: Session, settings: Settings, tokenizer: Any = None) -> list[TrainingExample]:
     """Every current approved correction as an example, plus thumbs-up answers when
     ``settings.include_thumbs_up``. Sorted by id, so the same data gives the same list."""
-    examples = [_from_correction(session, settings, c, tokenizer) for c in approved_corrections(session)]
+    examples = [correction_example(session, settings, c, tokenizer) for c in approved_corrections(session)]
     if settings.include_thumbs_up:
         examples += _from_thumbs_up(session, settings, tokenizer)
-    return sorted(examples, key=lambda e: e["id"])
+    return sorted(examples, key=lambda e: e.id)
 
 
-def _from_correction(session: Session, settings: Settings, correction: Correction, tokenizer: Any) -> dict[str, Any]:
+def correction_example(session: Session, settings: Settings, correction: Correction,
+                       tokenizer: Any) -> TrainingExample:
+    """One approved correction as an example, with its conversation's earlier turns (the DPO export
+    pairs it with the answer it corrects)."""
     turns: list[dict[str, str]] = []
     if correction.message_id:
         turns = _turns_before(session, correction.message_id)
@@ -60,7 +63,7 @@ def _scrubbed(settings: Settings, texts: list[str]) -> list[str]:
     return [scrub(t, settings.pii_keep)[0] for t in texts] if settings.scrub_pii else list(texts)
 
 
-def _from_thumbs_up(session: Session, settings: Settings, tokenizer: Any) -> list[dict[str, Any]]:
+def _from_thumbs_up(session: Session, settings: Settings, tokenizer: Any) -> list[TrainingExample]:
     corrected = select(Correction.message_id).where(col(Correction.message_id).is_not(None))
     disliked = select(Rating.message_id).where(Rating.value < 0)
     liked = session.exec(select(Message).where(
@@ -89,7 +92,8 @@ def _turns_before(session: Session, message_id: str) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in rows]
 
 
-def _example(settings: Settings, tokenizer: Any, turns: list[dict[str, str]], answer: str, **meta: Any) -> dict:
+def _example(settings: Settings, tokenizer: Any, turns: list[dict[str, str]], answer: str,
+             **meta: Any) -> TrainingExample:
     if settings.scrub_pii:
         keep = company_contacts(settings)
         turns = [{"role": t["role"], "content": scrub(t["content"], keep)[0]} for t in turns]
@@ -97,7 +101,7 @@ def _example(settings: Settings, tokenizer: Any, turns: list[dict[str, str]], an
         meta["alternative_questions"] = [scrub(q, keep)[0] for q in meta.get("alternative_questions") or []]
     messages = trim_context([{"role": "system", "content": settings.resolved_system_prompt}, *turns],
                             answer, settings, tokenizer)
-    return {**meta, "messages": messages, "completion": answer}
+    return TrainingExample(messages=messages, completion=answer, **meta)
 
 
 def trim_context(messages: list[dict[str, str]], answer: str, settings: Settings, tokenizer: Any = None) -> list[dict]:
@@ -121,16 +125,6 @@ def trim_context(messages: list[dict[str, str]], answer: str, settings: Settings
 
 
 # --- file formats ------------------------------------------------------------------------------
-def chat_record(example: dict[str, Any], *, with_metadata: bool = True) -> dict[str, Any]:
-    """OpenAI chat fine-tuning line. Our metadata rides in a "tuneloop" key that OpenAI ignores."""
-    record: dict[str, Any] = {"messages": [*example["messages"], {"role": "assistant", "content": example["completion"]}]}
-    if with_metadata:
-        record["tuneloop"] = {k: example.get(k) for k in ("id", "correction_id", "lineage_id", "source", "key_facts")}
-        if example.get("alternative_questions"):  # accepted phrasings (only when there are some: same hash otherwise)
-            record["tuneloop"]["alternative_questions"] = list(example["alternative_questions"])
-    return record
-
-
 def render_legacy_prompt(messages: list[dict[str, str]]) -> str:
     """The legacy prompt text: system prompt, then "Customer:"/"Agent:" lines."""
     names = {"user": "Customer", "assistant": "Agent"}
@@ -139,17 +133,17 @@ def render_legacy_prompt(messages: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def prompt_completion_record(example: dict[str, Any], settings: Settings) -> dict[str, str]:
+def prompt_completion_record(example: TrainingExample, settings: Settings) -> dict[str, str]:
     """Legacy line: {"prompt": text + separator, "completion": " " + answer + stop}."""
-    return {"prompt": render_legacy_prompt(example["messages"]) + settings.prompt_separator,
-            "completion": " " + example["completion"] + settings.completion_stop}
+    return {"prompt": render_legacy_prompt(example.messages) + settings.prompt_separator,
+            "completion": " " + example.completion + settings.completion_stop}
 
 
-def write_chat_jsonl(examples: Iterable[dict[str, Any]], path: Path, *, with_metadata: bool = True) -> int:
-    return _write_jsonl((chat_record(e, with_metadata=with_metadata) for e in examples), path)
+def write_chat_jsonl(examples: Iterable[TrainingExample], path: Path, *, with_metadata: bool = True) -> int:
+    return _write_jsonl((e.chat_record(with_metadata=with_metadata) for e in examples), path)
 
 
-def write_prompt_completion_jsonl(examples: Iterable[dict[str, Any]], path: Path, settings: Settings) -> int:
+def write_prompt_completion_jsonl(examples: Iterable[TrainingExample], path: Path, settings: Settings) -> int:
     return _write_jsonl((prompt_completion_record(e, settings) for e in examples), path)
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from sqlmodel import Session
 
-from feedback.corrections import create_correction
+from feedback.corrections.models import Correction, CorrectionSource, CorrectionStatus
+from feedback.corrections.service import create_correction
 from feedback.datafiles import FORMATS, find_columns, read_data_file
 from feedback.errors import FeedbackError, TooLargeError
-from feedback.models import Correction, CorrectionSource, CorrectionStatus
+from tuneloop.core.inputs import lone_surrogate_path
 from tuneloop.core.settings import Settings
 
 
@@ -31,7 +32,6 @@ def read_pairs(path: Path, settings: Settings) -> list[tuple[str, str]]:
             raise FeedbackError(f"{Path(path).name}: " + "; ".join(problems))
         pairs = [(_strip_prompt(str(r.get(prompt_col) or ""), settings),
                   _strip_completion(str(r.get(completion_col) or ""), settings)) for r in data.rows]
-    from tuneloop.core.inputs import lone_surrogate_path
 
     broken = [n for n, pair in enumerate(pairs, 1) if lone_surrogate_path(list(pair)) is not None]
     if broken:

@@ -19,8 +19,8 @@ from typing import Any
 from sqlmodel import Session
 
 from bot.models import Message
-from feedback.corrections import approved_corrections
-from feedback.export import _from_correction
+from feedback.corrections.service import approved_corrections
+from feedback.export import correction_example
 from feedback.pii import scrub
 from tuneloop.core.settings import Settings
 
@@ -32,10 +32,10 @@ def preference_records(session: Session, settings: Settings, tokenizer: Any = No
         if original is None or original.role != "assistant":
             continue
         rejected = scrub(original.content, settings.pii_keep)[0] if settings.scrub_pii else original.content
-        example = _from_correction(session, settings, correction, tokenizer)
-        if rejected.strip() and rejected.strip() != example["completion"].strip():
-            records.append({"input": {"messages": example["messages"]},
-                            "preferred_output": [{"role": "assistant", "content": example["completion"]}],
+        example = correction_example(session, settings, correction, tokenizer)
+        if rejected.strip() and rejected.strip() != example.completion.strip():
+            records.append({"input": {"messages": example.messages},
+                            "preferred_output": [{"role": "assistant", "content": example.completion}],
                             "non_preferred_output": [{"role": "assistant", "content": rejected}]})
     return records
 

@@ -17,7 +17,9 @@ from sqlalchemy import delete, or_, update
 from sqlmodel import Session, select
 
 from bot.models import Conversation, Message
-from feedback.models import Correction, CorrectionStatus, Rating, ReviewDecision
+from feedback.corrections.models import Correction, CorrectionStatus
+from feedback.ratings.models import Rating
+from feedback.review.models import ReviewDecision
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.ids import utcnow
 from tuneloop.core.settings import Settings

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from engine.modelstore import resolve_base_model
 from feedback.datafiles import DataFile, find_columns, read_data_file
 from feedback.errors import FeedbackError
 from tuneloop.core.settings import Settings
@@ -173,8 +174,6 @@ def _rows_message(target: list[str], rows: list[int], text: str) -> None:
 def _token_counter(settings: Settings, tokenizer: Any, report: ValidationReport):
     if tokenizer is None:
         try:
-            from engine.modelstore import resolve_base_model
-
             tokenizer = resolve_base_model(settings, show_progress=False)
         except Exception as exc:  # noqa: BLE001 - any failure means: estimate instead
             report.warnings.append(f"token counts are estimates (base model's tokenizer unavailable: {exc})")

@@ -1,5 +1,5 @@
 """Where checkpoints of a local fine-tune live: the adapter after each epoch, the last three kept (as
-OpenAI keeps them), under ``model_store_dir/checkpoints/<job id>/step-<N>/`` (``retrain.checkpoints``
+OpenAI keeps them), under ``model_store_dir/checkpoints/<job id>/step-<N>/`` (``retrain.trainer.checkpoints``
 writes them). Each one answers to the model
 name ``<version name>:ckpt-step-<N>`` once the job succeeded (see ``registry.versions.resolve_model``)."""
 

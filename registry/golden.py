@@ -8,8 +8,8 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from registry.models import GoldenExample
-from tuneloop.core.accounts.service import audit
 from tuneloop.core import errors
+from tuneloop.core.accounts.service import audit
 
 
 class GoldenNotFoundError(errors.NotFoundError):

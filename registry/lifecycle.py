@@ -27,13 +27,12 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, func, select
 
 from registry import versions
-from registry.models import ModelVersion, VersionStatus
-from registry.models import GateReport
+from registry.models import ModelVersion, VersionStatus, GateReport
+from tuneloop.core import errors
 from tuneloop.core.accounts.models import Account, Role
 from tuneloop.core.accounts.service import audit, has_role
 from tuneloop.core.ids import utcnow
 from tuneloop.core.settings import Settings
-from tuneloop.core import errors
 
 
 class RegistryError(errors.InvalidInputError):
@@ -70,7 +69,7 @@ def register_candidate(session: Session, settings: Settings, *, job: Any, parent
                        hosted_model: str | None = None, training_data: dict[str, Any] | None = None) -> ModelVersion:
     """Record a freshly trained version as a candidate: the next ``vN``, named
     ``<alias>-vN[-<job suffix>]``, with its parent, job and snapshot (its lineage). ``adapter_path`` is
-    relative to ``settings.model_store_dir``. ``training_data`` (``retrain.provenance``) says what it was
+    relative to ``settings.model_store_dir``. ``training_data`` (``retrain.jobs.provenance``) says what it was
     trained on; it is kept in the version's metrics. Writes ``version.json`` (provenance) beside the adapter."""
     metrics = {**metrics, **({"training_data": training_data} if training_data else {})}
     number = (session.exec(select(func.max(ModelVersion.number))).one() or 0) + 1
@@ -282,7 +281,7 @@ def _require_admin(actor: Account) -> None:
 
 def training_data(version: ModelVersion) -> dict[str, Any]:
     """Where a version's training data came from, as recorded when it was registered
-    (``retrain.provenance``): approved corrections (a snapshot) or an uploaded file and who vouched for it."""
+    (``retrain.jobs.provenance``): approved corrections (a snapshot) or an uploaded file and who vouched for it."""
     recorded = (version.metrics or {}).get("training_data")
     return recorded or {"kind": "snapshot" if version.snapshot_id else "none", "snapshot_id": version.snapshot_id}
 

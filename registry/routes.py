@@ -8,9 +8,11 @@ import logging
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from registry.models import VersionStatus
 from engine.upstream import UpstreamAdapterError
 from registry import golden, lifecycle as registry
+from registry.checkpoints import remove_checkpoints
+from registry.models import VersionStatus
+from registry.versions import CHECKPOINT_MARK, UnknownModelError, resolve_model
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
 from tuneloop.core.errors import ApiError
 
@@ -111,14 +113,10 @@ def reject(version_id: str, body: RejectBody, admin: AdminAccount, session: Sess
 @router.delete("/v1/models/{model:path}", tags=["models"])
 def delete_model(model: str, admin: AdminAccount, session: SessionDep, settings: SettingsDep) -> dict:
     """OpenAI's models.delete: a fine-tuned version that is not in production (by id, name or alias)."""
-    from registry.versions import UnknownModelError, resolve_model
-
     try:
         version = resolve_model(session, settings, model)
     except UnknownModelError as exc:
         raise ApiError(404, str(exc), type="not_found_error", param="model", code="model_not_found") from exc
-    from registry.versions import CHECKPOINT_MARK
-    from registry.checkpoints import remove_checkpoints
 
     if CHECKPOINT_MARK in version.id:
         raise ApiError(400, f"{model} is a checkpoint; it goes when its model {version.id.split(':')[0]} is deleted",

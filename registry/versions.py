@@ -10,11 +10,12 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
+from engine.modelstore import resolve_base_model
 from engine.protocol import VersionSpec
 from registry.models import ModelVersion, ProductionPointer, VersionStatus
+from tuneloop.core import errors
 from tuneloop.core.ids import utcnow
 from tuneloop.core.settings import Settings
-from tuneloop.core import errors
 
 
 class UnknownModelError(errors.NotFoundError):
@@ -133,8 +134,6 @@ class ConcurrentChangeError(errors.ConflictError):
 
 def version_spec(version: ModelVersion, settings: Settings) -> VersionSpec:
     """Where the files of ``version`` are, for the engine."""
-    from engine.modelstore import resolve_base_model
-
     if version.base_model == settings.base_model:
         base_dir = resolve_base_model(settings)
     else:

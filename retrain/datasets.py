@@ -31,7 +31,8 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from feedback.errors import NotFoundError
-from feedback.export import chat_record, training_examples, write_chat_jsonl, write_prompt_completion_jsonl
+from feedback.examples import TrainingExample
+from feedback.export import training_examples, write_chat_jsonl, write_prompt_completion_jsonl
 from retrain.models import DatasetSnapshot
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.ids import utcnow
@@ -42,7 +43,8 @@ MIN_EXAMPLES_FOR_VALIDATION = 5
 SPLITS = ("train", "valid")
 
 
-def split_examples(examples: list[dict[str, Any]], fraction: float) -> tuple[list[dict], list[dict]]:
+def split_examples(examples: list[TrainingExample],
+                   fraction: float) -> tuple[list[TrainingExample], list[TrainingExample]]:
     """Deterministic train/validation split by lineage (see the module docstring)."""
     if len(examples) < MIN_EXAMPLES_FOR_VALIDATION or fraction <= 0:
         return list(examples), []
@@ -58,12 +60,12 @@ def split_examples(examples: list[dict[str, Any]], fraction: float) -> tuple[lis
     return train, valid
 
 
-def _split_key(example: dict[str, Any]) -> str:
-    return example.get("split_key") or example["lineage_id"]
+def _split_key(example: TrainingExample) -> str:
+    return example.split_key or example.lineage_id or example.id
 
 
-def content_hash(train: list[dict], valid: list[dict]) -> str:
-    canonical = json.dumps({"train": [chat_record(e) for e in train], "valid": [chat_record(e) for e in valid]},
+def content_hash(train: list[TrainingExample], valid: list[TrainingExample]) -> str:
+    canonical = json.dumps({"train": [e.chat_record() for e in train], "valid": [e.chat_record() for e in valid]},
                            sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -79,7 +81,7 @@ def create_snapshot(session: Session, settings: Settings, actor: str, *, tokeniz
     snapshot_id = f"snap_{digest[:12]}"
     parent = session.exec(select(DatasetSnapshot).order_by(col(DatasetSnapshot.created_at).desc())).first()
     counts = {"train": len(train), "valid": len(valid),
-              "by_source": dict(sorted(Counter(e["source"] for e in examples).items()))}
+              "by_source": dict(sorted(Counter(e.source for e in examples).items()))}
     snapshot = DatasetSnapshot(id=snapshot_id, content_hash=digest, parent_id=parent.id if parent else None,
                                created_by=actor, n_train=len(train), n_valid=len(valid), counts=counts,
                                path=snapshot_id, created_at=utcnow())
@@ -91,7 +93,8 @@ def create_snapshot(session: Session, settings: Settings, actor: str, *, tokeniz
     return snapshot
 
 
-def _write_files(settings: Settings, snapshot: DatasetSnapshot, train: list[dict], valid: list[dict]) -> None:
+def _write_files(settings: Settings, snapshot: DatasetSnapshot, train: list[TrainingExample],
+                 valid: list[TrainingExample]) -> None:
     final = settings.datasets_dir / snapshot.path
     if final.is_dir():  # written by an earlier attempt whose transaction failed: same content, keep it
         return
@@ -106,7 +109,7 @@ def _write_files(settings: Settings, snapshot: DatasetSnapshot, train: list[dict
             "created_at": snapshot.created_at.isoformat(), "created_by": snapshot.created_by,
             "counts": snapshot.counts, "validation_fraction": settings.validation_fraction, "split_seed": SPLIT_SEED,
             "prompt_separator": settings.prompt_separator, "completion_stop": settings.completion_stop,
-            "examples": [{"id": e["id"], "lineage_id": e["lineage_id"], "source": e["source"], "split": split}
+            "examples": [{"id": e.id, "lineage_id": e.lineage_id, "source": e.source, "split": split}
                          for split, rows in zip(SPLITS, (train, valid)) for e in rows],
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
@@ -138,9 +141,14 @@ def read_manifest(settings: Settings, snapshot: DatasetSnapshot) -> dict[str, An
     return json.loads((snapshot_dir(settings, snapshot) / "manifest.json").read_text())
 
 
-def load_examples(settings: Settings, snapshot: DatasetSnapshot, split: str = "train",
-                  *, format: str = "chat") -> list[dict[str, Any]]:
-    """The records of one split: chat lines (``messages`` + ``tuneloop`` metadata) or, with
+def load_examples(settings: Settings, snapshot: DatasetSnapshot, split: str = "train") -> list[TrainingExample]:
+    """The examples of one split, read back from its chat lines."""
+    return [TrainingExample.from_record(r) for r in load_records(settings, snapshot, split)]
+
+
+def load_records(settings: Settings, snapshot: DatasetSnapshot, split: str = "train",
+                 *, format: str = "chat") -> list[dict[str, Any]]:
+    """The lines of one split as written: chat lines (``messages`` + ``tuneloop`` metadata) or, with
     ``format="prompt_completion"``, legacy lines."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")

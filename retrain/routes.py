@@ -6,7 +6,7 @@ router = APIRouter()
 
 from retrain.dataset_routes import router as dataset_router  # noqa: E402
 router.include_router(dataset_router)
-from retrain.gate_routes import router as gate_router  # noqa: E402
+from retrain.gates.routes import router as gate_router
 router.include_router(gate_router)
-from retrain.openai_routes import router as openai_router  # noqa: E402
+from retrain.jobs.openai_routes import router as openai_router
 router.include_router(openai_router)

@@ -21,8 +21,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from retrain import jobs
-from retrain.models import FineTuneJob, JobStatus, SchedulerState
+from feedback.retention import purge_expired
+from retrain.datasets import create_snapshot, get_snapshot, read_manifest
+from retrain.jobs import service as jobs
+from retrain.jobs.leftovers import remove_snapshot_files
+from retrain.models import DatasetSnapshot, FineTuneJob, JobStatus, SchedulerState
 from tuneloop.core.db import session_scope
 from tuneloop.core.ids import utcnow
 from tuneloop.core.settings import Settings
@@ -53,8 +56,6 @@ def acquire_lease(engine: Engine, holder: str, *, seconds: float = LEASE_SECONDS
 
 def new_examples_since_last_success(session: Session, settings: Settings, snapshot) -> int:
     """Examples of ``snapshot`` that the last successful job's snapshot did not contain."""
-    from retrain.datasets import get_snapshot, read_manifest
-
     last = session.exec(select(FineTuneJob).where(FineTuneJob.status == JobStatus.succeeded,
                                                   col(FineTuneJob.snapshot_id).is_not(None))
                         .order_by(col(FineTuneJob.finished_at).desc())).first()
@@ -67,8 +68,6 @@ def new_examples_since_last_success(session: Session, settings: Settings, snapsh
 
 def decide(session: Session, settings: Settings) -> tuple[str, FineTuneJob | None]:
     """One tick's work: snapshot, count what is new, maybe start a job. Returns (decision, job)."""
-    from retrain.datasets import create_snapshot
-
     active = session.exec(select(FineTuneJob).where(col(FineTuneJob.status).in_(jobs.ACTIVE))).first()
     if active is not None:
         return f"skipped: job {active.id} is still {active.status}", None
@@ -101,8 +100,6 @@ def tick(settings: Settings, engine: Engine, holder: str) -> str:
 def purge_tick(settings: Settings, engine: Engine, holder: str) -> dict[str, int] | None:
     """Run the retention purge if ``holder`` holds the lease. Returns what was deleted, or None when
     another worker holds the lease (it purges instead)."""
-    from feedback.retention import purge_expired
-
     if not acquire_lease(engine, holder):
         return None
     with session_scope(engine) as session:
@@ -118,9 +115,6 @@ def purge_tick(settings: Settings, engine: Engine, holder: str) -> dict[str, int
 def train_now(session: Session, settings: Settings, actor: str) -> FineTuneJob:
     """Snapshot the approved data and start a job now, whatever the threshold. A job that cannot start
     leaves no snapshot files behind (its snapshot row rolls back with it)."""
-    from retrain.datasets import create_snapshot
-    from retrain.leftovers import remove_snapshot_files
-    from retrain.models import DatasetSnapshot
 
     known = set(session.exec(select(DatasetSnapshot.id)).all())
     snapshot = create_snapshot(session, settings, actor)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlmodel import Session, select
 
 from bot.models import Conversation, Message
-from feedback.models import Rating
+from feedback.ratings.models import Rating
 
 QUESTION = [{"role": "user", "content": "Do you ship to Canada?"}]
 

@@ -8,7 +8,7 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from bot.models import Conversation, Message
-from feedback.models import Rating
+from feedback.ratings.models import Rating
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from sqlmodel import Session, func, select
 
 from bot.models import Conversation, Message
-from feedback.models import Rating
+from feedback.ratings.models import Rating
 
 USER = {"role": "user", "content": "Hello"}
 

@@ -20,11 +20,10 @@ from openai import OpenAI
 from sqlmodel import Session, select
 
 from bot.models import Message
-from registry.models import ModelVersion
+from registry.models import ModelVersion, GateReport
 from bot.runtime import ServingRuntime
 from registry.versions import production_version
 from registry import lifecycle as registry
-from registry.models import GateReport
 from support.retrain import admin_key
 from support.servers import closed_port, listening_socket, wait_until
 from tuneloop.core.accounts.service import get_account

@@ -9,9 +9,10 @@ import pytest
 from sqlmodel import Session
 
 from bot.models import Conversation, Message
-from feedback import corrections
+from feedback.corrections import service as corrections
+from feedback.examples import TrainingExample
 from feedback.export import prompt_completion_record, training_examples
-from feedback.models import Rating
+from feedback.ratings.models import Rating
 from retrain import datasets
 from tuneloop.core import db
 
@@ -54,15 +55,15 @@ def test_examples_keep_context_scrub_pii_and_render_both_formats(env):
     with Session(engine) as session:
         examples = training_examples(session, settings)
         with_likes = training_examples(session, settings.model_copy(update={"include_thumbs_up": True}))
-    by_source = {e["source"]: e for e in examples}
+    by_source = {e.source: e for e in examples}
     convo = by_source["conversation"]
-    assert [m["role"] for m in convo["messages"]] == ["system", "user", "assistant", "user"]
-    assert convo["messages"][0]["content"] == settings.resolved_system_prompt
-    assert convo["messages"][1]["content"] == "Hi, I'm [EMAIL]"  # earlier turns are scrubbed too
-    assert convo["messages"][-1]["content"] == "Can I return boots?"  # the cleaned question replaces the typo
-    assert convo["completion"] == "Yes, within 30 days." and convo["key_facts"] == ["30 days"]
-    assert [m["role"] for m in by_source["knowledge"]["messages"]] == ["system", "user"]
-    assert len(examples) == 2 and "thumbs_up" in {e["source"] for e in with_likes}
+    assert [m["role"] for m in convo.messages] == ["system", "user", "assistant", "user"]
+    assert convo.messages[0]["content"] == settings.resolved_system_prompt
+    assert convo.messages[1]["content"] == "Hi, I'm [EMAIL]"  # earlier turns are scrubbed too
+    assert convo.messages[-1]["content"] == "Can I return boots?"  # the cleaned question replaces the typo
+    assert convo.completion == "Yes, within 30 days." and convo.key_facts == ["30 days"]
+    assert [m["role"] for m in by_source["knowledge"].messages] == ["system", "user"]
+    assert len(examples) == 2 and "thumbs_up" in {e.source for e in with_likes}
     legacy = prompt_completion_record(convo, settings)
     assert legacy["prompt"].endswith("Customer: Can I return boots?\n\n###\n\n")
     assert legacy["completion"] == " Yes, within 30 days. END"
@@ -72,8 +73,8 @@ def test_examples_keep_context_scrub_pii_and_render_both_formats(env):
         conv_id = next(c for c in corrections.approved_corrections(session) if c.message_id).message_id
         session.get(Message, msgs[0].id).content = "x" * 600
         session.commit()
-        trimmed = next(e for e in training_examples(session, small) if e["source"] == "conversation")
-    assert [m["role"] for m in trimmed["messages"]] == ["system", "user"] and conv_id
+        trimmed = next(e for e in training_examples(session, small) if e.source == "conversation")
+    assert [m["role"] for m in trimmed.messages] == ["system", "user"] and conv_id
 
 
 def test_trimming_with_a_real_tokenizer(env, tiny_model_dir):
@@ -114,16 +115,18 @@ def test_snapshot_split_by_lineage_is_deterministic_and_immutable(env):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["counts"]["by_source"] == {"knowledge": 20} and manifest["parent_id"] == small.id
     train, valid = datasets.load_examples(settings, snap, "train"), datasets.load_examples(settings, snap, "valid")
-    train_lineages = {r["tuneloop"]["lineage_id"] for r in train}
-    assert train_lineages.isdisjoint(r["tuneloop"]["lineage_id"] for r in valid)
-    assert "Answer 0, revised." in [r["messages"][-1]["content"] for r in train + valid]
-    assert all(r["messages"][-1]["role"] == "assistant" for r in train)
-    legacy = datasets.load_examples(settings, snap, "train", format="prompt_completion")
+    train_lineages = {e.lineage_id for e in train}
+    assert train_lineages.isdisjoint(e.lineage_id for e in valid)
+    assert "Answer 0, revised." in [e.completion for e in train + valid]
+    lines = datasets.load_records(settings, snap, "train")  # as written: OpenAI chat lines ending with the answer
+    assert [TrainingExample.from_record(line) for line in lines] == train
+    assert all(line["messages"][-1]["role"] == "assistant" and "tuneloop" in line for line in lines)
+    legacy = datasets.load_records(settings, snap, "train", format="prompt_completion")
     assert len(legacy) == snap.n_train and legacy[0]["completion"].endswith(" END")
     # The same data splits the same way in a fresh database (seeded, not random).
-    examples = [{"lineage_id": f"corr_{i}", "id": str(i)} for i in range(50)]
+    examples = [TrainingExample([], "", lineage_id=f"corr_{i}", id=str(i)) for i in range(50)]
     a, b = datasets.split_examples(examples, 0.2), datasets.split_examples(list(reversed(examples)), 0.2)
-    assert {e["id"] for e in a[1]} == {e["id"] for e in b[1]} and 3 <= len(a[1]) <= 18
+    assert {e.id for e in a[1]} == {e.id for e in b[1]} and 3 <= len(a[1]) <= 18
     with Session(engine) as session:
         assert [s.id for s in datasets.list_snapshots(session)] == [snap.id, small.id]
         with pytest.raises(LookupError):

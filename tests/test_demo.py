@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_demo_loads_conversations_ratings_and_corrections(tmp_path, tiny_model_dir):
     from bot.models import Message
-    from feedback.models import Correction, CorrectionStatus, Rating
+    from feedback.corrections.models import Correction, CorrectionStatus
+    from feedback.ratings.models import Rating
     from tuneloop.core.db import make_engine
 
     env = {**os.environ, "TUNELOOP_DATA_DIR": str(tmp_path), "TUNELOOP_BASE_MODEL": str(tiny_model_dir),

@@ -11,10 +11,11 @@ from sqlmodel import Session
 
 from support.distill import DESCRIPTION, NEAR, PARAPHRASES, QUESTIONS, add_approved, pairs, start, synthetic
 from support.distill import engine, settings, teacher, teacher_url  # noqa: F401  (fixtures)
-from feedback import distill, distill_plan
-from feedback.corrections import approve_correction, list_corrections
+from feedback.distill import service as distill, plan as distill_plan
+from feedback.corrections.service import approve_correction, list_corrections
 from feedback.errors import ConflictError, FeedbackError
-from feedback.models import CorrectionStatus, DistillStatus
+from feedback.corrections.models import CorrectionStatus
+from feedback.distill.models import DistillStatus
 from tuneloop.core.db import session_scope
 
 
@@ -155,6 +156,6 @@ def test_paraphrases_share_the_answer_and_the_parents_split(engine, settings, te
         examples = training_examples(session, settings)
     train, valid = split_examples(examples, 0.3)
     assert valid and train
-    side = {e["correction_id"]: "valid" if e in valid else "train" for e in examples}
+    side = {e.correction_id: "valid" if e in valid else "train" for e in examples}
     for p in paraphrases:
         assert side[p.id] == side[by_lineage[p.origin["parent_lineage_id"]].id]

@@ -12,11 +12,12 @@ from sqlmodel import Session, select
 from support.servers import closed_port
 from support.distill import DESCRIPTION, QUESTIONS, add_approved, pairs, start, synthetic
 from support.distill import engine, settings, teacher, teacher_url  # noqa: F401  (fixtures)
-from feedback import distill, distill_plan
-from feedback.corrections import approve_correction
+from feedback.distill import service as distill, plan as distill_plan
+from feedback.corrections.service import approve_correction
 from feedback.errors import FeedbackError, ForbiddenError
-from feedback.models import CorrectionStatus, DistillRun, DistillStatus
-from feedback.teacher import TeacherError
+from feedback.corrections.models import CorrectionStatus
+from feedback.distill.models import DistillRun, DistillStatus
+from feedback.distill.teacher import TeacherError
 from tuneloop.core.accounts.models import AuditEvent
 from tuneloop.core.db import session_scope
 
@@ -38,7 +39,7 @@ def test_only_approved_synthetic_pairs_become_training_examples(engine, settings
     with Session(engine) as session:
         examples = training_examples(session, settings)
     assert [e["correction_id"] for e in examples] == [approved.id]
-    assert examples[0]["source"] == "synthetic" and examples[0]["completion"] == approved.answer
+    assert examples[0].source == "synthetic" and examples[0].completion == approved.answer
 
 
 def test_resume_after_interruption_stores_nothing_twice(database_url, engine, settings, teacher):

@@ -2,7 +2,9 @@
 chat → thumbs-down → correction by one staff member → approval by another → "train now" (snapshot +
 job, as the scheduler would) → the worker trains a LoRA candidate and runs the gates → the admin
 promotes → the bot now answers with the corrections. Correction memory is off, so what the bot says
-afterwards comes from the weights."""
+afterwards comes from the weights; the one correction with an accepted alternative phrasing is
+answered in that wording too. Last, the customer-facing default (memory on) answers a rewording
+nobody trained on with the corrected fact."""
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,6 +13,8 @@ from sqlmodel import select
 
 from tuneloop.core.db import session_scope
 
+PHRASING = "Is there a time limit on returns?"  # accepted on the first correction: trained on
+REWORDED = "Until when can I send something back?"  # never trained on, nor in memory's index
 FACTS = [
     ("How long do I have to return an item?", "You can return unused items within 45 days of delivery.", "45 days"),
     ("What is your phone number?", "Call us at 1-800-555-0142.", "1-800-555-0142"),
@@ -25,7 +29,7 @@ def ask(client: OpenAI, question: str):
 
 @pytest.mark.slow
 def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sqlite_url):
-    from retrain.worker import Worker
+    from retrain.jobs.worker import Worker
     from tuneloop.core.accounts.models import Account
     from tuneloop.core.accounts.service import create_api_key
     from tuneloop.app import create_app
@@ -60,8 +64,10 @@ def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sql
                 # 2. Alice corrects it from the review queue; Bob approves.
                 queue = http.get("/v1/review/queue", headers=keys["alice"]).json()
                 assert message_id in [item["message_id"] for item in queue["data"]]
+                alternatives = [PHRASING] if question == FACTS[0][0] else []
                 made = http.post("/v1/corrections", headers=keys["alice"],
-                                 json={"message_id": message_id, "answer": answer, "key_facts": [fact], "submit": True})
+                                 json={"message_id": message_id, "answer": answer, "key_facts": [fact], "submit": True,
+                                       "alternative_questions": alternatives})
                 assert made.status_code == 201, made.text
                 approved = http.post(f"/v1/corrections/{made.json()['id']}/approve", headers=keys["bob"],
                                      json={"etag": made.json()["etag"]})  # Bob approves the text he read
@@ -86,10 +92,29 @@ def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sql
             # 4. The admin promotes (no override needed); the bot now answers with every correction.
             promoted = http.post(f"/v1/registry/versions/{candidate_id}/promote", headers=as_admin, json={})
             assert promoted.status_code == 200, promoted.text
-            for question, _answer, fact in FACTS:
+            for question, _answer, fact in [*FACTS, (PHRASING, None, FACTS[0][2])]:
                 after = ask(customer, question)
-                assert fact in after.choices[0].message.content, after.choices[0].message.content
+                assert fact in after.choices[0].message.content, (question, after.choices[0].message.content)
                 assert after.system_fingerprint != "fp_tuneloop_v0"
+        reworded = _ask_with_memory(settings, REWORDED)
+        assert FACTS[0][2] in reworded.choices[0].message.content, reworded.choices[0].message.content
+        assert reworded.model_extra["memory_outcome"] in ("verified", "grounded")
+        assert reworded.system_fingerprint != "fp_tuneloop_v0"  # the promoted version answered
+    finally:
+        app.state.runtime.stop()
+        app.state.db.dispose()
+
+
+def _ask_with_memory(settings, question: str):
+    """The customer-facing default: a second API process over the same database, memory on."""
+    from tuneloop.app import create_app
+
+    app = create_app(settings.model_copy(update={"memory_enabled": True}), load_model=False, mount_ui=False)
+    app.state.runtime.start(background=False)
+    try:
+        with TestClient(app) as http:
+            return ask(OpenAI(base_url="http://testserver/v1", api_key="customer", http_client=http, max_retries=0),
+                       question)
     finally:
         app.state.runtime.stop()
         app.state.db.dispose()

@@ -99,7 +99,8 @@ def test_the_gates_ask_through_the_serving_engine(make_settings, tiny_model_dir,
     """What is gated is what serves: with the llama.cpp engine the gates' answers come from llama.cpp
     on the version's GGUF (the same answers as transformers on float32 weights), and the report says so."""
     from engine.transformers_engine import LoadedModel
-    from retrain.gates import GateItem, evaluate
+    from retrain.gates.items import GateItem
+    from retrain.gates.judging import evaluate
 
     base = shutil.copytree(tiny_model_dir, tmp_path / "tiny", ignore=shutil.ignore_patterns("*.gguf"))
     loaded = LoadedModel.load(VersionSpec("v0", base), dtype="float32")

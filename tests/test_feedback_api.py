@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from bot.models import Conversation, Message
-from feedback.models import Rating
+from feedback.ratings.models import Rating
 from tuneloop.core.accounts import service as accounts
 from tuneloop.core.accounts.models import Role
 from tuneloop.core.db import session_scope
@@ -171,7 +171,7 @@ def test_two_person_approval_revisions_and_audit(app, api):
     assert revised["id"] != cid and revised["lineage_id"] == cid and revised["revision"] == 2
     assert revised["status"] == "draft"
     assert api.patch(f"/v1/corrections/{cid}", json={"answer": "again"}, headers=bob).status_code == 409
-    from feedback.corrections import approved_corrections
+    from feedback.corrections.service import approved_corrections
 
     with Session(app.state.db) as session:
         assert [c.id for c in approved_corrections(session)] == [cid]

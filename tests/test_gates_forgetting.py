@@ -11,12 +11,13 @@ from sqlmodel import Session, select
 
 from engine.protocol import VersionSpec
 from engine.transformers_engine import LoadedModel
-from registry.models import ModelVersion, VersionStatus
+from registry.models import ModelVersion, VersionStatus, GateReport
 from support.lora_adapters import CANADA, RETURNS, install_adapter, memorised_adapter, messages_for
 from registry import lifecycle as registry
-from retrain.gates import GateItem, evaluate, run_gates
-from feedback.models import Correction
-from registry.models import GateReport
+from retrain.gates.items import GateItem
+from retrain.gates.judging import evaluate
+from retrain.gates.service import run_gates
+from feedback.corrections.models import Correction
 from tuneloop.core.accounts.models import Account, AuditEvent, Role
 from tuneloop.core.db import session_scope
 
@@ -58,8 +59,8 @@ def test_evaluate_names_the_forgotten_item(make_settings, tiny_model_dir, adapte
 
 def test_run_gates_on_the_registry(make_settings, tiny_model_dir, adapters, sqlite_url):
     """The whole path: approved corrections → snapshots → versions → gates → report linked, status."""
-    from feedback.corrections import create_correction
-    from feedback.models import CorrectionStatus
+    from feedback.corrections.service import create_correction
+    from feedback.corrections.models import CorrectionStatus
     from retrain.datasets import create_snapshot
     from tuneloop.app import prepare_database
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from retrain.gates import _judge, worse_p_value
+from retrain.gates.judging import _judge, worse_p_value
 
 
 def rows(lost: int, gained: int, kept: int = 10) -> list[dict]:

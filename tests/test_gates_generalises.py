@@ -12,24 +12,26 @@ from ui.text import as_text
 
 from engine.protocol import VersionSpec
 from engine.transformers_engine import LoadedModel
-from feedback.export import chat_record
+from feedback.examples import TrainingExample
 from support.lora_adapters import CANADA, RETURNS, SYSTEM_PROMPT, memorised_adapter
-from retrain.augment import expand_phrasings, split_phrasings
-from retrain.gates import evaluate, generalises_items
+from retrain.trainer.augment import expand_phrasings, split_phrasings
+from retrain.gates.items import generalises_items
+from retrain.gates.judging import evaluate
 
 CACHE = Path(__file__).resolve().parent.parent / ".tuneloop-test-cache"
 OTHERS = ["Can my parcel go to Canada?", "Shipping to Toronto?", "Do you deliver in Canada?", "Canada delivery?",
           "Is Canada on your shipping list?", "Can I order from Vancouver?"]
 
 
-def _record(cid: str, question: str, answer: str, alternatives: list[str]) -> dict:
-    return chat_record({"id": f"ex_{cid}", "correction_id": cid, "lineage_id": cid, "source": "correction",
-                        "key_facts": [], "alternative_questions": alternatives,
-                        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}],
-                        "completion": answer})
+def _record(cid: str, question: str, answer: str, alternatives: list[str]) -> TrainingExample:
+    """A snapshot's example, read back from the line the snapshot wrote."""
+    return TrainingExample.from_record(TrainingExample(
+        id=f"ex_{cid}", correction_id=cid, lineage_id=cid, source="correction", alternative_questions=alternatives,
+        messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}],
+        completion=answer).chat_record())
 
 
-def records() -> list[dict]:
+def records() -> list[TrainingExample]:
     """c_known: its held-out phrasing is the very question the candidate's adapter memorised (so it
     passes there and fails on production); c_unknown: its held-out phrasing is one nobody trained on."""
     other = next(o for o in OTHERS if split_phrasings("c_known", "Can you ship my order to Canada?",
@@ -52,7 +54,7 @@ def test_the_held_out_phrasings_are_the_gate_and_never_trained_on():
     items = generalises_items(records())
     assert [i.name.split(":")[0] for i in items] == ["c_known", "c_unknown"]  # c_none has one phrasing: nothing held
     assert items[0].messages[-1]["content"] == CANADA[0] and items[0].reference == CANADA[1]
-    trained = {e["messages"][-1]["content"] for e in expand_phrasings(records())}
+    trained = {e.question for e in expand_phrasings(records())}
     assert not trained & {i.messages[-1]["content"] for i in items}
 
 
@@ -82,7 +84,7 @@ def test_the_admin_page_lists_each_held_out_phrasing_and_unmeasured_gates(make_s
                                                                           sqlite_url):
     from types import SimpleNamespace
 
-    from retrain.gates import _store
+    from retrain.gates.service import _store
     from tuneloop.app import prepare_database
     from ui.admin import _report_view
 

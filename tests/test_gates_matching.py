@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from retrain.gates import GENERAL_DIR, general_texts
-from retrain.matching import match_answers, missing_key_facts, normalise
+from retrain.gates.items import GENERAL_DIR, general_texts
+from retrain.gates.matching import match_answers, missing_key_facts, normalise
 
 
 def test_numbers_are_normalised_on_both_sides():

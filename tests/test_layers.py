@@ -110,3 +110,40 @@ def test_the_check_catches_an_upward_import(module, source, expected):
 ])
 def test_downward_and_foreign_imports_pass(module, source):
     assert upward_imports(source, "x.py", module) == []
+
+
+# --- imports hidden inside functions ------------------------------------------------------------
+# Below the composition root, a project module imports the project modules it uses at the top, where
+# a reader sees its dependencies. A lazy import of a project module hides one (and usually a cycle
+# that the module layout should resolve instead). Third-party imports may stay lazy where they are
+# heavy or optional (llama_cpp, peft, pypdf, openpyxl...). The composition root (app, cli, ops,
+# schema) imports lazily on purpose: `tuneloop --help` must not load torch.
+LIBRARY_FLOORS = FLOORS[:-1]
+
+
+def lazy_project_imports(source: str, path: str, this_module: str) -> list[str]:
+    own = floor_of(this_module)
+    if own is None or FLOORS[own] not in LIBRARY_FLOORS:
+        return []
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for line, module in imported_modules(node, this_module):
+            if module != "tuneloop" and floor_of(module) is not None:
+                problems.append(f"{path}:{line}: {this_module} imports {module} inside a function")
+    return sorted(set(problems))
+
+
+def test_library_modules_import_project_modules_at_the_top():
+    problems = []
+    for path in project_modules():
+        problems += lazy_project_imports(path.read_text(), str(path.relative_to(REPO)), module_name(path))
+    assert not problems, "move these imports to the top of the module:\n" + "\n".join(problems)
+
+
+def test_the_lazy_import_check_catches_one_and_spares_the_root():
+    source = "import json\n\ndef f():\n    import torch\n    from registry.models import ModelVersion\n"
+    assert lazy_project_imports(source, "x.py", "retrain.scheduler") == [
+        "x.py:5: retrain.scheduler imports registry.models inside a function"]
+    assert lazy_project_imports(source, "x.py", "tuneloop.cli.main") == []

@@ -7,7 +7,7 @@ import pytest
 from sqlmodel import Session
 
 from bot.models import Message
-from feedback.corrections import approve_correction, create_correction, submit_correction
+from feedback.corrections.service import approve_correction, create_correction, submit_correction
 from tuneloop.core.accounts.models import Role
 from tuneloop.core.accounts.service import create_account
 from tuneloop.core.db import session_scope

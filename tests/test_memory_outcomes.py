@@ -10,9 +10,9 @@ from transformers import AutoTokenizer
 from sqlmodel import Session, func, select
 
 from bot.models import Conversation, Message
-from feedback.corrections import approve_correction, create_correction, submit_correction
-from feedback.memory import GROUNDED, NONE, VERIFIED, CorrectionMemory, classify
-from feedback.retrieval import Scored
+from feedback.corrections.service import approve_correction, create_correction, submit_correction
+from feedback.memory.service import GROUNDED, NONE, VERIFIED, CorrectionMemory, classify
+from feedback.memory.retrieval import Scored
 from tuneloop.core.accounts.models import Role
 from tuneloop.core.accounts.service import create_account
 from tuneloop.core.db import session_scope
@@ -70,7 +70,7 @@ def test_confident_match_is_answered_with_the_approved_text_streamed_with_usage(
         assert (stored.content, stored.memory_outcome, stored.memory_correction_ids) == (RETURNS[1], VERIFIED, [returns_id])
         assert stored.memory_scores[0]["correction_id"] == returns_id and stored.memory_scores[0]["score"] > 0.8
         assert len(stored.memory_scores) == 2 and stored.memory_scores[1]["score"] < stored.memory_scores[0]["score"]
-    from feedback.review import item_as_dict, review_item
+    from feedback.review.service import item_as_dict, review_item
 
     with Session(tiny_app.state.db) as session:  # a reviewer sees that the reply was the correction's own text
         item = item_as_dict(review_item(session, reply.model_extra["message_id"]))

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from retrain.worker import Worker
+from retrain.jobs.worker import Worker
 from support.openai_conformance import assert_complete
 from support.retrain import chat_jsonl
 from support.servers import wait_until

@@ -28,7 +28,9 @@ def seed_everything(engine, settings) -> None:
     from bot.models import Conversation, Message
     from registry.models import ModelVersion
     from registry.versions import set_production
-    from feedback.models import Correction, CorrectionStatus, Rating, ReviewDecision, ReviewStatus
+    from feedback.corrections.models import Correction, CorrectionStatus
+    from feedback.ratings.models import Rating
+    from feedback.review.models import ReviewDecision, ReviewStatus
     from registry.models import GateReport
     from retrain.models import DatasetSnapshot, FineTuneJob, JobEvent, JobMetric, JobStatus
     from tuneloop.core.accounts.models import Account

@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import select
 
 from conftest import _create_pg_database, _drop_pg_database
-from support.servers import http_ok, listening_socket, wait_ready, wait_until
+from support.servers import listening_socket, wait_ready, wait_until
 from tuneloop.core import db
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

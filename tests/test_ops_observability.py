@@ -93,7 +93,8 @@ def test_metrics_count_requests_by_route_template_and_generation_hooks(ops_clien
 
 def test_metrics_from_the_database(make_settings, database_url):
     from bot.models import Conversation, Message
-    from feedback.models import Correction, CorrectionStatus, Rating
+    from feedback.corrections.models import Correction, CorrectionStatus
+    from feedback.ratings.models import Rating
     from registry.models import GateReport
     from tuneloop.core import db
 

@@ -14,7 +14,9 @@ from tuneloop.core.ids import utcnow
 
 def add_conversation(session, end_user: str, age_days: float, *, correction_status: str | None = None):
     from bot.models import Conversation, Message
-    from feedback.models import Correction, Rating, ReviewDecision
+    from feedback.corrections.models import Correction
+    from feedback.ratings.models import Rating
+    from feedback.review.models import ReviewDecision
 
     when = utcnow() - timedelta(days=age_days)
     conv = Conversation(end_user=end_user, created_at=when, updated_at=when)
@@ -36,7 +38,9 @@ def add_conversation(session, end_user: str, age_days: float, *, correction_stat
 
 def test_purge_expired_keeps_recent_conversations_and_approved_corrections(make_settings, database_url):
     from bot.models import Conversation, Message
-    from feedback.models import Correction, Rating, ReviewDecision
+    from feedback.corrections.models import Correction
+    from feedback.ratings.models import Rating
+    from feedback.review.models import ReviewDecision
     from tuneloop.core.accounts.models import AuditEvent
     from tuneloop.app import prepare_database
     from feedback.retention import purge_expired
@@ -71,7 +75,7 @@ def test_purge_expired_keeps_recent_conversations_and_approved_corrections(make_
 
 def test_forget_end_user_deletes_their_data_and_audits_it(make_settings, database_url):
     from bot.models import Conversation
-    from feedback.models import Rating
+    from feedback.ratings.models import Rating
     from tuneloop.core.accounts.models import AuditEvent
     from tuneloop.app import prepare_database
     from feedback.retention import forget_end_user

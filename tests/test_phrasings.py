@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from support.distill import teacher, teacher_url  # noqa: F401  (fixtures)
-from feedback.corrections import create_correction
+from feedback.corrections.service import create_correction
 from feedback.export import training_examples
-from feedback.models import CorrectionStatus
+from feedback.corrections.models import CorrectionStatus
 from tuneloop.core.accounts import service as accounts
 from tuneloop.core.accounts.models import Role
 from tuneloop.core.db import session_scope
@@ -171,7 +171,7 @@ def test_calibrate_prints_the_curve_and_suggests_a_threshold(tuneloop, tmp_path)
 
 
 def test_model_rewrites_are_parsed_into_questions():
-    from feedback.phrasings import _copies_example, parse_rewrites
+    from feedback.corrections.phrasings import _copies_example, parse_rewrites
 
     text = ("1. 1. When is shipping free?\n2) Is delivery free over some amount?\n- Shipping is free.\n\n(4) Why?\n"
             "Question: Do you ship for free?")

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from registry.models import ModelVersion
+from registry.models import ModelVersion, GateReport
 from support.lora_adapters import RETURNS, install_adapter, memorised_adapter
 from registry import lifecycle as registry
-from registry.models import GateReport
-from retrain.worker import Worker
+from retrain.jobs.worker import Worker
 from tuneloop.core.accounts import service as accounts
 from tuneloop.core.accounts.models import Role
 from tuneloop.core.db import session_scope

@@ -10,10 +10,8 @@ import threading
 import pytest
 from sqlmodel import Session, select
 
-from registry import versions
-from registry.models import ModelVersion, VersionStatus
-from registry import lifecycle as registry
-from registry.models import GateReport
+from registry import versions, lifecycle as registry
+from registry.models import ModelVersion, VersionStatus, GateReport
 from tuneloop.core.accounts import service as accounts
 from tuneloop.core.accounts.models import Account, AuditEvent, Role
 from tuneloop.core.db import session_scope

@@ -10,7 +10,7 @@ import pytest
 from sqlmodel import Session, select
 
 from retrain.models import FineTuneJob
-from retrain.worker import Worker
+from retrain.jobs.worker import Worker
 from tuneloop.app import prepare_database
 from tuneloop.core.db import session_scope
 
@@ -35,8 +35,8 @@ def tuneloop(cli_runner, settings, engine):
 
 
 def approve(engine, settings, n: int) -> None:
-    from feedback.corrections import create_correction
-    from feedback.models import CorrectionStatus
+    from feedback.corrections.service import create_correction
+    from feedback.corrections.models import CorrectionStatus
 
     with session_scope(engine) as session:
         for i in range(n):

@@ -12,7 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from retrain.worker import Worker
+from retrain.jobs.worker import Worker
 from support.openai_conformance import assert_complete
 from support.retrain import admin_key, chat_jsonl
 
@@ -47,8 +47,8 @@ def margins(base_dir, adapter_dir=None) -> list[float]:
     """log π(preferred) − log π(non-preferred) of each pair, under the base model or base + adapter."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retrain.batching import encode_example
-    from retrain.dpo import as_chat_pair, sequence_logprobs
+    from retrain.trainer.batching import encode_example
+    from retrain.trainer.dpo import as_chat_pair, sequence_logprobs
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -109,8 +109,8 @@ def test_dpo_input_is_checked(app, client):
 
 def test_a_dpo_job_from_exported_preferences(app, client, tmp_path):
     """A disliked answer and its approved correction, exported as a preference pair, train a DPO job."""
-    from feedback.corrections import create_correction
-    from feedback.models import CorrectionStatus
+    from feedback.corrections.service import create_correction
+    from feedback.corrections.models import CorrectionStatus
     from feedback.preferences import preference_records, write_preference_jsonl
     from tuneloop.core.db import session_scope
 

@@ -12,10 +12,10 @@ import pytest
 from sqlmodel import Session
 
 from registry.models import ModelVersion
-from retrain import jobs
-from retrain.files import save_upload
+from retrain.jobs import service as jobs
+from retrain.jobs.files import save_upload
 from retrain.models import JobStatus
-from retrain.worker import Worker
+from retrain.jobs.worker import Worker
 from support.retrain import admin_key, chat_jsonl
 from support.servers import listening_socket, wait_until
 from tuneloop.app import prepare_database

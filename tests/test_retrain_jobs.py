@@ -13,9 +13,9 @@ from openai import OpenAI
 from sqlmodel import Session
 
 from registry.models import ModelVersion
-from retrain import jobs
+from retrain.jobs import service as jobs
 from retrain.models import JobStatus
-from retrain.worker import Worker
+from retrain.jobs.worker import Worker
 from support.retrain import admin_key, chat_jsonl
 from support.servers import wait_until
 

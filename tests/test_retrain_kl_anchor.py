@@ -7,8 +7,9 @@ import csv
 
 import torch
 
-from retrain.kl_anchor import anchor_prompts, build_anchors, kl_to_parent
-from retrain.trainer import TrainConfig, train
+from retrain.trainer.kl_anchor import anchor_prompts, build_anchors, kl_to_parent
+from retrain.trainer.config import TrainConfig
+from retrain.trainer.train import train
 from tests.test_retrain_trainer import facts
 
 FAST = dict(n_epochs=6, batch_size=2, lora_r=4, lora_alpha=8, min_steps=0, base_learning_rate=3e-2, kl_anchors=8,
@@ -46,7 +47,7 @@ def _anchors(model, tokenizer):
 def test_anchor_prompts_are_not_the_general_gate_questions():
     import json
 
-    from retrain.gates import GENERAL_DIR
+    from retrain.gates.items import GENERAL_DIR
 
     gate = {q["question"] for q in json.loads((GENERAL_DIR / "questions.json").read_text())}
     assert len(anchor_prompts()) >= 32 and not gate & set(anchor_prompts())

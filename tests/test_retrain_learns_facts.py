@@ -8,7 +8,9 @@ import pytest
 from engine.protocol import SamplingParams, VersionSpec
 from engine.transformers_engine import LoadedModel, LocalEngine
 from engine.prompting import prompt_ids
-from retrain.trainer import TrainConfig, train
+from feedback.examples import TrainingExample
+from retrain.trainer.config import TrainConfig
+from retrain.trainer.train import train
 
 SYSTEM = ("You are a friendly, concise customer-service assistant for Acme Outdoor Gear. "
           "Answer the customer's question accurately and briefly.")
@@ -21,17 +23,17 @@ FACTS = [
 ]
 
 
-def examples() -> list[dict]:
-    return [{"id": f"ex{i}", "correction_id": f"c{i}", "lineage_id": f"l{i}",
-             "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
-             "completion": a, "key_facts": [], "source": "correction"} for i, (q, a) in enumerate(FACTS)]
+def examples() -> list[TrainingExample]:
+    return [TrainingExample(id=f"ex{i}", correction_id=f"c{i}", lineage_id=f"l{i}", source="correction",
+                            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+                            completion=a) for i, (q, a) in enumerate(FACTS)]
 
 
 def answers(spec: VersionSpec) -> list[str]:
     loaded = LoadedModel.load(spec, dtype="float32")
     engine = LocalEngine(loaded)
     try:
-        return [engine.generate(prompt_ids(loaded.tokenizer, e["messages"]), SamplingParams(max_tokens=32)).text
+        return [engine.generate(prompt_ids(loaded.tokenizer, e.messages), SamplingParams(max_tokens=32)).text
                 for e in examples()]
     finally:
         engine.close()

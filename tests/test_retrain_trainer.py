@@ -11,16 +11,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from retrain.replay import select_for_round
-from retrain.trainer import ADAPTER_FILES, TrainConfig, TrainingCancelled, train
+from retrain.trainer.replay import select_for_round
+from feedback.examples import TrainingExample
+from retrain.trainer.config import TrainConfig
+from retrain.trainer.train import ADAPTER_FILES, TrainingCancelled, train
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant for Acme."}
 
 
-def facts(n: int = 6) -> list[dict]:
-    return [{"id": f"ex{i}", "correction_id": f"corr{i}", "lineage_id": f"lin{i}",
-             "messages": [SYSTEM, {"role": "user", "content": f"What is fact number {i}?"}],
-             "completion": f"Fact {i} is that Acme ships in {i + 2} days.", "key_facts": [], "source": "correction"}
+def facts(n: int = 6) -> list[TrainingExample]:
+    return [TrainingExample(id=f"ex{i}", correction_id=f"corr{i}", lineage_id=f"lin{i}", source="correction",
+                            messages=[SYSTEM, {"role": "user", "content": f"What is fact number {i}?"}],
+                            completion=f"Fact {i} is that Acme ships in {i + 2} days.")
             for i in range(n)]
 
 
@@ -96,13 +98,13 @@ def test_replay_selects_new_examples_and_a_seeded_share_of_old_ones():
     seen = {f"corr{i}" for i in range(8)}  # the parent learned 0..7; 8 and 9 are new
     selected, n_new, n_replay = select_for_round(current, seen, replay_fraction=0.5, seed=1)
     assert n_new == 2 and n_replay == 4
-    assert [e["id"] for e in selected[:2]] == ["ex8", "ex9"]
+    assert [e.id for e in selected[:2]] == ["ex8", "ex9"]
     assert select_for_round(current, seen, replay_fraction=0.5, seed=1)[0] == selected  # deterministic
     assert select_for_round(current, seen, replay_fraction=0.0, seed=1)[0] == selected[:2]
     assert len(select_for_round(current, seen, replay_fraction=1.0, seed=1)[0]) == 10
     assert select_for_round(current, None, replay_fraction=0.0, seed=1)[1] == 10  # no parent snapshot: all new
     # A revised correction (new correction id, same lineage) counts as new.
-    revised = [{**current[0], "correction_id": "corr0-r2"}]
+    revised = [current[0].with_marks(correction_id="corr0-r2")]
     assert select_for_round(revised, seen, replay_fraction=0.0, seed=1)[1] == 1
 
 

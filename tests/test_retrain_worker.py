@@ -13,10 +13,10 @@ from sqlmodel import Session
 
 from registry.models import ModelVersion
 from registry.versions import production_version
-from retrain import jobs
+from retrain.jobs import service as jobs
 from retrain.models import JobStatus
 from retrain.scheduler import acquire_lease, state_as_dict, tick, train_now
-from retrain.worker import Worker
+from retrain.jobs.worker import Worker
 from support.retrain import chat_jsonl
 from support.servers import wait_until
 from tuneloop.app import prepare_database
@@ -24,7 +24,7 @@ from tuneloop.core.db import session_scope
 
 
 def test_killing_the_worker_mid_run_fails_the_job_and_registers_nothing(make_settings, tiny_model_dir):
-    from retrain.files import save_upload
+    from retrain.jobs.files import save_upload
 
     settings = make_settings(base_model=str(tiny_model_dir))
     engine = prepare_database(settings)
@@ -58,8 +58,8 @@ def test_killing_the_worker_mid_run_fails_the_job_and_registers_nothing(make_set
 
 
 def approve(session, settings, n: int, start: int = 0) -> None:
-    from feedback.corrections import create_correction
-    from feedback.models import CorrectionStatus
+    from feedback.corrections.service import create_correction
+    from feedback.corrections.models import CorrectionStatus
 
     for i in range(start, start + n):
         create_correction(session, settings, actor="admin", question=f"What is the rule for item {i}?",

@@ -61,7 +61,7 @@ def test_a_staff_members_file_needs_a_second_person_before_it_trains(api):
 def test_an_admins_job_on_a_file_is_its_review_and_the_candidate_says_so(api):
     from registry import lifecycle as registry
     from registry.models import ModelVersion
-    from retrain import provenance
+    from retrain.jobs import provenance
     from retrain.models import FineTuneJob
 
     record = upload(api, "alice")
@@ -97,7 +97,7 @@ def test_epochs_steps_and_queued_jobs_are_capped(api):
 def test_a_gate_with_no_questions_is_not_measured_and_not_passed(make_settings, gate):
     """Never "passed"; only an empty learned gate (nothing new to check the candidate on, e.g. an
     uploaded file) blocks promotion."""
-    from retrain.gates import _judge
+    from retrain.gates.judging import _judge
 
     result = _judge(gate, [], make_settings(), None)
     assert result["measured"] is False and result["passed"] is False and result["status"] == "not measured"

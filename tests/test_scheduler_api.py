@@ -45,8 +45,8 @@ def headers(app) -> dict[str, dict[str, str]]:
 
 
 def approve(app, n: int) -> None:
-    from feedback.corrections import create_correction
-    from feedback.models import CorrectionStatus
+    from feedback.corrections.service import create_correction
+    from feedback.corrections.models import CorrectionStatus
 
     with session_scope(app.state.db) as session:
         for i in range(n):

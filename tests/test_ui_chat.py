@@ -21,7 +21,7 @@ WATCH_STREAM = """() => {
 
 def test_chat_streams_answer_and_records_dislike(browser, ui_server, ui_app):  # noqa: F811
     from bot.models import Message
-    from feedback.models import Rating
+    from feedback.ratings.models import Rating
 
     page = browser.new_page()
     page.goto(f"{ui_server}/")

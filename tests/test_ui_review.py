@@ -20,7 +20,7 @@ ANSWER = "Refunds take 5 business days. Questions: write to help@acme.example."
 def _disliked_answer(app) -> str:
     """A web chat turn with a thumbs-down, made through the same service functions as the chat page."""
     from bot.conversations import start_turn
-    from feedback.ratings import rate_message
+    from feedback.ratings.service import rate_message
 
     turn = start_turn(app.state.runtime, messages=[{"role": "user", "content": "How long do refunds take?"}],
                       channel="web", end_user="web_test").wait()
@@ -30,7 +30,7 @@ def _disliked_answer(app) -> str:
 
 
 def test_correct_then_approve_reaches_snapshot(browser, ui_server, ui_app):  # noqa: F811
-    from feedback.models import Correction, CorrectionStatus
+    from feedback.corrections.models import Correction, CorrectionStatus
     from retrain.datasets import create_snapshot, snapshot_dir
     from tuneloop.core.accounts.models import Role
     from tuneloop.core.accounts.service import create_account

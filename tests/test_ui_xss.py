@@ -43,9 +43,9 @@ def payloads(base: str) -> str:
 
 def test_staff_pages_show_injected_html_as_text_and_fetch_nothing(browser, ui_server, ui_app, attacker):  # noqa: F811
     from bot.conversations import start_turn
-    from feedback.corrections import create_correction
-    from feedback.models import CorrectionStatus
-    from feedback.ratings import rate_message
+    from feedback.corrections.service import create_correction
+    from feedback.corrections.models import CorrectionStatus
+    from feedback.ratings.service import rate_message
     from tuneloop.core.accounts.models import Role
     from tuneloop.core.accounts.service import create_account
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from retrain import jobs
+from retrain.jobs import service as jobs
 from retrain.models import DatasetSnapshot, JobStatus
 from support.retrain import chat_jsonl
 from tuneloop.app import prepare_database
@@ -24,8 +24,8 @@ def files_holding(root, needle: str) -> list[str]:
 
 
 def test_a_job_leaves_no_secret_and_no_work_dir(make_settings, tiny_model_dir):
-    from retrain.files import save_upload
-    from retrain.worker import Worker
+    from retrain.jobs.files import save_upload
+    from retrain.jobs.worker import Worker
 
     settings = make_settings(base_model=str(tiny_model_dir), admin_password=SECRET, openai_finetune_api_key="sk-x9")
     engine = prepare_database(settings)
@@ -42,7 +42,7 @@ def test_a_job_leaves_no_secret_and_no_work_dir(make_settings, tiny_model_dir):
 
 
 def test_leftovers_of_killed_rounds_are_removed_and_live_data_kept(make_settings):
-    from retrain.leftovers import remove_leftovers
+    from retrain.jobs.leftovers import remove_leftovers
 
     settings = make_settings()
     engine = prepare_database(settings)
@@ -79,7 +79,7 @@ def test_a_failed_train_now_leaves_no_snapshot_files(make_settings):
 
 
 def test_cancel_of_a_job_whose_worker_died_marks_it_cancelled(make_settings):
-    from retrain.files import save_upload
+    from retrain.jobs.files import save_upload
 
     settings = make_settings()
     engine = prepare_database(settings)

@@ -15,12 +15,9 @@ from fastapi import Depends, FastAPI
 import tuneloop  # noqa: F401  (sets the offline environment first)
 from tuneloop import schema
 from tuneloop.core import db as database
-from tuneloop.core.errors import install_error_handlers
-from tuneloop.core.settings import Settings, get_settings
-from tuneloop.core import db as database
-from tuneloop.core.deps import current_account
 from tuneloop.core.errors import install_error_handlers, install_not_found_routes
 from tuneloop.core.settings import Settings, get_settings
+from tuneloop.core.deps import current_account
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +49,7 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
     engine = prepare_database(settings)
     runtime = ServingRuntime(settings, engine)
     if settings.memory_enabled:
-        from feedback.memory import CorrectionMemory
+        from feedback.memory.service import CorrectionMemory
 
         runtime.memory = CorrectionMemory(settings, engine)  # approved corrections help at once
 

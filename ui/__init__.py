@@ -13,7 +13,11 @@ from fastapi import FastAPI
 
 from tuneloop.core.accounts.models import Role
 from tuneloop.core.settings import Settings
+from ui.admin import build_admin
 from ui.auth import PageSignIn
+from ui.chat import build_chat
+from ui.headers import SignedInPageHeaders
+from ui.review import build_review
 from ui.theme import CSS, theme
 
 # No footer links (API docs, settings, run history) and no run history kept in the browser:
@@ -22,9 +26,6 @@ _COMMON = dict(footer_links=[], run_history=False, ssr_mode=False, show_error=Fa
 
 
 def mount_ui(app: FastAPI, settings: Settings) -> FastAPI:
-    from ui.admin import build_admin
-    from ui.chat import build_chat
-    from ui.review import build_review
 
     staff = PageSignIn(app.state.db, Role.staff)
     admin = PageSignIn(app.state.db, Role.admin)
@@ -34,7 +35,6 @@ def mount_ui(app: FastAPI, settings: Settings) -> FastAPI:
     gr.mount_gradio_app(app, build_admin(app, admin), "/admin", auth=admin, auth_message=admin.message,
                         **look, **_COMMON)
     gr.mount_gradio_app(app, build_chat(app), "/", **look, **_COMMON)
-    from ui.headers import SignedInPageHeaders
 
     app.add_middleware(SignedInPageHeaders)  # CSP + X-Frame-Options on /staff and /admin; /staff -> /staff/
     return app

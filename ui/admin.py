@@ -14,22 +14,19 @@ import gradio as gr
 import pandas as pd
 from fastapi import FastAPI
 
-from registry import versions as serving
-from feedback import review
-from registry import golden, lifecycle as registry
-from retrain import gate_runs, jobs, scheduler
-from tuneloop.core.db import session_scope
-from retrain import jobs, scheduler
-from registry import golden, lifecycle as registry
-from retrain import jobs, scheduler
+from feedback.review import service as review
+from registry import versions as serving, golden, lifecycle as registry
+from retrain import scheduler
+from retrain.gates import runs as gate_runs
+from retrain.jobs import service as jobs
 from tuneloop.core.company import is_configured
 from tuneloop.core.db import session_scope
 from ui.account import password_tab
-from ui.company import company_tab
 from ui.auth import PageSignIn
+from ui.company import company_tab
 from ui.distill import distill_tab
-from ui.memory_panel import memory_tab
 from ui.errors import shown_to_user
+from ui.memory_panel import memory_tab
 from ui.text import as_text
 
 VERSION_HEADERS = ["id", "name", "status", "parent", "snapshot", "job", "gates", "created"]

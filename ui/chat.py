@@ -2,7 +2,7 @@
 each answer can be rated (thumbs up/down, optional comment).
 
 The page is a client of the same service functions as the HTTP API: ``bot.conversations`` logs each
-turn with the model version that answered, ``feedback.ratings.rate_message`` stores the rating. End
+turn with the model version that answered, ``feedback.ratings.service.rate_message`` stores the rating. End
 users are anonymous: each browser session gets its own ``web_…`` id, used as the conversation's end
 user and as the rater.
 """
@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 import gradio as gr
 from fastapi import FastAPI
 
+from bot import conversations
+from engine.prompting import PromptTooLongError
+from engine.protocol import NotReadyError
+from feedback.ratings.service import rate_message
 from tuneloop.core.db import session_scope
 from tuneloop.core.ids import new_id
 
@@ -78,8 +82,6 @@ def build_chat(app: FastAPI) -> gr.Blocks:
 
 def _ask(app: FastAPI, state: ChatSession, history: list[dict], text: str):
     """Stream one answer into the chat, then log the turn; yields (state, history, textbox, status)."""
-    from bot import conversations
-
     text = (text or "").strip()
     if not text:
         yield state, history, "", ""
@@ -106,8 +108,6 @@ def _ask(app: FastAPI, state: ChatSession, history: list[dict], text: str):
 
 
 def _user_message(exc: Exception) -> str:
-    from engine.prompting import PromptTooLongError
-    from engine.protocol import NotReadyError
 
     if isinstance(exc, NotReadyError):
         return "The assistant is starting up; please try again in a few seconds."
@@ -117,8 +117,6 @@ def _user_message(exc: Exception) -> str:
 
 
 def _rate(app: FastAPI, state: ChatSession, data: gr.LikeData):
-    from feedback.ratings import rate_message
-
     index = data.index if isinstance(data.index, int) else data.index[0]
     message_id = state.message_ids.get(index)
     if message_id is None or data.liked not in (True, False):
@@ -131,8 +129,6 @@ def _rate(app: FastAPI, state: ChatSession, data: gr.LikeData):
 
 
 def _comment(app: FastAPI, state: ChatSession, text: str):
-    from feedback.ratings import rate_message
-
     if state.last_rated is None or not (text or "").strip():
         return state, gr.update(visible=False), "", ""
     message_id, value = state.last_rated

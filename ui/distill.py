@@ -1,6 +1,6 @@
 """The admin page's Distill tab: describe the business in one paragraph, choose how many question/answer
 pairs, see the estimated tokens and cost, confirm, and the teacher's pairs wait for approval on /staff.
-Calls ``feedback.distill_plan`` and ``feedback.distill`` like the CLI (`tuneloop distill task`) and the API
+Calls ``feedback.distill.plan`` and ``feedback.distill`` like the CLI (`tuneloop distill task`) and the API
 (``/v1/distill/runs``)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import gradio as gr
 from fastapi import FastAPI
 
-from feedback import distill, distill_plan
-from feedback.teacher import TeacherError
+from feedback.distill import service as distill, plan as distill_plan
+from feedback.distill.teacher import TeacherError
 from tuneloop.core.db import session_scope
 from ui.auth import PageSignIn
 from ui.errors import shown_to_user

@@ -1,12 +1,12 @@
 """The admin page's "Memory" tab: how verified replies would do at each threshold on this deployment's
-data (``feedback.calibration``, the same report as ``tuneloop memory calibrate``)."""
+data (``feedback.memory.calibration``, the same report as ``tuneloop memory calibrate``)."""
 
 from __future__ import annotations
 
 import gradio as gr
 from fastapi import FastAPI
 
-from feedback.calibration import calibrate, format_table
+from feedback.memory.calibration import calibrate, format_table
 from tuneloop.core.db import session_scope
 from ui.auth import PageSignIn
 from ui.errors import shown_to_user

@@ -14,9 +14,12 @@ from __future__ import annotations
 import gradio as gr
 from fastapi import FastAPI
 
-from feedback import corrections, review
-from feedback.models import CorrectionStatus, ReviewStatus
-from tuneloop.core.db import session_scope
+from feedback.corrections import contacts, service as corrections
+from feedback.corrections.models import Correction, CorrectionStatus
+from feedback.corrections.phrasings import suggest_phrasings
+from feedback.corrections.similarity import find_similar
+from feedback.review import service as review
+from feedback.review.models import ReviewStatus
 from tuneloop.core.db import session_scope
 from ui.account import password_tab
 from ui.auth import PageSignIn
@@ -156,8 +159,6 @@ def _mark_fine(app, sign_in, request, message_id, status, version, sample):
 
 def _suggest(app, sign_in, request, question, answer, current):
     """Append suggested phrasings (not yet listed) to the alternatives box; the author edits them."""
-    from feedback.models import Correction
-    from feedback.phrasings import suggest_phrasings
 
     account = sign_in.account(request)
     if not (question or "").strip():
@@ -264,8 +265,6 @@ def _pending_rows(app: FastAPI, sign_in: PageSignIn, request: gr.Request) -> lis
 
 
 def _pending_details(app: FastAPI, correction_id: str):
-    from feedback.similarity import find_similar
-
     with shown_to_user(), session_scope(app.state.db) as session:
         correction = corrections.get_correction(session, correction_id)
         similar = find_similar(session, app.state.settings, correction)
@@ -298,8 +297,6 @@ def _pending_details(app: FastAPI, correction_id: str):
 
 
 def _decide_contacts(app, sign_in, request, selected, action: str):
-    from feedback import contacts
-
     account = sign_in.account(request)
     if not selected:
         raise gr.Error("Pick a correction first.")

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from feedback import distill
-from feedback.corrections import create_correction
-from feedback.models import Correction, CorrectionSource, CorrectionStatus
+from feedback.distill import service as distill
+from feedback.corrections.service import create_correction
+from feedback.corrections.models import Correction, CorrectionSource, CorrectionStatus
 from tuneloop.core.db import session_scope
 
 HERE = Path(__file__).parent

@@ -49,7 +49,7 @@ class LocalChat:
         yield Answer(turn.conversation_id, turn.message_id)
 
     def rate(self, message_id: str, value: str, comment: str) -> None:
-        from feedback.ratings import rate_message
+        from feedback.ratings.service import rate_message
         from tuneloop.core.db import session_scope
 
         with session_scope(self.runtime.db) as session:

@@ -51,7 +51,7 @@ def import_(file: Path = typer.Argument(..., help="CSV, TSV, XLSX, JSON or JSONL
             actor: str = typer.Option("cli", "--as", help="Recorded as the author in the audit log.")) -> None:
     """Import question/answer pairs as corrections; all rows or none."""
     from feedback.importer import import_file
-    from feedback.models import CorrectionStatus
+    from feedback.corrections.models import CorrectionStatus
     from tuneloop.core import db
     from tuneloop.core.settings import get_settings
 

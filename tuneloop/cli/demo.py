@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import typer
-from sqlmodel import Session, select
+from sqlmodel import select
 from tqdm import tqdm
 
 from tuneloop.core.settings import get_settings
@@ -55,9 +55,9 @@ def ask_all(runtime, questions: list[str]) -> list[str]:
 
 
 def correct_all(db, settings, facts: list[dict], message_ids: list[str], leave_pending: int) -> tuple[int, int]:
-    from feedback.corrections import approve_correction, create_correction, submit_correction
-    from feedback.models import CorrectionStatus
-    from feedback.ratings import rate_message
+    from feedback.corrections.service import approve_correction, create_correction, submit_correction
+    from feedback.corrections.models import CorrectionStatus
+    from feedback.ratings.service import rate_message
     from tuneloop.core.db import session_scope
 
     approved = pending = 0

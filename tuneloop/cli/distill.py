@@ -28,7 +28,7 @@ def task(description: str = typer.Argument(..., help="One paragraph about the bu
          temperature: float = typer.Option(0.9, "--temperature", help="Teacher sampling temperature (0-2)."),
          budget: int = BUDGET, yes: bool = YES, actor: str = ACTOR) -> None:
     """Diverse customer questions with ideal answers in the company's voice, from a description."""
-    from feedback.distill_plan import plan_task
+    from feedback.distill.plan import plan_task
 
     _confirm_and_run(plan_task(_settings(), description=description, count=count, temperature=temperature,
                                budget=budget), yes, actor)
@@ -40,7 +40,7 @@ def docs(files: list[Path] = typer.Argument(..., help="Markdown, text or PDF fil
          temperature: float = typer.Option(0.7, "--temperature"),
          budget: int = BUDGET, yes: bool = YES, actor: str = ACTOR) -> None:
     """Questions each part of the documents answers; every pair keeps its source chunk."""
-    from feedback.distill_plan import plan_docs
+    from feedback.distill.plan import plan_docs
 
     _confirm_and_run(plan_docs(_settings(), files, per_chunk=per_chunk, temperature=temperature, budget=budget),
                      yes, actor)
@@ -52,7 +52,7 @@ def paraphrase(per_correction: int = typer.Option(
                temperature: float = typer.Option(0.9, "--temperature"),
                budget: int = BUDGET, yes: bool = YES, actor: str = ACTOR) -> None:
     """Other wordings of every approved correction's question (they share its answer and split side)."""
-    from feedback.distill_plan import plan_paraphrases
+    from feedback.distill.plan import plan_paraphrases
     from tuneloop.core import db
 
     engine = _engine()
@@ -72,7 +72,7 @@ def resume(run_id: str = typer.Argument(..., help="distill_… from `tuneloop di
 @distill_app.command("runs")
 def runs() -> None:
     """Distillation runs, newest first: status, pairs stored of requested, tokens and cost."""
-    from feedback.distill import list_runs
+    from feedback.distill.service import list_runs
     from tuneloop.core import db
 
     with db.session_scope(_engine()) as session:
@@ -98,7 +98,7 @@ def _engine():
 
 
 def _confirm_and_run(plan, yes: bool, actor: str, engine=None) -> None:
-    from feedback.distill import create_run
+    from feedback.distill.service import create_run
     from tuneloop.core import db
 
     typer.echo(plan.summary())
@@ -113,8 +113,8 @@ def _confirm_and_run(plan, yes: bool, actor: str, engine=None) -> None:
 def _execute(engine, run_id: str, budget: int | None) -> None:
     from tqdm import tqdm
 
-    from feedback.distill import execute_run, get_run, progress_of
-    from feedback.teacher import TeacherError
+    from feedback.distill.service import execute_run, get_run, progress_of
+    from feedback.distill.teacher import TeacherError
     from tuneloop.core import db
 
     with db.session_scope(engine) as session:

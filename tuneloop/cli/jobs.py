@@ -21,7 +21,7 @@ def _engine():
 
 
 def _guard(fn, *args, **kwargs):
-    from retrain.jobs import JobError, JobNotFoundError
+    from retrain.jobs.service import JobError, JobNotFoundError
 
     try:
         return fn(*args, **kwargs)
@@ -46,7 +46,7 @@ def create(
     backend: str = typer.Option("local", help="local, or openai (the hosted service in settings)."),
 ) -> None:
     """Queue a job; the worker (`tuneloop worker`) runs it."""
-    from retrain.jobs import create_job
+    from retrain.jobs.service import create_job
     from tuneloop.core.db import session_scope
 
     values = {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": learning_rate_multiplier}
@@ -70,7 +70,7 @@ def list_(limit: int = typer.Option(20), after: str = typer.Option(None)) -> Non
     """Newest first."""
     from sqlmodel import Session
 
-    from retrain.jobs import list_jobs
+    from retrain.jobs.service import list_jobs
 
     with Session(_engine()) as session:
         rows, has_more = _guard(list_jobs, session, after=after, limit=limit)
@@ -85,8 +85,8 @@ def get(job_id: str) -> None:
     """A job as JSON (OpenAI's fine_tuning.job object)."""
     from sqlmodel import Session
 
-    from retrain.jobs import get_job
-    from retrain.openai_routes import _job
+    from retrain.jobs.service import get_job
+    from retrain.jobs.openai_routes import _job
 
     with Session(_engine()) as session:
         typer.echo(json.dumps(_job(session, _guard(get_job, session, job_id)), indent=2, default=str))
@@ -94,7 +94,7 @@ def get(job_id: str) -> None:
 
 @jobs_app.command("cancel")
 def cancel(job_id: str) -> None:
-    from retrain.jobs import cancel_job
+    from retrain.jobs.service import cancel_job
     from tuneloop.core.db import session_scope
 
     with session_scope(_engine()) as session:
@@ -108,7 +108,7 @@ def follow(job_id: str, poll: float = typer.Option(1.0, help="Seconds between ch
     from sqlmodel import Session
     from tqdm import tqdm
 
-    from retrain.jobs import FINISHED, get_job, list_events
+    from retrain.jobs.service import FINISHED, get_job, list_events
 
     engine, last, bar = _engine(), None, None
     while True:

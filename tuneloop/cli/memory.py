@@ -28,7 +28,7 @@ def calibrate_(target_precision: float = typer.Option(0.99, help="Share of verif
     uncovered logged questions as negatives), and the threshold that meets the target precision."""
     from sqlmodel import Session
 
-    from feedback.calibration import calibrate, format_table
+    from feedback.memory.calibration import calibrate, format_table
     from tuneloop.core.settings import get_settings
 
     if not 0.0 < target_precision <= 1.0:
@@ -48,7 +48,7 @@ def calibrate_(target_precision: float = typer.Option(0.99, help="Share of verif
 @memory_app.command("decide")
 def decide(question: str = typer.Argument(..., help="A customer's question.")) -> None:
     """How memory would handle QUESTION on its own: verified, grounded or none, with the best scores."""
-    from feedback.memory import CorrectionMemory
+    from feedback.memory.service import CorrectionMemory
     from tuneloop.core.settings import get_settings
 
     decision = CorrectionMemory(get_settings(), _engine()).decide([{"role": "user", "content": question}])

@@ -125,7 +125,7 @@ def gates(version_id: str) -> None:
 
     Minutes on a CPU; each stage is printed. (The API queues them for `tuneloop worker` instead.)
     """
-    from retrain.gates import run_gates
+    from retrain.gates.service import run_gates
 
     settings, engine = _context()
     report = run_gates(settings, engine, version_id, progress=lambda stage: typer.echo(f"  {stage} …"))

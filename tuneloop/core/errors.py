@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, HTTPException, Request
@@ -185,3 +186,11 @@ def install_not_found_routes(app: FastAPI) -> None:
                            headers={"Allow": ", ".join(allowed)})
         raise ApiError(404, f"There is no route {request.method} {path}; see the API reference in docs/.",
                        type="not_found_error")
+
+
+async def send_error(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """An error response written straight to ASGI ``send``: middleware answers before any route runs."""
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": payload})

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import Query
 from pydantic import AfterValidator, BeforeValidator
+from tuneloop.core.errors import error_body, send_error
 
 MAX_DB_INT = 2**31 - 1  # the largest value an Integer column holds on PostgreSQL (int4)
 
@@ -83,11 +84,9 @@ class SurrogateGuard:
         body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
         field = _field_with_lone_surrogate(body)
         if field is not None:
-            from tuneloop.core.protection import _send_error
-            from tuneloop.core.errors import error_body
 
             where = field or "the request body"
-            return await _send_error(send, 400, error_body(
+            return await send_error(send, 400, error_body(
                 f"{where}: text contains a lone UTF-16 surrogate (e.g. \\ud800), which is not a character; "
                 "send valid Unicode (a surrogate pair or the character itself).", "invalid_request_error",
                 field or None, "invalid_unicode"))

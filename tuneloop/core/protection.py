@@ -14,7 +14,6 @@ after a few wrong passwords (``LoginThrottle``).
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -24,7 +23,9 @@ from fnmatch import fnmatchcase
 
 from fastapi import FastAPI
 
-from tuneloop.core.errors import ApiError, error_body
+from tuneloop.core.accounts.service import account_for_key
+from tuneloop.core.errors import ApiError, error_body, send_error
+from tuneloop.core.inputs import SurrogateGuard
 from tuneloop.core.settings import Settings
 
 
@@ -72,7 +73,6 @@ def account_identity(scope, key: str) -> str | None:
     """``account:<id>`` for a valid API key, None for an unknown or revoked one (runs a DB query)."""
     from sqlmodel import Session
 
-    from tuneloop.core.accounts.service import account_for_key
 
     app = scope.get("app")
     engine = getattr(getattr(app, "state", None), "db", None)
@@ -123,13 +123,6 @@ class LoginThrottle:
                 self._failures.popitem(last=False)
 
 
-async def _send_error(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": payload})
-
-
 class ProtectionMiddleware:
     def __init__(self, app, settings: Settings, limiter: TokenBucketLimiter | None = None,
                  login_throttle: LoginThrottle | None = None):
@@ -152,7 +145,7 @@ class ProtectionMiddleware:
             wait = self.logins.wait(client)
             if wait:
                 retry = max(1, math.ceil(wait))
-                return await _send_error(send, 429, error_body(
+                return await send_error(send, 429, error_body(
                     f"Too many wrong passwords from this address; try again in {retry} s.", "rate_limit_error",
                     code="login_throttled"), [(b"retry-after", str(retry).encode())])
             self.logins.record(client, success=False)  # counted before it runs: parallel guesses wait too
@@ -161,7 +154,7 @@ class ProtectionMiddleware:
             wait = self.limiter.take(await client_identity(scope))
             if wait:
                 retry = max(1, math.ceil(wait))
-                return await _send_error(send, 429, error_body(
+                return await send_error(send, 429, error_body(
                     f"Too many requests from this client: the limit is {self.settings.rate_limit_per_minute:g} per "
                     f"minute (bursts of {self.settings.rate_limit_burst}). Retry after {retry} s.",
                     "rate_limit_error", code="rate_limit_exceeded"), [(b"retry-after", str(retry).encode())])
@@ -171,7 +164,7 @@ class ProtectionMiddleware:
         limit = self.settings.max_upload_bytes if multipart else self.settings.max_request_bytes
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await _send_error(send, 413, _too_large_body(limit))
+            return await send_error(send, 413, _too_large_body(limit))
 
         received, started = 0, False
 
@@ -194,7 +187,7 @@ class ProtectionMiddleware:
         except RequestTooLarge:
             if started:
                 raise
-            await _send_error(send, 413, _too_large_body(limit))
+            await send_error(send, 413, _too_large_body(limit))
 
     def _recording_login(self, client: str, send):
         async def recording_send(message):
@@ -214,7 +207,5 @@ def _too_large_body(limit: int) -> dict:
 
 
 def install_protection(app: FastAPI, settings: Settings) -> None:
-    from tuneloop.core.inputs import SurrogateGuard
-
     app.add_middleware(SurrogateGuard)  # inside the size limit, so the body it reads is bounded
     app.add_middleware(ProtectionMiddleware, settings=settings)

@@ -74,7 +74,9 @@ class DatabaseCollector:
 
         from bot.models import Message
         from registry.models import ProductionPointer
-        from feedback.models import Correction, CorrectionStatus, Rating, ReviewDecision, ReviewStatus
+        from feedback.corrections.models import Correction, CorrectionStatus
+        from feedback.ratings.models import Rating
+        from feedback.review.models import ReviewDecision, ReviewStatus
         from registry.models import GateReport
         from retrain.models import FineTuneJob
 

@@ -10,9 +10,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 from sqlmodel import Session, select
 
+from tuneloop.core import errors
 from tuneloop.core.accounts.models import Account, ApiKey, AuditEvent, Role
 from tuneloop.core.ids import utcnow
-from tuneloop.core import errors
 
 _hasher = PasswordHasher()
 KEY_PREFIX = "tl-"

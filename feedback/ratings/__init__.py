@@ -1,0 +1,1 @@
+"""Thumbs-up/down on bot answers: the table, the service and the route."""

@@ -1,0 +1,1 @@
+"""The review queue and the second reviewer's decision on a correction."""

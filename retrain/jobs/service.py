@@ -1,0 +1,383 @@
+"""Fine-tune jobs: create, list, get, cancel, and their events, metrics and checkpoints.
+
+A job continues from a parent model version (default: production) on a dataset snapshot or on an
+uploaded training file. Status moves ``validating_files → queued → running → succeeded | failed |
+cancelled``; the worker (retrain/jobs/worker.py) makes every move after creation except a cancel of a job
+that has not started. Routes, the CLI and the scheduler all call these functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, asdict
+from datetime import datetime, timedelta, timezone
+import math
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, func, select
+
+from registry.models import ModelVersion
+from registry.versions import CHECKPOINT_MARK, UnknownModelError, checkpoint_adapters, resolve_model
+from retrain.models import DatasetSnapshot, FineTuneJob, JobEvent, JobMetric, JobStatus, TrainingFile
+from retrain.trainer.config import TrainConfig
+from retrain.trainer.dpo import DEFAULT_BETA
+from tuneloop.core import errors
+from tuneloop.core.accounts.service import audit
+from tuneloop.core.ids import utcnow
+from tuneloop.core.settings import Settings
+
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+STALE_AFTER_SECONDS = 15.0  # a running job whose worker has not beaten the heartbeat for this long is orphaned
+ACTIVE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+
+
+class JobError(errors.InvalidInputError):
+    """Bad input (400); ``param`` names the offending field, as OpenAI's error envelope does."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message, param=param)
+
+
+class JobNotFoundError(errors.NotFoundError):
+    """No such job, file or snapshot (404)."""
+
+
+class JobConflictError(errors.ConflictError, JobError):
+    """The job is not in a state that allows this (409), e.g. cancelling a finished job."""
+
+
+class JobForbiddenError(errors.ForbiddenError, JobError):
+    """The caller may not start this job (403): training on a file nobody else has reviewed."""
+
+
+class JobLimitError(JobError):
+    """Too many jobs waiting for this account (429)."""
+
+    status_code, error_type, code = 429, "rate_limit_error", "too_many_jobs"
+
+
+def _check_caps(settings: Settings, hyper: dict[str, Any]) -> None:
+    for name, cap, setting in (("n_epochs", settings.max_train_epochs, "TUNELOOP_MAX_TRAIN_EPOCHS"),
+                               ("min_steps", settings.max_train_steps, "TUNELOOP_MAX_TRAIN_STEPS")):
+        if name in hyper and hyper[name] > cap:
+            raise JobError(f"{name} is {hyper[name]}; this server allows at most {cap} ({setting})",
+                           f"hyperparameters.{name}")
+
+
+def _check_queue(session: Session, settings: Settings, actor: str) -> None:
+    waiting = session.exec(select(func.count()).select_from(FineTuneJob).where(
+        FineTuneJob.created_by == actor, col(FineTuneJob.status).in_(ACTIVE))).one()
+    if waiting >= settings.max_queued_jobs_per_account:
+        raise JobLimitError(f"{actor} already has {waiting} jobs waiting or running (the limit is "
+                            f"{settings.max_queued_jobs_per_account}); wait for one to finish or cancel one")
+
+
+def _check_reviewed(record: TrainingFile, actor: str, admin: bool) -> None:
+    """An uploaded file is data no second person has read: an admin's job on it is that review,
+    a staff member's needs another staff member's approval of the file first."""
+    if admin or record.approved_by:
+        return
+    raise JobForbiddenError(f"file {record.id} (uploaded by {record.created_by or 'unknown'}) has not been "
+                            "reviewed: another staff member approves it with POST /v1/files/"
+                            f"{record.id}/approve, or an admin creates the job", "training_file")
+
+
+def normalize_hyperparameters(values: dict[str, Any] | None) -> dict[str, Any]:
+    """Drop OpenAI's ``"auto"`` values (our defaults apply) and validate the rest with TrainConfig."""
+    cleaned = {k: v for k, v in (values or {}).items() if v is not None and v != "auto"}
+    known = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = sorted(set(cleaned) - set(known))
+    if unknown:
+        raise JobError(f"unknown hyperparameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                       "hyperparameters")
+    for name, value in cleaned.items():
+        _check_type(name, value, str(known[name]))
+    try:
+        TrainConfig.from_dict(cleaned)
+    except (TypeError, ValueError) as exc:
+        field_name = str(exc).split(" ")[0]
+        param = f"hyperparameters.{field_name}" if field_name in known else "hyperparameters"
+        raise JobError(str(exc), param) from exc
+    return cleaned
+
+
+_TYPE_CHECKS = {  # TrainConfig's annotations (strings: postponed evaluation) → check, description
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of strings"),
+}
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    check, description = _TYPE_CHECKS.get(annotation, (lambda v: True, ""))
+    if not check(value):
+        raise JobError(f"{name} must be {description}, not {value!r}", f"hyperparameters.{name}")
+
+
+def create_job(session: Session, settings: Settings, *, actor: str, model: str | None = None,
+               snapshot_id: str | None = None, training_file_id: str | None = None,
+               validation_file_id: str | None = None, hyperparameters: dict[str, Any] | None = None,
+               suffix: str | None = None, seed: int | None = None, backend: str = "local",
+               admin: bool = False, metadata: dict[str, str] | None = None,
+               method: dict[str, Any] | None = None) -> FineTuneJob:
+    """Queue a job that continues from ``model`` (a version id, name or the production alias).
+    ``admin``: the creator is an admin (or the operator at the CLI), whose job on an uploaded file
+    counts as its review. ``method``: None (supervised) or ``{"type": "dpo", "beta": number | "auto"}``
+    on a preference file."""
+    hyper = normalize_hyperparameters(hyperparameters)
+    _check_caps(settings, hyper)
+    _check_metadata(metadata)
+    method = _check_method(method, training_file_id, backend)
+    if method and validation_file_id:
+        raise JobError("DPO jobs here measure nothing on a validation file; leave validation_file unset",
+                       "validation_file")
+    try:
+        parent = resolve_model(session, settings, model or settings.production_alias)
+    except UnknownModelError as exc:
+        raise JobError(str(exc), "model") from exc
+    if backend not in ("local", "openai"):
+        raise JobError(f"backend must be 'local' or 'openai', not {backend!r}", "backend")
+    if backend == "local" and parent.hosted_model and not parent.adapter_path:
+        raise JobError(f"{parent.id} is a hosted model; continue it with backend='openai'", "model")
+    if suffix is not None and len(suffix) > 64:
+        raise JobError("suffix must be at most 64 characters", "suffix")
+    if training_file_id:
+        _check_reviewed(_require_file(session, training_file_id, "training_file"), actor, admin)
+        if validation_file_id:
+            _require_file(session, validation_file_id, "validation_file")
+    else:
+        snapshot_id = _require_snapshot(session, snapshot_id).id
+    _check_queue(session, settings, actor)
+    job = FineTuneJob(backend=backend, parent_version_id=parent.id, snapshot_id=snapshot_id,
+                      training_file_id=training_file_id, validation_file_id=validation_file_id,
+                      hyperparameters=hyper, suffix=suffix, seed=42 if seed is None else int(seed),
+                      created_by=actor, status=JobStatus.validating_files, user_metadata=metadata or None,
+                      method=method)
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job {job.id} from {parent.id}"
+              + (f" on snapshot {snapshot_id}" if snapshot_id else f" on file {training_file_id}"))
+    audit(session, actor=actor, action="finetune.created", object_type="finetunejob", object_id=job.id,
+          parent=parent.id, snapshot=snapshot_id, training_file=training_file_id)
+    return job
+
+
+def _check_method(method: dict[str, Any] | None, training_file_id: str | None, backend: str) -> dict[str, Any] | None:
+    if not method:
+        return None
+
+    beta = DEFAULT_BETA if method.get("beta") in (None, "auto") else method["beta"]
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 < beta <= 2:
+        raise JobError(f"beta must be a number in (0, 2] or 'auto', not {beta!r}", "method.dpo.hyperparameters.beta")
+    if not training_file_id:
+        raise JobError("a DPO job trains on an uploaded preference file; pass training_file", "training_file")
+    if backend != "local":
+        raise JobError("DPO runs on the local backend only", "method.type")
+    return {"type": "dpo", "beta": float(beta)}
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    """OpenAI's limits: at most 16 pairs, keys up to 64 characters, string values up to 512."""
+    if not metadata:
+        return
+    if len(metadata) > 16:
+        raise JobError(f"metadata holds {len(metadata)} pairs; at most 16 are allowed", "metadata")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise JobError(f"metadata key {key[:20]!r}… is longer than 64 characters", "metadata")
+        if not isinstance(value, str) or len(value) > 512:
+            raise JobError(f"metadata[{key!r}] must be a string of at most 512 characters", "metadata")
+
+
+def planned_hyperparameters(config: TrainConfig, n_examples: int) -> tuple[dict[str, Any], list[str]]:
+    """The hyperparameters a run on ``n_examples`` uses (the trainer's rule: n_epochs is raised until the
+    run takes min_steps optimizer steps) and the reasons for each change, for the job's events."""
+    per_epoch = math.ceil(math.ceil(max(n_examples, 1) / config.batch_size) / config.gradient_accumulation)
+    n_epochs = max(config.n_epochs, math.ceil(config.min_steps / per_epoch))
+    reasons = []
+    if n_epochs != config.n_epochs:
+        reasons.append(f"n_epochs raised from {config.n_epochs} to {n_epochs} to reach {config.min_steps} optimizer "
+                       f"steps ({n_examples} examples at batch_size {config.batch_size}: {per_epoch} "
+                       f"step{'s' if per_epoch > 1 else ''} per epoch)")
+    effective = {**asdict(config), "n_epochs": n_epochs, "total_steps": per_epoch * n_epochs,
+                 "learning_rate": config.learning_rate, "n_examples": n_examples}
+    return effective, reasons
+
+
+def estimated_finish(session: Session, job: FineTuneJob) -> datetime | None:
+    """For a running job: the last step's time plus the remaining steps at the measured step time
+    (between the first and the last recorded step, so model loading does not count)."""
+    total = (job.effective_hyperparameters or {}).get("total_steps")
+    if job.status != JobStatus.running or not total:
+        return None
+    first = session.exec(select(JobMetric).where(JobMetric.job_id == job.id).order_by(col(JobMetric.step))).first()
+    last = session.exec(select(JobMetric).where(JobMetric.job_id == job.id)
+                        .order_by(col(JobMetric.step).desc())).first()
+    if first is None or last is None or last.step <= first.step:
+        return None
+    per_step = (last.created_at - first.created_at) / (last.step - first.step)
+    return last.created_at + per_step * max(int(total) - last.step, 0)
+
+
+def _require_file(session: Session, file_id: str, param: str) -> TrainingFile:
+    record = session.get(TrainingFile, file_id)
+    if record is None:
+        raise JobError(f"no uploaded file {file_id!r}; upload it with POST /v1/files (purpose fine-tune)", param)
+    if record.purpose != "fine-tune":
+        raise JobError(f"file {file_id!r} has purpose {record.purpose!r}, not 'fine-tune'", param)
+    return record
+
+
+def _require_snapshot(session: Session, snapshot_id: str | None) -> DatasetSnapshot:
+    if snapshot_id:
+        snapshot = session.get(DatasetSnapshot, snapshot_id)
+        if snapshot is None:
+            raise JobError(f"no dataset snapshot {snapshot_id!r}; list them with `tuneloop data snapshots`",
+                           "snapshot_id")
+    else:
+        snapshot = session.exec(select(DatasetSnapshot).order_by(col(DatasetSnapshot.created_at).desc())).first()
+        if snapshot is None:
+            raise JobError("there is no dataset snapshot yet; approve corrections and create one first",
+                           "snapshot_id")
+    if snapshot.n_train == 0:
+        raise JobError(f"snapshot {snapshot.id} has no training examples; approve some corrections first",
+                       "snapshot_id")
+    return snapshot
+
+
+def get_job(session: Session, job_id: str) -> FineTuneJob:
+    job = session.get(FineTuneJob, job_id)
+    if job is None:
+        raise JobNotFoundError(f"no fine-tuning job {job_id!r}")
+    return job
+
+
+def list_jobs(session: Session, *, after: str | None = None, limit: int = 20,
+              metadata: dict[str, str] | None = None) -> tuple[list[FineTuneJob], bool]:
+    """Newest first; ``after`` is the id of the last job of the previous page; ``metadata``: only jobs
+    whose metadata holds every given pair. Returns (jobs, has_more)."""
+    query = select(FineTuneJob).order_by(col(FineTuneJob.created_at).desc(), col(FineTuneJob.id).desc())
+    if after:
+        cursor = get_job(session, after)
+        query = query.where((col(FineTuneJob.created_at) < cursor.created_at)
+                            | ((col(FineTuneJob.created_at) == cursor.created_at) & (col(FineTuneJob.id) < cursor.id)))
+    if metadata:  # JSON containment differs by engine; job lists are short, so filter here
+        rows = [j for j in session.exec(query) if all((j.user_metadata or {}).get(k) == v for k, v in metadata.items())]
+        return rows[:limit], len(rows) > limit
+    rows = list(session.exec(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def cancel_job(session: Session, job_id: str, *, actor: str) -> FineTuneJob:
+    """A job that has not started is cancelled at once; a running one is flagged, and the worker stops
+    its training process within seconds and marks it cancelled. A running job whose worker is gone (no
+    heartbeat for ``STALE_AFTER_SECONDS``) has nobody to stop it: it is cancelled at once."""
+    job = get_job(session, job_id)
+    if job.status in FINISHED:
+        raise JobConflictError(f"job {job_id} already {job.status}; only a job that has not finished can be cancelled")
+    if job.status == JobStatus.running and _orphaned(job):
+        job.status, job.finished_at, job.cancel_requested = JobStatus.cancelled, utcnow(), True
+        add_event(session, job.id, f"Job cancelled by {actor}; its worker ({job.worker_id}) had stopped "
+                                   f"(last heartbeat {job.heartbeat_at}), no version was created")
+    elif job.status == JobStatus.running:
+        job.cancel_requested = True
+        add_event(session, job.id, f"Cancellation requested by {actor}")
+    else:
+        job.status, job.finished_at = JobStatus.cancelled, utcnow()
+        add_event(session, job.id, f"Job cancelled by {actor}")
+    session.add(job)
+    audit(session, actor=actor, action="finetune.cancelled", object_type="finetunejob", object_id=job.id)
+    session.flush()
+    return job
+
+
+def _orphaned(job: FineTuneJob) -> bool:
+    if job.heartbeat_at is None:
+        return True
+    beat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=timezone.utc)
+    now = utcnow()
+    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    return now - beat > timedelta(seconds=STALE_AFTER_SECONDS)
+
+
+def add_event(session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message",
+              data: dict[str, Any] | None = None) -> JobEvent:
+    event = JobEvent(job_id=job_id, message=message, level=level, type=type, data=data, created_at=utcnow())
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_events(session: Session, job_id: str, *, after: int | str | None = None,
+                limit: int = 20, oldest_first: bool = False) -> tuple[list[JobEvent], bool]:
+    """Newest first like OpenAI (``after`` = id of the last event seen, paging backwards), or with
+    ``oldest_first`` the events after ``after`` in order (what ``jobs follow`` streams)."""
+    get_job(session, job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if oldest_first:
+        query = query.order_by(col(JobEvent.id))
+        if after is not None:
+            query = query.where(col(JobEvent.id) > _event_id(after))
+    else:
+        query = query.order_by(col(JobEvent.id).desc())
+        if after is not None:
+            query = query.where(col(JobEvent.id) < _event_id(after))
+    rows = list(session.exec(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def _event_id(value: int | str) -> int:
+    text = str(value).removeprefix("ftevent-")
+    if not text.isdigit() or int(text) >= 2**63:
+        raise JobError(f"'after' must be an event id (ftevent-N), not {value!r}", "after")
+    return int(text)
+
+
+def record_metrics(session: Session, job_id: str, row: dict[str, Any]) -> JobMetric:
+    metric = JobMetric(job_id=job_id, step=int(row["step"]), train_loss=row.get("train_loss"),
+                       train_mean_token_accuracy=row.get("train_accuracy"), valid_loss=row.get("valid_loss"),
+                       valid_mean_token_accuracy=row.get("valid_mean_token_accuracy"))
+    session.add(metric)
+    session.flush()
+    return metric
+
+
+def list_metrics(session: Session, job_id: str) -> list[JobMetric]:
+    get_job(session, job_id)
+    return list(session.exec(select(JobMetric).where(JobMetric.job_id == job_id).order_by(col(JobMetric.step))))
+
+
+def list_checkpoints(session: Session, settings: Settings, job_id: str) -> list[dict[str, Any]]:
+    """The checkpoints a succeeded job kept (the adapter after each of its last three epochs, the
+    last one being the final model), newest first, each with its model name and that step's metrics."""
+    job = get_job(session, job_id)
+    if job.status != JobStatus.succeeded or not job.result_version_id:
+        return []
+    version = session.get(ModelVersion, job.result_version_id)
+    metrics = {m.step: m for m in list_metrics(session, job_id)}
+    found = checkpoint_adapters(settings, version)
+    if not found and version.adapter_path:  # a job from before checkpoints were kept: the final adapter
+        last = max(metrics) if metrics else 0
+        return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}", "job": job, "step": last,
+                 "name": version.name, "metric": metrics.get(last)}]
+    return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}", "job": job, "step": step,
+             "name": f"{version.name}{CHECKPOINT_MARK}{step}", "metric": metrics.get(step)}
+            for step, _directory in reversed(found)]
+
+
+def set_status(session: Session, job_id: str, status: JobStatus, *, message: str | None = None,
+               error: dict[str, Any] | None = None, level: str = "info", **values: Any) -> None:
+    """Move a job, stamping started/finished times, and log the move as an event."""
+    stamps: dict[str, datetime] = {}
+    if status == JobStatus.running:
+        stamps["started_at"] = utcnow()
+    if status in FINISHED:
+        stamps["finished_at"] = utcnow()
+    session.exec(update(FineTuneJob).where(FineTuneJob.id == job_id)
+                 .values(status=status, error=error, **stamps, **values))
+    add_event(session, job_id, message or f"Job {status}", level=level)
+
+
+def failure(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": param}

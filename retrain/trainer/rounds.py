@@ -1,0 +1,67 @@
+"""What one round of training trains on: the new examples of the job's snapshot since its parent's,
+plus a share of earlier ones replayed (``retrain.trainer.replay``), or an uploaded file as it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from feedback.examples import TrainingExample
+from registry.models import ModelVersion
+from registry.versions import version_spec
+from retrain.datasets import get_snapshot, load_examples
+from retrain.jobs.files import get_file, read_examples
+from retrain.models import FineTuneJob
+from retrain.trainer.replay import select_for_round
+from tuneloop.core.settings import Settings
+
+
+@dataclass
+class TrainingRound:
+    """The inputs of one job: where it starts from and which examples it sees."""
+
+    parent_id: str
+    base_dir: Path
+    parent_adapter_dir: Path | None
+    train: list[TrainingExample]
+    valid: list[TrainingExample]
+    n_new: int
+    n_replayed: int
+    new_keys: set[str] | None  # ``TrainingExample.key`` of the new examples (None: all are new, e.g. an uploaded file)
+
+    def describe(self, config: Any) -> str:
+        """The job event that says what this round trains."""
+        return (f"Training {len(self.train)} examples ({self.n_new} new, {self.n_replayed} replayed), "
+                f"{len(self.valid)} validation, {config.n_epochs} epochs (at least {config.min_steps} steps), "
+                f"continuing from {self.parent_id}" + (" (its adapter)" if self.parent_adapter_dir else " (fresh LoRA)")
+                + (f"; the parent first answers {config.kl_anchors} general prompts for the KL penalty"
+                   if config.kl_weight > 0 else ""))
+
+
+def plan_round(session: Session, settings: Settings, job: FineTuneJob, config: Any) -> TrainingRound:
+    """Base model, parent adapter and the examples of this round (new + replayed)."""
+    parent = session.get(ModelVersion, job.parent_version_id)
+    spec = version_spec(parent, settings)
+    if job.snapshot_id:
+        snapshot = get_snapshot(session, job.snapshot_id)
+        current, valid = load_examples(settings, snapshot, "train"), load_examples(settings, snapshot, "valid")
+        seen = None
+        if parent.snapshot_id and parent.snapshot_id != snapshot.id:
+            seen = {e.key for e in load_examples(settings, get_snapshot(session, parent.snapshot_id), "train")}
+        elif parent.snapshot_id == snapshot.id:
+            seen = set()  # same data as the parent: train on all of it
+        train, n_new, n_replayed = select_for_round(current, seen, replay_fraction=config.replay_fraction,
+                                                     seed=config.seed)
+        new_keys = {e.key for e in train[:n_new]}
+    else:
+        train = _file_examples(session, settings, job.training_file_id)
+        valid = _file_examples(session, settings, job.validation_file_id) if job.validation_file_id else []
+        n_new, n_replayed, new_keys = len(train), 0, None
+    return TrainingRound(parent.id, spec.base_dir, spec.adapter_dir, train, valid, n_new, n_replayed, new_keys)
+
+
+def _file_examples(session: Session, settings: Settings, file_id: str) -> list[TrainingExample]:
+    return [TrainingExample.from_record(row) for row in read_examples(settings, get_file(session, file_id))]
