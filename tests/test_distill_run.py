@@ -38,7 +38,7 @@ def test_only_approved_synthetic_pairs_become_training_examples(engine, settings
         approved = approve_correction(session, settings, synthetic(engine)[0].id, actor="bob")
     with Session(engine) as session:
         examples = training_examples(session, settings)
-    assert [e["correction_id"] for e in examples] == [approved.id]
+    assert [e.correction_id for e in examples] == [approved.id]
     assert examples[0].source == "synthetic" and examples[0].completion == approved.answer
 
 

@@ -83,9 +83,9 @@ def test_bad_alternative_questions_are_refused_with_the_fix(api, app):
     assert api.post(f"/v1/corrections/{correction_id}/approve", headers=api.as_["bob"],
                     json={"etag": shown["etag"]}).status_code == 200  # approves exactly what he was shown
     with Session(app.state.db) as session:
-        examples = {e["correction_id"]: e for e in training_examples(session, app.state.settings)}
-    assert examples[correction_id]["alternative_questions"] == ["How many days do I get to return a purchase?"]
-    assert examples[tuneup_id]["alternative_questions"] == []
+        examples = {e.correction_id: e for e in training_examples(session, app.state.settings)}
+    assert examples[correction_id].alternative_questions == ["How many days do I get to return a purchase?"]
+    assert examples[tuneup_id].alternative_questions == []
 
 
 def test_suggestions_come_from_logs_model_and_teacher_and_route_to_their_correction(api, app, teacher):  # noqa: F811
