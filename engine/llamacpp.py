@@ -68,6 +68,7 @@ class LlamaModel:
         path = ensure_gguf(spec, settings)
         model_params = lc.llama_model_default_params()
         model_params.n_gpu_layers = 0
+        model_params.use_extra_bufts = settings.llamacpp_extra_buffers  # see the setting: AMX may crash a VM
         self.model = lc.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}; delete it to have it written again.")

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     llamacpp_context_tokens: int = Field(8192, ge=512, description="KV cache of the llama.cpp engine, shared by "
                                                                    "the chats it decodes together.")
     llamacpp_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp (0: all cores).")
+    llamacpp_extra_buffers: bool = Field(
+        False, description="Let llama.cpp repack weights into its CPU-specific layouts (AMX, AVX-512 tiles). Off: on "
+        "a Xeon that reports AMX inside a VM that does not enable it, llama.cpp's native build crashed (SIGSEGV in "
+        "ggml_backend_amx_mul_mat) on the first prompt longer than a few tokens. Turn on where AMX works.")
     upstream_base_url: str = Field("", description="OpenAI-compatible server used when serving_backend=upstream.")
     upstream_api_key: str = "not-needed"
     upstream_model: str = Field("", description="Upstream model name for the base version (v0) and LoRA versions "
