@@ -5,7 +5,6 @@ client pauses a job the real worker runs, resumes it, and the job ends with ever
 from __future__ import annotations
 
 import io
-import threading
 
 import openai
 import pytest
@@ -18,18 +17,7 @@ from retrain.trainer.pausing import STATE_FILE, TrainingPaused
 from retrain.trainer.train import train
 from feedback.examples import TrainingExample
 from support.openai_conformance import assert_complete
-from support.retrain import chat_jsonl
-from support.servers import wait_until
-
-
-@pytest.fixture
-def app(sqlite_tiny_app):
-    return sqlite_tiny_app
-
-
-@pytest.fixture
-def client(admin_openai):
-    return admin_openai
+from support.retrain import chat_jsonl, job_running
 
 
 def facts(n: int) -> list[TrainingExample]:
@@ -64,8 +52,8 @@ def test_a_paused_run_resumes_to_the_result_of_a_run_never_paused(tiny_model_dir
     assert [r.split(",")[0] for r in rows[1:]] == [str(s) for s in range(1, 10)]
 
 
-def test_pause_and_resume_a_running_job_with_the_official_client(app, client):
-    settings = app.state.settings
+def test_pause_and_resume_a_running_job_with_the_official_client(sqlite_tiny_app, admin_openai):
+    app, client, settings = sqlite_tiny_app, admin_openai, sqlite_tiny_app.state.settings
     training = client.files.create(file=("t.jsonl", io.BytesIO(chat_jsonl(40))), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model="tuneloop", training_file=training.id, hyperparameters={
         "n_epochs": 2, "batch_size": 1, "stop_when_learned": False, "kl_weight": 0})
@@ -77,18 +65,11 @@ def test_pause_and_resume_a_running_job_with_the_official_client(app, client):
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.resume("ftjob-nope")
 
-    worker = Worker(settings, app.state.db)
-    thread = threading.Thread(target=worker.run_next_job)
-    thread.start()
-    try:
-        wait_until(lambda: sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data) >= 2)
+    with job_running(app, client, job.id) as worker:
         asked = client.fine_tuning.jobs.pause(job.id)
         assert_complete(asked)
         assert asked.status == "running"  # until the next step boundary
-        thread.join(timeout=120)
-    finally:
-        worker.stop_event.set()
-        thread.join()
+        worker.join(timeout=120)
     paused = client.fine_tuning.jobs.retrieve(job.id)
     assert paused.status == "paused" and paused.finished_at is None
     events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
@@ -116,12 +97,12 @@ def test_pause_and_resume_a_running_job_with_the_official_client(app, client):
     assert done.hyperparameters.n_epochs == 2 and done.fine_tuned_model
 
 
-def test_a_paused_job_cancels_and_leaves_no_checkpoint(app, client):
+def test_a_paused_job_cancels_and_leaves_no_checkpoint(sqlite_tiny_app, admin_openai):
     from retrain.jobs import service as jobs
     from retrain.models import FineTuneJob, JobStatus
     from tuneloop.core.db import session_scope
 
-    settings = app.state.settings
+    app, client, settings = sqlite_tiny_app, admin_openai, sqlite_tiny_app.state.settings
     training = client.files.create(file=("t.jsonl", io.BytesIO(chat_jsonl(4))), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model="tuneloop", training_file=training.id)
     resume = settings.model_store_dir / "checkpoints" / job.id / "resume"
@@ -134,7 +115,8 @@ def test_a_paused_job_cancels_and_leaves_no_checkpoint(app, client):
         assert session.get(FineTuneJob, job.id).status == JobStatus.cancelled
 
 
-def test_integrations_are_refused_and_an_empty_list_is_fine(client):
+def test_integrations_are_refused_and_an_empty_list_is_fine(admin_openai):
+    client = admin_openai
     training = client.files.create(file=("t.jsonl", io.BytesIO(chat_jsonl(4))), purpose="fine-tune")
     with pytest.raises(openai.BadRequestError) as bad:
         client.fine_tuning.jobs.create(model="tuneloop", training_file=training.id,
