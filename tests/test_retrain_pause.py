@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from retrain.jobs.worker import Worker
 from retrain.trainer.config import TrainConfig
+from retrain.trainer.dpo import train_dpo
 from retrain.trainer.pausing import STATE_FILE, TrainingPaused
 from retrain.trainer.train import train
 from feedback.examples import TrainingExample
@@ -52,6 +53,26 @@ def test_a_paused_run_resumes_to_the_result_of_a_run_never_paused(tiny_model_dir
     assert [r.split(",")[0] for r in rows[1:]] == [str(s) for s in range(1, 10)]
 
 
+def test_a_paused_dpo_run_resumes_to_the_result_of_a_run_never_paused(tiny_model_dir, tmp_path):
+    """The reference log-probabilities are the parent's on resume too (computed before the paused
+    weights are loaded), so the resumed run ends where the straight one does."""
+    rows = [{"input": {"messages": [{"role": "user", "content": f"Refund window {i}?"}]},
+             "preferred_output": [{"role": "assistant", "content": f"{30 + i} days."}],
+             "non_preferred_output": [{"role": "assistant", "content": "There is none."}]} for i in range(4)]
+    config = TrainConfig(n_epochs=2, min_steps=0, batch_size=1, device="cpu")  # 8 steps
+    common = dict(base_dir=tiny_model_dir, parent_adapter_dir=None)
+    straight = train_dpo(config, 0.1, rows, output_dir=tmp_path / "straight", **common)
+    with pytest.raises(TrainingPaused) as paused:
+        train_dpo(config, 0.1, rows, output_dir=tmp_path / "paused", resume_dir=tmp_path / "resume",
+                  should_pause=iter([False, False, True]).__next__, **common)
+    assert paused.value.step == 3
+    resumed = train_dpo(config, 0.1, rows, output_dir=tmp_path / "paused", resume_dir=tmp_path / "resume", **common)
+    assert resumed.steps == straight.steps == 8
+    a, b = (load_file(d / "adapter_model.safetensors") for d in (tmp_path / "straight", tmp_path / "paused"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-4)
+
+
 def test_pause_and_resume_a_running_job_with_the_official_client(sqlite_tiny_app, admin_openai):
     app, client, settings = sqlite_tiny_app, admin_openai, sqlite_tiny_app.state.settings
     training = client.files.create(file=("t.jsonl", io.BytesIO(chat_jsonl(40))), purpose="fine-tune")
@@ -68,7 +89,7 @@ def test_pause_and_resume_a_running_job_with_the_official_client(sqlite_tiny_app
     with job_running(app, client, job.id) as worker:
         asked = client.fine_tuning.jobs.pause(job.id)
         assert_complete(asked)
-        assert asked.status == "running"  # until the next step boundary
+        assert asked.status == "running" and asked.to_dict()["pause_requested"]  # until the next step boundary
         worker.join(timeout=120)
     paused = client.fine_tuning.jobs.retrieve(job.id)
     assert paused.status == "paused" and paused.finished_at is None

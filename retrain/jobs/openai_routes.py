@@ -114,6 +114,7 @@ def job_object(job: FineTuneJob, fine_tuned_model: str | None = None,
         "method": method_object(job, hyperparameters),
         # --- tuneloop extras -----------------------------------------------------------------
         "backend": job.backend, "snapshot_id": job.snapshot_id, "result_version_id": job.result_version_id,
+        "pause_requested": job.pause_requested,
         "hyperparameters_requested": job.hyperparameters, "hyperparameters_full": full,
     }
 

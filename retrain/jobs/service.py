@@ -220,11 +220,15 @@ def planned_hyperparameters(config: TrainConfig, n_examples: int) -> tuple[dict[
 
 def estimated_finish(session: Session, job: FineTuneJob) -> datetime | None:
     """For a running job: the last step's time plus the remaining steps at the measured step time
-    (between the first and the last recorded step, so model loading does not count)."""
+    (between the first and the last step recorded since it started, so model loading and, for a
+    resumed job, the pause do not count)."""
     total = (job.effective_hyperparameters or {}).get("total_steps")
     if job.status != JobStatus.running or not total:
         return None
-    first = session.exec(select(JobMetric).where(JobMetric.job_id == job.id).order_by(col(JobMetric.step))).first()
+    since = select(JobMetric).where(JobMetric.job_id == job.id)
+    if job.started_at is not None:
+        since = since.where(col(JobMetric.created_at) >= job.started_at)
+    first = session.exec(since.order_by(col(JobMetric.step))).first()
     last = session.exec(select(JobMetric).where(JobMetric.job_id == job.id)
                         .order_by(col(JobMetric.step).desc())).first()
     if first is None or last is None or last.step <= first.step:
