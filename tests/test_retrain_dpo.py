@@ -70,7 +70,8 @@ def biased_answer(app, client, question: str):
     """The random tiny model answers blanks; a logit bias makes its (bad) answer visible: " never never never"."""
     from transformers import AutoTokenizer
 
-    token = AutoTokenizer.from_pretrained(app.state.settings.base_model)(" never", add_special_tokens=False)["input_ids"][0]
+    tokenizer = AutoTokenizer.from_pretrained(app.state.settings.base_model)
+    token = tokenizer(" never", add_special_tokens=False)["input_ids"][0]
     app.state.runtime.start(background=False)
     try:
         return client.chat.completions.create(model="tuneloop", max_tokens=3, logit_bias={str(token): 100},

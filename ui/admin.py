@@ -1,7 +1,8 @@
 """The admin page at ``/admin``: what is in production and where it came from, the candidates with
 their gate reports (every changed answer side by side, every regression), promote / reject / rollback,
-training history with loss curves, pause / resume of a job, the scheduler, the golden set, and distillation (``ui.distill``: a
-teacher writes question/answer pairs from a description, after a cost estimate).
+training history with loss curves, pause / resume of a job, the scheduler, the golden set, and
+distillation (``ui.distill``: a teacher writes question/answer pairs from a description, after a cost
+estimate).
 
 Callbacks call ``registry.lifecycle``, ``retrain.jobs``, ``retrain.scheduler``, ``registry.golden`` and
 ``feedback.review``: the same functions as the HTTP API and the CLI. The registry checks the admin role
