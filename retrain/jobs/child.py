@@ -86,7 +86,9 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
             jobs.add_event(session, job.id, f"Then DPO on {len(pairs)} preference pairs of {job.snapshot_id}'s "
                            "corrections (the corrected answer against its approved correction)" if pairs else
                            "no preference pairs: DPO skipped (no correction in the snapshot corrects an answer)")
-        session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id).values(effective_hyperparameters=effective))
+        # a job resumed after its supervised pass keeps what that pass ran (it may have stopped once learned)
+        session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id)
+                     .values(effective_hyperparameters=job.effective_hyperparameters or effective))
     relative = f"adapters/{job.id}"
     supervised_dir = checkpoint_root(settings, job.id) / "supervised" if pairs else settings.model_store_dir / relative
     metrics, tokens = _train_supervised(settings, engine, job, config, round_, effective, supervised_dir,

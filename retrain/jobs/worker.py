@@ -2,9 +2,10 @@
 
 It runs one job at a time, oldest first; later jobs wait in ``queued``. A pause is the child's own
 doing (it writes a resumable checkpoint at a step boundary and exits, ``retrain.trainer.pausing``);
-the worker then marks the job ``paused``, and a resumed job is queued like any other. Each job trains in a child
-process (``python -m retrain.jobs.child <job> - <result.json>``, ``retrain.jobs.child``), so a cancel stops it
-within seconds (the child is killed) and a crash of the child fails only that job, with the reason.
+the worker then marks the job ``paused``, and a resumed job is queued like any other. Each job trains
+in a child process (``python -m retrain.jobs.child <job> - <result.json>``, ``retrain.jobs.child``), so
+a cancel stops it within seconds (the child is killed) and a crash of the child fails only that job,
+with the reason.
 The worker beats ``FineTuneJob.heartbeat_at`` while a job runs; a worker that starts and finds a job
 ``running`` with a stale heartbeat (its worker died) marks it failed. The child dies with its worker
 (PR_SET_PDEATHSIG), and only the worker registers the result, so a killed worker leaves no version.

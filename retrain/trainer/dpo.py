@@ -106,20 +106,19 @@ def train_dpo(config: TrainConfig, beta: float, rows: list[dict], *, base_dir: P
                      for g, b in pairs]
     pause = PausePoint(resume_dir, should_pause)
     pause.load_weights(model)  # after the reference log-probabilities: they are the parent's
-    run = _DpoRun(config, beta, model, device, pad_id, pairs, reference, progress_callback, should_cancel)
-    run.pause = pause
+    run = _DpoRun(config, beta, model, device, pad_id, pairs, reference, progress_callback, should_cancel, pause)
     metrics = fit_and_save(run, model, output_dir, lambda staging, metrics: _write_files(
         staging, config, beta, provenance, metrics, run.rows, base_dir, parent_adapter_dir))
     return result_of(run, output_dir, metrics, started, parent_adapter_dir)
 
 
 class _DpoRun:
-    def __init__(self, config, beta, model, device, pad_id, pairs, reference, progress, should_cancel):
+    def __init__(self, config, beta, model, device, pad_id, pairs, reference, progress, should_cancel, pause=None):
         self.config, self.beta, self.model, self.device, self.pad_id = config, beta, model, device, pad_id
         self.pairs, self.reference = pairs, reference
         self.progress = progress or (lambda _row: None)
         self.should_cancel = should_cancel or (lambda: False)
-        self.pause = PausePoint(None, None)
+        self.pause = pause or PausePoint(None, None)
         self.step, self.trained_tokens, self.rows = 0, 0, []
         per_epoch = math.ceil(len(pairs) / config.batch_size)
         self.n_epochs = max(config.n_epochs, math.ceil(config.min_steps / per_epoch))
