@@ -222,3 +222,37 @@ def test_supervised_then_dpo_without_a_corrected_answer_skips_dpo(then_dpo_app):
         messages = [e.message for e in jobs.list_events(session, job_id, limit=1000)[0]]
     assert messages.count("no preference pairs: DPO skipped (no correction in the snapshot corrects an answer)") == 1
     assert not any(m.startswith("DPO on") for m in messages)
+
+
+def test_supervised_then_dpo_pauses_in_its_dpo_pass_and_resumes_there(then_dpo_app):
+    """Paused after the supervised pass, the resumed job skips it and continues DPO at the paused step."""
+    from feedback.corrections.models import CorrectionStatus
+    from feedback.corrections.service import create_correction
+    from registry.checkpoints import checkpoint_root
+    from retrain.jobs import child, service as jobs
+    from retrain.scheduler import train_now
+    from retrain.trainer.pausing import STATE_FILE, TrainingPaused
+    from tuneloop.core.db import session_scope
+
+    app, settings = then_dpo_app, then_dpo_app.state.settings
+    with TestClient(app) as http:
+        answer = biased_answer(app, OpenAI(base_url="http://testserver/v1", api_key=admin_key(app.state.db),
+                                           http_client=http, max_retries=0), "How long is the refund window?")
+    with session_scope(app.state.db) as session:
+        create_correction(session, settings, actor="admin", message_id=answer.message_id,
+                          answer="45 days from delivery.", status=CorrectionStatus.approved)
+        job = train_now(session, settings, actor="admin")
+    supervised = checkpoint_root(settings, job.id) / "supervised"
+    with pytest.raises(TrainingPaused) as paused:  # the child's own run, pausing once the DPO pass began
+        child._train_locally(settings, app.state.db, job, lambda: False, supervised.is_dir)
+    assert (checkpoint_root(settings, job.id) / "resume-dpo" / STATE_FILE).is_file()
+    result = child._train_locally(settings, app.state.db, job, lambda: False, lambda: False)
+
+    supervised_steps = result["metrics"]["steps"]
+    assert paused.value.step == supervised_steps + 1  # DPO's first step boundary, numbered on
+    with session_scope(app.state.db) as session:
+        steps = [m.step for m in jobs.list_metrics(session, job.id)]
+        messages = [e.message for e in jobs.list_events(session, job.id, limit=1000)[0]]
+    assert steps == list(range(1, supervised_steps + result["metrics"]["dpo"]["steps"] + 1))
+    assert f"Resuming from the checkpoint saved at step {paused.value.step}" in messages
+    assert (settings.model_store_dir / result["adapter_path"] / "adapter_model.safetensors").is_file()
