@@ -25,9 +25,14 @@ from feedback.pii import scrub
 from tuneloop.core.settings import Settings
 
 
-def preference_records(session: Session, settings: Settings, tokenizer: Any = None) -> list[dict[str, Any]]:
+def preference_records(session: Session, settings: Settings, tokenizer: Any = None,
+                       correction_ids: set[str] | None = None) -> list[dict[str, Any]]:
+    """A pair per approved correction of an answer; ``correction_ids``: only those corrections (e.g. the
+    ones a dataset snapshot holds)."""
     records = []
     for correction in approved_corrections(session):
+        if correction_ids is not None and correction.id not in correction_ids:
+            continue
         original = session.get(Message, correction.message_id) if correction.message_id else None
         if original is None or original.role != "assistant":
             continue

@@ -32,6 +32,7 @@ class JobStatus(StrEnum):
     validating_files = "validating_files"
     queued = "queued"
     running = "running"
+    paused = "paused"  # stopped at a step boundary with a resumable checkpoint; resume queues it again
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -58,6 +59,7 @@ class FineTuneJob(SQLModel, table=True):
     result_version_id: str | None = None
     hosted_job_id: str | None = None
     cancel_requested: bool = False
+    pause_requested: bool = False  # the training child pauses at its next step boundary
     worker_id: str | None = None
     heartbeat_at: datetime | None = None
     # What training actually used (defaults filled in, n_epochs raised to min_steps, total_steps), set
@@ -121,6 +123,7 @@ class SchedulerState(SQLModel, table=True):
 class GateRunStatus(StrEnum):
     queued = "queued"
     running = "running"
+    paused = "paused"  # stopped at a step boundary with a resumable checkpoint; resume queues it again
     succeeded = "succeeded"
     failed = "failed"
 

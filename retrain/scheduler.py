@@ -1,5 +1,7 @@
 """The retraining scheduler: on ``settings.retrain_cron`` it snapshots the approved data and starts a
-job when at least ``retrain_min_new_examples`` examples arrived since the last successful job.
+job when at least ``retrain_min_new_examples`` examples arrived since the last successful job. The
+job trains as ``settings.retrain_method`` says: supervised, or supervised then DPO on the snapshot's
+corrections as preference pairs (``retrain.jobs.child``), one adapter either way.
 
 It runs inside the worker (APScheduler's BackgroundScheduler). With several workers exactly one
 schedules: each tick first takes the lease row in ``SchedulerState`` (an atomic UPDATE that succeeds
@@ -76,7 +78,8 @@ def decide(session: Session, settings: Settings) -> tuple[str, FineTuneJob | Non
     need = settings.retrain_min_new_examples
     if new < need:
         return f"skipped: {new} new examples, need {need}", None
-    job = jobs.create_job(session, settings, actor="scheduler", snapshot_id=snapshot.id)
+    job = jobs.create_job(session, settings, actor="scheduler", snapshot_id=snapshot.id,
+                          method=jobs.scheduled_method(settings))
     return f"started {job.id}: {new} new examples in {snapshot.id}", job
 
 
@@ -119,7 +122,8 @@ def train_now(session: Session, settings: Settings, actor: str) -> FineTuneJob:
     known = set(session.exec(select(DatasetSnapshot.id)).all())
     snapshot = create_snapshot(session, settings, actor)
     try:
-        job = jobs.create_job(session, settings, actor=actor, snapshot_id=snapshot.id)
+        job = jobs.create_job(session, settings, actor=actor, snapshot_id=snapshot.id,
+                              method=jobs.scheduled_method(settings))
     except Exception:
         if snapshot.id not in known:
             remove_snapshot_files(settings, snapshot)
@@ -135,6 +139,7 @@ def state_as_dict(session: Session, settings: Settings) -> dict[str, Any]:
     state = session.get(SchedulerState, 1) or SchedulerState(id=1)
     iso = lambda v: v.isoformat() if v else None  # noqa: E731
     return {"object": "scheduler", "cron": settings.retrain_cron, "min_new_examples": settings.retrain_min_new_examples,
+            "method": settings.retrain_method,
             "next_run_at": iso(state.next_run_at), "last_tick_at": iso(state.last_tick_at),
             "last_decision": state.last_decision, "holder": state.holder, "lease_expires_at": iso(state.lease_expires_at)}
 

@@ -4,14 +4,11 @@ parsed object has all the fields the client's own models require (it would accep
 from __future__ import annotations
 
 import io
-import threading
 
 import pytest
 
-from retrain.jobs.worker import Worker
 from support.openai_conformance import assert_complete
-from support.retrain import chat_jsonl
-from support.servers import wait_until
+from support.retrain import chat_jsonl, job_running
 
 USER = [{"role": "user", "content": "Do you ship to Canada?"}]
 
@@ -41,21 +38,14 @@ def test_a_running_job_estimates_its_finish_and_cancels_into_a_complete_object(a
     training = client.files.create(file=("t.jsonl", io.BytesIO(chat_jsonl(40))), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model="tuneloop", training_file=training.id,
                                          hyperparameters={"n_epochs": 50, "batch_size": 1})
-    worker = Worker(app.state.settings, app.state.db)
-    thread = threading.Thread(target=worker.run_next_job)
-    thread.start()
-    try:
-        wait_until(lambda: sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data) >= 3)
+    with job_running(app, client, job.id, steps=3) as worker:
         running = client.fine_tuning.jobs.retrieve(job.id)
         assert_complete(running)
         assert running.status == "running" and running.hyperparameters.n_epochs == 50
         assert running.estimated_finish is not None and running.estimated_finish > running.created_at
         cancelled = client.fine_tuning.jobs.cancel(job.id)
         assert_complete(cancelled)
-        thread.join(timeout=15)
-    finally:
-        worker.stop_event.set()
-        thread.join()
+        worker.join(timeout=15)
     done = client.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "cancelled" and done.estimated_finish is None
     assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []

@@ -1,4 +1,4 @@
-"""`tuneloop jobs create|list|get|follow|cancel` and `tuneloop worker`: what an operator types, the real
+"""`tuneloop jobs create|list|get|follow|cancel|pause|resume` and `tuneloop worker`: what an operator types, the real
 worker training the tiny model, and one-line errors (exit 2, no traceback, nothing written)."""
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def test_unknown_jobs_and_an_empty_dataset(tuneloop, engine):
     code, _, err = tuneloop("jobs", "create")
     assert code == 2 and "has no training examples; approve some corrections first" in err
     for args in (["get", "ftjob-nope"], ["cancel", "ftjob-nope"], ["follow", "ftjob-nope"],
-                 ["list", "--after", "ftjob-nope"]):
+                 ["pause", "ftjob-nope"], ["resume", "ftjob-nope"], ["list", "--after", "ftjob-nope"]):
         code, out, err = tuneloop("jobs", *args)
         assert (code, out) == (2, "") and err == "error: no fine-tuning job 'ftjob-nope'\n", args
     assert job_rows(engine) == []
@@ -129,4 +129,31 @@ def test_worker_help(tuneloop):
     code, out, _ = tuneloop("worker", "--help")
     assert code == 0 and "--no-scheduler" in out and "retention" in out
     code, out, _ = tuneloop("jobs", "--help")
-    assert code == 0 and all(command in out for command in ("create", "list", "get", "follow", "cancel"))
+    assert code == 0 and all(command in out for command in ("create", "list", "get", "follow", "cancel", "pause",
+                                                            "resume"))
+
+
+def test_pause_and_resume(tuneloop, settings, engine):
+    """The worker's side (the child pausing at a step boundary) is tests/test_retrain_pause.py's."""
+    from retrain.jobs import service as jobs
+    from retrain.models import JobStatus
+    from tuneloop.core.ids import utcnow
+
+    approve(engine, settings, 2)
+    assert tuneloop("data", "snapshot")[0] == 0
+    job_id = tuneloop("jobs", "create")[1].split()[1]
+    code, _, err = tuneloop("jobs", "pause", job_id)
+    assert code == 2 and err.strip() == f"error: job {job_id} is validating_files; only a running job can be paused"
+    with session_scope(engine) as session:  # as a worker runs it
+        jobs.set_status(session, job_id, JobStatus.running, worker_id="host:1", heartbeat_at=utcnow())
+    code, out, _ = tuneloop("jobs", "pause", job_id)
+    assert code == 0 and out.strip() == f"{job_id}: pause requested; it pauses at the next step boundary"
+    code, _, err = tuneloop("jobs", "resume", job_id)
+    assert code == 2 and "only a paused job can be resumed" in err
+    with session_scope(engine) as session:  # as the worker leaves it once the child paused
+        jobs.set_status(session, job_id, JobStatus.paused, pause_requested=False)
+    code, out, _ = tuneloop("jobs", "follow", job_id)
+    assert code == 0 and out.strip().endswith(f"{job_id}: paused (continue it with `tuneloop jobs resume {job_id}`)")
+    code, out, _ = tuneloop("jobs", "resume", job_id)
+    assert code == 0 and out.strip() == f"{job_id}: queued; the worker continues it from its checkpoint"
+    assert [j.status for j in job_rows(engine)] == [JobStatus.queued]

@@ -66,3 +66,32 @@ def test_admin_promotes_candidate(browser, ui_server, ui_app, tiny_model_dir):  
             break
         page.wait_for_timeout(100)
     assert runtime.production_id == candidate
+
+
+def test_admin_pauses_and_resumes_a_job(browser, ui_server, ui_app):  # noqa: F811
+    """The buttons call retrain.jobs' pause and resume (the worker's side: tests/test_retrain_pause.py)."""
+    from retrain.jobs import service as jobs
+    from retrain.jobs.files import save_upload
+    from retrain.models import FineTuneJob, JobStatus
+    from support.retrain import chat_jsonl
+    from tuneloop.core.ids import utcnow
+
+    settings = ui_app.state.settings
+    with session_scope(ui_app.state.db) as session:  # a job as a worker runs it
+        upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(4))
+        job_id = jobs.create_job(session, settings, actor="admin", admin=True, training_file_id=upload.id).id
+        jobs.set_status(session, job_id, JobStatus.running, worker_id="host:1", heartbeat_at=utcnow())
+    page = browser.new_page("admin")
+    login(page, ui_server, "/admin", "admin", "admin-password")
+    page.get_by_role("tab", name="Training").click()
+    table_cell(page, "jobs", 0, 0).get_by_text(job_id).click()
+    page.locator("#pause-job").click()
+    page.locator("#training-result").get_by_text("pause requested").wait_for()
+    with Session(ui_app.state.db) as session:
+        assert session.get(FineTuneJob, job_id).pause_requested
+    with session_scope(ui_app.state.db) as session:  # as the worker leaves it once training paused
+        jobs.set_status(session, job_id, JobStatus.paused, pause_requested=False)
+    page.locator("#resume-job").click()
+    page.locator("#training-result").get_by_text("queued; the worker continues it").wait_for()
+    with Session(ui_app.state.db) as session:
+        assert session.get(FineTuneJob, job_id).status == JobStatus.queued

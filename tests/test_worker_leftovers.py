@@ -91,8 +91,8 @@ def test_cancel_of_a_job_whose_worker_died_marks_it_cancelled(make_settings):
             job.status, job.worker_id, job.heartbeat_at = JobStatus.running, "host:123", beat
             session.add(job)
     with session_scope(engine) as session:
-        assert jobs.cancel_job(session, orphan.id, actor="admin").status == JobStatus.cancelled
-        still = jobs.cancel_job(session, alive.id, actor="admin")
+        assert jobs.cancel_job(session, settings, orphan.id, actor="admin").status == JobStatus.cancelled
+        still = jobs.cancel_job(session, settings, alive.id, actor="admin")
         assert still.status == JobStatus.running and still.cancel_requested  # its worker stops it
     with Session(engine) as session:
         events = [e.message for e in jobs.list_events(session, orphan.id, limit=10)[0]]

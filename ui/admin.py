@@ -1,7 +1,8 @@
 """The admin page at ``/admin``: what is in production and where it came from, the candidates with
 their gate reports (every changed answer side by side, every regression), promote / reject / rollback,
-training history with loss curves, the scheduler, the golden set, and distillation (``ui.distill``: a
-teacher writes question/answer pairs from a description, after a cost estimate).
+training history with loss curves, pause / resume of a job, the scheduler, the golden set, and
+distillation (``ui.distill``: a teacher writes question/answer pairs from a description, after a cost
+estimate).
 
 Callbacks call ``registry.lifecycle``, ``retrain.jobs``, ``retrain.scheduler``, ``registry.golden`` and
 ``feedback.review``: the same functions as the HTTP API and the CLI. The registry checks the admin role
@@ -222,9 +223,13 @@ def _training_tab(app: FastAPI, sign_in: PageSignIn) -> tuple[gr.Dataframe, gr.M
     with gr.Row():
         train = gr.Button("Train now", variant="primary", elem_id="train-now")
         refresh = gr.Button("Refresh")
-    result = gr.Markdown()
+    result = gr.Markdown(elem_id="training-result")
     table = gr.Dataframe(headers=JOB_HEADERS, interactive=False, wrap=True, elem_id="jobs",
-                         label="Fine-tuning jobs (click one for its loss curve)")
+                         label="Fine-tuning jobs (click one for its loss curve, then pause or resume it)")
+    selected = gr.State(None)
+    with gr.Row():
+        pause = gr.Button("Pause job", elem_id="pause-job")
+        resume = gr.Button("Resume job", elem_id="resume-job")
     plot = gr.LinePlot(pd.DataFrame(columns=["step", "loss", "split"]), x="step", y="loss", color="split",
                        title="Loss", elem_id="loss-plot")
 
@@ -236,11 +241,26 @@ def _training_tab(app: FastAPI, sign_in: PageSignIn) -> tuple[gr.Dataframe, gr.M
         return _job_rows(app), _schedule_md(app), f"Started `{job_id}`; the worker picks it up."
 
     def show(evt: gr.SelectData):
-        return _loss_frame(app, (evt.row_value or [None])[0])
+        job_id = (evt.row_value or [None])[0]
+        return _loss_frame(app, job_id), job_id
+
+    def act(action, done: str):
+        def run(job_id, request: gr.Request):
+            account = sign_in.account(request)
+            if not job_id:
+                raise gr.Error("Pick a job in the table first.")
+            with shown_to_user(), session_scope(app.state.db) as session:
+                action(session, job_id, actor=account.username)
+            return _job_rows(app), f"`{job_id}`: {done}"
+        return run
 
     train.click(train_now, outputs=[table, schedule, result])
     refresh.click(lambda: (_job_rows(app), _schedule_md(app)), outputs=[table, schedule])
-    table.select(show, outputs=plot)
+    table.select(show, outputs=[plot, selected])
+    pause.click(act(jobs.pause_job, "pause requested; it pauses at the next step boundary."), inputs=selected,
+                outputs=[table, result])
+    resume.click(act(jobs.resume_job, "queued; the worker continues it from its checkpoint."), inputs=selected,
+                 outputs=[table, result])
     return table, schedule
 
 

@@ -40,6 +40,17 @@ class CreateJobRequest(BaseModel):
     snapshot_id: OptionalId = None  # train on a dataset snapshot instead of an uploaded file
     backend: str = "local"  # local | openai (the hosted service in settings)
 
+    @field_validator("integrations")
+    @classmethod
+    def _no_integrations(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            kinds = ", ".join(sorted({str(i.get("type", "?")) for i in value}))
+            raise ParamError("integrations", f"integrations ({kinds}) are not supported: tuneloop sends nothing to "
+                             "outside services. Follow the job's events (GET /v1/fine_tuning/jobs/{id}/events, "
+                             "`tuneloop jobs follow`) and download its result file (result_files, a CSV of every "
+                             "step's metrics) instead; pass integrations=[] or leave it out")
+        return value
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -103,14 +114,20 @@ def job_object(job: FineTuneJob, fine_tuned_model: str | None = None,
         "method": method_object(job, hyperparameters),
         # --- tuneloop extras -----------------------------------------------------------------
         "backend": job.backend, "snapshot_id": job.snapshot_id, "result_version_id": job.result_version_id,
+        "pause_requested": job.pause_requested,
         "hyperparameters_requested": job.hyperparameters, "hyperparameters_full": full,
     }
 
 
 def method_object(job: FineTuneJob, hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    if (job.method or {}).get("type") == "dpo":
+    """OpenAI's method; a scheduled supervised_then_dpo round is supervised with our extra ``then_dpo``."""
+    kind = (job.method or {}).get("type")
+    if kind == "dpo":
         return {"type": "dpo", "dpo": {"hyperparameters": {**hyperparameters, "beta": job.method["beta"]}}}
-    return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    if kind == "supervised_then_dpo":
+        method["then_dpo"] = {"hyperparameters": {"beta": job.method["beta"]}}  # tuneloop extra
+    return method
 
 
 def _job(session, job: FineTuneJob) -> dict[str, Any]:
@@ -204,8 +221,23 @@ def get_job(job_id: str, session: SessionDep, _account: StaffAccount):
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, session: SessionDep, account: StaffAccount):
-    job = jobs.cancel_job(session, job_id, actor=account.username)
+def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep, account: StaffAccount):
+    job = jobs.cancel_job(session, settings, job_id, actor=account.username)
+    session.commit()
+    return _job(session, job)
+
+
+@router.post("/v1/fine_tuning/jobs/{job_id}/pause")
+def pause_job(job_id: str, session: SessionDep, account: StaffAccount):
+    """The job answers ``running`` until its training reaches a step boundary, then ``paused``."""
+    job = jobs.pause_job(session, job_id, actor=account.username)
+    session.commit()
+    return _job(session, job)
+
+
+@router.post("/v1/fine_tuning/jobs/{job_id}/resume")
+def resume_job(job_id: str, session: SessionDep, account: StaffAccount):
+    job = jobs.resume_job(session, job_id, actor=account.username)
     session.commit()
     return _job(session, job)
 

@@ -2,8 +2,9 @@
 
 A job continues from a parent model version (default: production) on a dataset snapshot or on an
 uploaded training file. Status moves ``validating_files → queued → running → succeeded | failed |
-cancelled``; the worker (retrain/jobs/worker.py) makes every move after creation except a cancel of a job
-that has not started. Routes, the CLI and the scheduler all call these functions.
+cancelled``, and ``running → paused → queued → running`` when it is paused and resumed; the worker
+(retrain/jobs/worker.py) makes every move after creation except a cancel of a job that is not running
+and a resume. Routes, the CLI and the scheduler all call these functions.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col, func, select
 
+from registry.checkpoints import remove_checkpoints
 from registry.models import ModelVersion
 from registry.versions import CHECKPOINT_MARK, UnknownModelError, checkpoint_adapters, resolve_model
 from retrain.models import DatasetSnapshot, FineTuneJob, JobEvent, JobMetric, JobStatus, TrainingFile
@@ -28,7 +30,8 @@ from tuneloop.core.settings import Settings
 
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 STALE_AFTER_SECONDS = 15.0  # a running job whose worker has not beaten the heartbeat for this long is orphaned
-ACTIVE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+# Not finished: counts against the account's queue, keeps its files from deletion, holds off the scheduler.
+ACTIVE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running, JobStatus.paused)
 
 
 class JobError(errors.InvalidInputError):
@@ -123,8 +126,8 @@ def create_job(session: Session, settings: Settings, *, actor: str, model: str |
                method: dict[str, Any] | None = None) -> FineTuneJob:
     """Queue a job that continues from ``model`` (a version id, name or the production alias).
     ``admin``: the creator is an admin (or the operator at the CLI), whose job on an uploaded file
-    counts as its review. ``method``: None (supervised) or ``{"type": "dpo", "beta": number | "auto"}``
-    on a preference file."""
+    counts as its review. ``method``: None (supervised), ``{"type": "dpo", "beta": number | "auto"}``
+    on a preference file, or ``{"type": "supervised_then_dpo"}`` on a snapshot (``scheduled_method``)."""
     hyper = normalize_hyperparameters(hyperparameters)
     _check_caps(settings, hyper)
     _check_metadata(metadata)
@@ -170,11 +173,21 @@ def _check_method(method: dict[str, Any] | None, training_file_id: str | None, b
     beta = DEFAULT_BETA if method.get("beta") in (None, "auto") else method["beta"]
     if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 < beta <= 2:
         raise JobError(f"beta must be a number in (0, 2] or 'auto', not {beta!r}", "method.dpo.hyperparameters.beta")
-    if not training_file_id:
-        raise JobError("a DPO job trains on an uploaded preference file; pass training_file", "training_file")
     if backend != "local":
         raise JobError("DPO runs on the local backend only", "method.type")
+    if method.get("type") == "supervised_then_dpo":  # the scheduler's round (settings.retrain_method)
+        if training_file_id:
+            raise JobError("supervised_then_dpo trains on a dataset snapshot and its corrections' preference "
+                           "pairs; leave training_file unset", "training_file")
+        return {"type": "supervised_then_dpo", "beta": float(beta)}
+    if not training_file_id:
+        raise JobError("a DPO job trains on an uploaded preference file; pass training_file", "training_file")
     return {"type": "dpo", "beta": float(beta)}
+
+
+def scheduled_method(settings: Settings) -> dict[str, Any] | None:
+    """The method of a scheduled or train-now round, from ``settings.retrain_method``."""
+    return {"type": "supervised_then_dpo"} if settings.retrain_method == "supervised_then_dpo" else None
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:
@@ -207,11 +220,15 @@ def planned_hyperparameters(config: TrainConfig, n_examples: int) -> tuple[dict[
 
 def estimated_finish(session: Session, job: FineTuneJob) -> datetime | None:
     """For a running job: the last step's time plus the remaining steps at the measured step time
-    (between the first and the last recorded step, so model loading does not count)."""
+    (between the first and the last step recorded since it started, so model loading and, for a
+    resumed job, the pause do not count)."""
     total = (job.effective_hyperparameters or {}).get("total_steps")
     if job.status != JobStatus.running or not total:
         return None
-    first = session.exec(select(JobMetric).where(JobMetric.job_id == job.id).order_by(col(JobMetric.step))).first()
+    since = select(JobMetric).where(JobMetric.job_id == job.id)
+    if job.started_at is not None:
+        since = since.where(col(JobMetric.created_at) >= job.started_at)
+    first = session.exec(since.order_by(col(JobMetric.step))).first()
     last = session.exec(select(JobMetric).where(JobMetric.job_id == job.id)
                         .order_by(col(JobMetric.step).desc())).first()
     if first is None or last is None or last.step <= first.step:
@@ -269,10 +286,11 @@ def list_jobs(session: Session, *, after: str | None = None, limit: int = 20,
     return rows[:limit], len(rows) > limit
 
 
-def cancel_job(session: Session, job_id: str, *, actor: str) -> FineTuneJob:
-    """A job that has not started is cancelled at once; a running one is flagged, and the worker stops
-    its training process within seconds and marks it cancelled. A running job whose worker is gone (no
-    heartbeat for ``STALE_AFTER_SECONDS``) has nobody to stop it: it is cancelled at once."""
+def cancel_job(session: Session, settings: Settings, job_id: str, *, actor: str) -> FineTuneJob:
+    """A job that is not running is cancelled at once (a paused one loses its checkpoints); a running
+    one is flagged, and the worker stops its training process within seconds and marks it cancelled. A
+    running job whose worker is gone (no heartbeat for ``STALE_AFTER_SECONDS``) has nobody to stop it:
+    it is cancelled at once."""
     job = get_job(session, job_id)
     if job.status in FINISHED:
         raise JobConflictError(f"job {job_id} already {job.status}; only a job that has not finished can be cancelled")
@@ -284,10 +302,48 @@ def cancel_job(session: Session, job_id: str, *, actor: str) -> FineTuneJob:
         job.cancel_requested = True
         add_event(session, job.id, f"Cancellation requested by {actor}")
     else:
+        if job.status == JobStatus.paused:
+            remove_checkpoints(settings, job.id)
         job.status, job.finished_at = JobStatus.cancelled, utcnow()
         add_event(session, job.id, f"Job cancelled by {actor}")
     session.add(job)
     audit(session, actor=actor, action="finetune.cancelled", object_type="finetunejob", object_id=job.id)
+    session.flush()
+    return job
+
+
+def pause_job(session: Session, job_id: str, *, actor: str) -> FineTuneJob:
+    """Flag a running local job: its training process writes a resumable checkpoint at the next step
+    boundary and exits, and the worker marks it ``paused``. Asking twice is asking once."""
+    job = get_job(session, job_id)
+    if job.status != JobStatus.running:
+        raise JobConflictError(f"job {job_id} is {job.status}; only a running job can be paused"
+                               + (" (resume a paused one with POST /v1/fine_tuning/jobs/{id}/resume)"
+                                  if job.status == JobStatus.paused else ""))
+    if job.backend != "local":
+        raise JobConflictError(f"job {job_id} runs on the hosted service; only local jobs can be paused here "
+                               "(cancel it instead)")
+    if _orphaned(job):
+        raise JobConflictError(f"job {job_id} has no live worker (last heartbeat {job.heartbeat_at}); there is "
+                               "nothing to pause, cancel it instead")
+    if not job.pause_requested:
+        job.pause_requested = True
+        session.add(job)
+        add_event(session, job.id, f"Pause requested by {actor}; training stops at the next step boundary")
+        audit(session, actor=actor, action="finetune.pause_requested", object_type="finetunejob", object_id=job.id)
+    session.flush()
+    return job
+
+
+def resume_job(session: Session, job_id: str, *, actor: str) -> FineTuneJob:
+    """Queue a paused job again; the worker continues it from its checkpoint, to the same total steps."""
+    job = get_job(session, job_id)
+    if job.status != JobStatus.paused:
+        raise JobConflictError(f"job {job_id} is {job.status}; only a paused job can be resumed")
+    job.status, job.pause_requested = JobStatus.queued, False
+    session.add(job)
+    add_event(session, job.id, f"Job resumed by {actor}; queued to continue from its checkpoint")
+    audit(session, actor=actor, action="finetune.resumed", object_type="finetunejob", object_id=job.id)
     session.flush()
     return job
 
@@ -367,7 +423,8 @@ def list_checkpoints(session: Session, settings: Settings, job_id: str) -> list[
 
 
 def set_status(session: Session, job_id: str, status: JobStatus, *, message: str | None = None,
-               error: dict[str, Any] | None = None, level: str = "info", **values: Any) -> None:
+               error: dict[str, Any] | None = None, level: str = "info", data: dict[str, Any] | None = None,
+               **values: Any) -> None:
     """Move a job, stamping started/finished times, and log the move as an event."""
     stamps: dict[str, datetime] = {}
     if status == JobStatus.running:
@@ -376,7 +433,7 @@ def set_status(session: Session, job_id: str, status: JobStatus, *, message: str
         stamps["finished_at"] = utcnow()
     session.exec(update(FineTuneJob).where(FineTuneJob.id == job_id)
                  .values(status=status, error=error, **stamps, **values))
-    add_event(session, job_id, message or f"Job {status}", level=level)
+    add_event(session, job_id, message or f"Job {status}", level=level, data=data)
 
 
 def failure(code: str, message: str, param: str | None = None) -> dict[str, Any]:

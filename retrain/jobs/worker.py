@@ -1,8 +1,11 @@
 """The worker process (``tuneloop worker``): owns scheduling and training.
 
-It runs one job at a time, oldest first; later jobs wait in ``queued``. Each job trains in a child
-process (``python -m retrain.jobs.child <job> - <result.json>``, ``retrain.jobs.child``), so a cancel stops it
-within seconds (the child is killed) and a crash of the child fails only that job, with the reason.
+It runs one job at a time, oldest first; later jobs wait in ``queued``. A pause is the child's own
+doing (it writes a resumable checkpoint at a step boundary and exits, ``retrain.trainer.pausing``);
+the worker then marks the job ``paused``, and a resumed job is queued like any other. Each job trains
+in a child process (``python -m retrain.jobs.child <job> - <result.json>``, ``retrain.jobs.child``), so
+a cancel stops it within seconds (the child is killed) and a crash of the child fails only that job,
+with the reason.
 The worker beats ``FineTuneJob.heartbeat_at`` while a job runs; a worker that starts and finds a job
 ``running`` with a stale heartbeat (its worker died) marks it failed. The child dies with its worker
 (PR_SET_PDEATHSIG), and only the worker registers the result, so a killed worker leaves no version.
@@ -157,7 +160,11 @@ class Worker:
         if cancelled:
             self._finish_cancelled(job_id)
         elif child.returncode == 0 and result_file.is_file():
-            self._finish_succeeded(job_id, json.loads(result_file.read_text()))
+            result = json.loads(result_file.read_text())
+            if result.get("paused"):
+                self._finish_paused(job_id, result["paused"])
+            else:
+                self._finish_succeeded(job_id, result)
         else:
             tail = log_file.read_text(errors="replace").strip().splitlines()[-8:]
             reason = _last_error(tail) or f"the training process exited with status {child.returncode}"
@@ -198,8 +205,15 @@ class Worker:
             jobs.set_status(session, job_id, status, message=f"Job {reason}; no version was created", error=error)
         _remove_checkpoints(self.settings, job_id)
 
-    def _finish_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
+    def _finish_paused(self, job_id: str, where: dict[str, int]) -> None:
+        """The child wrote a resumable checkpoint and stopped; it stays until the job is resumed or cancelled."""
+        with session_scope(self.engine) as session:
+            jobs.set_status(session, job_id, JobStatus.paused, pause_requested=False, data=where,
+                            message=f"Job paused at step {where['step']} (epoch {where['epoch']}); a checkpoint "
+                                    "to resume from was saved. Resume it with POST /v1/fine_tuning/jobs/"
+                                    f"{job_id}/resume or `tuneloop jobs resume {job_id}`")
 
+    def _finish_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
         with session_scope(self.engine) as session:
             job = session.get(FineTuneJob, job_id)
             parent = session.get(ModelVersion, job.parent_version_id)

@@ -27,6 +27,7 @@ import torch
 from feedback.examples import TrainingExample
 from retrain.trainer.batching import EncodedExample, collate, encode_example, length_grouped_batches
 from retrain.trainer.config import TrainConfig
+from retrain.trainer.pausing import PausePoint
 from retrain.trainer.train import TrainingCancelled, TrainResult, fit_and_save, result_of, start_training
 
 DEFAULT_BETA = 0.1
@@ -83,8 +84,10 @@ def sequence_logprobs(model: Any, pairs: list[EncodedExample], pad_id: int, devi
 
 def train_dpo(config: TrainConfig, beta: float, rows: list[dict], *, base_dir: Path, parent_adapter_dir: Path | None,
               output_dir: Path, progress_callback: Callable[[dict[str, Any]], None] | None = None,
-              should_cancel: Callable[[], bool] | None = None, provenance: dict[str, Any] | None = None) -> TrainResult:
-    """Train a LoRA adapter on preference ``rows`` and write it (atomically) to ``output_dir``."""
+              should_cancel: Callable[[], bool] | None = None, provenance: dict[str, Any] | None = None,
+              should_pause: Callable[[], bool] | None = None, resume_dir: Path | None = None) -> TrainResult:
+    """Train a LoRA adapter on preference ``rows`` and write it (atomically) to ``output_dir``.
+    ``should_pause`` / ``resume_dir``: pause at a step boundary and resume, as ``train`` does."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     model, tokenizer, device = start_training(config, base_dir, parent_adapter_dir, output_dir)
@@ -101,18 +104,21 @@ def train_dpo(config: TrainConfig, beta: float, rows: list[dict], *, base_dir: P
     with torch.no_grad():  # the reference: the parent, as loaded
         reference = [(float(sequence_logprobs(model, [g], pad_id, device)), float(sequence_logprobs(model, [b], pad_id, device)))
                      for g, b in pairs]
-    run = _DpoRun(config, beta, model, device, pad_id, pairs, reference, progress_callback, should_cancel)
+    pause = PausePoint(resume_dir, should_pause)
+    pause.load_weights(model)  # after the reference log-probabilities: they are the parent's
+    run = _DpoRun(config, beta, model, device, pad_id, pairs, reference, progress_callback, should_cancel, pause)
     metrics = fit_and_save(run, model, output_dir, lambda staging, metrics: _write_files(
         staging, config, beta, provenance, metrics, run.rows, base_dir, parent_adapter_dir))
     return result_of(run, output_dir, metrics, started, parent_adapter_dir)
 
 
 class _DpoRun:
-    def __init__(self, config, beta, model, device, pad_id, pairs, reference, progress, should_cancel):
+    def __init__(self, config, beta, model, device, pad_id, pairs, reference, progress, should_cancel, pause=None):
         self.config, self.beta, self.model, self.device, self.pad_id = config, beta, model, device, pad_id
         self.pairs, self.reference = pairs, reference
         self.progress = progress or (lambda _row: None)
         self.should_cancel = should_cancel or (lambda: False)
+        self.pause = pause or PausePoint(None, None)
         self.step, self.trained_tokens, self.rows = 0, 0, []
         per_epoch = math.ceil(len(pairs) / config.batch_size)
         self.n_epochs = max(config.n_epochs, math.ceil(config.min_steps / per_epoch))
@@ -122,13 +128,18 @@ class _DpoRun:
         from transformers import get_linear_schedule_with_warmup
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.config.warmup_fraction * self.total_steps),
-                                                    self.total_steps)
+        self.optimizer = optimizer = torch.optim.AdamW(params, lr=self.config.learning_rate,
+                                                       weight_decay=self.config.weight_decay)
+        self.scheduler = scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(self.config.warmup_fraction * self.total_steps), self.total_steps)
+        first_epoch, position = self.pause.restore(self)
         lengths = [len(g.input_ids) + len(b.input_ids) for g, b in self.pairs]
         self.model.train()
-        for epoch in range(self.n_epochs):
-            for batch in length_grouped_batches(lengths, self.config.batch_size, seed=self.config.seed, epoch=epoch):
+        for epoch in range(first_epoch, self.n_epochs):
+            batches = length_grouped_batches(lengths, self.config.batch_size, seed=self.config.seed, epoch=epoch)
+            for index in range(position if epoch == first_epoch else 0, len(batches)):
+                self.pause.check(self, epoch, index)
+                batch = batches[index]
                 if self.should_cancel():
                     raise TrainingCancelled()
                 loss, accuracy = self._loss([self.pairs[i] for i in batch], [self.reference[i] for i in batch])
@@ -153,6 +164,12 @@ class _DpoRun:
         margin = (good - ref[:, 0]) - (bad - ref[:, 1])
         loss = -torch.nn.functional.logsigmoid(self.beta * margin).mean()
         return loss, float((margin > 0).float().mean())
+
+    def resumable_state(self) -> dict[str, Any]:
+        return {"trained_tokens": self.trained_tokens, "rows": self.rows}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.trained_tokens, self.rows = state["trained_tokens"], state["rows"]
 
     def final_metrics(self) -> dict[str, float]:
         last = self.rows[-1]

@@ -10,6 +10,7 @@ from typing import Any
 from sqlmodel import Session
 
 from feedback.examples import TrainingExample
+from feedback.preferences import preference_records
 from registry.models import ModelVersion
 from registry.versions import version_spec
 from retrain.datasets import get_snapshot, load_examples
@@ -65,3 +66,11 @@ def plan_round(session: Session, settings: Settings, job: FineTuneJob, config: A
 
 def _file_examples(session: Session, settings: Settings, file_id: str) -> list[TrainingExample]:
     return [TrainingExample.from_record(row) for row in read_examples(settings, get_file(session, file_id))]
+
+
+def snapshot_preferences(session: Session, settings: Settings, snapshot_id: str) -> list[dict[str, Any]]:
+    """Preference pairs (OpenAI's DPO lines) of the corrections in the snapshot's training split: each
+    corrected answer against its approved correction. The validation split stays held out."""
+    train = load_examples(settings, get_snapshot(session, snapshot_id), "train")
+    ids = {e.correction_id for e in train if e.correction_id}
+    return preference_records(session, settings, correction_ids=ids)

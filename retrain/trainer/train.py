@@ -31,6 +31,7 @@ from retrain.trainer.augment import held_out_by_correction, training_set
 from retrain.trainer.batching import EncodedExample, collate, encode_example, length_grouped_batches, target_logits
 from retrain.trainer.config import TrainConfig
 from retrain.trainer.kl_anchor import build_anchors, kl_to_parent
+from retrain.trainer.pausing import PausePoint
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "training_config.json", "result.csv")
 
@@ -57,13 +58,17 @@ def train(config: TrainConfig, examples_train: list[TrainingExample], examples_v
           parent_adapter_dir: Path | None, output_dir: Path, progress_callback: ProgressCallback | None = None,
           should_cancel: Callable[[], bool] | None = None, provenance: dict[str, Any] | None = None,
           epoch_callback: Callable[[Any, int, int], None] | None = None,
-          new_keys: set[str] | None = None) -> TrainResult:
+          new_keys: set[str] | None = None, should_pause: Callable[[], bool] | None = None,
+          resume_dir: Path | None = None) -> TrainResult:
     """Train a LoRA adapter on ``examples_train`` and write it (atomically) to ``output_dir``.
 
     The examples are first expanded with their accepted phrasings and memory-context copies
     (``retrain.trainer.augment``). ``new_keys`` (``TrainingExample.key`` of the examples new this
     round; None: all) are the ones ``stop_when_learned`` waits for: replayed examples were learned before.
-    ``epoch_callback(model, epoch, step)`` runs after each epoch (the worker saves checkpoints there)."""
+    ``epoch_callback(model, epoch, step)`` runs after each epoch (the worker saves checkpoints there).
+    ``should_pause()`` is asked at each step boundary; when it says yes a resumable checkpoint is written
+    to ``resume_dir`` and ``TrainingPaused`` raised; a later call with the same ``resume_dir`` continues
+    from it (``retrain.trainer.pausing``)."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     model, tokenizer, device = start_training(config, base_dir, parent_adapter_dir, output_dir)
@@ -81,7 +86,10 @@ def train(config: TrainConfig, examples_train: list[TrainingExample], examples_v
     if config.kl_weight > 0:
         anchors = build_anchors(model, tokenizer, examples_train, count=config.kl_anchors, seed=config.seed,
                                 max_seq_len=config.max_seq_len, pad_id=pad_id)
-    run = _Run(config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel, anchors, is_new)
+    pause = PausePoint(resume_dir, should_pause)
+    pause.load_weights(model)  # after the anchors: they are the parent's answers
+    run = _Run(config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel, anchors, is_new,
+               pause=pause)
     run.epoch_callback = epoch_callback
     provenance = {**(provenance or {}), "held_out_phrasings": held_out_by_correction(examples_train),
                   "expanded_examples": {"phrasing": sum(e.phrasing > 0 for _, e in encoded),
@@ -159,8 +167,9 @@ class _Run:
     """The optimisation loop and its bookkeeping (one instance per ``train`` call)."""
 
     def __init__(self, config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel,
-                 anchors=(), is_new=None):
+                 anchors=(), is_new=None, pause: PausePoint | None = None):
         self.config, self.model, self.device, self.pad_id = config, model, device, pad_id
+        self.pause = pause or PausePoint(None, None)
         # Train until learned: per example, were all its answer tokens right in its latest forward pass?
         self.is_new = list(is_new) if is_new is not None else [True] * len(train_set)
         self.right = [False] * len(train_set)
@@ -183,14 +192,17 @@ class _Run:
 
         config = self.config
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        scheduler = get_linear_schedule_with_warmup(
+        self.optimizer = optimizer = torch.optim.AdamW(params, lr=config.learning_rate,
+                                                       weight_decay=config.weight_decay)
+        self.scheduler = scheduler = get_linear_schedule_with_warmup(
             optimizer, int(config.warmup_fraction * self.total_steps), self.total_steps)
+        first_epoch, position = self.pause.restore(self)
         lengths = [len(e.input_ids) for e in self.train_set]
-        for epoch in range(self.n_epochs):
+        for epoch in range(first_epoch, self.n_epochs):
             self.model.train()
             batches = length_grouped_batches(lengths, config.batch_size, seed=config.seed, epoch=epoch)
-            for start in range(0, len(batches), config.gradient_accumulation):
+            for start in range(position if epoch == first_epoch else 0, len(batches), config.gradient_accumulation):
+                self.pause.check(self, epoch, start)
                 group = batches[start:start + config.gradient_accumulation]
                 loss, accuracy = self._accumulate(group)
                 kl = self._kl_penalty()
@@ -207,6 +219,16 @@ class _Run:
                 self.epoch_callback(self.model, epoch + 1, self.step)
             if self.learned_at_step is not None and config.stop_when_learned:
                 return
+
+    def resumable_state(self) -> dict[str, Any]:
+        """What a pause keeps besides weights, optimizer and position (``retrain.trainer.pausing``)."""
+        return {"trained_tokens": self.trained_tokens, "rows": self.rows, "right": self.right,
+                "all_right_checks": self.all_right_checks, "learned_at_step": self.learned_at_step,
+                "last_valid": self.last_valid}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def _check_learned(self) -> float:
         """End of an epoch, where every example had one forward pass: the share of new examples whose

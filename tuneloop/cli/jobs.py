@@ -1,4 +1,4 @@
-"""`tuneloop jobs create|list|get|follow|cancel`: fine-tune jobs, over retrain.jobs."""
+"""`tuneloop jobs create|list|get|follow|cancel|pause|resume`: fine-tune jobs, over retrain.jobs."""
 
 from __future__ import annotations
 
@@ -98,13 +98,35 @@ def cancel(job_id: str) -> None:
     from tuneloop.core.db import session_scope
 
     with session_scope(_engine()) as session:
-        job = _guard(cancel_job, session, job_id, actor="cli")
+        job = _guard(cancel_job, session, get_settings(), job_id, actor="cli")
         typer.echo(f"{job.id}: {'cancelled' if job.status == 'cancelled' else 'cancellation requested'}")
+
+
+@jobs_app.command("pause")
+def pause(job_id: str) -> None:
+    """Pause a running job at its next step boundary (it keeps a checkpoint to resume from)."""
+    from retrain.jobs.service import pause_job
+    from tuneloop.core.db import session_scope
+
+    with session_scope(_engine()) as session:
+        job = _guard(pause_job, session, job_id, actor="cli")
+        typer.echo(f"{job.id}: pause requested; it pauses at the next step boundary")
+
+
+@jobs_app.command("resume")
+def resume(job_id: str) -> None:
+    """Queue a paused job again; the worker continues it from its checkpoint."""
+    from retrain.jobs.service import resume_job
+    from tuneloop.core.db import session_scope
+
+    with session_scope(_engine()) as session:
+        job = _guard(resume_job, session, job_id, actor="cli")
+        typer.echo(f"{job.id}: {job.status}; the worker continues it from its checkpoint")
 
 
 @jobs_app.command("follow")
 def follow(job_id: str, poll: float = typer.Option(1.0, help="Seconds between checks.")) -> None:
-    """Print events as they happen, with a progress bar over training steps, until the job ends."""
+    """Print events as they happen, with a progress bar over training steps, until the job ends or pauses."""
     from sqlmodel import Session
     from tqdm import tqdm
 
@@ -125,9 +147,10 @@ def follow(job_id: str, poll: float = typer.Option(1.0, help="Seconds between ch
                 bar.refresh()
             else:
                 (bar.write if bar else typer.echo)(f"{event.created_at:%H:%M:%S} {event.level:<5} {event.message}")
-        if status in FINISHED:
+        if status in FINISHED or status == "paused":
             if bar:
                 bar.close()
-            typer.echo(f"{job_id}: {status}")
-            raise typer.Exit(0 if status == "succeeded" else 1)
+            typer.echo(f"{job_id}: {status}" + (f" (continue it with `tuneloop jobs resume {job_id}`)"
+                                                if status == "paused" else ""))
+            raise typer.Exit(0 if status in ("succeeded", "paused") else 1)
         time.sleep(poll)

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     # --- retraining ----------------------------------------------------------------------------
     retrain_cron: str = Field("0 3 * * *", description="When the scheduler considers retraining (cron, worker's local time).")
     retrain_min_new_examples: int = Field(20, ge=1)
+    retrain_method: Literal["supervised", "supervised_then_dpo"] = Field(
+        "supervised",
+        description="What a scheduled round (and train-now) trains: supervised on the snapshot, or supervised "
+                    "and then, in the same job, a DPO pass on the preference pairs of the snapshot's corrections "
+                    "(the disliked answer against its approved correction). One adapter either way.")
     validation_fraction: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="Share of correction lineages a snapshot holds out as its validation split (e.g. 0.2). "
