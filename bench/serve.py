@@ -1,7 +1,8 @@
 """Serving benchmark: time to first token and tokens/s through the official openai client against a
 running tuneloop server, for 1, 4, 8 and 16 concurrent chats, compared in the same run with a plain
 transformers `generate` loop and (when llama-cpp-python is installed in this environment) llama.cpp
-on the same SmolLM2 GGUF.
+on the same SmolLM2 GGUF. Then, under 8 concurrent streams, production is promoted to another version
+and back, and the requests that failed are counted (the goal: none).
 
     python bench/serve.py [--max-tokens 64] [--data-dir .bench-data]
 """
@@ -81,6 +82,60 @@ def bench_server(url: str, pid: int, max_tokens: int) -> list[dict]:
     return rows
 
 
+def bench_swap(url: str, database_url: str, max_tokens: int, rounds: int = 4) -> dict:
+    """8 clients ask ``rounds`` questions each, one after another, while production moves to another
+    version (the same base weights under a new id: a full load and swap) and back. A request fails
+    if it raises or ends without usage; the fingerprints say which versions answered."""
+    from openai import OpenAI
+    from sqlmodel import Session, select
+
+    from registry import versions
+    from registry.models import ModelVersion
+    from tuneloop.core.db import make_engine, session_scope
+
+    db = make_engine(database_url)
+    with session_scope(db) as session:
+        v0 = versions.production_version(session)
+        number = max(v.number for v in session.exec(select(ModelVersion))) + 1
+        other = ModelVersion(id=f"v{number}", number=number, name=f"{v0.name}-swap-bench", base_model=v0.base_model)
+        session.add(other)
+    client = OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+    failed, answered_by = [], []
+
+    def ask(worker: int) -> None:
+        for i in range(rounds):
+            try:
+                stream = client.chat.completions.create(
+                    model="tuneloop", messages=[{"role": "user", "content": QUESTIONS[(worker + i) % len(QUESTIONS)]}],
+                    max_tokens=max_tokens, temperature=0, stream=True, stream_options={"include_usage": True})
+                chunks = list(stream)
+                if not chunks or chunks[-1].usage is None:
+                    raise RuntimeError("the stream ended without usage")
+                answered_by.append(chunks[-1].system_fingerprint)
+            except Exception as exc:  # noqa: BLE001  (counted, not raised: the figure is how many)
+                failed.append(repr(exc))
+
+    def promote(version_id: str) -> None:
+        with Session(db) as session:
+            versions.set_production(session, version_id, actor="bench")
+            session.commit()
+
+    threads = [threading.Thread(target=ask, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    promote(other.id)
+    while f"fp_tuneloop_{other.id}" not in answered_by and any(t.is_alive() for t in threads):
+        time.sleep(0.2)  # until the new version answers (the server polls the pointer), then roll back
+    promote(v0.id)
+    for t in threads:
+        t.join()
+    seen = {fp: answered_by.count(fp) for fp in sorted(set(answered_by))}
+    result = {"requests": 8 * rounds, "failed": len(failed), "errors": failed[:3], "answered_by": seen}
+    print("swap under 8 streams:", result, flush=True)
+    return result
+
+
 def bench_transformers(model_dir: Path, max_tokens: int) -> float:
     """Baseline: the plain transformers generate loop, one chat at a time, same dtype as the server."""
     import torch
@@ -146,6 +201,7 @@ def main() -> None:
     parser.add_argument("--engines", default="llamacpp,transformers", help="tuneloop engines to measure")
     args = parser.parse_args()
     results: dict[str, list[dict]] = {}
+    swaps: dict[str, dict] = {}
     for engine in args.engines.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             env = {"TUNELOOP_DATA_DIR": args.data_dir, "TUNELOOP_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
@@ -154,6 +210,7 @@ def main() -> None:
             proc, url = start_server(env)
             try:
                 results[engine] = bench_server(url, proc.pid, args.max_tokens)
+                swaps[engine] = bench_swap(url, env["TUNELOOP_DATABASE_URL"], args.max_tokens)
             finally:
                 proc.terminate()
                 proc.wait(30)
@@ -187,13 +244,17 @@ def main() -> None:
             + f"; 8 chats aggregate vs one chat {at8['aggregate_tok_s'] / single:.2f}x (goal ≥ 2x); "
               f"TTFT p50 at 8 chats {at8['ttft_p50']:.2f} s (goal ≤ 1 s); RSS {max(r['rss_mb'] for r in rows):.0f} MB "
               "(goal ≤ 500 MB).", "",
+            f"Promotion and rollback under 8 concurrent streams: {swaps[engine]['failed']} of "
+            f"{swaps[engine]['requests']} requests failed (goal 0); answered by "
+            + ", ".join(f"{fp.removeprefix('fp_tuneloop_')} {n}" for fp, n in swaps[engine]["answered_by"].items())
+            + ".", "",
         ]
     lines += [
         f"Baselines in the same run (one stream): transformers `generate` {hf:.1f} tok/s; "
         + (f"bare llama-cpp-python on the bundled Q4_1 GGUF {lcpp:.1f} tok/s." if lcpp else "llama.cpp not installed."),
         "", "![serving throughput](img/serve.png)",
     ]
-    write_section("serve", "\n".join(lines), {"machine": machine(), "engines": results, "baselines": baselines})
+    write_section("serve", "\n".join(lines), {"machine": machine(), "engines": results, "swaps": swaps, "baselines": baselines})
 
 
 if __name__ == "__main__":

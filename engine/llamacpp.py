@@ -11,6 +11,9 @@ Prompts are laid out and tokenized by the model's own Hugging Face tokenizer (``
 the vocabulary is the GGUF's), and text, stop strings and max_tokens are handled exactly as by the
 transformers engine, so both engines give the same answer for the same weights under greedy decoding.
 
+A new chat starts from the KV cells of the prompt fed before it, as far as the two agree (the chat
+template, the system prompt, earlier turns: ``engine.prompt_cache``), so only the rest is fed.
+
 ``swap`` loads the new version's GGUF into its own model and context before it serves; chats already
 decoding finish on the old one, which is freed when its last chat ends.
 """
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from engine.gguf_files import ensure_gguf
+from engine.prompt_cache import PromptCache
 from engine.prompting import PromptTooLongError, raw_prompt_ids, trim_to_budget
 from engine.protocol import Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
 from engine.transformers_engine import LocalEngine, request_events
@@ -60,7 +64,8 @@ def _log_errors(level, text, _user_data):  # noqa: ANN001  (a ctypes callback)
 
 
 class LlamaModel:
-    """One version in llama.cpp: model, context (a KV cache for ``n_seq`` sequences) and a batch."""
+    """One version in llama.cpp: model, context (a KV cache for ``n_seq`` sequences, plus one that
+    holds the last prompt for the next chat to start from) and a batch."""
 
     def __init__(self, spec: VersionSpec, settings: Settings, tokenizer: Any, eos_ids: set[int]):
         lc = _init_backend()
@@ -77,7 +82,7 @@ class LlamaModel:
         context_params = lc.llama_context_default_params()
         context_params.n_ctx = settings.llamacpp_context_tokens
         context_params.n_batch = context_params.n_ubatch = self.n_batch
-        context_params.n_seq_max = self.n_seq
+        context_params.n_seq_max = self.n_seq + 1  # the last: the prompt cache's
         context_params.kv_unified = True  # sequences share the cache: a long chat may use what short ones leave
         threads = settings.llamacpp_threads or os.cpu_count() or 1
         context_params.n_threads = context_params.n_threads_batch = threads
@@ -92,7 +97,16 @@ class LlamaModel:
         self.max_context = min(int(lc.llama_model_n_ctx_train(self.model)), self.n_ctx)
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self.free_seqs = list(range(self.n_seq))
-        self.tokens_reserved = 0  # prompt + max_tokens of the chats decoding now (never above n_ctx)
+        self.tokens_reserved = 0  # prompt + max_tokens of the chats decoding now (with the cache's, never above n_ctx)
+        self.prompt_cache = PromptCache(lc, self.memory, self.n_seq)
+
+    def has_room(self, reserved: int) -> bool:
+        """Whether ``reserved`` more cells fit beside the running chats, freeing the prompt cache if
+        that is what it takes."""
+        if self.tokens_reserved + len(self.prompt_cache.tokens) + reserved <= self.n_ctx:
+            return True
+        self.prompt_cache.clear()
+        return self.tokens_reserved + reserved <= self.n_ctx
 
     def release(self, seq: int, reserved: int) -> None:
         self.lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
@@ -270,6 +284,7 @@ class LlamaCppEngine:
                 for request in self._running:
                     request.events.put(("error", exc))
                     request.loaded.release(request.seq, request.reserved)
+                    request.loaded.prompt_cache.clear()
                 self._running = []
             self._free_retired()
 
@@ -280,9 +295,10 @@ class LlamaCppEngine:
             loaded = request.loaded
             if request.cancelled:
                 continue
-            if loaded.free_seqs and loaded.tokens_reserved + request.reserved <= loaded.n_ctx:
+            if loaded.free_seqs and loaded.has_room(request.reserved):
                 request.seq = loaded.free_seqs.pop(0)
                 loaded.tokens_reserved += request.reserved
+                request.fed = loaded.prompt_cache.start(request.seq, request.prompt_ids)
                 self._running.append(request)
             else:
                 still_waiting.append(request)
@@ -302,7 +318,7 @@ class LlamaCppEngine:
     def _decode_once(self, loaded: LlamaModel, requests: list[_Request]) -> None:
         """One llama_decode: the next token of each running chat, and prompt tokens of new ones
         (a long prompt is fed over several steps)."""
-        batch, n, wants_logits = loaded.batch, 0, []
+        batch, n, wants_logits, prefilled = loaded.batch, 0, [], []
         for request in requests:
             if request.fed < len(request.prompt_ids):
                 room = loaded.n_batch - n
@@ -316,6 +332,7 @@ class LlamaCppEngine:
                 if request.fed == len(request.prompt_ids):
                     batch.logits[n - 1] = 1
                     wants_logits.append((request, n - 1))
+                    prefilled.append(request)
             elif n < loaded.n_batch:
                 position = len(request.prompt_ids) + len(request.generated) - 1
                 _put(batch, n, request.generated[-1], position, request.seq, True)
@@ -328,6 +345,9 @@ class LlamaCppEngine:
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status} (the KV cache is full: lower max_batch_size or "
                                "raise TUNELOOP_LLAMACPP_CONTEXT_TOKENS)")
+        for request in prefilled[-1:]:  # the newest prompt: the likeliest start of the next chat
+            if loaded.tokens_reserved + len(request.prompt_ids) <= loaded.n_ctx:
+                loaded.prompt_cache.remember(request.seq, request.prompt_ids)
         for request, row in wants_logits:
             pointer = loaded.lc.llama_get_logits_ith(loaded.ctx, row)
             logits = np.ctypeslib.as_array(pointer, shape=(loaded.n_vocab,))

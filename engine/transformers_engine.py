@@ -112,10 +112,25 @@ class _Job:
 
 def request_events(events: queue.Queue[tuple[str, Any]]) -> Iterator[str | Completion]:
     """What a decode thread put on a request's queue, as the caller's stream: text deltas, then the
-    Completion; an error raised by the decode thread is raised here."""
+    Completion; an error raised by the decode thread is raised here.
+
+    Deltas already waiting go out as one: a consumer that fell behind (an event loop serving many
+    streams on the cores the decode needs) catches up in one hand-off and one SSE chunk, not one per
+    token. The text is the same; only where it is cut into chunks differs."""
+    pending: tuple[str, Any] | None = None
     while True:
-        kind, value = events.get()
+        kind, value = pending or events.get()
+        pending = None
         if kind == "delta":
+            while pending is None:
+                try:
+                    more = events.get_nowait()
+                except queue.Empty:
+                    break
+                if more[0] == "delta":
+                    value += more[1]
+                else:
+                    pending = more
             yield value
         elif kind == "done":
             yield value

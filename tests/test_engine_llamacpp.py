@@ -77,6 +77,20 @@ def test_an_aborted_stream_frees_its_sequence(llama):
     assert done.completion_tokens == 8
 
 
+def test_a_new_chat_starts_from_the_cells_of_the_prompt_before(llama):
+    """The system prompt and chat template are fed once: the next chat copies their KV cells
+    (engine.prompt_cache) and gives the answer it gives from a cold cache."""
+    params = SamplingParams(max_tokens=16, repetition_ngram=0)
+    cold = llama.generate(V0, conversation(QUESTIONS[0]), params)  # nothing cached yet
+    cache = llama.current.prompt_cache
+    assert cache.tokens == llama.encode(llama.current, conversation(QUESTIONS[0]), 16)
+    llama.generate(V0, conversation(QUESTIONS[1]), params)  # now holds this prompt instead
+    assert cache.shared_with(llama.encode(llama.current, conversation(QUESTIONS[0]), 16)) > 10
+    warm = llama.generate(V0, conversation(QUESTIONS[0]), params)
+    assert (warm.text, warm.completion_tokens, warm.prompt_tokens) == (cold.text, cold.completion_tokens,
+                                                                       cold.prompt_tokens)
+
+
 def test_more_chats_than_sequences_wait_their_turn(llama):
     params = SamplingParams(max_tokens=8, repetition_ngram=0)
     results, errors = [], []
