@@ -156,12 +156,23 @@ def bench_transformers(model_dir: Path, max_tokens: int) -> float:
 
 
 def bench_llama_cpp(max_tokens: int) -> float | None:
+    """Bare llama-cpp-python on the same GGUF, with the weights in plain CPU buffers as the engine keeps
+    them (``llamacpp_extra_buffers`` off: on an AMX Xeon VM the repacked layout crashed llama.cpp)."""
     try:
         from llama_cpp import Llama
+        from llama_cpp import llama_cpp as bindings
     except ImportError:
         return None
     from engine.modelstore import bundled_gguf_path
 
+    default_params = bindings.llama_model_default_params
+
+    def plain_buffers():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = plain_buffers  # Llama() has no argument for it
     llm = Llama(model_path=str(bundled_gguf_path()), n_ctx=2048, n_threads=2, verbose=False)
     tokens, seconds = 0, 0.0
     for question in QUESTIONS[:4]:
