@@ -212,3 +212,27 @@ def test_decide_and_calibration_endpoints(make_settings, database_url):
         assert report["target_precision"] == 0.95 and len(report["points"]) == 27
     assert _counts(app) == (0, 0)  # deciding logs nothing
     app.state.db.dispose()
+
+
+def test_chats_asked_together_right_after_an_approval_all_get_it(tiny_app):
+    """The one search that rebuilds the index is not the only one to see the new correction: the
+    others asked at the same moment wait for the rebuild instead of answering from the old index."""
+    import threading
+    import time
+
+    memory = CorrectionMemory(tiny_app.state.settings, tiny_app.state.db, refresh_seconds=0.5)
+    assert memory.search(RETURNS[0]) == []  # nothing approved yet: the index is built empty
+    [returns_id] = approve(tiny_app, RETURNS)
+    time.sleep(0.6)  # the next search checks the approved set again
+    start, best = threading.Barrier(8), []
+
+    def ask() -> None:
+        start.wait()
+        best.append(memory.search(RETURNS[0])[0].correction_id)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert best == [returns_id] * 8

@@ -115,6 +115,7 @@ class CorrectionMemory:
         self._rows: dict[str, tuple[str, str]] = {}
         self._vectors: dict[str, np.ndarray] = {}  # text -> vector, so refreshes embed only new texts
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
 
     def _current_fingerprint(self, session: Session) -> tuple:
         count, latest = session.exec(
@@ -125,11 +126,22 @@ class CorrectionMemory:
         return count, str(latest)
 
     def refresh(self, *, force: bool = False) -> None:
-        """Rebuild the index if the approved set changed (checked at most every refresh_seconds)."""
-        now = time.monotonic()
-        if not force and now - self._checked_at < self.refresh_seconds:
+        """Rebuild the index if the approved set changed (checked at most every refresh_seconds).
+
+        One rebuild at a time, and a search that arrives while one runs waits for it: measured by
+        bench/loop.py, the chats asked together right after an approval were otherwise answered from
+        the index without it (7 of the first 8) while one of them re-embedded the new corrections."""
+        if not force and time.monotonic() - self._checked_at < self.refresh_seconds:
             return
-        self._checked_at = now
+        with self._refresh_lock:
+            if not force and time.monotonic() - self._checked_at < self.refresh_seconds:
+                return  # another search refreshed while this one waited
+            try:
+                self._rebuild_if_changed()
+            finally:  # a failed check is retried after refresh_seconds too, not by every search
+                self._checked_at = time.monotonic()
+
+    def _rebuild_if_changed(self) -> None:
         with Session(self.db) as session:
             fingerprint = self._current_fingerprint(session)
             if fingerprint == self._fingerprint:
