@@ -97,10 +97,11 @@ def _queue_tab(app: FastAPI, sign_in: PageSignIn) -> dict:
         control.change(**load_queue)
 
     def open_item(evt: gr.SelectData):
-        return _open(app, (evt.row_value or [None])[0])
+        # the alternatives box is cleared by the same event that fills the form: as a second handler it
+        # could land after the author had already typed into it (seen under load in the browser test)
+        return (*_open(app, (evt.row_value or [None])[0]), "")
 
-    table.select(open_item, outputs=[selected, conversation, details, question, answer, facts, result])
-    table.select(lambda: "", outputs=alternatives)
+    table.select(open_item, outputs=[selected, conversation, details, question, answer, facts, result, alternatives])
 
     def suggest_phrasings(q, a, current, request: gr.Request):
         return _suggest(app, sign_in, request, q, a, current)
