@@ -68,7 +68,11 @@ def run(facts_n: int) -> dict:
     from retrain.trainer.train import train
     from tuneloop.core.settings import Settings
 
-    base = ROOT / ".bench-data" / "models" / "base" / "smollm2-135m-instruct"
+    from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
+
+    base = ROOT / ".bench-data" / "models" / "base" / BUNDLED_DIR_NAME
+    if not (base / "model.safetensors").is_file():
+        convert_gguf(bundled_gguf_path(), base)
     settings = Settings(data_dir=Path(tempfile.mkdtemp()))
     facts = KB[:facts_n]
     items = questions(facts, settings)
