@@ -61,7 +61,7 @@ def preference_pairs(train_examples: list, disliked: dict[str, str]) -> list[dic
             for e in train_examples if disliked.get(e.id, "").strip() and disliked[e.id].strip() != e.completion]
 
 
-def run(facts_n: int) -> dict:
+def run(facts_n: int, dpo_lr_multiplier: float = 1.0) -> dict:
     from engine.protocol import VersionSpec
     from retrain.trainer.config import TrainConfig
     from retrain.trainer.dpo import DEFAULT_BETA, train_dpo
@@ -90,13 +90,15 @@ def run(facts_n: int) -> dict:
     pairs = preference_pairs(train_examples, disliked)
     step(f"DPO pass on {len(pairs)} pairs (beta={DEFAULT_BETA})")
     started = time.perf_counter()
-    dpo = train_dpo(config, DEFAULT_BETA, pairs, base_dir=base, parent_adapter_dir=supervised.output_dir,
+    dpo_config = TrainConfig(learning_rate_multiplier=dpo_lr_multiplier)
+    dpo = train_dpo(dpo_config, DEFAULT_BETA, pairs, base_dir=base, parent_adapter_dir=supervised.output_dir,
                     output_dir=work / "dpo")
     dpo_seconds = time.perf_counter() - started
     step("asking both")
     runs = {"supervised": ask(settings, VersionSpec("sft", base, supervised.output_dir), items),
             "supervised then DPO": ask(settings, VersionSpec("dpo", base, dpo.output_dir), items)}
     return {"facts": len(facts), "pairs": len(pairs), "beta": DEFAULT_BETA, "machine": machine(),
+            "dpo_learning_rate": dpo_config.learning_rate,
             "seconds": {"supervised": sft_seconds, "dpo": dpo_seconds},
             "steps": {"supervised": supervised.steps, "dpo": dpo.steps},
             "base": score(base_answers, base_answers), "runs": {k: score(v, base_answers) for k, v in runs.items()},
@@ -108,7 +110,7 @@ def report(results: dict) -> str:
     lines = ["## Supervised then DPO (`bench/dpo.py`)", "",
              f"Measured {m['date']} on {m['cores']} CPU cores, SmolLM2-135M-Instruct: one round from the base model "
              f"on {results['facts']} facts, then a DPO pass on {results['pairs']} (question, approved answer, "
-             f"disliked answer) pairs, beta {results['beta']}. The disliked answers are the base model's own answers "
+             f"disliked answer) pairs, beta {results['beta']}, learning rate {results.get('dpo_learning_rate', 1e-3):g}. The disliked answers are the base model's own answers "
              "to the canonical questions; an answer *repeats* one when difflib's ratio to it is ≥ 0.8.", "",
              "| run | canonical: key facts | canonical: repeats the disliked answer | held-out phrasing: key facts | "
              "held-out phrasing: repeats the disliked answer | general kept | training (s) |",
@@ -125,9 +127,12 @@ def report(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--facts", type=int, default=8, help="facts (corrections) in the round")
+    parser.add_argument("--dpo-lr-multiplier", type=float, default=1.0,
+                        help="learning_rate_multiplier of the DPO pass (1.0: the round's own learning rate)")
     args = parser.parse_args()
-    results = run(args.facts)
-    write_section("dpo", report(results), results)
+    results = run(args.facts, args.dpo_lr_multiplier)
+    name = "dpo" if args.dpo_lr_multiplier == 1.0 else f"dpo-lr{args.dpo_lr_multiplier:g}"
+    write_section(name, report(results), results)
 
 
 if __name__ == "__main__":
