@@ -16,6 +16,12 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+OFFTOPIC = ROOT / "bench" / "offtopic_questions.txt"
+
+
+def load_offtopic() -> list[str]:
+    """Shop questions no fact of examples/acme_kb.jsonl answers: a verified reply to one is wrong."""
+    return [line.strip() for line in OFFTOPIC.read_text().splitlines() if line.strip() and not line.startswith("#")]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 

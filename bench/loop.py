@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, start_server, write_section  # noqa: E402
+from common import ROOT, load_offtopic, machine, start_server, write_section  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 KB = [json.loads(line) for line in (ROOT / "examples" / "acme_kb.jsonl").read_text().splitlines() if line.strip()]
@@ -138,18 +138,13 @@ def correct(platform: Platform, facts: list[dict], *, phrasings: bool) -> dict:
 def instant_fix(platform: Platform, facts: list[dict]) -> dict:
     """Before any training, with memory on: exact questions and held-out rewordings answered with the
     corrected fact, how many of them verbatim (verified), and off-topic questions answered verified."""
-    from retrain.gates.matching import missing_key_facts
-
     out = {}
-    for name, pairs in (("exact", [(f["question"], f) for f in facts]),
-                        ("reworded", [(q, f) for f in facts for q in f["paraphrases"]])):
-        answers = platform.ask_all([q for q, _ in pairs], memory=True)
-        right = [not missing_key_facts(a["choices"][0]["message"]["content"], f["key_facts"]) for (_, f), a in zip(pairs, answers)]
+    for name, paraphrases in (("exact", False), ("reworded", True)):
+        answers, right = answers_with_key_facts(platform, facts, memory=True, paraphrases=paraphrases)
         verified = [a.get("memory_outcome") == "verified" for a in answers]
         out[name] = {"right": sum(right) / len(right), "verified": sum(verified) / len(verified),
                      "verified_wrong": sum(v and not r for v, r in zip(verified, right))}
-    offtopic = [line.strip() for line in (ROOT / "bench" / "offtopic_questions.txt").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    offtopic = load_offtopic()
     answers = platform.ask_all(offtopic, memory=True)
     out["offtopic"] = {"n": len(offtopic), "verified": sum(a.get("memory_outcome") == "verified" for a in answers)}
     return out
@@ -193,12 +188,20 @@ def train_and_promote(platform: Platform) -> dict:
     }
 
 
-def share_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool, paraphrases: bool = True) -> float:
+def answers_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool,
+                           paraphrases: bool = True) -> tuple[list[dict], list[bool]]:
+    """Each fact's held-out paraphrases (or its canonical question) asked, and whether each answer
+    holds every key fact."""
     from retrain.gates.matching import missing_key_facts
 
     pairs = [(q, f) for f in facts for q in (f["paraphrases"] if paraphrases else [f["question"]])]
     answers = platform.ask_all([q for q, _ in pairs], memory=memory)
-    hits = [not missing_key_facts(a["choices"][0]["message"]["content"], f["key_facts"]) for (_, f), a in zip(pairs, answers)]
+    return answers, [not missing_key_facts(a["choices"][0]["message"]["content"], f["key_facts"])
+                     for (_, f), a in zip(pairs, answers)]
+
+
+def share_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool, paraphrases: bool = True) -> float:
+    hits = answers_with_key_facts(platform, facts, memory=memory, paraphrases=paraphrases)[1]
     return sum(hits) / len(hits)
 
 

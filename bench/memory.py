@@ -33,18 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, machine, write_section  # noqa: E402
+from bench.common import ROOT, load_offtopic, machine, write_section  # noqa: E402
 
 KB = ROOT / "examples" / "acme_kb.jsonl"
-OFFTOPIC = ROOT / "bench" / "offtopic_questions.txt"
 
 
 def load_facts() -> list[dict]:
     return [json.loads(line) for line in KB.read_text().splitlines() if line.strip()]
-
-
-def load_offtopic() -> list[str]:
-    return [line.strip() for line in OFFTOPIC.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def build(facts: list[dict], accepted: int | str, data_dir: Path, measured: int | None = None):
