@@ -27,7 +27,7 @@ from sqlmodel import Session, select
 from registry.checkpoints import checkpoint_root
 from registry.models import ModelVersion
 from registry.versions import version_spec
-from retrain.jobs import service as jobs
+from retrain.jobs import progress, service as jobs
 from retrain.jobs.files import get_file, read_examples
 from retrain.jobs.hosted import run_hosted_job
 from retrain.models import FineTuneJob
@@ -77,7 +77,7 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
         round_ = plan_round(session, settings, job, config)
         pairs = snapshot_preferences(session, settings, job.snapshot_id) if then_dpo else []
     train_set = round_.train
-    effective, reasons = jobs.planned_hyperparameters(config, len(train_set))
+    effective, reasons = progress.planned_hyperparameters(config, len(train_set))
     with session_scope(engine) as session:
         jobs.add_event(session, job.id, round_.describe(config))
         for reason in reasons:
@@ -164,7 +164,7 @@ def _train_dpo_locally(settings: Settings, engine: Engine, job: FineTuneJob, con
     with Session(engine) as session:
         spec = version_spec(session.get(ModelVersion, job.parent_version_id), settings)
         rows = read_examples(settings, get_file(session, job.training_file_id))
-    effective, reasons = jobs.planned_hyperparameters(config, len(rows))
+    effective, reasons = progress.planned_hyperparameters(config, len(rows))
     with session_scope(engine) as session:
         jobs.add_event(session, job.id, f"DPO on {len(rows)} preference pairs (beta={beta}), reference model "
                        f"{job.parent_version_id}, continuing from its " + ("adapter" if spec.adapter_dir else "base (fresh LoRA)"))

@@ -13,7 +13,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
 from registry.models import ModelVersion
-from retrain.jobs import files as file_service, service as jobs
+from retrain.jobs import files as file_service, progress, service as jobs
 from retrain.models import FineTuneJob, JobEvent, TrainingFile
 from retrain.scheduler import state_as_dict, train_now as start
 from retrain.trainer.config import TrainConfig
@@ -132,7 +132,7 @@ def method_object(job: FineTuneJob, hyperparameters: dict[str, Any]) -> dict[str
 
 def _job(session, job: FineTuneJob) -> dict[str, Any]:
     version = session.get(ModelVersion, job.result_version_id) if job.result_version_id else None
-    return job_object(job, version.name if version else None, _ts(jobs.estimated_finish(session, job)))
+    return job_object(job, version.name if version else None, _ts(progress.estimated_finish(session, job)))
 
 
 def event_object(event: JobEvent) -> dict[str, Any]:
@@ -251,7 +251,7 @@ def list_events(job_id: str, session: SessionDep, _account: StaffAccount, after:
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
 def list_checkpoints(job_id: str, session: SessionDep, settings: SettingsDep, _account: StaffAccount):
-    found = jobs.list_checkpoints(session, settings, job_id)
+    found = progress.list_checkpoints(session, settings, job_id)
     data = []
     for item in found:
         metric = item["metric"]

@@ -9,17 +9,15 @@ and a resume. Routes, the CLI and the scheduler all call these functions.
 
 from __future__ import annotations
 
-from dataclasses import fields, asdict
+from dataclasses import fields
 from datetime import datetime, timedelta, timezone
-import math
 from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col, func, select
 
 from registry.checkpoints import remove_checkpoints
-from registry.models import ModelVersion
-from registry.versions import CHECKPOINT_MARK, UnknownModelError, checkpoint_adapters, resolve_model
+from registry.versions import UnknownModelError, resolve_model
 from retrain.models import DatasetSnapshot, FineTuneJob, JobEvent, JobMetric, JobStatus, TrainingFile
 from retrain.trainer.config import TrainConfig
 from retrain.trainer.dpo import DEFAULT_BETA
@@ -203,40 +201,6 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
             raise JobError(f"metadata[{key!r}] must be a string of at most 512 characters", "metadata")
 
 
-def planned_hyperparameters(config: TrainConfig, n_examples: int) -> tuple[dict[str, Any], list[str]]:
-    """The hyperparameters a run on ``n_examples`` uses (the trainer's rule: n_epochs is raised until the
-    run takes min_steps optimizer steps) and the reasons for each change, for the job's events."""
-    per_epoch = math.ceil(math.ceil(max(n_examples, 1) / config.batch_size) / config.gradient_accumulation)
-    n_epochs = max(config.n_epochs, math.ceil(config.min_steps / per_epoch))
-    reasons = []
-    if n_epochs != config.n_epochs:
-        reasons.append(f"n_epochs raised from {config.n_epochs} to {n_epochs} to reach {config.min_steps} optimizer "
-                       f"steps ({n_examples} examples at batch_size {config.batch_size}: {per_epoch} "
-                       f"step{'s' if per_epoch > 1 else ''} per epoch)")
-    effective = {**asdict(config), "n_epochs": n_epochs, "total_steps": per_epoch * n_epochs,
-                 "learning_rate": config.learning_rate, "n_examples": n_examples}
-    return effective, reasons
-
-
-def estimated_finish(session: Session, job: FineTuneJob) -> datetime | None:
-    """For a running job: the last step's time plus the remaining steps at the measured step time
-    (between the first and the last step recorded since it started, so model loading and, for a
-    resumed job, the pause do not count)."""
-    total = (job.effective_hyperparameters or {}).get("total_steps")
-    if job.status != JobStatus.running or not total:
-        return None
-    since = select(JobMetric).where(JobMetric.job_id == job.id)
-    if job.started_at is not None:
-        since = since.where(col(JobMetric.created_at) >= job.started_at)
-    first = session.exec(since.order_by(col(JobMetric.step))).first()
-    last = session.exec(select(JobMetric).where(JobMetric.job_id == job.id)
-                        .order_by(col(JobMetric.step).desc())).first()
-    if first is None or last is None or last.step <= first.step:
-        return None
-    per_step = (last.created_at - first.created_at) / (last.step - first.step)
-    return last.created_at + per_step * max(int(total) - last.step, 0)
-
-
 def _require_file(session: Session, file_id: str, param: str) -> TrainingFile:
     record = session.get(TrainingFile, file_id)
     if record is None:
@@ -402,24 +366,6 @@ def record_metrics(session: Session, job_id: str, row: dict[str, Any]) -> JobMet
 def list_metrics(session: Session, job_id: str) -> list[JobMetric]:
     get_job(session, job_id)
     return list(session.exec(select(JobMetric).where(JobMetric.job_id == job_id).order_by(col(JobMetric.step))))
-
-
-def list_checkpoints(session: Session, settings: Settings, job_id: str) -> list[dict[str, Any]]:
-    """The checkpoints a succeeded job kept (the adapter after each of its last three epochs, the
-    last one being the final model), newest first, each with its model name and that step's metrics."""
-    job = get_job(session, job_id)
-    if job.status != JobStatus.succeeded or not job.result_version_id:
-        return []
-    version = session.get(ModelVersion, job.result_version_id)
-    metrics = {m.step: m for m in list_metrics(session, job_id)}
-    found = checkpoint_adapters(settings, version)
-    if not found and version.adapter_path:  # a job from before checkpoints were kept: the final adapter
-        last = max(metrics) if metrics else 0
-        return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}", "job": job, "step": last,
-                 "name": version.name, "metric": metrics.get(last)}]
-    return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}", "job": job, "step": step,
-             "name": f"{version.name}{CHECKPOINT_MARK}{step}", "metric": metrics.get(step)}
-            for step, _directory in reversed(found)]
 
 
 def set_status(session: Session, job_id: str, status: JobStatus, *, message: str | None = None,
