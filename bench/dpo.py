@@ -98,7 +98,7 @@ def run(facts_n: int, dpo_lr_multiplier: float = 1.0) -> dict:
     runs = {"supervised": ask(settings, VersionSpec("sft", base, supervised.output_dir), items),
             "supervised then DPO": ask(settings, VersionSpec("dpo", base, dpo.output_dir), items)}
     return {"facts": len(facts), "pairs": len(pairs), "beta": DEFAULT_BETA, "machine": machine(),
-            "dpo_learning_rate": dpo_config.learning_rate,
+            "dpo_learning_rate": dpo_config.dpo_learning_rate,
             "seconds": {"supervised": sft_seconds, "dpo": dpo_seconds},
             "steps": {"supervised": supervised.steps, "dpo": dpo.steps},
             "base": score(base_answers, base_answers), "runs": {k: score(v, base_answers) for k, v in runs.items()},
@@ -128,10 +128,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--facts", type=int, default=8, help="facts (corrections) in the round")
     parser.add_argument("--dpo-lr-multiplier", type=float, default=1.0,
-                        help="learning_rate_multiplier of the DPO pass (1.0: the round's own learning rate)")
+                        help="learning_rate_multiplier of the DPO pass (1.0: the default dpo_base_learning_rate, 2e-5)")
     args = parser.parse_args()
     results = run(args.facts, args.dpo_lr_multiplier)
-    name = "dpo" if args.dpo_lr_multiplier == 1.0 else f"dpo-lr{args.dpo_lr_multiplier:g}"
+    name = "dpo-own-lr" if args.dpo_lr_multiplier == 1.0 else f"dpo-own-lr-x{args.dpo_lr_multiplier:g}"
     write_section(name, report(results), results)
 
 

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from retrain.jobs.worker import Worker
+from retrain.trainer.config import TrainConfig
 from support.openai_conformance import assert_complete
 from support.retrain import chat_jsonl
 
@@ -50,9 +51,11 @@ def test_the_fine_tuning_guide_runs_unchanged(app, client):
     assert_complete(job, *events)
     assert any(e.type == "metrics" for e in events) and "successfully completed" in events[0].message + events[1].message
     # 4 examples at batch size 4 is one step per epoch: n_epochs was raised to reach min_steps, and says so
-    assert job.hyperparameters.n_epochs == 12 and job.method.supervised.hyperparameters.n_epochs == 12
-    assert any(e.message.startswith("n_epochs raised from 2 to 12 to reach 12 optimizer steps") for e in events)
-    assert sum(e.type == "metrics" for e in events) == 12
+    min_steps = TrainConfig().min_steps
+    assert job.hyperparameters.n_epochs == min_steps and job.method.supervised.hyperparameters.n_epochs == min_steps
+    assert any(e.message.startswith(f"n_epochs raised from 2 to {min_steps} to reach {min_steps} optimizer steps")
+               for e in events)
+    assert sum(e.type == "metrics" for e in events) == min_steps  # one per step: one step per epoch
 
     [result_id] = job.result_files
     result = client.files.retrieve(result_id)
@@ -72,16 +75,16 @@ def test_the_fine_tuning_guide_runs_unchanged(app, client):
     # a checkpoint per epoch, the last three kept, each a model name chat accepts
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert_complete(*checkpoints)
-    assert [c.step_number for c in checkpoints] == [12, 11, 10]
+    assert [c.step_number for c in checkpoints] == [min_steps, min_steps - 1, min_steps - 2]
     assert [c.fine_tuned_model_checkpoint for c in checkpoints] == [f"{job.fine_tuned_model}:ckpt-step-{s}"
-                                                                    for s in (12, 11, 10)]
+                                                                    for s in (min_steps, min_steps - 1, min_steps - 2)]
     assert all(isinstance(c.metrics.step, int) or c.metrics.step.is_integer() for c in checkpoints)
     names = [m.id for m in client.models.list().data]
     assert set(c.fine_tuned_model_checkpoint for c in checkpoints) <= set(names)
     early = client.chat.completions.create(model=checkpoints[-1].fine_tuned_model_checkpoint, max_tokens=4,
                                            messages=[{"role": "user", "content": "What is rule 1?"}])
     assert early.model == checkpoints[-1].fine_tuned_model_checkpoint
-    assert early.system_fingerprint == "fp_tuneloop_v1:ckpt-step-10"
+    assert early.system_fingerprint == f"fp_tuneloop_v1:ckpt-step-{min_steps - 2}"
     with pytest.raises(openai.NotFoundError, match="keeps the checkpoints"):
         client.models.retrieve(f"{job.fine_tuned_model}:ckpt-step-3")
 

@@ -151,6 +151,7 @@ def test_train_until_learned_stops_early_and_reports_the_step(real_model_dir, tm
     assert result.steps < metrics["max_steps"] == 30
     checks = [row["learned_share"] for row in seen if "learned_share" in row]
     assert checks[-2:] == [1.0, 1.0] and (len(checks) == 2 or checks[-3] < 1.0)  # the second all-right check in a row
+    assert metrics["n_epochs"] == len(checks)  # the epochs it ran (one check each), not the cap
     assert _all_answer_tokens_right(real_model_dir, out, examples)  # what the check promised holds for the adapter
 
 

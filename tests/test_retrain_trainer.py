@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from retrain.trainer.replay import select_for_round
 from feedback.examples import TrainingExample
 from retrain.trainer.config import TrainConfig
-from retrain.trainer.train import ADAPTER_FILES, TrainingCancelled, train
+from retrain.trainer.batching import EncodedExample, collate
+from retrain.trainer.train import ADAPTER_FILES, TrainingCancelled, _Run, train
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant for Acme."}
 
@@ -81,7 +82,8 @@ def test_cancel_leaves_nothing_behind(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(n_epochs=0), "n_epochs"), (dict(min_steps=-1), "min_steps"), (dict(learning_rate_multiplier=-1.0), "learning_rate_multiplier"),
+    (dict(n_epochs=0), "n_epochs"), (dict(learned_min_prob=1.0), "learned_min_prob"),
+    (dict(dpo_base_learning_rate=0), "dpo_base_learning_rate"), (dict(min_steps=-1), "min_steps"), (dict(learning_rate_multiplier=-1.0), "learning_rate_multiplier"),
     (dict(lora_r=0), "lora_r"), (dict(lora_dropout=1.0), "lora_dropout"), (dict(batch_size=0), "batch_size"),
     (dict(prompt_loss_weight=-0.1), "prompt_loss_weight"), (dict(kl_weight=-1.0), "kl_weight must be 0 or more"),
     (dict(kl_anchors=0), "kl_anchors must be at least 1"), (dict(kl_batch_size=0), "kl_batch_size must be at least 1"),
@@ -115,3 +117,35 @@ def test_few_examples_get_at_least_min_steps(tiny_model_dir, tmp_path):
     assert result.steps == 5 and result.metrics["n_epochs"] == 5
     rows = list(csv.DictReader(open(tmp_path / "a" / "result.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+
+
+class _FixedLogits(torch.nn.Module):
+    """A three-token "model" whose next-token logits are always ``logits``: token 0 wins by a hair."""
+
+    config = type("Config", (), {"final_logit_softcapping": None})()
+
+    def __init__(self, logits: list[float]):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def get_decoder(self):
+        return None
+
+    def get_output_embeddings(self):
+        return None
+
+    def forward(self, input_ids, attention_mask):
+        return type("Out", (), {"logits": self.logits.expand(*input_ids.shape, -1)})()
+
+
+@pytest.mark.parametrize("min_prob, learned", [(0.5, False), (0.4, True)])
+def test_an_answer_won_by_a_hair_is_not_learned(min_prob, learned):
+    """The train-until-learned check: every answer token must be the argmax *and* have probability
+    ``learned_min_prob``; here the target token is the argmax at p≈0.42 (logits 1.0 vs 0.99 vs 0)."""
+    example = EncodedExample(input_ids=[1, 0, 0, 0], weights=[0.0, 1.0, 1.0, 1.0],
+                             completion_mask=[False, True, True, True])
+    run = _Run(TrainConfig(learned_min_prob=min_prob, kl_weight=0.0), _FixedLogits([1.0, 0.99, 0.0]),
+               torch.device("cpu"), 2, [example], [], None, None)
+    _loss, correct, counted, rows_right = run._forward(collate([example], 2))
+    assert (correct, counted) == (3, 3)  # the argmax is right at every answer token
+    assert rows_right == [learned]

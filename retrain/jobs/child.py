@@ -33,10 +33,10 @@ from retrain.jobs.hosted import run_hosted_job
 from retrain.models import FineTuneJob
 from retrain.trainer.checkpoints import CheckpointSaver
 from retrain.trainer.config import TrainConfig
-from retrain.trainer.dpo import DEFAULT_BETA, train_dpo
+from retrain.trainer.dpo import DEFAULT_BETA, dpo_config, train_dpo
 from retrain.trainer.pausing import TrainingPaused, paused_step
 from retrain.trainer.rounds import TrainingRound, plan_round, snapshot_preferences
-from retrain.trainer.train import train
+from retrain.trainer.train import expand_for_training, train
 from tuneloop.core.db import make_engine, session_scope
 from tuneloop.core.settings import Settings
 
@@ -71,13 +71,14 @@ def run_job_in_child(settings: Settings, job_id: str, result_file: Path) -> None
 def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_cancel, should_pause) -> dict[str, Any]:
     config = TrainConfig.from_dict({"replay_fraction": settings.replay_fraction, **job.hyperparameters, "seed": job.seed})
     if (job.method or {}).get("type") == "dpo":
-        return _train_dpo_locally(settings, engine, job, config, should_cancel, should_pause)
+        return _train_dpo_locally(settings, engine, job, dpo_config(config, job.hyperparameters), should_cancel,
+                                  should_pause)
     then_dpo = (job.method or {}).get("type") == "supervised_then_dpo"
     with Session(engine) as session:
         round_ = plan_round(session, settings, job, config)
         pairs = snapshot_preferences(session, settings, job.snapshot_id) if then_dpo else []
     train_set = round_.train
-    effective, reasons = progress.planned_hyperparameters(config, len(train_set))
+    effective, reasons = progress.planned_hyperparameters(config, len(expand_for_training(config, train_set)))
     with session_scope(engine) as session:
         jobs.add_event(session, job.id, round_.describe(config))
         for reason in reasons:
@@ -94,7 +95,7 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
     metrics, tokens = _train_supervised(settings, engine, job, config, round_, effective, supervised_dir,
                                         should_cancel, should_pause)
     if pairs:
-        dpo = _dpo_pass(settings, engine, job, config, pairs, round_, supervised_dir, relative, metrics["steps"],
+        dpo = _dpo_pass(settings, engine, job, dpo_config(config, job.hyperparameters), pairs, round_, supervised_dir, relative, metrics["steps"],
                         should_cancel, should_pause)
         metrics, tokens = {**metrics, "method": "supervised_then_dpo", "dpo": dpo.metrics}, tokens + dpo.trained_tokens
     legacy = bool(train_set) and all(e.is_legacy for e in train_set)
@@ -144,8 +145,8 @@ def _dpo_pass(settings: Settings, engine: Engine, job: FineTuneJob, config: Trai
     beta = (job.method or {}).get("beta") or DEFAULT_BETA
     resume_dir = checkpoint_root(settings, job.id) / "resume-dpo"
     with session_scope(engine) as session:
-        jobs.add_event(session, job.id, f"DPO on {len(pairs)} preference pairs (beta={beta}), reference model: "
-                       "this job's supervised result")
+        jobs.add_event(session, job.id, f"DPO on {len(pairs)} preference pairs (beta={beta}, learning rate "
+                       f"{config.dpo_learning_rate:g}), reference model: this job's supervised result")
     _announce_resume(engine, job.id, resume_dir, offset)
     try:
         return train_dpo(config, beta, pairs, base_dir=round_.base_dir, parent_adapter_dir=supervised_dir,
@@ -171,7 +172,8 @@ def _train_dpo_locally(settings: Settings, engine: Engine, job: FineTuneJob, con
         for reason in reasons:
             jobs.add_event(session, job.id, reason)
         session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id)
-                     .values(effective_hyperparameters={**effective, "beta": beta}))
+                     .values(effective_hyperparameters={**effective, "beta": beta,
+                                                        "learning_rate": config.dpo_learning_rate}))
     relative = f"adapters/{job.id}"
     resume_dir = checkpoint_root(settings, job.id) / "resume"
     _announce_resume(engine, job.id, resume_dir)

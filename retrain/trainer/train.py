@@ -72,10 +72,7 @@ def train(config: TrainConfig, examples_train: list[TrainingExample], examples_v
     started = time.perf_counter()
     output_dir = Path(output_dir)
     model, tokenizer, device = start_training(config, base_dir, parent_adapter_dir, output_dir)
-    expanded = training_set(examples_train, phrasings=config.train_on_phrasings,
-                            memory_fraction=config.memory_examples_fraction,
-                            max_distractors=config.memory_distractors, seed=config.seed)
-    encoded = _encode_all(tokenizer, expanded, config)
+    encoded = _encode_all(tokenizer, expand_for_training(config, examples_train), config)
     train_set = [enc for enc, _ in encoded]
     is_new = [new_keys is None or e.key in new_keys for _, e in encoded]
     valid_set = [enc for enc, _ in _encode_all(tokenizer, examples_valid, config)]
@@ -98,6 +95,13 @@ def train(config: TrainConfig, examples_train: list[TrainingExample], examples_v
     metrics = fit_and_save(run, model, output_dir, lambda staging, metrics: _write_provenance(
         staging, config, provenance, metrics, run, base_dir, parent_adapter_dir))
     return result_of(run, output_dir, metrics, started, parent_adapter_dir)
+
+
+def expand_for_training(config: TrainConfig, examples: list[TrainingExample]) -> list[TrainingExample]:
+    """The examples a run really trains on: the round's, plus their accepted phrasings and memory-context
+    copies as ``config`` asks. The job plans its epochs and steps on these, not on the round's count."""
+    return training_set(examples, phrasings=config.train_on_phrasings, memory_fraction=config.memory_examples_fraction,
+                        max_distractors=config.memory_distractors, seed=config.seed)
 
 
 def fit_and_save(run: Any, model: Any, output_dir: Path, write_files: Callable[[Path, dict[str, Any]], None]) -> dict:
@@ -180,6 +184,7 @@ class _Run:
         self.progress = progress_callback or (lambda _event: None)
         self.should_cancel = should_cancel or (lambda: False)
         self.step = 0
+        self.epochs_run = 0
         self.trained_tokens = 0
         self.rows: list[dict[str, Any]] = []
         self.last_valid: dict[str, float] = {}
@@ -215,6 +220,7 @@ class _Run:
                 evaluate = end_of_epoch or (config.eval_every and self.step % config.eval_every == 0)
                 self._record(epoch, loss, accuracy, self.evaluate() if evaluate else None, kl,
                              self._check_learned() if end_of_epoch else None)
+            self.epochs_run = epoch + 1
             if getattr(self, "epoch_callback", None):
                 self.epoch_callback(self.model, epoch + 1, self.step)
             if self.learned_at_step is not None and config.stop_when_learned:
@@ -271,7 +277,7 @@ class _Run:
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int, list[bool]]:
         """(sum of weighted token losses, correct answer tokens, answer tokens, per row: every answer
-        token right) of one padded batch."""
+        token right with probability at least ``learned_min_prob``) of one padded batch."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         weights, answer = batch["weights"][:, 1:], batch["completion_mask"][:, 1:]
         select = (weights > 0) | answer
@@ -282,10 +288,12 @@ class _Run:
         weighted = (token_loss * weights[select]).sum()
         scored = answer[select]
         hit = logits.argmax(-1) == targets
+        # an answer token counts as right when it is the argmax by a margin: p(target) >= learned_min_prob
+        sure = hit & (token_loss.detach() <= -math.log(self.config.learned_min_prob))
         correct = int((hit & scored).sum())
         rows = select.nonzero()[:, 0]  # the batch row of each selected position
         wrong_per_row = torch.zeros(select.shape[0], dtype=torch.long, device=hit.device)
-        wrong_per_row.index_add_(0, rows, (~hit & scored).long())
+        wrong_per_row.index_add_(0, rows, (~sure & scored).long())
         return weighted, correct, int(scored.sum()), (wrong_per_row == 0).tolist()
 
     @torch.no_grad()
@@ -319,7 +327,7 @@ class _Run:
         last = self.rows[-1]
         metrics = {"train_loss": last["train_loss"], "train_mean_token_accuracy": last["train_accuracy"],
                    "steps": self.step, "trained_tokens": self.trained_tokens,
-                   "n_train": len(self.train_set), "n_valid": len(self.valid_set), "n_epochs": self.n_epochs,
+                   "n_train": len(self.train_set), "n_valid": len(self.valid_set), "n_epochs": self.epochs_run,
                    "max_steps": self.total_steps, "learned_at_step": self.learned_at_step,
                    "stopped_at_step": self.step,
                    "stop_reason": ("learned" if self.learned_at_step is not None and self.config.stop_when_learned
