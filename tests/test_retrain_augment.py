@@ -5,6 +5,7 @@ serving lays them out, and train-until-learned stops early on the tiny model and
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 import torch
@@ -163,7 +164,7 @@ def test_replayed_examples_do_not_hold_up_the_stop(real_model_dir, tmp_path):
                           completion="Forty-five days.")
     words = "tent stove lantern rope compass kettle parka boots socks gloves map torch".split()
     old = TrainingExample(id="e1", correction_id="c1", messages=[SYSTEM, {"role": "user", "content": "List our gear."}],
-                          completion=" ".join(words[(7 * k) % len(words)] for k in range(60)))
+                          completion=" ".join(random.Random(0).choices(words, k=80)))  # no pattern to learn fast
     out = tmp_path / "a"
     result = train(TrainConfig(**CAP), [new, old], [], base_dir=real_model_dir, parent_adapter_dir=None,
                    output_dir=out, new_keys={"c0"})
