@@ -63,7 +63,8 @@ class Browser:
             user_data_dir=str(self._profiles_dir / name), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
             headless=True, viewport={"width": 1280, "height": 900},
         )
-        context.set_default_timeout(30_000)
+        # a bound on waits, not a speed check: a busy 2-core machine (a training test beside it) took over 30 s
+        context.set_default_timeout(90_000)
         context.route("**/*", self._guard)
         self._contexts.append(context)
         return context.pages[0] if context.pages else context.new_page()
