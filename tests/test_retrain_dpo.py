@@ -82,8 +82,9 @@ def biased_answer(app, client, question: str):
 
 def test_a_dpo_job_raises_the_preferred_answers_over_the_rejected_ones(app, client, tiny_model_dir):
     file = client.files.create(file=("prefs.jsonl", io.BytesIO(preference_jsonl())), purpose="fine-tune")
+    # multiplier 250: 5e-3, what the tiny random model needs to move in 12 steps
     job = client.fine_tuning.jobs.create(model="tuneloop", training_file=file.id, suffix="dpo", method={
-        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 2, "learning_rate_multiplier": 250}}})  # 5e-3: the tiny random model needs it
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 2, "learning_rate_multiplier": 250}}})
     assert_complete(job)
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.5
     assert Worker(app.state.settings, app.state.db).run_next_job() == job.id
@@ -191,7 +192,8 @@ def test_a_scheduled_round_trains_supervised_then_dpo_into_one_adapter(then_dpo_
         messages = [e.message for e in client.fine_tuning.jobs.list_events(job["id"], limit=1000).data]
         steps = [m["step"] for m in client.get(f"/fine_tuning/jobs/{job['id']}/metrics", cast_to=dict)["data"]]
     assert any(m.startswith("Then DPO on 1 preference pairs of snap_") for m in messages)
-    assert "DPO on 1 preference pairs (beta=0.1, learning rate 2e-05), reference model: this job's supervised result" in messages
+    assert ("DPO on 1 preference pairs (beta=0.1, learning rate 2e-05), reference model: this job's supervised "
+            "result") in messages
     adapter = settings.model_store_dir / "adapters" / job["id"]
     record = json.loads((adapter / "training_config.json").read_text())
     supervised_steps = done.to_dict()["hyperparameters_full"]["total_steps"]

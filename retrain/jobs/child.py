@@ -95,8 +95,8 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
     metrics, tokens = _train_supervised(settings, engine, job, config, round_, effective, supervised_dir,
                                         should_cancel, should_pause)
     if pairs:
-        dpo = _dpo_pass(settings, engine, job, dpo_config(config, job.hyperparameters), pairs, round_, supervised_dir, relative, metrics["steps"],
-                        should_cancel, should_pause)
+        dpo = _dpo_pass(settings, engine, job, dpo_config(config, job.hyperparameters), pairs, round_,
+                        supervised_dir, relative, metrics["steps"], should_cancel, should_pause)
         metrics, tokens = {**metrics, "method": "supervised_then_dpo", "dpo": dpo.metrics}, tokens + dpo.trained_tokens
     legacy = bool(train_set) and all(e.is_legacy for e in train_set)
     return {"adapter_path": relative, "metrics": metrics, "trained_tokens": tokens,
@@ -165,7 +165,7 @@ def _train_dpo_locally(settings: Settings, engine: Engine, job: FineTuneJob, con
     with Session(engine) as session:
         spec = version_spec(session.get(ModelVersion, job.parent_version_id), settings)
         rows = read_examples(settings, get_file(session, job.training_file_id))
-    effective, reasons = progress.planned_hyperparameters(config, len(rows))
+    effective, reasons = progress.planned_hyperparameters(config, len(rows), accumulate=False)
     with session_scope(engine) as session:
         jobs.add_event(session, job.id, f"DPO on {len(rows)} preference pairs (beta={beta}), reference model "
                        f"{job.parent_version_id}, continuing from its " + ("adapter" if spec.adapter_dir else "base (fresh LoRA)"))

@@ -5,7 +5,6 @@ owns the job's lifecycle."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -20,11 +19,12 @@ from retrain.trainer.config import TrainConfig
 from tuneloop.core.settings import Settings
 
 
-def planned_hyperparameters(config: TrainConfig, n_examples: int) -> tuple[dict[str, Any], list[str]]:
-    """The hyperparameters a run on ``n_examples`` uses (the trainer's rule: n_epochs is raised until the
-    run takes min_steps optimizer steps) and the reasons for each change, for the job's events."""
-    per_epoch = math.ceil(math.ceil(max(n_examples, 1) / config.batch_size) / config.gradient_accumulation)
-    n_epochs = max(config.n_epochs, math.ceil(config.min_steps / per_epoch))
+def planned_hyperparameters(config: TrainConfig, n_examples: int, *,
+                            accumulate: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """The hyperparameters a run on ``n_examples`` uses (``TrainConfig.run_length``: n_epochs is raised
+    until the run takes min_steps optimizer steps) and the reasons for each change, for the job's events.
+    ``accumulate``: False for a DPO run, which steps once per batch."""
+    n_epochs, per_epoch = config.run_length(n_examples, accumulate=accumulate)
     reasons = []
     if n_epochs != config.n_epochs:
         reasons.append(f"n_epochs raised from {config.n_epochs} to {n_epochs} to reach {config.min_steps} optimizer "

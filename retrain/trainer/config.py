@@ -5,6 +5,7 @@ A job's ``hyperparameters`` become one (``TrainConfig.from_dict``: unknown keys 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -117,6 +118,15 @@ class TrainConfig:
     @property
     def dpo_learning_rate(self) -> float:
         return self.dpo_base_learning_rate * self.learning_rate_multiplier
+
+    def run_length(self, n_examples: int, *, accumulate: bool = True) -> tuple[int, int]:
+        """(n_epochs, optimizer steps per epoch) of a run on ``n_examples``: n_epochs is raised until the
+        run can take ``min_steps`` steps. The one rule the trainers run by and the job's plan reports.
+        ``accumulate``: the run steps once per ``gradient_accumulation`` micro-batches (DPO steps per batch)."""
+        per_epoch = math.ceil(max(n_examples, 1) / self.batch_size)
+        if accumulate:
+            per_epoch = math.ceil(per_epoch / self.gradient_accumulation)
+        return max(self.n_epochs, math.ceil(self.min_steps / per_epoch)), per_epoch
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":

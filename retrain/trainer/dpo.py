@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -128,8 +127,7 @@ class _DpoRun:
         self.should_cancel = should_cancel or (lambda: False)
         self.pause = pause or PausePoint(None, None)
         self.step, self.trained_tokens, self.rows = 0, 0, []
-        per_epoch = math.ceil(len(pairs) / config.batch_size)
-        self.n_epochs = max(config.n_epochs, math.ceil(config.min_steps / per_epoch))
+        self.n_epochs, per_epoch = config.run_length(len(pairs), accumulate=False)
         self.total_steps = per_epoch * self.n_epochs
 
     def fit(self) -> None:

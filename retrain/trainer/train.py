@@ -188,8 +188,7 @@ class _Run:
         self.trained_tokens = 0
         self.rows: list[dict[str, Any]] = []
         self.last_valid: dict[str, float] = {}
-        per_epoch = math.ceil(math.ceil(len(train_set) / config.batch_size) / config.gradient_accumulation)
-        self.n_epochs = max(config.n_epochs, math.ceil(config.min_steps / per_epoch))
+        self.n_epochs, per_epoch = config.run_length(len(train_set))
         self.total_steps = per_epoch * self.n_epochs
 
     def fit(self) -> None:
