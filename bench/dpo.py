@@ -64,7 +64,8 @@ def preference_pairs(train_examples: list, disliked: dict[str, str]) -> list[dic
 def run(facts_n: int, dpo_lr_multiplier: float = 1.0) -> dict:
     from engine.protocol import VersionSpec
     from retrain.trainer.config import TrainConfig
-    from retrain.trainer.dpo import DEFAULT_BETA, train_dpo
+    from retrain.trainer.config import DEFAULT_BETA
+    from retrain.trainer.dpo import train_dpo
     from retrain.trainer.train import train
     from tuneloop.core.settings import Settings
 

@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, start_server, write_section  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+
 QUESTIONS = [
     "How long do I have to return an item?", "Do you ship to Canada?", "What are your opening hours?",
     "How do I reset my password?", "Can I pay with PayPal?", "How long does shipping take?",
@@ -27,6 +29,30 @@ QUESTIONS = [
     "What is the warranty on tents?", "Do you rent camping gear?", "Can I change my address?",
     "What is your phone number?", "Do gift cards expire?", "Do you price match?", "Where is your store?",
 ]
+
+
+def seed_memory(env: dict[str, str]) -> int:
+    """Approved corrections for correction memory to search on every turn: the general gate questions,
+    which none of QUESTIONS is about (so no reply is a verified one and every answer is decoded).
+    A benchmark shortcut: the rows are written as approved, without the two-person review."""
+    import json
+
+    from feedback.corrections.models import CorrectionStatus
+    from feedback.corrections.service import create_correction
+    from tuneloop.app import prepare_database
+    from tuneloop.core.db import session_scope
+    from tuneloop.core.settings import Settings
+
+    facts = json.loads((ROOT / "retrain" / "gates" / "general" / "questions.json").read_text())
+    settings = Settings(data_dir=env["TUNELOOP_DATA_DIR"], database_url=env["TUNELOOP_DATABASE_URL"],
+                        admin_password=env["TUNELOOP_ADMIN_PASSWORD"])
+    engine = prepare_database(settings)
+    with session_scope(engine) as session:
+        for fact in facts:
+            create_correction(session, settings, actor="bench", question=fact["question"], answer=fact["answer"],
+                              status=CorrectionStatus.approved)
+    engine.dispose()
+    return len(facts)
 
 
 def rss_mb(pid: int) -> float:
@@ -218,6 +244,7 @@ def main() -> None:
             env = {"TUNELOOP_DATA_DIR": args.data_dir, "TUNELOOP_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
                    "TUNELOOP_ADMIN_PASSWORD": "bench-admin", "TUNELOOP_MEMORY_ENABLED": "true",
                    "TUNELOOP_ENGINE": engine, "TUNELOOP_RATE_LIMIT_PER_MINUTE": "0"}
+            seeded = seed_memory(env)
             proc, url = start_server(env)
             try:
                 results[engine] = bench_server(url, proc.pid, args.max_tokens)
@@ -237,7 +264,8 @@ def main() -> None:
         "## Serving (`bench/serve.py`)", "",
         f"Measured {machine()['date']} on {machine()['cores']} cores, torch {machine()['torch']}, "
         f"transformers {machine()['transformers']}; SmolLM2-135M-Instruct, greedy, {args.max_tokens} new tokens, "
-        "official openai client streaming against `tuneloop serve` (correction memory on), each engine in turn, "
+        "official openai client streaming against `tuneloop serve` (correction memory on, searching "
+        f"{seeded} approved corrections on every turn, none of them about the questions asked), each engine in turn, "
         "then the baselines, all in one run.", "",
     ]
     for engine, rows in results.items():

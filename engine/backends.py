@@ -1,34 +1,26 @@
-"""Which engine serves: ``settings.serving_backend`` names one, this table builds it."""
+"""Which engine serves: ``settings.serving_backend`` names one, this table builds it.
+
+Each engine's module is imported only when it is chosen: the transformers engine brings torch
+(~250 MB), which a process serving through llama.cpp or an upstream server never needs. The table
+names the modules as text so that choosing one does not import the others; the three modules are
+``engine.llamacpp``, ``engine.local`` and ``engine.upstream``.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
-from engine.llamacpp import LlamaCppEngine
-from engine.local import TransformersEngine
 from engine.protocol import Engine, ServedVersion, VersionSpec
-from engine.upstream import UpstreamEngine
 from tuneloop.core.errors import InvalidInputError
 from tuneloop.core.settings import Settings
 
-
-def _transformers(settings: Settings, spec_for: Callable[[ServedVersion], VersionSpec]) -> Engine:
-    return TransformersEngine(settings, spec_for)
-
-
-def _llamacpp(settings: Settings, spec_for: Callable[[ServedVersion], VersionSpec]) -> Engine:
-    return LlamaCppEngine(settings, spec_for)
-
-
-def _upstream(settings: Settings, _spec_for: Callable[[ServedVersion], VersionSpec]) -> Engine:
-    return UpstreamEngine(settings)
-
-
-ENGINES: dict[str, Callable[[Settings, Callable[[ServedVersion], VersionSpec]], Engine]] = {
-    "llamacpp": _llamacpp,
-    "transformers": _transformers,
-    "local": _transformers,  # the name this engine had before llama.cpp
-    "upstream": _upstream,
+# setting value -> (module, class, whether the class takes spec_for: where a version's files are)
+ENGINES: dict[str, tuple[str, str, bool]] = {
+    "llamacpp": ("engine.llamacpp", "LlamaCppEngine", True),
+    "transformers": ("engine.local", "TransformersEngine", True),
+    "local": ("engine.local", "TransformersEngine", True),  # the name this engine had before llama.cpp
+    "upstream": ("engine.upstream", "UpstreamEngine", False),
 }
 
 
@@ -36,9 +28,10 @@ def engine_for(settings: Settings, spec_for: Callable[[ServedVersion], VersionSp
     """The engine for ``settings.serving_backend``; ``spec_for`` tells a local engine where a version's
     files are (the registry knows)."""
     try:
-        factory = ENGINES[settings.serving_backend]
+        module, name, local = ENGINES[settings.serving_backend]
     except KeyError:
         raise InvalidInputError(f"serving_backend={settings.serving_backend!r} is not one of "
                                 f"{', '.join(ENGINES)}; set TUNELOOP_ENGINE.",
                                 param="serving_backend") from None
-    return factory(settings, spec_for)
+    engine_class = getattr(importlib.import_module(module), name)
+    return engine_class(settings, spec_for) if local else engine_class(settings)

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path
+from engine.child_process import last_line, run_module
+from engine.modelstore import BUNDLED_DIR_NAME, ModelNotFoundError, bundled_gguf_path
 from engine.protocol import VersionSpec
-from engine.transformers_engine import LoadedModel
 from tuneloop.core.errors import InvalidInputError
 from tuneloop.core.settings import Settings
 
@@ -65,19 +65,30 @@ def gguf_path(spec: VersionSpec) -> Path:
 
 
 def ensure_gguf(spec: VersionSpec, settings: Settings) -> Path:
-    """The version's GGUF, written once (atomically) from the transformers weights if it is missing.
-    The bundled base model is served from the GGUF it ships as: the very weights transformers
+    """The version's GGUF, written once (atomically) from the transformers weights if it is missing,
+    by a child process (``engine.gguf_writer``: the merge needs torch, which this process need not
+    load). The bundled base model is served from the GGUF it ships as: the very weights transformers
     de-quantised."""
     if spec.adapter_dir is None and spec.base_dir.name == BUNDLED_DIR_NAME:
         return bundled_gguf_path()
     path = gguf_path(spec)
     if not path.is_file():
         started = time.perf_counter()
-        loaded = LoadedModel.load(spec, device="cpu", dtype="float32")
-        write_llama_gguf(loaded.model, loaded.tokenizer, path, quantization=settings.gguf_quantization,
-                         name=spec.id)
+        _write_in_child(spec, path, settings.gguf_quantization)
         log.info("wrote %s for %s in %.1fs", path, spec.id, time.perf_counter() - started)
     return path
+
+
+def _write_in_child(spec: VersionSpec, path: Path, quantization: str) -> None:
+    args = ["--id", spec.id, "--base", str(spec.base_dir), "--out", str(path), "--quantization", quantization]
+    result = run_module("engine.gguf_writer", args + (["--adapter", str(spec.adapter_dir)] if spec.adapter_dir else []),
+                        capture=True)
+    if result.returncode == 3:  # engine.gguf_writer.EXIT_MISSING
+        raise ModelNotFoundError(last_line(result))
+    if result.returncode == 2:  # EXIT_INVALID
+        raise InvalidInputError(last_line(result))
+    if result.returncode != 0:
+        raise RuntimeError(f"writing the GGUF of version {spec.id} failed: {last_line(result)}")
 
 
 def write_llama_gguf(model: Any, tokenizer: Any, target: Path, *, quantization: str = "Q8_0",

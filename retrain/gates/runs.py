@@ -1,4 +1,4 @@
-"""Gate runs: the API queues one, the worker runs it, anyone can follow it.
+"""Gate runs: the API queues one, the worker runs it (``retrain.gates.execution``), anyone can follow it.
 
 Gating loads two models and asks them a few hundred questions: minutes on a CPU. That belongs on the
 worker, not inside an HTTP request, so ``POST /v1/registry/versions/{id}/gates`` only queues a
@@ -7,7 +7,6 @@ worker, not inside an HTTP request, so ``POST /v1/registry/versions/{id}/gates``
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from sqlalchemy import update
@@ -16,15 +15,12 @@ from sqlmodel import Session, col, select
 
 from registry import lifecycle as registry
 from registry.models import VersionStatus
-from retrain.gates.service import run_gates
 from retrain.models import GateRun, GateRunStatus
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.db import session_scope
 from tuneloop.core.errors import ConflictError, InvalidInputError, NotFoundError
 from tuneloop.core.ids import utcnow
-from tuneloop.core.settings import Settings
 
-log = logging.getLogger(__name__)
 OPEN = (GateRunStatus.queued, GateRunStatus.running)
 
 
@@ -74,32 +70,6 @@ def claim_next(db: Engine, worker_id: str) -> str | None:
                                .values(status=GateRunStatus.running, started_at=utcnow(), worker_id=worker_id,
                                        stage="loading the candidate and production models"))
         return run.id if claimed.rowcount == 1 else None
-
-
-def execute(settings: Settings, db: Engine, run_id: str) -> GateRun:
-    """Run the gates of a claimed run to the end and record the outcome on it (never raises for a
-    failure of the gates themselves: that is the run's ``error``)."""
-    with Session(db) as session:
-        version_id = get_gate_run(session, run_id).version_id
-    try:
-        report = run_gates(settings, db, version_id, progress=lambda stage: _set_stage(db, run_id, stage))
-        values: dict[str, Any] = {"status": GateRunStatus.succeeded, "report_id": report.id,
-                                  "stage": "passed" if report.passed else "failed: " + "; ".join(
-                                      report.summary.get("reasons", []))[:500]}
-    except Exception as exc:  # noqa: BLE001  (recorded on the run; the worker goes on)
-        log.exception("gates failed for %s", version_id)
-        values = {"status": GateRunStatus.failed, "error": str(exc), "stage": "could not run"}
-    with session_scope(db) as session:
-        run = session.get(GateRun, run_id)
-        for key, value in {**values, "finished_at": utcnow()}.items():
-            setattr(run, key, value)
-        session.add(run)
-    return run
-
-
-def _set_stage(db: Engine, run_id: str, stage: str) -> None:
-    with session_scope(db) as session:
-        session.exec(update(GateRun).where(GateRun.id == run_id).values(stage=stage))
 
 
 def gate_run_as_dict(run: GateRun) -> dict[str, Any]:

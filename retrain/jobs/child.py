@@ -32,8 +32,8 @@ from retrain.jobs.files import get_file, read_examples
 from retrain.jobs.hosted import run_hosted_job
 from retrain.models import FineTuneJob
 from retrain.trainer.checkpoints import CheckpointSaver
-from retrain.trainer.config import TrainConfig
-from retrain.trainer.dpo import DEFAULT_BETA, dpo_config, train_dpo
+from retrain.trainer.config import DEFAULT_BETA, TrainConfig
+from retrain.trainer.dpo import dpo_config, train_dpo
 from retrain.trainer.pausing import TrainingPaused, paused_step
 from retrain.trainer.rounds import TrainingRound, plan_round, snapshot_preferences
 from retrain.trainer.train import expand_for_training, train

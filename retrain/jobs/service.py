@@ -19,8 +19,7 @@ from sqlmodel import Session, col, func, select
 from registry.checkpoints import remove_checkpoints
 from registry.versions import UnknownModelError, resolve_model
 from retrain.models import DatasetSnapshot, FineTuneJob, JobEvent, JobMetric, JobStatus, TrainingFile
-from retrain.trainer.config import TrainConfig
-from retrain.trainer.dpo import DEFAULT_BETA
+from retrain.trainer.config import DEFAULT_BETA, TrainConfig
 from tuneloop.core import errors
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.ids import utcnow

@@ -43,6 +43,7 @@ from registry.checkpoints import remove_checkpoints
 from registry.lifecycle import register_candidate
 from registry.models import ModelVersion
 from retrain.gates import runs as gate_runs
+from retrain.gates.execution import execute_gate_run
 from retrain.jobs import service as jobs, provenance
 from retrain.jobs.child import SETTINGS_ENV
 from retrain.jobs.files import get_file, read_examples, save_result_file, validate_training_file
@@ -245,7 +246,7 @@ class Worker:
             with session_scope(self.engine) as session:
                 jobs.add_event(session, job_id, f"Gates not run for {candidate_id}: {exc}", level="warn")
             return
-        run = gate_runs.execute(self.settings, self.engine, run_id)
+        run = execute_gate_run(self.settings, self.engine, run_id)
         if run.status == GateRunStatus.succeeded:
             message, level = f"Gates {run.stage.split(':')[0]} for {candidate_id}", "info"
         else:
@@ -257,7 +258,7 @@ class Worker:
         """Run the oldest queued gate run (queued by the API) to the end. Returns its id, or None."""
         run_id = gate_runs.claim_next(self.engine, self.worker_id)
         if run_id is not None:
-            gate_runs.execute(self.settings, self.engine, run_id)
+            execute_gate_run(self.settings, self.engine, run_id)
         return run_id
 
 

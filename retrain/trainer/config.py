@@ -11,6 +11,8 @@ from typing import Any
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+DEFAULT_BETA = 0.1  # DPO's beta when a job says "auto" (kept here: the API reads it without loading torch)
+
 @dataclass
 class TrainConfig:
     """Hyperparameters of one run. Defaults were tuned on the bundled SmolLM2-135M-Instruct on 2 CPU

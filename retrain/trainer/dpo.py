@@ -29,7 +29,6 @@ from retrain.trainer.config import TrainConfig
 from retrain.trainer.pausing import PausePoint
 from retrain.trainer.train import TrainingCancelled, TrainResult, fit_and_save, result_of, start_training
 
-DEFAULT_BETA = 0.1
 # A DPO run has no "learned" check to stop it early, so it keeps a lower floor of steps than the
 # supervised default (each DPO step scores two sequences under two models: about 5 s on 2 CPU cores).
 DPO_MIN_STEPS = 12

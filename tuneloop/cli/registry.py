@@ -206,9 +206,9 @@ def export(
     path = export_gguf(spec, settings, target)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)")
     if ollama:
-        from transformers import AutoTokenizer
+        from engine.chat_tokenizer import ChatTokenizer
 
-        template = AutoTokenizer.from_pretrained(spec.base_dir).chat_template
+        template = ChatTokenizer(spec.base_dir).chat_template
         modelfile = write_modelfile(path, Path(ollama), system_prompt=settings.resolved_system_prompt,
                                     chat_template=template)
         typer.echo(f"wrote {modelfile}; next: cd {ollama} && ollama create {version.name} -f Modelfile")
