@@ -64,13 +64,19 @@ class LlamaModel:
         context_params.n_batch = context_params.n_ubatch = self.n_batch
         context_params.n_seq_max = self.n_seq + 1  # the last: the prompt cache's
         context_params.kv_unified = True  # sequences share the cache: a long chat may use what short ones leave
+        if settings.llamacpp_kv_cache_type == "q8_0":  # llama.cpp quantises V only with flash attention
+            context_params.type_k = context_params.type_v = lc.GGML_TYPE_Q8_0
+            context_params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
         threads = settings.llamacpp_threads or os.cpu_count() or 1
         context_params.n_threads = context_params.n_threads_batch = threads
         context_params.no_perf = True
         self.ctx = lc.llama_init_from_model(self.model, context_params)
         if not self.ctx:
             lc.llama_model_free(self.model)
-            raise RuntimeError("llama.cpp could not create a context; lower TUNELOOP_LLAMACPP_CONTEXT_TOKENS.")
+            raise RuntimeError("llama.cpp could not create a context; " + (
+                "set TUNELOOP_LLAMACPP_KV_CACHE_TYPE=f16 (a q8_0 cache needs attention heads whose size is a "
+                "multiple of 32) or lower TUNELOOP_LLAMACPP_CONTEXT_TOKENS."
+                if settings.llamacpp_kv_cache_type == "q8_0" else "lower TUNELOOP_LLAMACPP_CONTEXT_TOKENS."))
         self.memory = lc.llama_get_memory(self.ctx)
         self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
         self.n_ctx = lc.llama_n_ctx(self.ctx)

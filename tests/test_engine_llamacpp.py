@@ -170,3 +170,32 @@ def test_a_version_whose_adapter_is_gone_gets_an_error_naming_it(make_settings, 
     with pytest.raises(ModelNotFoundError, match="Adapter for version v9 is missing"):
         ensure_gguf(spec, make_settings(base_model=str(tiny_model_dir)))
     assert not (tmp_path / "adapters" / "v9" / "model.gguf").exists()
+
+
+def test_a_q8_0_kv_cache_serves_a_chat(make_settings, real_model_dir):
+    """The opt-in smaller KV cache (TUNELOOP_LLAMACPP_KV_CACHE_TYPE=q8_0, with flash attention) loads
+    the real SmolLM2 and answers, batched and streaming."""
+    settings = make_settings(base_model=str(real_model_dir), serving_backend="llamacpp", max_batch_size=2,
+                             llamacpp_kv_cache_type="q8_0")
+    engine = LlamaCppEngine(settings, lambda version: VersionSpec(version.id, real_model_dir))
+    try:
+        engine.swap(V0)
+        params = SamplingParams(max_tokens=6, temperature=0)
+        answers = engine.generate_many(V0, [conversation(q) for q in QUESTIONS[:3]], params)
+        assert all(a.completion_tokens >= 1 and a.version_id == "v0" for a in answers)
+        deltas, done = drain(engine.stream(V0, conversation(QUESTIONS[0]), params))
+        assert "".join(deltas) == done.text and done.completion_tokens >= 1
+    finally:
+        engine.close()
+
+
+def test_a_q8_0_kv_cache_on_a_model_it_cannot_hold_names_the_setting(make_settings, tiny_model_dir):
+    settings = make_settings(base_model=str(tiny_model_dir), serving_backend="llamacpp",
+                             llamacpp_kv_cache_type="q8_0")
+    engine = LlamaCppEngine(settings, lambda version: VersionSpec(version.id, tiny_model_dir))
+    try:
+        with pytest.raises(RuntimeError, match="TUNELOOP_LLAMACPP_KV_CACHE_TYPE=f16"):
+            engine.swap(V0)  # the test model's attention heads are 16 wide
+        assert not engine.ready
+    finally:
+        engine.close()
