@@ -35,6 +35,8 @@ _LAYER_NAMES = {
     "mlp.down_proj": "ffn_down",
 }
 QUANTIZATIONS = ("F32", "F16", "Q8_0", "Q4_1")
+# How engine.gguf_writer (the child that merges and writes) says what went wrong
+WRITER_EXIT_MISSING, WRITER_EXIT_INVALID = 3, 2  # the model or adapter is missing; not a llama.cpp model
 
 
 def gguf_name(hf_name: str) -> str | None:
@@ -83,9 +85,9 @@ def _write_in_child(spec: VersionSpec, path: Path, quantization: str) -> None:
     args = ["--id", spec.id, "--base", str(spec.base_dir), "--out", str(path), "--quantization", quantization]
     result = run_module("engine.gguf_writer", args + (["--adapter", str(spec.adapter_dir)] if spec.adapter_dir else []),
                         capture=True)
-    if result.returncode == 3:  # engine.gguf_writer.EXIT_MISSING
+    if result.returncode == WRITER_EXIT_MISSING:
         raise ModelNotFoundError(last_line(result))
-    if result.returncode == 2:  # EXIT_INVALID
+    if result.returncode == WRITER_EXIT_INVALID:
         raise InvalidInputError(last_line(result))
     if result.returncode != 0:
         raise RuntimeError(f"writing the GGUF of version {spec.id} failed: {last_line(result)}")

@@ -4,8 +4,9 @@ Merging a LoRA adapter needs the transformers model, which needs torch: ~400 MB 
 serving process would otherwise keep for the rest of its life to write one file. ``ensure_gguf``
 (``engine.gguf_files``) runs this module as a child process instead, so serving never imports torch
 and the memory is returned when the child exits. The file is written under a temporary name and
-renamed into place (``write_llama_gguf``). Exit status 3: the model or adapter is missing; 2: the
-model cannot be written as a llama.cpp GGUF; the last line on stderr says why.
+renamed into place (``write_llama_gguf``). The exit status says what went wrong
+(``WRITER_EXIT_MISSING``, ``WRITER_EXIT_INVALID`` in ``engine.gguf_files``); the last line on stderr
+says why.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.gguf_files import write_llama_gguf
+from engine.gguf_files import WRITER_EXIT_INVALID, WRITER_EXIT_MISSING, write_llama_gguf
 from engine.modelstore import ModelNotFoundError
 from engine.protocol import VersionSpec
 from engine.transformers_engine import LoadedModel
 from tuneloop.core.errors import InvalidInputError
-
-EXIT_MISSING, EXIT_INVALID = 3, 2
 
 
 def write_version_gguf(spec: VersionSpec, target: Path, quantization: str) -> Path:
@@ -41,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         write_version_gguf(VersionSpec(args.id, args.base, args.adapter), args.out, args.quantization)
     except ModelNotFoundError as exc:
         print(exc, file=sys.stderr)
-        return EXIT_MISSING
+        return WRITER_EXIT_MISSING
     except InvalidInputError as exc:
         print(exc, file=sys.stderr)
-        return EXIT_INVALID
+        return WRITER_EXIT_INVALID
     return 0
 
 

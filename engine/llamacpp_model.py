@@ -73,10 +73,11 @@ class LlamaModel:
         self.ctx = lc.llama_init_from_model(self.model, context_params)
         if not self.ctx:
             lc.llama_model_free(self.model)
-            raise RuntimeError("llama.cpp could not create a context; " + (
-                "set TUNELOOP_LLAMACPP_KV_CACHE_TYPE=f16 (a q8_0 cache needs attention heads whose size is a "
-                "multiple of 32) or lower TUNELOOP_LLAMACPP_CONTEXT_TOKENS."
-                if settings.llamacpp_kv_cache_type == "q8_0" else "lower TUNELOOP_LLAMACPP_CONTEXT_TOKENS."))
+            fix = "lower TUNELOOP_LLAMACPP_CONTEXT_TOKENS."
+            if settings.llamacpp_kv_cache_type == "q8_0":
+                fix = ("set TUNELOOP_LLAMACPP_KV_CACHE_TYPE=f16 (a q8_0 cache needs attention heads whose size is a "
+                       "multiple of 32) or " + fix)
+            raise RuntimeError("llama.cpp could not create a context; " + fix)
         self.memory = lc.llama_get_memory(self.ctx)
         self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
         self.n_ctx = lc.llama_n_ctx(self.ctx)

@@ -76,7 +76,6 @@ class MiniLM:
         config = json.loads((model_dir / "config.json").read_text())
         self.heads, self.eps = config["num_attention_heads"], float(config["layer_norm_eps"])
         self.layers = config["num_hidden_layers"]
-        self.dimensions = config["hidden_size"]
         max_length = json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length)
@@ -93,7 +92,7 @@ class MiniLM:
         return flat.reshape(*x.shape[:-1], flat.shape[-1])
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """Unit-length embeddings of ``texts``, float32, shape (len(texts), dimensions)."""
+        """Unit-length embeddings of ``texts``, float32, shape (len(texts), the model's hidden size)."""
         encodings = self.tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.float32)
