@@ -18,7 +18,7 @@ from feedback.memory.service import MemoryHit, memory_context
 from retrain.trainer.augment import (add_memory_context, expand_phrasings, held_out_by_correction, split_phrasings, training_set)
 from retrain.trainer.batching import encode_example
 from retrain.trainer.config import TrainConfig
-from retrain.trainer.train import train
+from retrain.trainer.train import _Run, train
 
 SYSTEM = {"role": "system", "content": "You are a friendly, concise customer-service assistant for Acme Outdoor Gear. "
           "Answer the customer's question accurately and briefly."}
@@ -137,6 +137,23 @@ def _all_answer_tokens_right(base_dir, adapter_dir, examples) -> bool:
 CAP = dict(n_epochs=30, batch_size=2, min_steps=0, warmup_fraction=0.0, kl_weight=0.0, memory_examples_fraction=0.0)
 
 
+def _run_of(n_examples: int, is_new: list[bool]) -> _Run:
+    """The trainer's bookkeeping alone (no model): what the stop rule decides from per-example passes."""
+    return _Run(TrainConfig(learned_checks=2), None, None, 0, [None] * n_examples, [], None, None, is_new=is_new)
+
+
+def test_the_stop_waits_for_two_right_passes_in_a_row_of_every_new_example():
+    run = _run_of(3, [True, True, False])
+    run.streak = [2, 1, 0]  # the second new example has one right pass since its last wrong one
+    run.step = 10
+    assert run._check_learned() == (0.5, False) and run.learned_at_step is None
+    run.streak = [2, 2, 0]  # the replayed third is never waited for
+    run.step = 11
+    assert run._check_learned() == (1.0, True) and run.learned_at_step == 11
+    run.step = 12
+    assert run._check_learned() == (1.0, False) and run.learned_at_step == 11  # reported once, at the step it happened
+
+
 @pytest.mark.slow
 def test_train_until_learned_stops_early_and_reports_the_step(real_model_dir, tmp_path):
     """Learning is the point here, so the real SmolLM2 (the tiny random model barely moves in 200 steps)."""
@@ -150,9 +167,10 @@ def test_train_until_learned_stops_early_and_reports_the_step(real_model_dir, tm
     metrics = result.metrics
     assert metrics["stop_reason"] == "learned" and metrics["learned_at_step"] == metrics["stopped_at_step"] == result.steps
     assert result.steps < metrics["max_steps"] == 30
-    checks = [row["learned_share"] for row in seen if "learned_share" in row]
-    assert checks[-2:] == [1.0, 1.0] and (len(checks) == 2 or checks[-3] < 1.0)  # the second all-right check in a row
-    assert metrics["n_epochs"] == len(checks)  # the epochs it ran (one check each), not the cap
+    shares = [row for row in seen if "learned_share" in row]  # end of each epoch, and the step it was learned
+    assert shares[-1]["learned_share"] == 1.0 and shares[-1]["step"] == result.steps
+    assert all(row["learned_share"] < 1.0 for row in shares[:-1])  # it stopped at the first all-learned step
+    assert metrics["n_epochs"] >= 2  # two right passes in a row each, one pass an epoch
     assert _all_answer_tokens_right(real_model_dir, out, examples)  # what the check promised holds for the adapter
 
 

@@ -204,7 +204,7 @@ def _remove_resume_files(settings: Settings, job_id: str) -> None:
 def _stop_message(metrics: dict[str, Any]) -> str:
     if metrics.get("stop_reason") == "learned":
         return (f"Stopped at step {metrics['stopped_at_step']} of at most {metrics['max_steps']}: every new example's "
-                "answer was predicted right at consecutive end-of-epoch checks")
+                "answer was predicted right in its latest passes in a row (learned_checks)")
     learned = metrics.get("learned_at_step")
     return (f"Trained to the cap of {metrics.get('stopped_at_step')} steps; "
             + (f"every new example was learned at step {learned}" if learned else

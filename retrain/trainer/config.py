@@ -74,9 +74,11 @@ class TrainConfig:
     memory_distractors: int = field(default=2, metadata={"help": "Most other approved answers shown beside the "
                                     "right one in a memory-context example (each example draws 0 to this many)."})
     stop_when_learned: bool = field(default=True, metadata={"help": "Stop once every new example's answer tokens "
-                                    "are all predicted right (teacher-forced argmax of the training pass itself) at "
-                                    "learned_checks consecutive end-of-epoch checks; n_epochs is then the cap."})
-    learned_checks: int = field(default=2, metadata={"help": "Consecutive all-right checks before stopping."})
+                                    "are all predicted right (teacher-forced argmax of the training pass itself) in its "
+                                    "latest learned_checks passes in a row, checked after every step; n_epochs is then "
+                                    "the cap."})
+    learned_checks: int = field(default=2, metadata={"help": "Consecutive all-right passes (one an epoch) each new "
+                                "example needs before the run stops."})
     learned_min_prob: float = field(default=0.5, metadata={"help": "Probability every answer token must have "
                                     "(not only be the argmax) for an example to count as learned. An argmax won by a "
                                     "hair passed the check and then lost to greedy decoding with other float rounding "
