@@ -10,6 +10,7 @@ and back, and the requests that failed are counted (the goal: none).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -62,6 +63,23 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def idle_cpu_share(pid: int, seconds: float = 10.0) -> float:
+    """Share of one core the server uses while nobody chats (after it settled)."""
+    time.sleep(3)
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / seconds
+
+
+LONG_PROMPT = " ".join(["My order history: order 1042 was two tents, order 1043 a stove and a lantern, "
+                        "order 1044 rope, a compass and a kettle."] * 44) + " Which of these can I still return?"
+
+
 def one_stream(client, question: str, max_tokens: int, out: list) -> None:
     start = time.perf_counter()
     first = None
@@ -83,6 +101,7 @@ def bench_server(url: str, pid: int, max_tokens: int) -> list[dict]:
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+    idle = idle_cpu_share(pid)
     one_stream(client, "hello", 8, [])  # warm-up
     rows = []
     for concurrency in (1, 4, 8, 16):
@@ -105,6 +124,11 @@ def bench_server(url: str, pid: int, max_tokens: int) -> list[dict]:
             "rss_mb": rss_mb(pid),
         })
         print(rows[-1], flush=True)
+    long_prompt = []
+    one_stream(client, LONG_PROMPT, 8, long_prompt)  # ~1,800 tokens: what a pasted order history costs in memory
+    rows[-1]["idle_cpu_share"], rows[-1]["rss_after_long_prompt_mb"] = idle, rss_mb(pid)
+    print({"idle_cpu_share": idle, "rss_after_long_prompt_mb": rows[-1]["rss_after_long_prompt_mb"],
+           "long_prompt_seconds": long_prompt[0]["seconds"]}, flush=True)
     return rows
 
 
@@ -282,7 +306,9 @@ def main() -> None:
             + (f"; one chat vs bare llama.cpp {single / lcpp:.2f}x (goal ≥ 0.9x)" if lcpp else "")
             + f"; 8 chats aggregate vs one chat {at8['aggregate_tok_s'] / single:.2f}x (goal ≥ 2x); "
               f"TTFT p50 at 8 chats {at8['ttft_p50']:.2f} s (goal ≤ 1 s); RSS {max(r['rss_mb'] for r in rows):.0f} MB "
-              "(goal ≤ 500 MB).", "",
+              "(goal ≤ 500 MB); "
+              f"after one ~1,800-token prompt {rows[-1]['rss_after_long_prompt_mb']:.0f} MB; "
+              f"idle (nobody chatting) {rows[-1]['idle_cpu_share']:.1%} of one core.", "",
             f"Promotion and rollback under 8 concurrent streams: {swaps[engine]['failed']} of "
             f"{swaps[engine]['requests']} requests failed (goal 0); answered by "
             + ", ".join(f"{fp.removeprefix('fp_tuneloop_')} {n}" for fp, n in swaps[engine]["answered_by"].items())

@@ -135,6 +135,12 @@ def write_llama_gguf(model: Any, tokenizer: Any, target: Path, *, quantization: 
         elif llama_name.endswith("attn_k.weight"):
             data = permute_rotary(data, n_kv)
         _add_tensor(writer, llama_name, data, quantization)
+    return finish_gguf(writer, staging, target)
+
+
+def finish_gguf(writer: Any, staging: Path, target: Path) -> Path:
+    """Write out a ``gguf.GGUFWriter`` opened on ``staging`` and rename it to ``target``: a reader sees
+    the whole file or none."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

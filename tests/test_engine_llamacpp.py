@@ -199,3 +199,47 @@ def test_a_q8_0_kv_cache_on_a_model_it_cannot_hold_names_the_setting(make_settin
         assert not engine.ready
     finally:
         engine.close()
+
+
+def test_an_adapter_gguf_on_the_base_answers_as_the_merged_gguf(tiny_model_dir, tmp_path):
+    """The adapter GGUF (engine.gguf_lora, the alternative bench/gguf_artifact.py measures) keeps every
+    LoRA weight where llama.cpp applies it (names, A/B layout, scale, rotary permutation of B): in float32
+    the base GGUF plus the adapter gives token for token the merged GGUF's greedy answer, which differs
+    from the base's."""
+    import torch
+    from llama_cpp import Llama
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.gguf_files import write_llama_gguf
+    from engine.gguf_lora import write_lora_gguf
+    from retrain.trainer.config import ALL_LINEAR
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base_gguf = write_llama_gguf(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), tokenizer,
+                                 tmp_path / "base.gguf", quantization="F32")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=ALL_LINEAR, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)  # peft starts B at zero: an adapter that changes nothing proves nothing
+    model.save_pretrained(tmp_path / "adapter")
+    adapter_gguf = write_lora_gguf(tmp_path / "adapter", tiny_model_dir, tmp_path / "adapter.gguf", dtype="F32")
+    merged_gguf = write_llama_gguf(model.merge_and_unload(), tokenizer, tmp_path / "merged.gguf", quantization="F32")
+
+    def greedy(**paths) -> list[list[int]]:
+        llm = Llama(n_ctx=256, n_threads=1, verbose=False, **paths)
+        answers = []
+        for question in QUESTIONS:
+            prompt = tokenizer.apply_chat_template(conversation(question), add_generation_prompt=True, tokenize=False)
+            out = llm.create_completion(llm.tokenize(prompt.encode(), add_bos=False, special=True), max_tokens=12,
+                                        temperature=0.0)
+            answers.append(llm.tokenize(out["choices"][0]["text"].encode(), add_bos=False, special=True))
+        llm.close()
+        return answers
+
+    with_adapter = greedy(model_path=str(base_gguf), lora_path=str(adapter_gguf))
+    assert with_adapter == greedy(model_path=str(merged_gguf))
+    assert with_adapter != greedy(model_path=str(base_gguf))

@@ -65,3 +65,14 @@ def _wait_for(query, page, attempts: int = 50):
             return result
         page.wait_for_timeout(100)
     raise AssertionError("the answer was not recorded")
+
+
+def test_every_page_polls_its_event_queue_at_most_fifty_times_a_second_when_idle(ui_app):  # noqa: F811
+    """Gradio's default (1 ms) kept an idle server at ~10% of a core with three pages (bench/serve.py
+    reports the idle CPU)."""
+    from ui import IDLE_POLL_SECONDS
+
+    pages = [route.app.get_blocks() for route in ui_app.routes if hasattr(getattr(route, "app", None), "get_blocks")]
+    assert len(pages) == 3
+    assert all(page._queue.sleep_when_free == IDLE_POLL_SECONDS >= 0.02 for page in pages)
+    assert all(page._queue.progress_update_sleep_when_free >= 0.1 for page in pages)

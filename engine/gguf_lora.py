@@ -1,0 +1,73 @@
+"""A version's LoRA adapter in llama.cpp's adapter GGUF format (``general.type = adapter``).
+
+The alternative to a merged GGUF per version that issue 15 asked to measure (``bench/gguf_artifact.py``):
+llama.cpp loads the base GGUF once and applies the adapter's few MB on top (``llama_adapter_lora_init``,
+``llama_set_adapters_lora``). Written from peft's ``adapter_model.safetensors`` with numpy only, as
+llama.cpp's ``convert_lora_to_gguf.py`` lays it out: ``blk.N.<tensor>.weight.lora_a`` is A (rank × in),
+``.lora_b`` is B (out × rank), and B's rows of the query/key projections get the same rotary
+permutation as the merged weights. llama.cpp scales by ``adapter.lora.alpha / rank``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from engine.gguf_files import finish_gguf, gguf_name, permute_rotary
+from tuneloop.core.errors import InvalidInputError
+
+_PEFT_PREFIX = "base_model.model."
+_TYPES = ("F32", "F16")
+
+
+def write_lora_gguf(adapter_dir: Path, base_dir: Path, target: Path, *, dtype: str = "F16") -> Path:
+    """Write the peft adapter in ``adapter_dir`` (trained on the model in ``base_dir``) as a llama.cpp
+    adapter GGUF at ``target``, atomically."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    if dtype not in _TYPES:
+        raise InvalidInputError(f"adapter dtype must be one of {', '.join(_TYPES)}, not {dtype!r}", param="dtype")
+    adapter_config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    config = json.loads((Path(base_dir) / "config.json").read_text())
+    if config.get("model_type") != "llama":
+        raise InvalidInputError(f"llama.cpp adapters support Llama models; this one is {config.get('model_type')!r}.")
+    rank, alpha = int(adapter_config["r"]), float(adapter_config["lora_alpha"])
+    if adapter_config.get("use_rslora"):
+        alpha = alpha * rank ** 0.5  # rsLoRA scales by alpha / sqrt(r); llama.cpp always divides by r
+    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+    weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    writer = gguf.GGUFWriter(str(staging), "llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", alpha)
+    written = 0
+    for name, tensor in sorted(weights.items()):
+        llama_name, part = _lora_name(name)
+        if llama_name is None:
+            continue
+        data = tensor.astype(np.float32)
+        if part == "lora_b" and llama_name.endswith("attn_q.weight"):
+            data = permute_rotary(data, n_head)
+        elif part == "lora_b" and llama_name.endswith("attn_k.weight"):
+            data = permute_rotary(data, n_kv)
+        writer.add_tensor(f"{llama_name}.{part}", np.ascontiguousarray(data, dtype=np.float16 if dtype == "F16" else
+                                                                       np.float32))
+        written += 1
+    if not written:
+        raise InvalidInputError(f"{adapter_dir} holds no LoRA weights of a Llama projection.")
+    return finish_gguf(writer, staging, target)
+
+
+def _lora_name(peft_name: str) -> tuple[str | None, str]:
+    """(llama.cpp name of the adapted weight, "lora_a" | "lora_b") of one peft tensor name."""
+    name = peft_name.removeprefix(_PEFT_PREFIX)
+    for marker, part in ((".lora_A.weight", "lora_a"), (".lora_B.weight", "lora_b")):
+        if name.endswith(marker):
+            return gguf_name(name.removesuffix(marker) + ".weight"), part
+    return None, ""
