@@ -173,7 +173,7 @@ def test_a_version_whose_adapter_is_gone_gets_an_error_naming_it(make_settings, 
 
 
 def test_a_q8_0_kv_cache_serves_a_chat(make_settings, real_model_dir):
-    """The opt-in smaller KV cache (TUNELOOP_LLAMACPP_KV_CACHE_TYPE=q8_0, with flash attention) loads
+    """The smaller KV cache (TUNELOOP_LLAMACPP_KV_CACHE_TYPE=q8_0, with flash attention; auto picks it here) loads
     the real SmolLM2 and answers, batched and streaming."""
     settings = make_settings(base_model=str(real_model_dir), serving_backend="llamacpp", max_batch_size=2,
                              llamacpp_kv_cache_type="q8_0")
@@ -243,3 +243,11 @@ def test_an_adapter_gguf_on_the_base_answers_as_the_merged_gguf(tiny_model_dir, 
     with_adapter = greedy(model_path=str(base_gguf), lora_path=str(adapter_gguf))
     assert with_adapter == greedy(model_path=str(merged_gguf))
     assert with_adapter != greedy(model_path=str(base_gguf))
+
+
+def test_the_kv_cache_is_q8_0_by_default_where_the_heads_allow_it():
+    from engine.llamacpp_model import kv_cache_type
+
+    assert kv_cache_type("auto", 64) == "q8_0"  # SmolLM2: 576 wide, 9 heads
+    assert kv_cache_type("auto", 16) == "f16"  # the test model: llama.cpp cannot quantise 16-wide heads
+    assert kv_cache_type("f16", 64) == "f16" and kv_cache_type("q8_0", 16) == "q8_0"  # a setting is obeyed
