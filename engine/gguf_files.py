@@ -61,6 +61,16 @@ def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+def llama_row_order(llama_name: str, rows: np.ndarray, n_head: int, n_kv: int) -> np.ndarray:
+    """``rows`` (a weight, or a LoRA B: one row per output) of ``llama_name`` in the order llama.cpp
+    expects: the query/key projections' rows get the rotary permutation, every other tensor is as is."""
+    if llama_name.endswith("attn_q.weight"):
+        return permute_rotary(rows, n_head)
+    if llama_name.endswith("attn_k.weight"):
+        return permute_rotary(rows, n_kv)
+    return rows
+
+
 def gguf_path(spec: VersionSpec) -> Path:
     """Where a version's GGUF lives: beside its adapter, or beside a base model directory."""
     return (spec.adapter_dir or spec.base_dir) / "model.gguf"
@@ -129,11 +139,7 @@ def write_llama_gguf(model: Any, tokenizer: Any, target: Path, *, quantization: 
         llama_name = gguf_name(hf_name)
         if llama_name is None or (tied and llama_name == "output.weight"):
             continue
-        data = tensor.detach().to("cpu").float().numpy()
-        if llama_name.endswith("attn_q.weight"):
-            data = permute_rotary(data, n_head)
-        elif llama_name.endswith("attn_k.weight"):
-            data = permute_rotary(data, n_kv)
+        data = llama_row_order(llama_name, tensor.detach().to("cpu").float().numpy(), n_head, n_kv)
         _add_tensor(writer, llama_name, data, quantization)
     return finish_gguf(writer, staging, target)
 

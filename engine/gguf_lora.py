@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.gguf_files import finish_gguf, gguf_name, permute_rotary
+from engine.gguf_files import finish_gguf, gguf_name, llama_row_order
 from tuneloop.core.errors import InvalidInputError
 
 _PEFT_PREFIX = "base_model.model."
-_TYPES = ("F32", "F16")
+_NUMPY_TYPES = {"F32": np.float32, "F16": np.float16}
 
 
 def write_lora_gguf(adapter_dir: Path, base_dir: Path, target: Path, *, dtype: str = "F16") -> Path:
@@ -29,8 +29,8 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, target: Path, *, dtype: s
     import gguf
     from safetensors.numpy import load_file
 
-    if dtype not in _TYPES:
-        raise InvalidInputError(f"adapter dtype must be one of {', '.join(_TYPES)}, not {dtype!r}", param="dtype")
+    if dtype not in _NUMPY_TYPES:
+        raise InvalidInputError(f"adapter dtype must be one of {', '.join(_NUMPY_TYPES)}, not {dtype!r}", param="dtype")
     adapter_config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     config = json.loads((Path(base_dir) / "config.json").read_text())
     if config.get("model_type") != "llama":
@@ -52,12 +52,9 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, target: Path, *, dtype: s
         if llama_name is None:
             continue
         data = tensor.astype(np.float32)
-        if part == "lora_b" and llama_name.endswith("attn_q.weight"):
-            data = permute_rotary(data, n_head)
-        elif part == "lora_b" and llama_name.endswith("attn_k.weight"):
-            data = permute_rotary(data, n_kv)
-        writer.add_tensor(f"{llama_name}.{part}", np.ascontiguousarray(data, dtype=np.float16 if dtype == "F16" else
-                                                                       np.float32))
+        if part == "lora_b":  # B's rows are the adapted weight's output rows (A's columns are its inputs)
+            data = llama_row_order(llama_name, data, n_head, n_kv)
+        writer.add_tensor(f"{llama_name}.{part}", np.ascontiguousarray(data, dtype=_NUMPY_TYPES[dtype]))
         written += 1
     if not written:
         raise InvalidInputError(f"{adapter_dir} holds no LoRA weights of a Llama projection.")

@@ -62,9 +62,9 @@ class LlamaModel:
         context_params = lc.llama_context_default_params()
         context_params.n_ctx = settings.llamacpp_context_tokens
         context_params.n_batch = self.n_batch
-        # llama.cpp's compute buffers grow with the micro-batch: at 2048 one long prompt took the server
-        # ~190 MB more for the rest of its life (bench: ~0.2 GB at a 2000-token prompt), at 512 they do
-        # not, and a long prompt is still fed in one decode call (split into micro-batches inside)
+        # llama.cpp's compute buffers grow with the micro-batch: after one ~1,800-token prompt the server
+        # kept +37 MB at 2048 and +18 MB at 512 (bench/serve.py); a long prompt is still fed in one decode
+        # call (llama.cpp splits it into micro-batches inside)
         context_params.n_ubatch = min(512, self.n_batch)
         context_params.n_seq_max = self.n_seq + 1  # the last: the prompt cache's
         context_params.kv_unified = True  # sequences share the cache: a long chat may use what short ones leave
