@@ -9,7 +9,7 @@ run: install  ## install everything and start the platform on embedded defaults 
 	$(BIN)/tuneloop serve
 
 test: install browser  ## install everything and run the whole test suite
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=25
 
 worker: install  ## the scheduler/training/gates process (run beside `make run`)
 	$(BIN)/tuneloop worker

@@ -9,6 +9,7 @@ user and as the rater.
 
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass, field
 
@@ -43,12 +44,15 @@ def build_chat(app: FastAPI) -> gr.Blocks:
     name = settings.company_name.strip()
     title = f"{name} — customer service" if name else "Customer service"
     with gr.Blocks(title=title) as page:
-        state = gr.State(lambda: ChatSession())  # a fresh anonymous id per page load
+        # None until the first event: a callable default would run as a load event, and a question sent
+        # while that event's stream closes was lost by gradio's client (seen 1 in 3 in the browser test).
+        state = gr.State(None)
         gr.Markdown(f"# {name or 'Customer service'}\nAsk us anything about your order, our products or our policies.",
                     elem_classes="tl-header")
         chatbot = gr.Chatbot(
             label="Chat", height=480, feedback_options=(LIKE, DISLIKE), elem_id="chat", buttons=["copy"],
             placeholder="Ask your question below. Rate each answer with the thumbs under it so we can improve.",
+            latex_delimiters=[],  # "$$" in a price list is text, not a formula
         )
         with gr.Row():
             question = gr.Textbox(placeholder="Type your question…", show_label=False, scale=8, autofocus=True,
@@ -61,19 +65,19 @@ def build_chat(app: FastAPI) -> gr.Blocks:
         status = gr.Markdown("", elem_classes="tl-status", elem_id="chat-status")
         new_conversation = gr.Button("New conversation", variant="secondary", elem_id="new-conversation")
 
-        def ask(state: ChatSession, history: list[dict], text: str):  # a generator: gradio streams it
-            yield from _ask(app, state, history, text)
+        def ask(state: ChatSession | None, history: list[dict], text: str):  # a generator: gradio streams it
+            yield from _ask(app, state or ChatSession(), history, text)
 
         ask = dict(fn=ask, inputs=[state, chatbot, question], outputs=[state, chatbot, question, status],
                    show_progress="hidden")
         send.click(**ask)
         question.submit(**ask)
 
-        def rate(state: ChatSession, data: gr.LikeData):  # gradio fills ``data`` from the type hint
-            return _rate(app, state, data)
+        def rate(state: ChatSession | None, data: gr.LikeData):  # gradio fills ``data`` from the type hint
+            return _rate(app, state or ChatSession(), data)
 
         chatbot.like(rate, inputs=[state], outputs=[state, comment_row, status], show_progress="hidden")
-        comment_send.click(lambda state, text: _comment(app, state, text), inputs=[state, comment],
+        comment_send.click(lambda state, text: _comment(app, state or ChatSession(), text), inputs=[state, comment],
                            outputs=[state, comment_row, comment, status])
         new_conversation.click(_new_conversation, inputs=[state], outputs=[state, chatbot, comment_row, status])
         chatbot.clear(_new_conversation, inputs=[state], outputs=[state, chatbot, comment_row, status])
@@ -86,25 +90,34 @@ def _ask(app: FastAPI, state: ChatSession, history: list[dict], text: str):
     if not text:
         yield state, history, "", ""
         return
-    history = [*history, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+    history = [*history, {"role": "user", "content": as_shown(text)}, {"role": "assistant", "content": ""}]
     yield state, history, "", ""
+    answer = ""
     try:
         turn = conversations.start_turn(
             app.state.runtime, messages=[{"role": "user", "content": text}],
             conversation_id=state.conversation_id, channel="web", end_user=state.end_user,
         )
         for delta in turn:  # the turn is recorded (with its model version) when the loop ends
-            history[-1]["content"] += delta
+            answer += delta
+            history[-1]["content"] = as_shown(answer)
             yield state, history, "", ""
     except Exception as exc:  # shown to the user; the details go to the log
         log.exception("web chat answer failed")
-        history[-1]["content"] = history[-1]["content"] or "…"
+        history[-1]["content"] = as_shown(answer) or "…"
         yield state, history, text, f"**{_user_message(exc)}**"
         return
     state.conversation_id = turn.conversation_id
-    history[-1]["content"] = turn.text  # the recorded answer (stop strings removed)
+    history[-1]["content"] = as_shown(turn.text)  # the recorded answer (stop strings removed)
     state.message_ids[len(history) - 1] = turn.message_id
     yield state, history, "", ""
+
+
+def as_shown(text: str) -> str:
+    """A chat text as the bubble gets it: markdown stays markdown, but ``<``, ``>`` and ``&`` are shown as
+    typed. Gradio's chatbot keeps unknown tags and drops what follows ``<!--``, so an answer such as
+    "orders <5 kg ship free" or a model's stray markup would otherwise lose words or vanish."""
+    return html.escape(text, quote=False)
 
 
 def _user_message(exc: Exception) -> str:
@@ -137,7 +150,7 @@ def _comment(app: FastAPI, state: ChatSession, text: str):
     return state, gr.update(visible=False), "", "Thanks, your comment was sent."
 
 
-def _new_conversation(state: ChatSession):
+def _new_conversation(state: ChatSession | None):
     """Keep the anonymous id, forget the conversation: the next question starts a new one."""
-    fresh = ChatSession(end_user=state.end_user)
+    fresh = ChatSession(end_user=state.end_user) if state is not None else ChatSession()
     return fresh, [], gr.update(visible=False), ""
