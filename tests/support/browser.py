@@ -29,7 +29,9 @@ def live_server(app, *, ready_timeout: float = 120.0) -> Iterator[str]:
 
     sock = listening_socket()
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    # The browser still holds gradio's heartbeat stream when the server stops: without a bound on the
+    # graceful shutdown, each browser test's teardown waited out the 30 s join below.
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -45,6 +47,7 @@ def live_server(app, *, ready_timeout: float = 120.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        assert not thread.is_alive(), "uvicorn did not stop within 30 s"
         sock.close()
 
 
