@@ -9,7 +9,6 @@ user and as the rater.
 
 from __future__ import annotations
 
-import html
 import logging
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from engine.protocol import NotReadyError
 from feedback.ratings.service import rate_message
 from tuneloop.core.db import session_scope
 from tuneloop.core.ids import new_id
+from ui.text import as_markdown
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _ask(app: FastAPI, state: ChatSession, history: list[dict], text: str):
     if not text:
         yield state, history, "", ""
         return
-    history = [*history, {"role": "user", "content": as_shown(text)}, {"role": "assistant", "content": ""}]
+    history = [*history, {"role": "user", "content": as_markdown(text)}, {"role": "assistant", "content": ""}]
     yield state, history, "", ""
     answer = ""
     try:
@@ -100,24 +100,17 @@ def _ask(app: FastAPI, state: ChatSession, history: list[dict], text: str):
         )
         for delta in turn:  # the turn is recorded (with its model version) when the loop ends
             answer += delta
-            history[-1]["content"] = as_shown(answer)
+            history[-1]["content"] = as_markdown(answer)
             yield state, history, "", ""
     except Exception as exc:  # shown to the user; the details go to the log
         log.exception("web chat answer failed")
-        history[-1]["content"] = as_shown(answer) or "…"
+        history[-1]["content"] = as_markdown(answer) or "…"
         yield state, history, text, f"**{_user_message(exc)}**"
         return
     state.conversation_id = turn.conversation_id
-    history[-1]["content"] = as_shown(turn.text)  # the recorded answer (stop strings removed)
+    history[-1]["content"] = as_markdown(turn.text)  # the recorded answer (stop strings removed)
     state.message_ids[len(history) - 1] = turn.message_id
     yield state, history, "", ""
-
-
-def as_shown(text: str) -> str:
-    """A chat text as the bubble gets it: markdown stays markdown, but ``<``, ``>`` and ``&`` are shown as
-    typed. Gradio's chatbot keeps unknown tags and drops what follows ``<!--``, so an answer such as
-    "orders <5 kg ship free" or a model's stray markup would otherwise lose words or vanish."""
-    return html.escape(text, quote=False)
 
 
 def _user_message(exc: Exception) -> str:
