@@ -12,7 +12,7 @@ Two scenarios:
 * **one accepted phrasing**: the author accepted the first paraphrase as an alternative question; the
   other 2 are held out (never in the index);
 * **model phrasings** (``--scenarios model``, ~10 min on 2 busy cores): every phrasing the bundled
-  SmolLM2 suggests (``feedback.corrections.phrasings``, source ``model``, kept only when it routes to its own
+  SmolLM2 suggests (``feedback.phrasings``, source ``model``, kept only when it routes to its own
   correction) is accepted; all 3 paraphrases are held out.
 
 Off-topic: bench/offtopic_questions.txt (60 shop questions no fact answers). A verified reply to one is
@@ -85,7 +85,7 @@ def accept_model_phrasings(settings, engine, correction_ids: list[str]) -> None:
     (A benchmark shortcut: the rows are updated in place instead of through a reviewed revision.)"""
     from bot.runtime import ServingRuntime
     from feedback.corrections.models import Correction
-    from feedback.corrections.phrasings import suggest_phrasings
+    from feedback.phrasings import suggest_phrasings
     from tuneloop.core.db import session_scope
 
     runtime = ServingRuntime(settings, engine)

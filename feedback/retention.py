@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from bot.models import Conversation, Message
 from feedback.corrections.models import Correction, CorrectionStatus
 from feedback.ratings.models import Rating
-from feedback.review.models import ReviewDecision
+from feedback.decisions import ReviewDecision
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.ids import utcnow
 from tuneloop.core.settings import Settings

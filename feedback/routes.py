@@ -14,6 +14,12 @@ from feedback.review.routes import router as review_router
 router.include_router(review_router)
 router.include_router(correction_router)
 
+from feedback.import_routes import router as import_router
+from feedback.phrasing_routes import router as phrasing_router
+
+router.include_router(import_router)
+router.include_router(phrasing_router)
+
 from feedback.distill.routes import router as distill_router
 
 router.include_router(distill_router)

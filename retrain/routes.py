@@ -10,3 +10,5 @@ from retrain.gates.routes import router as gate_router
 router.include_router(gate_router)
 from retrain.jobs.openai_routes import router as openai_router
 router.include_router(openai_router)
+from retrain.scheduler_routes import router as scheduler_router
+router.include_router(scheduler_router)

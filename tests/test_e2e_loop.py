@@ -29,7 +29,7 @@ def ask(client: OpenAI, question: str):
 
 @pytest.mark.slow
 def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sqlite_url):
-    from retrain.jobs.worker import Worker
+    from retrain.worker import Worker
     from tuneloop.core.accounts.models import Account
     from tuneloop.core.accounts.service import create_api_key
     from tuneloop.app import create_app

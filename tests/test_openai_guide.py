@@ -10,7 +10,7 @@ import io
 import openai
 import pytest
 
-from retrain.jobs.worker import Worker
+from retrain.worker import Worker
 from retrain.trainer.config import TrainConfig
 from support.openai_conformance import assert_complete
 from support.retrain import chat_jsonl

@@ -10,7 +10,7 @@ import json
 import openai
 import pytest
 
-from retrain.jobs.worker import Worker
+from retrain.worker import Worker
 from support.openai_conformance import assert_complete
 
 SEPARATOR, STOP = "\n\n###\n\n", " END"

@@ -30,7 +30,7 @@ def seed_everything(engine, settings) -> None:
     from registry.versions import set_production
     from feedback.corrections.models import Correction, CorrectionStatus
     from feedback.ratings.models import Rating
-    from feedback.review.models import ReviewDecision, ReviewStatus
+    from feedback.decisions import ReviewDecision, ReviewStatus
     from registry.models import GateReport
     from retrain.models import DatasetSnapshot, FineTuneJob, JobEvent, JobMetric, JobStatus
     from tuneloop.core.accounts.models import Account

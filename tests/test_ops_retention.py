@@ -16,7 +16,7 @@ def add_conversation(session, end_user: str, age_days: float, *, correction_stat
     from bot.models import Conversation, Message
     from feedback.corrections.models import Correction
     from feedback.ratings.models import Rating
-    from feedback.review.models import ReviewDecision
+    from feedback.decisions import ReviewDecision
 
     when = utcnow() - timedelta(days=age_days)
     conv = Conversation(end_user=end_user, created_at=when, updated_at=when)
@@ -40,7 +40,7 @@ def test_purge_expired_keeps_recent_conversations_and_approved_corrections(make_
     from bot.models import Conversation, Message
     from feedback.corrections.models import Correction
     from feedback.ratings.models import Rating
-    from feedback.review.models import ReviewDecision
+    from feedback.decisions import ReviewDecision
     from tuneloop.core.accounts.models import AuditEvent
     from tuneloop.app import prepare_database
     from feedback.retention import purge_expired

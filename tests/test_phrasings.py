@@ -171,7 +171,7 @@ def test_calibrate_prints_the_curve_and_suggests_a_threshold(tuneloop, tmp_path)
 
 
 def test_model_rewrites_are_parsed_into_questions():
-    from feedback.corrections.phrasings import _copies_example, parse_rewrites
+    from feedback.phrasings import _copies_example, parse_rewrites
 
     text = ("1. 1. When is shipping free?\n2) Is delivery free over some amount?\n- Shipping is free.\n\n(4) Why?\n"
             "Question: Do you ship for free?")

@@ -13,7 +13,7 @@ from sqlmodel import Session
 from registry.models import ModelVersion, GateReport
 from support.lora_adapters import RETURNS, install_adapter, memorised_adapter
 from registry import lifecycle as registry
-from retrain.jobs.worker import Worker
+from retrain.worker import Worker
 from tuneloop.core.accounts import service as accounts
 from tuneloop.core.accounts.models import Role
 from tuneloop.core.db import session_scope

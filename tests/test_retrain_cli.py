@@ -10,7 +10,7 @@ import pytest
 from sqlmodel import Session, select
 
 from retrain.models import FineTuneJob
-from retrain.jobs.worker import Worker
+from retrain.worker import Worker
 from tuneloop.app import prepare_database
 from tuneloop.core.db import session_scope
 

@@ -12,7 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from retrain.jobs.worker import Worker
+from retrain.worker import Worker
 from support.openai_conformance import assert_complete
 from support.retrain import admin_key, chat_jsonl
 

@@ -15,7 +15,7 @@ from registry.models import ModelVersion
 from retrain.jobs import service as jobs
 from retrain.jobs.files import save_upload
 from retrain.models import JobStatus
-from retrain.jobs.worker import Worker
+from retrain.worker import Worker
 from support.retrain import admin_key, chat_jsonl
 from support.servers import listening_socket, wait_until
 from tuneloop.app import prepare_database

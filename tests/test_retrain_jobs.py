@@ -15,7 +15,7 @@ from sqlmodel import Session
 from registry.models import ModelVersion
 from retrain.jobs import service as jobs
 from retrain.models import JobStatus
-from retrain.jobs.worker import Worker
+from retrain.worker import Worker
 from support.retrain import admin_key, chat_jsonl
 from support.servers import wait_until
 

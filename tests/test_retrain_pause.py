@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from retrain.jobs.worker import Worker
+from retrain.worker import Worker
 from retrain.trainer.config import TrainConfig
 from retrain.trainer.dpo import train_dpo
 from retrain.trainer.pausing import STATE_FILE, TrainingPaused

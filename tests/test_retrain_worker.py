@@ -16,7 +16,7 @@ from registry.versions import production_version
 from retrain.jobs import service as jobs
 from retrain.models import JobStatus
 from retrain.scheduler import acquire_lease, state_as_dict, tick, train_now
-from retrain.jobs.worker import Worker
+from retrain.worker import Worker
 from support.retrain import chat_jsonl
 from support.servers import wait_until
 from tuneloop.app import prepare_database

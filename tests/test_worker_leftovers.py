@@ -25,7 +25,7 @@ def files_holding(root, needle: str) -> list[str]:
 
 def test_a_job_leaves_no_secret_and_no_work_dir(make_settings, tiny_model_dir):
     from retrain.jobs.files import save_upload
-    from retrain.jobs.worker import Worker
+    from retrain.worker import Worker
 
     settings = make_settings(base_model=str(tiny_model_dir), admin_password=SECRET, openai_finetune_api_key="sk-x9")
     engine = prepare_database(settings)

@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
     from feedback.routes import router as feedback_router
     from registry.routes import router as registry_router
     from retrain.routes import router as retrain_router
-    from tuneloop.core.accounts.routes import router as accounts_router
+    from tuneloop.core.account_routes import router as accounts_router
 
     app.include_router(bot_router)
     app.include_router(feedback_router)

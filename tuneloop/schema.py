@@ -16,9 +16,9 @@ def import_all_models() -> None:
     """Register every package's tables on SQLModel.metadata (for migrations and tests)."""
     import bot.models  # noqa: F401
     import feedback.corrections.models  # noqa: F401
+    import feedback.decisions  # noqa: F401
     import feedback.distill.models  # noqa: F401
     import feedback.ratings.models  # noqa: F401
-    import feedback.review.models  # noqa: F401
     import registry.models  # noqa: F401
     import retrain.models  # noqa: F401
     import tuneloop.core.accounts.models  # noqa: F401

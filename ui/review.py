@@ -16,10 +16,10 @@ from fastapi import FastAPI
 
 from feedback.corrections import contacts, service as corrections
 from feedback.corrections.models import Correction, CorrectionStatus
-from feedback.corrections.phrasings import suggest_phrasings
 from feedback.corrections.similarity import find_similar
+from feedback.decisions import ReviewStatus
+from feedback.phrasings import suggest_phrasings
 from feedback.review import service as review
-from feedback.review.models import ReviewStatus
 from tuneloop.core.db import session_scope
 from ui.account import password_tab
 from ui.auth import PageSignIn

@@ -1,2 +1,2 @@
-"""Expert corrections: the table, authoring and revision, alternative phrasings, duplicate and
+"""Expert corrections: the table, authoring and revision, duplicate and
 conflict detection, and contacts kept in staff answers."""

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Form, Header, Query, Response, UploadFile, Request
+from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from feedback.corrections import contacts, service
 from feedback.corrections.models import Correction, CorrectionSource, CorrectionStatus
-from feedback.corrections.phrasings import suggest_phrasings
 from feedback.corrections.similarity import find_similar
-from feedback.importer import import_file as run_import, save_upload
 from tuneloop.core.accounts.models import AuditEvent
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
 from tuneloop.core.errors import ApiError
@@ -95,21 +93,6 @@ def get(correction_id: str, _staff: StaffAccount, session: SessionDep, settings:
     return body
 
 
-@router.get("/v1/corrections/{correction_id}/phrasing-suggestions")
-def phrasing_suggestions(correction_id: str, request: Request, _staff: StaffAccount, session: SessionDep,
-                         settings: SettingsDep, sources: str = Query("logs,model,teacher",
-                                                                     description="comma-separated: logs, model, teacher"),
-                         limit: int = Query(10, ge=1, le=50)) -> dict:
-    """Other ways customers ask this correction's question, each routed to it by correction memory;
-    accept them by PATCHing ``alternative_questions``."""
-    correction = service.get_correction(session, correction_id)
-    found, skipped = suggest_phrasings(session, settings, correction, runtime=request.app.state.runtime,
-                                       sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
-                                       limit=limit)
-    return {"object": "list", "correction_id": correction.id, "data": [s.as_dict() for s in found],
-            "skipped": skipped}
-
-
 @router.patch("/v1/corrections/{correction_id}")
 def update(correction_id: str, body: CorrectionUpdate, staff: StaffAccount, session: SessionDep,
            settings: SettingsDep) -> dict:
@@ -131,13 +114,23 @@ def submit(correction_id: str, staff: StaffAccount, session: SessionDep, setting
 def approve(correction_id: str, staff: StaffAccount, session: SessionDep, settings: SettingsDep,
             body: Approval | None = None, if_match: str | None = Header(None)) -> dict:
     """Approve the exact revision read: its etag (from GET) as If-Match or in the body; stale -> 409."""
-    etag = (body.etag if body else None) or if_match
+    etag = _one_etag(body.etag if body else None, if_match)
     if not etag:
         raise ApiError(428, "name the revision you approve: send the etag from GET /v1/corrections/{id} as "
                             "'If-Match' or as {\"etag\": ...}", param="etag", code="etag_required")
     correction = service.approve_correction(session, settings, correction_id, actor=staff.username, etag=etag)
     session.commit()
     return correction_as_dict(session, settings, correction)
+
+
+def _one_etag(in_body: str | None, if_match: str | None) -> str | None:
+    """The revision an approval names. If-Match and a body etag that differ name two revisions, and which
+    one the reviewer read is unknown: refused rather than guessed (the body used to win silently)."""
+    if in_body and if_match and service.bare_etag(in_body) != service.bare_etag(if_match):
+        raise ApiError(400, f"If-Match ({if_match}) and the body's etag ({in_body}) name different revisions; send "
+                            "one of them: the etag of the text you read (GET /v1/corrections/{id}).",
+                       param="etag", code="etag_mismatch")
+    return in_body or if_match
 
 
 @router.post("/v1/corrections/{correction_id}/contacts")
@@ -157,20 +150,6 @@ def reject(correction_id: str, body: Rejection, staff: StaffAccount, session: Se
                                            reason=body.reason)
     session.commit()
     return correction_as_dict(session, settings, correction)
-
-
-@router.post("/v1/corrections/import", status_code=201)
-def import_file(file: UploadFile, staff: StaffAccount, session: SessionDep, settings: SettingsDep,
-                      status: Literal["approved", "submitted"] = Form("submitted")) -> dict:
-    """Import question/answer pairs from CSV, TSV, XLSX, JSON or JSONL: all rows or none.
-    Importing straight to ``approved`` skips two-person review and needs an admin."""
-    if status == "approved" and str(staff.role) != "admin":
-        raise ApiError(403, "importing as approved skips review and needs an admin; import as submitted instead",
-                       type="permission_error")
-    with save_upload(file, settings) as path:
-        created = run_import(session, settings, path, actor=staff.username, status=CorrectionStatus(status))
-        session.commit()
-    return {"object": "import", "imported": len(created), "ids": [c.id for c in created]}
 
 
 @router.get("/v1/audit")

@@ -26,14 +26,18 @@ from sqlmodel import Session, col, func, select
 from bot.models import Message
 from feedback.corrections.contacts import clean_fields, require_decided
 from feedback.corrections.models import Correction, CorrectionSource, CorrectionStatus
+from feedback.decisions import ReviewStatus, mark_message
 from feedback.errors import ConflictError, FeedbackError, ForbiddenError, NotFoundError
-from feedback.review.models import ReviewStatus
-from feedback.review.service import mark_message
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.ids import new_id, utcnow
 from tuneloop.core.settings import Settings
 
 OPEN_STATUSES = (CorrectionStatus.draft, CorrectionStatus.submitted)
+
+
+def bare_etag(value: str) -> str:
+    """An etag as sent (``W/"abc"``, ``"abc"`` or ``abc``) reduced to the value ``correction_etag`` returns."""
+    return value.strip().removeprefix("W/").strip('"')
 
 
 def correction_etag(correction: Correction) -> str:
@@ -247,7 +251,7 @@ def approve_correction(session: Session, settings: Settings, correction_id: str,
     correction = _decidable(session, settings, correction_id, actor)
     require_decided(correction)
     current_etag = correction_etag(correction)
-    if etag is not None and etag.strip().removeprefix("W/").strip('"') != current_etag:
+    if etag is not None and bare_etag(etag) != current_etag:
         raise ConflictError(f"correction {correction.id} changed since you read it (its etag is now {current_etag}); "
                             "read the current text (GET it again) and approve that")
     check_alternatives_unique(session, correction)  # another correction may have been approved meanwhile

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from feedback.corrections.routes import correction_as_dict
 from feedback.review import service as review
-from feedback.review.models import ReviewStatus
+from feedback.decisions import ReviewStatus
 from tuneloop.core.deps import SessionDep, SettingsDep, StaffAccount
 from tuneloop.core.inputs import AfterCursor, Timestamp
 

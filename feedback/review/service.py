@@ -17,11 +17,9 @@ from sqlmodel import Session, col, func, or_, select
 
 from bot.models import Message
 from feedback.corrections.models import Correction
+from feedback.decisions import ReviewDecision, ReviewStatus, mark_message
 from feedback.errors import NotFoundError
 from feedback.ratings.models import Rating
-from feedback.review.models import ReviewDecision, ReviewStatus
-from tuneloop.core.accounts.service import audit
-from tuneloop.core.ids import utcnow
 
 THUMBS_DOWN, FLAGGED, SAMPLED = "thumbs_down", "flagged", "sampled"
 
@@ -102,15 +100,6 @@ def mark_fine(session: Session, message_id: str, *, actor: str) -> ReviewItem:
     review_item(session, message_id)  # 404 for unknown messages
     mark_message(session, message_id, ReviewStatus.fine, actor=actor)
     return review_item(session, message_id)
-
-
-def mark_message(session: Session, message_id: str, status: ReviewStatus, *, actor: str) -> ReviewDecision:
-    decision = session.get(ReviewDecision, message_id) or ReviewDecision(message_id=message_id)
-    decision.status, decision.decided_by, decision.decided_at = ReviewStatus(status), actor, utcnow()
-    session.add(decision)
-    audit(session, actor=actor, action=f"review.{status}", object_type="message", object_id=message_id)
-    session.flush()
-    return decision
 
 
 def _sample_bound(fraction: float) -> str:

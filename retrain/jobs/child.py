@@ -1,6 +1,6 @@
 """The training child process: ``python -m retrain.jobs.child <job> - <result.json>``.
 
-The worker (``retrain.jobs.worker``) starts one per job, so a cancel kills it within seconds and a
+The worker (``retrain.worker``) starts one per job, so a cancel kills it within seconds and a
 crash fails only that job. The child trains (LoRA, DPO, or supervised then DPO in one job) or follows
 a hosted job, records progress and events as it goes, and writes the result file; only the worker
 registers a version from it. A pause request (the job's ``pause_requested``, read at each step
@@ -30,12 +30,12 @@ from registry.versions import version_spec
 from retrain.jobs import progress, service as jobs
 from retrain.jobs.files import get_file, read_examples
 from retrain.jobs.hosted import run_hosted_job
+from retrain.jobs.rounds import TrainingRound, plan_round, snapshot_preferences
 from retrain.models import FineTuneJob
 from retrain.trainer.checkpoints import CheckpointSaver
 from retrain.trainer.config import DEFAULT_BETA, TrainConfig
 from retrain.trainer.dpo import dpo_config, train_dpo
 from retrain.trainer.pausing import TrainingPaused, paused_step
-from retrain.trainer.rounds import TrainingRound, plan_round, snapshot_preferences
 from retrain.trainer.train import expand_for_training, train
 from tuneloop.core.db import make_engine, session_scope
 from tuneloop.core.settings import Settings

@@ -1,5 +1,5 @@
-"""OpenAI's fine-tuning API served by tuneloop (/v1/files, /v1/fine_tuning/jobs) and the scheduler's
-routes. Thin: parse, call retrain.jobs / retrain.files / retrain.scheduler, answer OpenAI's objects.
+"""OpenAI's fine-tuning API served by tuneloop (/v1/files, /v1/fine_tuning/jobs). Thin: parse, call
+retrain.jobs (service, files, progress), answer OpenAI's objects.
 
 Object shapes follow the OpenAI API reference (fields in its order); our extras are fenced below.
 ``model`` is the version to continue from: a version id (v3), a name, or the production alias.
@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field, field_validator
 from registry.models import ModelVersion
 from retrain.jobs import files as file_service, progress, service as jobs
 from retrain.models import FineTuneJob, JobEvent, TrainingFile
-from retrain.scheduler import state_as_dict, train_now as start
 from retrain.trainer.config import TrainConfig
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
@@ -130,7 +129,7 @@ def method_object(job: FineTuneJob, hyperparameters: dict[str, Any]) -> dict[str
     return method
 
 
-def _job(session, job: FineTuneJob) -> dict[str, Any]:
+def job_response(session, job: FineTuneJob) -> dict[str, Any]:
     version = session.get(ModelVersion, job.result_version_id) if job.result_version_id else None
     return job_object(job, version.name if version else None, _ts(progress.estimated_finish(session, job)))
 
@@ -201,7 +200,7 @@ def create_job(body: CreateJobRequest, session: SessionDep, settings: SettingsDe
                           admin=str(account.role) == "admin", metadata=body.metadata,
                           method=body.method_settings())
     session.commit()
-    return _job(session, job)
+    return job_response(session, job)
 
 
 @router.get("/v1/fine_tuning/jobs")
@@ -212,19 +211,19 @@ def list_jobs(request: Request, session: SessionDep, _account: StaffAccount, aft
     metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
                 if k.startswith("metadata[") and k.endswith("]")}
     rows, has_more = jobs.list_jobs(session, after=after, limit=limit, metadata=metadata or None)
-    return {"object": "list", "data": [_job(session, j) for j in rows], "has_more": has_more}
+    return {"object": "list", "data": [job_response(session, j) for j in rows], "has_more": has_more}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")
 def get_job(job_id: str, session: SessionDep, _account: StaffAccount):
-    return _job(session, jobs.get_job(session, job_id))
+    return job_response(session, jobs.get_job(session, job_id))
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep, account: StaffAccount):
     job = jobs.cancel_job(session, settings, job_id, actor=account.username)
     session.commit()
-    return _job(session, job)
+    return job_response(session, job)
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/pause")
@@ -232,14 +231,14 @@ def pause_job(job_id: str, session: SessionDep, account: StaffAccount):
     """The job answers ``running`` until its training reaches a step boundary, then ``paused``."""
     job = jobs.pause_job(session, job_id, actor=account.username)
     session.commit()
-    return _job(session, job)
+    return job_response(session, job)
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/resume")
 def resume_job(job_id: str, session: SessionDep, account: StaffAccount):
     job = jobs.resume_job(session, job_id, actor=account.username)
     session.commit()
-    return _job(session, job)
+    return job_response(session, job)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
@@ -273,16 +272,3 @@ def list_metrics(job_id: str, session: SessionDep, _account: StaffAccount):
     """tuneloop extra: every step's metrics (what result.csv holds), for charts."""
     rows = jobs.list_metrics(session, job_id)
     return {"object": "list", "data": [m.model_dump(exclude={"id", "job_id", "created_at"}) for m in rows]}
-
-
-# --- scheduler ----------------------------------------------------------------------------------------
-@router.get("/v1/scheduler", tags=["scheduler"])
-def scheduler_state(session: SessionDep, settings: SettingsDep, _account: StaffAccount):
-    return state_as_dict(session, settings)
-
-
-@router.post("/v1/scheduler/train-now", tags=["scheduler"])
-def train_now(session: SessionDep, settings: SettingsDep, account: AdminAccount):
-    job = start(session, settings, actor=account.username)
-    session.commit()
-    return _job(session, job)

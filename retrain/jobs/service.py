@@ -3,7 +3,7 @@
 A job continues from a parent model version (default: production) on a dataset snapshot or on an
 uploaded training file. Status moves ``validating_files → queued → running → succeeded | failed |
 cancelled``, and ``running → paused → queued → running`` when it is paused and resumed; the worker
-(retrain/jobs/worker.py) makes every move after creation except a cancel of a job that is not running
+(retrain/worker.py) makes every move after creation except a cancel of a job that is not running
 and a resume. Routes, the CLI and the scheduler all call these functions.
 """
 

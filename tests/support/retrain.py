@@ -33,7 +33,7 @@ def chat_jsonl(n: int = 4) -> bytes:
 def job_running(app, client, job_id: str, steps: int = 2):
     """The real worker runs the next job in a thread; entered once ``job_id`` has trained ``steps``
     steps, yields the thread; on exit the worker is told to stop (a job still running fails) and joined."""
-    from retrain.jobs.worker import Worker
+    from retrain.worker import Worker
     from support.servers import wait_until
 
     worker = Worker(app.state.settings, app.state.db)

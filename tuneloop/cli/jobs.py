@@ -86,10 +86,10 @@ def get(job_id: str) -> None:
     from sqlmodel import Session
 
     from retrain.jobs.service import get_job
-    from retrain.jobs.openai_routes import _job
+    from retrain.jobs.openai_routes import job_response
 
     with Session(_engine()) as session:
-        typer.echo(json.dumps(_job(session, _guard(get_job, session, job_id)), indent=2, default=str))
+        typer.echo(json.dumps(job_response(session, _guard(get_job, session, job_id)), indent=2, default=str))
 
 
 @jobs_app.command("cancel")

@@ -14,7 +14,7 @@ worker_app = typer.Typer()
 @worker_app.command("worker")
 def worker(scheduler: bool = typer.Option(True, help="Also run the retraining scheduler and the retention purge (one worker holds them).")) -> None:
     """Run fine-tune jobs one at a time, and the scheduler. Stop with Ctrl-C."""
-    from retrain.jobs.worker import Worker
+    from retrain.worker import Worker
     from tuneloop.app import prepare_database
 
     settings = get_settings()

@@ -76,7 +76,7 @@ class DatabaseCollector:
         from registry.models import ProductionPointer
         from feedback.corrections.models import Correction, CorrectionStatus
         from feedback.ratings.models import Rating
-        from feedback.review.models import ReviewDecision, ReviewStatus
+        from feedback.decisions import ReviewDecision, ReviewStatus
         from registry.models import GateReport
         from retrain.models import FineTuneJob
 
