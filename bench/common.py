@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-OFFTOPIC = ROOT / "bench" / "offtopic_questions.txt"
+OFFTOPIC = ROOT / "examples" / "acme_offtopic.txt"
 
 
 def load_offtopic() -> list[str]:

@@ -15,7 +15,7 @@ Two scenarios:
   SmolLM2 suggests (``feedback.phrasings``, source ``model``, kept only when it routes to its own
   correction) is accepted; all 3 paraphrases are held out.
 
-Off-topic: bench/offtopic_questions.txt (60 shop questions no fact answers). A verified reply to one is
+Off-topic: examples/acme_offtopic.txt (60 shop questions no fact answers). A verified reply to one is
 wrong. Also runs the calibration (``tuneloop memory calibrate``) on the second scenario with the
 off-topic list as negatives.
 
@@ -194,7 +194,7 @@ Measured {m['date']} on {m['cores']} CPU cores, default settings (verified ≥ {
 and {settings.memory_verified_margin} ahead of the runner-up; grounded ≥ {settings.memory_threshold}; BM25 weight
 {settings.memory_lexical_weight}, answer weight {settings.memory_answer_weight}). The 60 facts of
 examples/acme_kb.jsonl are approved corrections; rewordings are the paraphrases not accepted as alternative
-questions (never in the index); off-topic is bench/offtopic_questions.txt. A verified reply is the approved answer
+questions (never in the index); off-topic is examples/acme_offtopic.txt. A verified reply is the approved answer
 itself, so "verified right" is the share answered with the corrected fact before any training. The 2 cores were
 shared with four other jobs: the milliseconds per question (embedding the question, two searches for a follow-up)
 are inflated accordingly.
@@ -226,7 +226,7 @@ never accepted unseen; a teacher (`TUNELOOP_TEACHER_BASE_URL`) is the better sou
 """
     if calibrated:
         text += f"""
-Calibration (`tuneloop memory calibrate --negatives bench/offtopic_questions.txt`) on the
+Calibration (`tuneloop memory calibrate --negatives examples/acme_offtopic.txt`) on the
 "{calibrated['accepted_phrasings']} accepted phrasing" database: positives are the accepted phrasings, each held out
 of the index in turn.
 
