@@ -22,7 +22,7 @@ Typical use from Python (the web chat)::
     for delta in turn:          # text as it is decoded; the turn is recorded when the loop ends
         show(delta)
     turn.conversation_id, turn.message_id, turn.finish_reason
-    # then feedback.ratings.rate_message(session, message_id=turn.message_id, value="up")
+    # then feedback.ratings.service.rate_message(session, message_id=turn.message_id, value="up")
 """
 
 from __future__ import annotations

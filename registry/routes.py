@@ -1,5 +1,5 @@
 """The model registry and the golden set over HTTP (thin: see registry.lifecycle, registry.golden).
-Reads need staff, every change of production needs an admin. (Running the gates: retrain.gate_routes.)"""
+Reads need staff, every change of production needs an admin. (Running the gates: retrain.gates.routes.)"""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def resolve_model(session: Session, settings: Settings, name: str) -> ModelVersi
 
 
 # A fine-tune's epoch checkpoints are adapters too, at model_store/checkpoints/<job id>/step-<N>/
-# (laid out by registry.checkpoints, written by retrain.checkpoints); "<version name>:ckpt-step-<N>" serves one.
+# (laid out by registry.checkpoints, written by retrain.trainer.checkpoints); "<version name>:ckpt-step-<N>" serves one.
 CHECKPOINT_MARK = ":ckpt-step-"
 
 

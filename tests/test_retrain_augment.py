@@ -1,4 +1,4 @@
-"""What a round trains on (retrain.augment) and when it stops: each accepted phrasing is an example,
+"""What a round trains on (retrain.trainer.augment) and when it stops: each accepted phrasing is an example,
 one is held out for the generalises gate, memory-context examples are laid out token for token as
 serving lays them out, and train-until-learned stops early on the tiny model and says at which step."""
 

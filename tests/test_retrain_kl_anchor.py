@@ -1,4 +1,4 @@
-"""The KL penalty to the parent (retrain.kl_anchor): zero before training, and a run with it drifts
+"""The KL penalty to the parent (retrain.trainer.kl_anchor): zero before training, and a run with it drifts
 less from the parent on the general prompts than the same run without it."""
 
 from __future__ import annotations

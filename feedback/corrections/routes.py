@@ -136,7 +136,7 @@ def _one_etag(in_body: str | None, if_match: str | None) -> str | None:
 @router.post("/v1/corrections/{correction_id}/contacts")
 def decide_contacts(correction_id: str, body: ContactDecision, staff: StaffAccount, session: SessionDep,
                     settings: SettingsDep) -> dict:
-    """Keep or mask the contacts detected in a staff-written answer (see feedback.contacts)."""
+    """Keep or mask the contacts detected in a staff-written answer (see feedback.corrections.contacts)."""
     correction = contacts.decide(session, settings, service.get_correction(session, correction_id),
                                  actor=staff.username, action=body.action)
     session.commit()

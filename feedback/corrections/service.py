@@ -99,7 +99,7 @@ def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[s
     fields.update({f"alternative_questions.{i}": text for i, text in enumerate(alternatives)})
     masked: list[dict[str, Any]] = []
     if settings.scrub_pii:
-        fields, masked = clean_fields(settings, fields, decide_later=decide_later)  # see feedback.contacts
+        fields, masked = clean_fields(settings, fields, decide_later=decide_later)  # see feedback.corrections.contacts
     return {"question": fields["question"], "answer": fields["answer"],
             "key_facts": [fields[f"key_facts.{i}"] for i in range(len(facts))],
             "alternative_questions": [fields[f"alternative_questions.{i}"] for i in range(len(alternatives))]}, masked

@@ -1,4 +1,4 @@
-"""Distillation over HTTP, for admins (thin: see feedback.distill_plan and feedback.distill).
+"""Distillation over HTTP, for admins (thin: see feedback.distill.plan and feedback.distill.service).
 
 ``POST /v1/distill/estimate`` answers what a run would cost without calling the teacher;
 ``POST /v1/distill/runs`` starts one (202) that runs in the background; poll

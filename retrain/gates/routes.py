@@ -1,4 +1,4 @@
-"""Running the gates over HTTP (thin: see retrain.gate_runs). Staff queue a run, the worker does it."""
+"""Running the gates over HTTP (thin: see retrain.gates.runs). Staff queue a run, the worker does it."""
 
 from __future__ import annotations
 
