@@ -18,6 +18,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from bot import conversations, protocol
 from registry import versions
+from registry.checkpoints import checkpoint_adapters, checkpoint_name
 from tuneloop.core.deps import SessionDep, StaffAccount
 from tuneloop.core.errors import ApiError, error_body
 from tuneloop.core.metrics import stream_ended, stream_started
@@ -118,8 +119,8 @@ def list_models(request: Request, session: SessionDep) -> protocol.ModelList:
     cards = [_card(settings.production_alias, production)]
     for version in versions.servable_versions(session):
         cards += [_card(version.id, version), _card(version.name, version)]
-        for step, _directory in versions.checkpoint_adapters(settings, version):
-            name = f"{version.name}{versions.CHECKPOINT_MARK}{step}"
+        for step, _directory in checkpoint_adapters(settings, version):
+            name = checkpoint_name(version.name, step)
             cards.append(_card(name, versions.resolve_model(session, settings, name)))
     return protocol.ModelList(data=cards)
 

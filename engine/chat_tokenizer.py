@@ -82,9 +82,24 @@ class ChatTokenizer:
 
 
 def eos_ids(model_dir: Path, tokenizer: ChatTokenizer) -> set[int]:
-    """The ids that end a reply: ``generation_config.json``'s ``eos_token_id`` (one or a list) and the
-    tokenizer's end-of-sequence token, as transformers' ``generate`` stops on them."""
+    """The ids that end a reply, read from ``generation_config.json`` (see ``end_of_reply_ids``)."""
     config_file = model_dir / "generation_config.json"
     eos = json.loads(config_file.read_text()).get("eos_token_id") if config_file.is_file() else None
-    found = [*eos] if isinstance(eos, list) else [eos]
+    return end_of_reply_ids(eos, tokenizer)
+
+
+def end_of_reply_ids(generation_eos: int | list[int] | None, tokenizer: Any) -> set[int]:
+    """The ids that end a reply: the generation config's ``eos_token_id`` (one or a list) and the
+    tokenizer's end-of-sequence token, as transformers' ``generate`` stops on them. The one definition
+    for every engine and the trainer; ``tokenizer`` is this module's or a transformers one."""
+    found = [*generation_eos] if isinstance(generation_eos, list) else [generation_eos]
     return {i for i in [*found, tokenizer.eos_token_id] if i is not None}
+
+
+def padding_id(tokenizer: Any, ends: set[int] = frozenset()) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token, else the
+    lowest of ``ends`` (``end_of_reply_ids``). Padded positions are masked, so only its presence matters."""
+    for candidate in (getattr(tokenizer, "pad_token_id", None), tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return min(ends)

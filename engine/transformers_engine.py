@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from engine import text_stream
+from engine.chat_tokenizer import end_of_reply_ids, padding_id
 from engine.decode_state import DecodeState
 from engine.modelstore import ModelNotFoundError
 from engine.protocol import Completion, SamplingParams, VersionSpec
@@ -53,12 +54,8 @@ class LoadedModel:
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        eos = model.generation_config.eos_token_id
-        eos_ids = eos if isinstance(eos, list) else [eos]
-        if tokenizer.eos_token_id is not None:
-            eos_ids.append(tokenizer.eos_token_id)
-        self.eos_ids = {i for i in eos_ids if i is not None}
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.eos_ids = end_of_reply_ids(model.generation_config.eos_token_id, tokenizer)
+        self.pad_id = padding_id(tokenizer, self.eos_ids)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
 
     @classmethod

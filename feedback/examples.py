@@ -17,6 +17,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# The roles a training file's messages may have (OpenAI's chat fine-tuning format). A preference (DPO)
+# file may also say "developer", OpenAI's newer name for "system", which the DPO trainer reads as system.
+ROLES = frozenset({"system", "user", "assistant"})
+PREFERENCE_ROLES = ROLES | {"developer"}
+
 # The metadata written into a snapshot's chat line, in this order: the snapshot's content hash is
 # computed over these lines, so the order and the set of keys are part of a snapshot's identity.
 _RECORD_KEYS = ("id", "correction_id", "lineage_id", "source", "key_facts")

@@ -25,9 +25,8 @@ from engine.prompting import PromptTooLongError, trim_to_budget
 from feedback.corrections.models import Correction, CorrectionSource
 from feedback.corrections.service import approved_corrections
 from feedback.examples import TrainingExample
-from feedback.pii import scrub
+from feedback.pii import training_scrubber
 from feedback.ratings.models import Rating
-from tuneloop.core.company import company_contacts
 from tuneloop.core.settings import Settings
 
 CHARS_PER_TOKEN = 4  # rough budget without a tokenizer; errs towards keeping less context
@@ -56,11 +55,7 @@ def correction_example(session: Session, settings: Settings, correction: Correct
     return _example(settings, tokenizer, turns, correction.answer, id=f"ex_{correction.id}",
                     correction_id=correction.id, lineage_id=correction.lineage_id, split_key=correction.split_key,
                     source=str(correction.source), key_facts=list(correction.key_facts),
-                    alternative_questions=_scrubbed(settings, correction.alternative_questions or []))
-
-
-def _scrubbed(settings: Settings, texts: list[str]) -> list[str]:
-    return [scrub(t, settings.pii_keep)[0] for t in texts] if settings.scrub_pii else list(texts)
+                    alternative_questions=list(correction.alternative_questions or []))
 
 
 def _from_thumbs_up(session: Session, settings: Settings, tokenizer: Any) -> list[TrainingExample]:
@@ -94,11 +89,10 @@ def _turns_before(session: Session, message_id: str) -> list[dict[str, str]]:
 
 def _example(settings: Settings, tokenizer: Any, turns: list[dict[str, str]], answer: str,
              **meta: Any) -> TrainingExample:
-    if settings.scrub_pii:
-        keep = company_contacts(settings)
-        turns = [{"role": t["role"], "content": scrub(t["content"], keep)[0]} for t in turns]
-        answer = scrub(answer, keep)[0]
-        meta["alternative_questions"] = [scrub(q, keep)[0] for q in meta.get("alternative_questions") or []]
+    clean = training_scrubber(settings)
+    turns = [{"role": t["role"], "content": clean(t["content"])} for t in turns]
+    answer = clean(answer)
+    meta["alternative_questions"] = [clean(q) for q in meta.get("alternative_questions") or []]
     messages = trim_context([{"role": "system", "content": settings.resolved_system_prompt}, *turns],
                             answer, settings, tokenizer)
     return TrainingExample(messages=messages, completion=answer, **meta)

@@ -4,16 +4,19 @@ card numbers (only digit runs that pass the Luhn check, so order numbers survive
 ``scrub`` returns the cleaned text and what was masked; the reviewer sees that list (``pii_masked``)
 next to the correction, so a false positive (a company hotline, say) is noticed before approval.
 Placeholders never match the patterns again, so scrubbing twice changes nothing. The company's own
-published contacts (``settings.pii_keep``: its hotline, its e-mail domain) are not personal data and
-are kept: an expert answer "Call us at 1-800-555-0142" masked to "Call us at 1-[PHONE]" taught the bot
-to say exactly that.
+published contacts (``tuneloop.core.company.company_contacts``: its hotline, e-mail domain and website,
+``settings.pii_keep`` and the contacts reviewers kept) are not personal data and are kept: an expert
+answer "Call us at 1-800-555-0142" masked to "Call us at 1-[PHONE]" taught the bot to say exactly that.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from tuneloop.core.company import company_contacts
+from tuneloop.core.settings import Settings
 
 EMAIL = "[EMAIL]"
 PHONE = "[PHONE]"
@@ -108,3 +111,13 @@ def scrub_fields(fields: dict[str, str], keep: Sequence[str] = ()) -> tuple[dict
         cleaned[name], found = scrub(value, keep)
         masked += [m.as_dict(name) for m in found]
     return cleaned, masked
+
+
+def training_scrubber(settings: Settings) -> Callable[[str], str]:
+    """How text enters training data: personal data masked, the company's own contacts kept (the one
+    keep list, ``company_contacts``); text as it is when ``scrub_pii`` is off. Read the list once per
+    export, not once per text: it includes a file."""
+    if not settings.scrub_pii:
+        return lambda text: text
+    keep = company_contacts(settings)
+    return lambda text: scrub(text, keep)[0]

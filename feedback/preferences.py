@@ -21,7 +21,7 @@ from sqlmodel import Session
 from bot.models import Message
 from feedback.corrections.service import approved_corrections
 from feedback.export import correction_example
-from feedback.pii import scrub
+from feedback.pii import training_scrubber
 from tuneloop.core.settings import Settings
 
 
@@ -29,14 +29,14 @@ def preference_records(session: Session, settings: Settings, tokenizer: Any = No
                        correction_ids: set[str] | None = None) -> list[dict[str, Any]]:
     """A pair per approved correction of an answer; ``correction_ids``: only those corrections (e.g. the
     ones a dataset snapshot holds)."""
-    records = []
+    records, clean = [], training_scrubber(settings)
     for correction in approved_corrections(session):
         if correction_ids is not None and correction.id not in correction_ids:
             continue
         original = session.get(Message, correction.message_id) if correction.message_id else None
         if original is None or original.role != "assistant":
             continue
-        rejected = scrub(original.content, settings.pii_keep)[0] if settings.scrub_pii else original.content
+        rejected = clean(original.content)
         example = correction_example(session, settings, correction, tokenizer)
         if rejected.strip() and rejected.strip() != example.completion.strip():
             records.append({"input": {"messages": example.messages},

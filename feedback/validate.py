@@ -20,11 +20,11 @@ from engine.chat_tokenizer import ChatTokenizer
 from engine.modelstore import resolve_base_model
 from feedback.datafiles import DataFile, find_columns, read_data_file
 from feedback.errors import FeedbackError
+from feedback.examples import ROLES
 from tuneloop.core.settings import Settings
 
 MIN_EXAMPLES = 100
 CPU_TOKENS_PER_SECOND = 110  # measured: one LoRA epoch of the bundled SmolLM2 on a laptop CPU
-ROLES = {"system", "user", "assistant"}
 
 
 @dataclass

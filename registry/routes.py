@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 
 from engine.upstream import UpstreamAdapterError
 from registry import golden, lifecycle as registry
-from registry.checkpoints import remove_checkpoints
+from registry.checkpoints import CHECKPOINT_MARK, remove_checkpoints
 from registry.models import VersionStatus
-from registry.versions import CHECKPOINT_MARK, UnknownModelError, resolve_model
+from registry.versions import UnknownModelError, resolve_model
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
 from tuneloop.core.errors import ApiError
 

@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 
 from engine.modelstore import resolve_base_model
 from engine.protocol import VersionSpec
+from registry.checkpoints import CHECKPOINT_MARK, checkpoint_adapters, checkpoint_name
 from registry.models import ModelVersion, ProductionPointer, VersionStatus
 from tuneloop.core import errors
 from tuneloop.core.ids import utcnow
@@ -65,28 +66,13 @@ def resolve_model(session: Session, settings: Settings, name: str) -> ModelVersi
     return version
 
 
-# A fine-tune's epoch checkpoints are adapters too, at model_store/checkpoints/<job id>/step-<N>/
-# (laid out by registry.checkpoints, written by retrain.trainer.checkpoints); "<version name>:ckpt-step-<N>" serves one.
-CHECKPOINT_MARK = ":ckpt-step-"
-
-
-def checkpoint_adapters(settings: Settings, version: ModelVersion) -> list[tuple[int, Path]]:
-    """(step, adapter directory) of each checkpoint kept for the job that made ``version``, oldest first."""
-    if not version.job_id or not version.adapter_path:
-        return []
-    root = settings.model_store_dir / "checkpoints" / version.job_id
-    found = [(int(p.name[5:]), p) for p in root.glob("step-*")
-             if p.name[5:].isdigit() and (p / "adapter_config.json").is_file()]
-    return sorted(found)
-
-
 def _checkpoint_version(session: Session, settings: Settings, name: str) -> ModelVersion:
     """A transient (never stored) version for a checkpoint name, served like any other version."""
     parent_name, _, step = name.rpartition(CHECKPOINT_MARK)
     version = resolve_model(session, settings, parent_name)
     found = dict(checkpoint_adapters(settings, version))
     if not step.isdigit() or int(step) not in found:
-        kept = ", ".join(f"{CHECKPOINT_MARK}{s}" for s in found) or "none"
+        kept = ", ".join(checkpoint_name("", s) for s in found) or "none"
         raise UnknownModelError(f"The model {name!r} does not exist: {version.name} keeps the checkpoints {kept}.")
     directory = found[int(step)]
     return ModelVersion(id=f"{version.id}{CHECKPOINT_MARK}{step}", number=version.number, name=name,

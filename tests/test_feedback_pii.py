@@ -26,3 +26,17 @@ def test_the_companys_own_contacts_are_kept():
                         keep=["1-800-555-0142", "acme.example"])
     assert text == "Call us at 1-800-555-0142 or write to help@acme.example; I am [EMAIL]."
     assert [m.kind for m in found] == ["email"]
+
+
+def test_training_data_keeps_the_one_list_of_company_contacts(make_settings):
+    """Every text bound for training (answers, alternative questions, DPO's rejected answers) is scrubbed
+    with ``company_contacts``: the profile's hotline, ``pii_keep`` and contacts kept in review alike."""
+    from feedback.pii import training_scrubber
+    from tuneloop.core.company import keep_contacts
+
+    settings = make_settings(company_hotline="1-800-555-0142", pii_keep=["help@acme.example"])
+    keep_contacts(settings, ["+44 20 7946 0000"])
+    clean = training_scrubber(settings)
+    assert clean("Call 1-800-555-0142, +44 20 7946 0000 or help@acme.example, not 555-123-4567.") == (
+        "Call 1-800-555-0142, +44 20 7946 0000 or help@acme.example, not [PHONE].")
+    assert training_scrubber(settings.model_copy(update={"scrub_pii": False}))("call 555-123-4567") == "call 555-123-4567"

@@ -20,8 +20,6 @@ from tuneloop.core.ids import utcnow
 from tuneloop.core.inputs import lone_surrogate_path
 from tuneloop.core.settings import Settings
 
-ROLES = {"system", "user", "assistant"}
-
 
 class FileTooLargeError(errors.TooLargeError, JobError):
     """An upload over ``settings.max_upload_bytes`` (413)."""

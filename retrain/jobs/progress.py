@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from registry.models import ModelVersion
-from registry.versions import CHECKPOINT_MARK, checkpoint_adapters
+from registry.models import ModelVersion, VersionStatus
+from registry.checkpoints import checkpoint_adapters, checkpoint_name
 from retrain.jobs.service import get_job, list_metrics
 from retrain.models import FineTuneJob, JobMetric, JobStatus
 from retrain.trainer.config import TrainConfig
@@ -56,11 +56,14 @@ def estimated_finish(session: Session, job: FineTuneJob) -> datetime | None:
 
 def list_checkpoints(session: Session, settings: Settings, job_id: str) -> list[dict[str, Any]]:
     """The checkpoints a succeeded job kept (the adapter after each of its last three epochs, the
-    last one being the final model), newest first, each with its model name and that step's metrics."""
+    last one being the final model), newest first, each with its model name and that step's metrics.
+    None once the model was deleted: a listed checkpoint is a model name a client may ask for."""
     job = get_job(session, job_id)
     if job.status != JobStatus.succeeded or not job.result_version_id:
         return []
     version = session.get(ModelVersion, job.result_version_id)
+    if version.status == VersionStatus.deleted:
+        return []
     metrics = {m.step: m for m in list_metrics(session, job_id)}
     found = checkpoint_adapters(settings, version)
     if not found and version.adapter_path:  # a job from before checkpoints were kept: the final adapter
@@ -68,5 +71,5 @@ def list_checkpoints(session: Session, settings: Settings, job_id: str) -> list[
         return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}", "job": job, "step": last,
                  "name": version.name, "metric": metrics.get(last)}]
     return [{"id": f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}", "job": job, "step": step,
-             "name": f"{version.name}{CHECKPOINT_MARK}{step}", "metric": metrics.get(step)}
+             "name": checkpoint_name(version.name, step), "metric": metrics.get(step)}
             for step, _directory in reversed(found)]

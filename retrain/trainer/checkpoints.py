@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from registry.checkpoints import KEEP, checkpoint_root, checkpoint_steps
+from registry.checkpoints import KEEP, checkpoint_dir, checkpoint_steps
 from tuneloop.core.settings import Settings
 
 
@@ -17,12 +17,12 @@ class CheckpointSaver:
         self.settings, self.job_id, self.on_saved = settings, job_id, on_saved or (lambda epoch, step: None)
 
     def __call__(self, model: Any, epoch: int, step: int) -> None:
-        target = checkpoint_root(self.settings, self.job_id) / f"step-{step}"
+        target = checkpoint_dir(self.settings, self.job_id, step)
         staging = target.with_name(f".{target.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging)
         (staging / "README.md").unlink(missing_ok=True)
         staging.rename(target)
         for old in checkpoint_steps(self.settings, self.job_id)[:-KEEP]:
-            shutil.rmtree(checkpoint_root(self.settings, self.job_id) / f"step-{old}", ignore_errors=True)
+            shutil.rmtree(checkpoint_dir(self.settings, self.job_id, old), ignore_errors=True)
         self.on_saved(epoch, step)

@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from feedback.examples import TrainingExample
+from engine.chat_tokenizer import padding_id
+from feedback.examples import PREFERENCE_ROLES, TrainingExample
 from retrain.trainer.batching import EncodedExample, collate, encode_example, length_grouped_batches
 from retrain.trainer.config import TrainConfig
 from retrain.trainer.pausing import PausePoint
@@ -32,7 +33,6 @@ from retrain.trainer.train import TrainingCancelled, TrainResult, fit_and_save, 
 # A DPO run has no "learned" check to stop it early, so it keeps a lower floor of steps than the
 # supervised default (each DPO step scores two sequences under two models: about 5 s on 2 CPU cores).
 DPO_MIN_STEPS = 12
-ROLES = {"system", "developer", "user", "assistant"}
 
 
 def preference_problems(rows: list[Any]) -> list[str]:
@@ -41,7 +41,7 @@ def preference_problems(rows: list[Any]) -> list[str]:
     for number, row in enumerate(rows, 1):
         messages = (row.get("input") or {}).get("messages") if isinstance(row, dict) else None
         if not isinstance(messages, list) or not messages or any(
-                not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)
+                not isinstance(m, dict) or m.get("role") not in PREFERENCE_ROLES or not isinstance(m.get("content"), str)
                 for m in messages):
             problems.append(f"line {number}: needs input.messages, a list of {{role, content}}")
         elif messages[-1]["role"] != "user":
@@ -97,7 +97,7 @@ def train_dpo(config: TrainConfig, beta: float, rows: list[dict], *, base_dir: P
     started = time.perf_counter()
     output_dir = Path(output_dir)
     model, tokenizer, device = start_training(config, base_dir, parent_adapter_dir, output_dir)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     pairs = []
     for row in rows:
         good, bad = (encode_example(tokenizer, e, max_seq_len=config.max_seq_len, prompt_loss_weight=0.0)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from engine.chat_tokenizer import end_of_reply_ids
 from engine.prompting import prompt_ids
 from feedback.examples import TrainingExample
 from retrain.trainer.batching import EncodedExample, collate, target_logits
@@ -62,7 +63,7 @@ def build_anchors(model: Any, tokenizer: Any, examples: list[TrainingExample], *
     prompts = random.Random(seed).sample(prompts, min(count, len(prompts)))
     system = system_message_of(examples)
     device = next(model.parameters()).device
-    eos = {tokenizer.eos_token_id, pad_id} | set(_as_list(model.generation_config.eos_token_id))
+    eos = end_of_reply_ids(model.generation_config.eos_token_id, tokenizer) | {pad_id}
     was_training = model.training
     model.eval()
     anchors: list[AnchorExample] = []
@@ -119,9 +120,3 @@ def kl_to_parent(model: Any, anchors: list[AnchorExample], pad_id: int, device: 
 def _log_rest(logprobs: torch.Tensor) -> torch.Tensor:
     """log of the probability outside the given tokens."""
     return torch.log1p(-logprobs.exp().sum(-1).clamp(max=1 - 1e-6))
-
-
-def _as_list(value: Any) -> list[int]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
