@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -61,6 +62,9 @@ class NotAdminError(errors.ForbiddenError):
 
 PROMOTABLE = (VersionStatus.candidate, VersionStatus.approved)
 ROLLBACK_TARGETS = (VersionStatus.retired, VersionStatus.approved)
+AUTO_PROMOTER = "auto-promote"  # the actor of a promotion by the system (audit log, status_changed_by)
+# Called with the version before production moves to it; raises to refuse it (``bot.runtime.ServingRuntime.prepare``).
+Prepare = Callable[[ModelVersion], None]
 
 
 # --- registration ------------------------------------------------------------------------------
@@ -140,15 +144,30 @@ def gate_report_for(session: Session, version: ModelVersion) -> GateReport | Non
 
 # --- transitions -------------------------------------------------------------------------------
 def promote(session: Session, settings: Settings, version_id: str, actor: Account, reason: str | None = None,
-            expected_production: str | None = None) -> ModelVersion:
+            expected_production: str | None = None, prepare: Prepare | None = None) -> ModelVersion:
     """Put a candidate (or approved version) into production; the old one is retired.
 
     Admins only. The version needs a passing gate report, or a failed one overridden with a written
     ``reason`` (recorded on the report and in the audit log). ``expected_production`` is the version
     the admin saw in production: if production has moved since, ``PromotionConflictError``.
+    ``prepare`` (the serving runtime's) runs before production moves and may refuse the version.
     """
     _require_admin(actor)
-    version = get_version(session, version_id)
+    return _promote(session, settings, get_version(session, version_id), actor.username, reason=reason,
+                    expected_production=expected_production, prepare=prepare)
+
+
+def auto_promote(session: Session, settings: Settings, version: ModelVersion,
+                 prepare: Prepare | None = None) -> ModelVersion:
+    """Promotion by the system after every gate passed (``settings.auto_promote``): the same checks and
+    ``prepare`` as an admin's ``promote``, with no admin to ask."""
+    return _promote(session, settings, version, AUTO_PROMOTER, reason="all gates passed (auto_promote)",
+                    prepare=prepare, may_override=False)
+
+
+def _promote(session: Session, settings: Settings, version: ModelVersion, actor: str, *, reason: str | None,
+             expected_production: str | None = None, prepare: Prepare | None = None,
+             may_override: bool = True) -> ModelVersion:
     if version.status not in PROMOTABLE:
         hint = " use rollback for earlier versions" if version.status == VersionStatus.retired else ""
         raise InvalidStateError(f"{version.id} is {VersionStatus(version.status).value}; only candidate or approved versions "
@@ -158,35 +177,31 @@ def promote(session: Session, settings: Settings, version_id: str, actor: Accoun
         raise InvalidStateError(f"{version.id} has no gate report; run the gates first "
                                 f"(`tuneloop models gates {version.id}` or POST /v1/registry/versions/{version.id}/gates)")
     if not report.passed:
-        if not (reason or "").strip():
+        if not may_override or not (reason or "").strip():
             raise RegistryError(f"{version.id} failed its gates ({'; '.join(report.summary.get('reasons', []))}); "
-                                "to promote it anyway, give a written reason for the override")
-        report.override_reason, report.overridden_by, report.overridden_at = reason.strip(), actor.username, utcnow()
+                                + ("to promote it anyway, give a written reason for the override" if may_override
+                                   else "only an admin can override them"))
+        report.override_reason, report.overridden_by, report.overridden_at = reason.strip(), actor, utcnow()
         session.add(report)
-    return _move_production(session, settings, version, actor.username, action="version.promoted",
-                            reason=reason, expected_production=expected_production,
+    return _move_production(session, settings, version, actor, action="version.promoted", reason=reason,
+                            expected_production=expected_production, prepare=prepare,
                             gates_overridden=not report.passed)
 
 
 def rollback(session: Session, settings: Settings, version_id: str, actor: Account, reason: str | None = None,
-             expected_production: str | None = None) -> ModelVersion:
+             expected_production: str | None = None, prepare: Prepare | None = None) -> ModelVersion:
     """Return production to an earlier (retired) or approved version, by the same path as promotion."""
     _require_admin(actor)
     version = get_version(session, version_id)
     if version.status not in ROLLBACK_TARGETS:
         raise InvalidStateError(f"{version.id} is {VersionStatus(version.status).value}; roll back only to a retired or approved version")
     return _move_production(session, settings, version, actor.username, action="version.rolled_back",
-                            reason=reason, expected_production=expected_production)
-
-
-def auto_promote(session: Session, settings: Settings, version: ModelVersion) -> ModelVersion:
-    """Promotion by the system after every gate passed (``settings.auto_promote``)."""
-    return _move_production(session, settings, version, "auto-promote", action="version.promoted",
-                            reason="all gates passed (auto_promote)")
+                            reason=reason, expected_production=expected_production, prepare=prepare)
 
 
 def _move_production(session: Session, settings: Settings, version: ModelVersion, actor: str, *, action: str,
-                     reason: str | None, expected_production: str | None = None, **detail: Any) -> ModelVersion:
+                     reason: str | None, expected_production: str | None = None, prepare: Prepare | None = None,
+                     **detail: Any) -> ModelVersion:
     missing = missing_files(settings, version)
     if missing:
         raise InvalidStateError(f"{version.id} cannot be served: {missing}")
@@ -196,6 +211,8 @@ def _move_production(session: Session, settings: Settings, version: ModelVersion
         raise PromotionConflictError(f"production is now {previous_id}, not {expected_production}; reload and try again")
     if previous_id == version.id:
         raise InvalidStateError(f"{version.id} is already in production")
+    if prepare is not None:
+        prepare(version)  # e.g. an upstream that cannot load the adapter refuses here: production stays
     try:
         versions.set_production(session, version.id, actor=actor, expected_revision=revision)
     except versions.ConcurrentChangeError as exc:

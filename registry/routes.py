@@ -4,6 +4,8 @@ Reads need staff, every change of production needs an admin. (Running the gates:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
@@ -75,12 +77,17 @@ def follow_pointer(request: Request) -> None:
         log.exception("swapping to the new production version failed; the poller will retry")
 
 
-def _changed_production(request: Request, session: SessionDep, version) -> dict:
+@contextmanager
+def _upstream_refusal() -> Iterator[None]:
+    """The runtime's ``prepare`` (vLLM loads the adapter before production moves) refusing, as a 502."""
     try:
-        request.app.state.runtime.prepare(version)  # vLLM loads the adapter before production moves
+        yield
     except UpstreamAdapterError as exc:
         raise ApiError(502, f"{exc} Production is unchanged.", type="upstream_error",
                        code="adapter_not_loaded") from exc
+
+
+def _changed_production(request: Request, session: SessionDep, version) -> dict:
     session.commit()
     follow_pointer(request)
     return registry.version_as_dict(session, version, detail=True)
@@ -90,16 +97,20 @@ def _changed_production(request: Request, session: SessionDep, version) -> dict:
 def promote(version_id: str, admin: AdminAccount, request: Request, session: SessionDep, settings: SettingsDep,
             body: PromoteBody | None = None) -> dict:
     body = body or PromoteBody()
-    version = registry.promote(session, settings, version_id, admin, reason=body.reason,
-                               expected_production=body.expected_production)
+    with _upstream_refusal():
+        version = registry.promote(session, settings, version_id, admin, reason=body.reason,
+                                   expected_production=body.expected_production,
+                                   prepare=request.app.state.runtime.prepare)
     return _changed_production(request, session, version)
 
 
 @router.post("/v1/registry/rollback")
 def rollback(body: RollbackBody, admin: AdminAccount, request: Request, session: SessionDep,
              settings: SettingsDep) -> dict:
-    version = registry.rollback(session, settings, body.version_id, admin, reason=body.reason,
-                                expected_production=body.expected_production)
+    with _upstream_refusal():
+        version = registry.rollback(session, settings, body.version_id, admin, reason=body.reason,
+                                    expected_production=body.expected_production,
+                                    prepare=request.app.state.runtime.prepare)
     return _changed_production(request, session, version)
 
 

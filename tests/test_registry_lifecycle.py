@@ -132,6 +132,30 @@ def test_override_of_failed_gates_is_recorded(env):
         assert event.detail["gates_overridden"] is True
 
 
+def test_auto_promotion_is_checked_and_prepared_like_an_admins(env):
+    """Auto-promotion goes through the same checks as ``promote`` and the serving engine's ``prepare``:
+    a refusal there (an upstream that cannot load the adapter) leaves production unchanged."""
+    settings, engine = env
+    failed, passed = _candidate(settings, engine, gates=False), _candidate(settings, engine)
+    before, prepared = _production(engine), []
+
+    def refuse(version):
+        prepared.append(version.id)
+        raise RuntimeError("the upstream cannot load this adapter")
+
+    with pytest.raises(registry.RegistryError, match="only an admin can override"), session_scope(engine) as session:
+        registry.auto_promote(session, settings, session.get(ModelVersion, failed))
+    with pytest.raises(RuntimeError, match="cannot load"), session_scope(engine) as session:
+        registry.auto_promote(session, settings, session.get(ModelVersion, passed), prepare=refuse)
+    assert _production(engine) == before and prepared == [passed]
+    with session_scope(engine) as session:
+        registry.auto_promote(session, settings, session.get(ModelVersion, passed), prepare=prepared.append)
+    assert _production(engine)[0] == passed and prepared[-1].id == passed
+    with Session(engine) as session:
+        event = session.exec(select(AuditEvent).where(AuditEvent.action == "version.promoted")).one()
+        assert (event.actor, event.detail["reason"]) == (registry.AUTO_PROMOTER, "all gates passed (auto_promote)")
+
+
 def test_stale_expected_production_is_a_conflict(env):
     settings, engine = env
     v1, v2 = _candidate(settings, engine), _candidate(settings, engine)

@@ -180,13 +180,12 @@ def _decide(app, sign_in, request, action, version_id, reason, expected):
         raise gr.Error("Pick a version in the table first.")
     with shown_to_user(), session_scope(app.state.db) as session:
         if action == "promote":
-            version = registry.promote(session, app.state.settings, version_id, account, reason=reason or None,
-                                       expected_production=expected)
-            app.state.runtime.prepare(version)  # an upstream refusing the adapter leaves production unchanged
+            # an upstream refusing the adapter (the runtime's prepare) leaves production unchanged
+            registry.promote(session, app.state.settings, version_id, account, reason=reason or None,
+                             expected_production=expected, prepare=app.state.runtime.prepare)
         elif action == "rollback":
-            version = registry.rollback(session, app.state.settings, version_id, account, reason=reason or None,
-                                        expected_production=expected)
-            app.state.runtime.prepare(version)
+            registry.rollback(session, app.state.settings, version_id, account, reason=reason or None,
+                              expected_production=expected, prepare=app.state.runtime.prepare)
         else:
             registry.reject(session, version_id, account, reason)
     done = {"promote": "promoted to production", "rollback": "is production again", "reject": "rejected"}[action]

@@ -45,7 +45,9 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from engine.backends import engine_for
 from engine.transformers_engine import LoadedModel
+from engine.upstream import UpstreamAdapterError
 from registry import versions
 from registry.lifecycle import (InvalidStateError, PromotionConflictError, RegistryError, VersionNotFoundError,
                                 auto_promote, set_status)
@@ -128,10 +130,17 @@ def _store(db_engine: Engine, candidate_id: str, baseline_id: str, outcome: Gate
 
 
 def _auto_promote(settings: Settings, db_engine: Engine, candidate_id: str) -> None:
+    """Promote a candidate that passed, checked as an admin's promotion is, including the serving engine's
+    ``prepare`` (an upstream that cannot load the adapter refuses; llama.cpp writes the version's GGUF)."""
     try:
         with session_scope(db_engine) as session:
             version = session.get(ModelVersion, candidate_id)
-            if version.status == VersionStatus.approved:
-                auto_promote(session, settings, version)
-    except (RegistryError, PromotionConflictError) as exc:
+            if version.status != VersionStatus.approved:
+                return
+            serving = engine_for(settings, lambda served: versions.version_spec(served, settings))
+            try:
+                auto_promote(session, settings, version, prepare=serving.prepare)
+            finally:
+                serving.close()
+    except (RegistryError, PromotionConflictError, UpstreamAdapterError) as exc:
         log.warning("auto-promotion of %s skipped: %s", candidate_id, exc)
