@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -33,6 +34,8 @@ from sqlmodel import Session, col, select
 from feedback.errors import NotFoundError
 from feedback.examples import TrainingExample
 from feedback.export import training_examples, write_chat_jsonl, write_prompt_completion_jsonl
+from registry.lifecycle import lineage
+from registry.models import ModelVersion
 from retrain.models import DatasetSnapshot
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.ids import utcnow
@@ -144,6 +147,24 @@ def read_manifest(settings: Settings, snapshot: DatasetSnapshot) -> dict[str, An
 def load_examples(settings: Settings, snapshot: DatasetSnapshot, split: str = "train") -> list[TrainingExample]:
     """The examples of one split, read back from its chat lines."""
     return [TrainingExample.from_record(r) for r in load_records(settings, snapshot, split)]
+
+
+def new_since(settings: Settings, snapshot: DatasetSnapshot, earlier: Iterable[DatasetSnapshot],
+              splits: Sequence[str] = ("train",)) -> list[TrainingExample]:
+    """The examples of ``snapshot`` (its ``splits``, in order) that none of the ``earlier`` snapshots held:
+    the one answer to "is this example new?" for the scheduler (since the last successful job's
+    snapshot), a round's plan and the gates (since the snapshots of the version's ancestry,
+    ``ancestry_snapshots``). An example is known by its ``TrainingExample.key``, a correction's revision:
+    an answer edited since counts as new, one merely still there does not."""
+    seen = {e.key for s in earlier for split in SPLITS for e in load_examples(settings, s, split)}
+    return [e for split in splits for e in load_examples(settings, snapshot, split) if e.key not in seen]
+
+
+def ancestry_snapshots(session: Session, version: ModelVersion) -> list[DatasetSnapshot]:
+    """The snapshots ``version`` and its ancestors were trained on, newest first (a version trained
+    from an uploaded file has none of its own)."""
+    found = (session.get(DatasetSnapshot, v.snapshot_id) for v in lineage(session, version) if v.snapshot_id)
+    return [s for s in found if s is not None]
 
 
 def load_records(settings: Settings, snapshot: DatasetSnapshot, split: str = "train",

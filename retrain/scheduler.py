@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from feedback.retention import purge_expired
-from retrain.datasets import create_snapshot, get_snapshot, read_manifest
+from retrain.datasets import SPLITS, create_snapshot, get_snapshot, new_since
 from retrain.jobs import service as jobs
 from retrain.jobs.leftovers import remove_snapshot_files
 from retrain.models import DatasetSnapshot, FineTuneJob, JobStatus, SchedulerState
@@ -57,15 +57,13 @@ def acquire_lease(engine: Engine, holder: str, *, seconds: float = LEASE_SECONDS
 
 
 def new_examples_since_last_success(session: Session, settings: Settings, snapshot) -> int:
-    """Examples of ``snapshot`` that the last successful job's snapshot did not contain."""
+    """Examples of ``snapshot`` (both splits) that the last successful job's snapshot did not hold
+    (``retrain.datasets.new_since``)."""
     last = session.exec(select(FineTuneJob).where(FineTuneJob.status == JobStatus.succeeded,
                                                   col(FineTuneJob.snapshot_id).is_not(None))
                         .order_by(col(FineTuneJob.finished_at).desc())).first()
-    current = {e["id"] for e in read_manifest(settings, snapshot)["examples"]}
-    if last is None:
-        return len(current)
-    before = {e["id"] for e in read_manifest(settings, get_snapshot(session, last.snapshot_id))["examples"]}
-    return len(current - before)
+    earlier = [get_snapshot(session, last.snapshot_id)] if last is not None else []
+    return len(new_since(settings, snapshot, earlier, splits=SPLITS))
 
 
 def decide(session: Session, settings: Settings) -> tuple[str, FineTuneJob | None]:

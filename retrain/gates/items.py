@@ -18,7 +18,7 @@ from feedback.examples import TrainingExample
 from registry.golden import list_golden
 from registry.lifecycle import lineage
 from registry.models import ModelVersion
-from retrain.datasets import load_examples, read_manifest
+from retrain.datasets import SPLITS, ancestry_snapshots, load_examples, new_since
 from retrain.models import DatasetSnapshot
 from retrain.trainer.augment import held_out_phrasing
 from tuneloop.core.settings import Settings
@@ -64,13 +64,6 @@ def _example_item(gate: str, example: TrainingExample) -> GateItem:
     return GateItem(gate, example.name, list(example.messages), example.completion, list(example.key_facts))
 
 
-def _snapshot_lineages(session: Session, settings: Settings, snapshot_id: str | None) -> set[str]:
-    snapshot = session.get(DatasetSnapshot, snapshot_id) if snapshot_id else None
-    if snapshot is None:
-        return set()
-    return {e["lineage_id"] for e in read_manifest(settings, snapshot)["examples"]}
-
-
 def generalises_items(examples: list[TrainingExample]) -> list[GateItem]:
     """The held-out phrasing of each new correction that has one (``retrain.trainer.augment.split_phrasings``:
     one of two or more accepted phrasings, never trained on), asked as the correction's own question is."""
@@ -84,38 +77,37 @@ def correction_items(session: Session, settings: Settings, candidate: ModelVersi
     can be recomputed from the artifacts whatever happened to the corrections since.
     ``generalises_items(new_training_examples(...))`` are the held-out phrasings of the learned ones.
 
-    learned: the candidate's training split, less every example whose lineage is in an ancestor's
-    snapshot. not_forgotten: the examples of the candidate's snapshot (both splits: the current text of
-    each correction) whose lineage an ancestor already had; a candidate trained from a file, with no
-    snapshot of its own, is held to its newest ancestor's snapshot."""
-    ancestors = lineage(session, candidate)[1:]
-    earlier: set[str] = set()
-    for ancestor in ancestors:
-        earlier |= _snapshot_lineages(session, settings, ancestor.snapshot_id)
+    learned: the candidate's training split that is new since its ancestors' snapshots
+    (``retrain.datasets.new_since``: a correction edited since is new). not_forgotten: the rest of the
+    candidate's snapshot (both splits: what an ancestor already held); a candidate trained from a file,
+    with no snapshot of its own, is held to its newest ancestor's snapshot."""
+    ancestors = _ancestors_snapshots(session, candidate)
     own = session.get(DatasetSnapshot, candidate.snapshot_id) if candidate.snapshot_id else None
-    learned = [_example_item("learned", e) for e in new_training_examples(session, settings, candidate, earlier)]
-    source = own or next((s for s in (session.get(DatasetSnapshot, a.snapshot_id) for a in ancestors
-                                      if a.snapshot_id) if s is not None), None)
+    learned = [_example_item("learned", e) for e in new_training_examples(session, settings, candidate, ancestors)]
+    source = own or next(iter(ancestors), None)
     not_forgotten: list[GateItem] = []
     if source is not None:
+        new = {e.key for e in new_since(settings, source, ancestors, splits=SPLITS)}
         examples = load_examples(settings, source, "train") + load_examples(settings, source, "valid")
-        not_forgotten = [_example_item("not_forgotten", e) for e in examples if e.lineage_id in earlier]
+        not_forgotten = [_example_item("not_forgotten", e) for e in examples if e.key not in new]
     return learned, not_forgotten
 
 
 def new_training_examples(session: Session, settings: Settings, candidate: ModelVersion,
-                          earlier: set[str] | None = None) -> list[TrainingExample]:
-    """The examples of ``candidate``'s training split whose lineage no ancestor's snapshot had."""
-    if earlier is None:
-        earlier = set()
-        for ancestor in lineage(session, candidate)[1:]:
-            earlier |= _snapshot_lineages(session, settings, ancestor.snapshot_id)
+                          ancestors: list[DatasetSnapshot] | None = None) -> list[TrainingExample]:
+    """The examples of ``candidate``'s training split that are new since its ancestors' snapshots."""
     snapshot = session.get(DatasetSnapshot, candidate.snapshot_id) if candidate.snapshot_id else None
     if snapshot is None:
         return []
     # The validation split is held out of training on purpose (its loss is in the job's metrics);
     # asking the candidate to "know" facts it never saw would make this gate fail by construction.
-    return [e for e in load_examples(settings, snapshot, "train") if e.lineage_id not in earlier]
+    return new_since(settings, snapshot, _ancestors_snapshots(session, candidate) if ancestors is None else ancestors)
+
+
+def _ancestors_snapshots(session: Session, candidate: ModelVersion) -> list[DatasetSnapshot]:
+    """The snapshots the candidate's ancestors (not the candidate) were trained on, newest first."""
+    parent = session.get(ModelVersion, candidate.parent_id) if candidate.parent_id else None
+    return ancestry_snapshots(session, parent) if parent is not None else []
 
 
 def gate_inputs(session: Session, candidate: ModelVersion, golden: list[GateItem]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""What one round of training trains on: the new examples of the job's snapshot since its parent's,
-plus a share of earlier ones replayed (``retrain.trainer.replay``), or an uploaded file as it is."""
+"""What one round of training trains on: the new examples of the job's snapshot since the snapshots of
+its parent's ancestry (``retrain.datasets.new_since``), plus a share of earlier ones replayed
+(``retrain.trainer.replay``), or an uploaded file as it is."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from feedback.examples import TrainingExample
 from feedback.preferences import preference_records
 from registry.models import ModelVersion
 from registry.versions import version_spec
-from retrain.datasets import get_snapshot, load_examples
+from retrain.datasets import ancestry_snapshots, get_snapshot, load_examples, new_since
 from retrain.jobs.files import get_file, read_examples
 from retrain.models import FineTuneJob
 from retrain.trainer.replay import select_for_round
@@ -49,14 +50,12 @@ def plan_round(session: Session, settings: Settings, job: FineTuneJob, config: A
     if job.snapshot_id:
         snapshot = get_snapshot(session, job.snapshot_id)
         current, valid = load_examples(settings, snapshot, "train"), load_examples(settings, snapshot, "valid")
-        seen = None
-        if parent.snapshot_id and parent.snapshot_id != snapshot.id:
-            seen = {e.key for e in load_examples(settings, get_snapshot(session, parent.snapshot_id), "train")}
-        elif parent.snapshot_id == snapshot.id:
-            seen = set()  # same data as the parent: train on all of it
+        # same data as the parent: train on all of it
+        earlier = [] if parent.snapshot_id == snapshot.id else ancestry_snapshots(session, parent)
+        new_keys = {e.key for e in new_since(settings, snapshot, earlier)}
+        seen = {e.key for e in current} - new_keys
         train, n_new, n_replayed = select_for_round(current, seen, replay_fraction=config.replay_fraction,
                                                      seed=config.seed)
-        new_keys = {e.key for e in train[:n_new]}
     else:
         train = _file_examples(session, settings, job.training_file_id)
         valid = _file_examples(session, settings, job.validation_file_id) if job.validation_file_id else []
