@@ -3,7 +3,6 @@ JSON or an SSE stream in OpenAI's shapes."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 
 from fastapi import APIRouter, Request
@@ -14,7 +13,7 @@ from bot import completions
 from engine.protocol import Completion
 from registry import versions
 from tuneloop.core.deps import SessionDep
-from tuneloop.core.errors import ApiError, error_body
+from tuneloop.core.errors import generation_error, stream_error_event
 
 router = APIRouter(tags=["serving"])
 
@@ -32,7 +31,7 @@ def create_completion(body: completions.CompletionRequest, request: Request, ses
     try:
         done = _last(stream)
     except Exception as exc:  # noqa: BLE001
-        raise ApiError(503, f"Generation failed: {exc}", type="server_error") from exc
+        raise generation_error(exc) from exc
     return objects.whole(done)
 
 
@@ -52,5 +51,5 @@ async def _sse(stream: Iterator, objects: completions.TextCompletionFactory, inc
         if include_usage:
             yield f"data: {objects.usage(done).model_dump_json()}\n\n"
     except Exception as exc:  # noqa: BLE001  (headers are sent: the error goes into the stream)
-        yield f"data: {json.dumps(error_body(f'Generation failed: {exc}', 'server_error'))}\n\n"
+        yield stream_error_event(exc)
     yield "data: [DONE]\n\n"

@@ -36,6 +36,7 @@ from sqlalchemy import and_, func, or_
 from sqlmodel import Session, select
 
 from bot.models import Conversation, Message
+from bot.ownership import ANONYMOUS, Caller, may_access, owner_of_new, token_hash
 from engine.protocol import Completion, SamplingParams
 from registry import versions
 from registry.models import ModelVersion
@@ -59,17 +60,22 @@ class NoNewMessageError(errors.InvalidInputError):
 
 # --- conversations ------------------------------------------------------------------------------
 def create_conversation(session: Session, *, end_user: str = "anonymous", channel: str = "api",
-                        title: str = "", conversation_id: str | None = None) -> Conversation:
+                        title: str = "", conversation_id: str | None = None, owner_id: str | None = None,
+                        token: str | None = None) -> Conversation:
+    """``owner_id`` or ``token`` decide who may open it later (``bot.ownership``)."""
     conversation = Conversation(id=conversation_id or new_id("conv"), end_user=end_user or "anonymous",
-                                channel=channel, title=title)
+                                channel=channel, title=title, owner_id=owner_id,
+                                token_hash=token_hash(token) if token else None)
     session.add(conversation)
     session.flush()
     return conversation
 
 
-def get_conversation(session: Session, conversation_id: str) -> Conversation:
+def get_conversation(session: Session, conversation_id: str, caller: Caller | None = None) -> Conversation:
+    """The conversation, if ``caller`` may open it (None: the server itself). One that exists but is not
+    the caller's answers the same 404 as a missing one, so ids cannot be probed."""
     conversation = session.get(Conversation, conversation_id)
-    if conversation is None:
+    if conversation is None or (caller is not None and not may_access(conversation, caller)):
         raise UnknownConversationError(f"No conversation {conversation_id!r}; start one without conversation_id.")
     return conversation
 
@@ -126,6 +132,8 @@ class ChatTurn:
     memory_outcome: str | None = None  # verified | grounded | none; None when memory is off
     memory_scores: list[dict] = field(default_factory=list)
     store: bool = True  # False (OpenAI's ``store``): nothing is written, the turn leaves no trace
+    owner_id: str | None = None  # a new conversation's owner (bot.ownership) ...
+    conversation_token: str | None = None  # ... or its token, for an anonymous caller: shown to it once
     message_id: str = field(default_factory=lambda: new_id("msg"))
     text: str = ""
     completion: Completion | None = None
@@ -202,7 +210,8 @@ def record_turn(session: Session, turn: ChatTurn) -> Message:
     if turn.is_new_conversation:
         first_user = next((m["content"] for m in turn.new_messages if m["role"] == "user"), "")
         conversation = create_conversation(session, end_user=turn.end_user, channel=turn.channel,
-                                           title=first_user[:TITLE_CHARS], conversation_id=turn.conversation_id)
+                                           title=first_user[:TITLE_CHARS], conversation_id=turn.conversation_id,
+                                           owner_id=turn.owner_id, token=turn.conversation_token)
     else:
         conversation = get_conversation(session, turn.conversation_id)
         conversation.updated_at = utcnow()
@@ -229,7 +238,7 @@ def record_turn(session: Session, turn: ChatTurn) -> Message:
 
 def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParams | None = None,
                model: str | None = None, conversation_id: str | None = None, end_user: str | None = None,
-               channel: str = "api", store: bool = True) -> ChatTurn:
+               channel: str = "api", store: bool = True, caller: Caller = ANONYMOUS) -> ChatTurn:
     """Validate a chat turn and start decoding it; nothing is written until the answer ends
     (and nothing at all with ``store=False``).
 
@@ -237,15 +246,19 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
     approved answer itself, ``grounded`` puts approved answers into the system prompt, ``none`` leaves
     the model alone. The outcome, the corrections used and the best scores are recorded on the message.
 
+    ``caller`` must be allowed to continue ``conversation_id`` (``bot.ownership``); a new conversation
+    becomes its account's, or gets a token (``ChatTurn.conversation_token``) when it has none.
+
     ``runtime`` is ``app.state.runtime``. ``model`` defaults to the production alias. Raises
     ``versions.UnknownModelError``, ``UnknownConversationError``, ``NoNewMessageError``,
     ``engine.prompting.PromptTooLongError`` or ``engine.protocol.NotReadyError`` before any row is written.
     """
     settings = runtime.settings
     with Session(runtime.db) as session:
-        version = served_version(session, runtime, model or settings.production_alias)
+        # "" is a name like any other (and names no model): only an absent model means production
+        version = served_version(session, runtime, settings.production_alias if model is None else model)
         if conversation_id is not None:
-            conversation = get_conversation(session, conversation_id)
+            conversation = get_conversation(session, conversation_id, caller)
             stored = [{"role": m.role, "content": m.content} for m in conversation_messages(session, conversation_id)]
             end_user = end_user or conversation.end_user
         else:
@@ -266,6 +279,7 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
         source = runtime.verified(version, prompt, decision.answer, params)
     else:
         source = runtime.stream(version, prompt, params, memory=decision.context if decision else "")
+    owner_id, token = owner_of_new(caller) if conversation_id is None and store else (None, None)
     return ChatTurn(
         db=runtime.db, version=version, conversation_id=conversation_id or new_id("conv"),
         is_new_conversation=conversation_id is None,
@@ -274,6 +288,7 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
         memory_correction_ids=decision.correction_ids if decision else [],
         memory_outcome=decision.outcome if decision else None,
         memory_scores=decision.logged_scores() if decision else [], store=store,
+        owner_id=owner_id, conversation_token=token,
     )
 
 

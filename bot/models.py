@@ -18,6 +18,10 @@ class Conversation(SQLModel, table=True):
     title: str = ""
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
+    # who may read and continue it (bot.ownership): the account whose key started it, or else the holder
+    # of the token handed out when it started (only its hash is kept)
+    owner_id: str | None = Field(default=None, index=True, max_length=40)
+    token_hash: str | None = Field(default=None, max_length=64)
 
 
 class Message(SQLModel, table=True):

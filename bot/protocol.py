@@ -150,6 +150,9 @@ class ChatCompletionRequest(BaseModel):
         None, description="Continue this stored conversation: the server appends only the messages that follow "
         "the stored ones (send the full history, as OpenAI clients do, or just the new user message).",
     )
+    conversation_token: str | None = Field(
+        None, max_length=200, description="Without an API key: the token the conversation's first answer returned; "
+        "without it, conversation_id is not found.")
     # -------------------------------------------------------------------------------------------
 
     @model_validator(mode="after")
@@ -198,6 +201,11 @@ class ChatCompletionRequest(BaseModel):
 
 
 # --- chat completion responses ------------------------------------------------------------------
+CONVERSATION_TOKEN = (
+    "Only when a conversation starts without an API key, and only once: its secret. Send it as conversation_token "
+    "to continue the conversation, or as the X-Conversation-Token header to read it (bot.ownership).")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -240,6 +248,7 @@ class ChatCompletion(BaseModel):
                                              "those given to the model as context")
     memory_outcome: str | None = Field(None, description="verified (the reply is an approved answer), grounded "
                                        "(approved answers were in the prompt), none; null when memory is off")
+    conversation_token: str | None = Field(None, description=CONVERSATION_TOKEN)
     # -------------------------------------------------------------------------------------------
 
 
@@ -267,6 +276,7 @@ class ChatCompletionChunk(BaseModel):
     # --- tuneloop extensions ------------------------------------------------------------------
     conversation_id: str | None
     message_id: str | None
+    conversation_token: str | None = Field(None, description=CONVERSATION_TOKEN)
     # -------------------------------------------------------------------------------------------
 
 
@@ -278,10 +288,11 @@ def fingerprint(version_id: str) -> str:
 class ChunkFactory:
     """Builds the chunks of one stream: same id, created, model and extension ids in each."""
 
-    def __init__(self, model: str, version_id: str, conversation_id: str | None, message_id: str | None):
+    def __init__(self, model: str, version_id: str, conversation_id: str | None, message_id: str | None,
+                 conversation_token: str | None = None):
         self.common = dict(id=completion_id(), created=int(time.time()), model=model,
                            system_fingerprint=fingerprint(version_id), conversation_id=conversation_id,
-                           message_id=message_id)
+                           message_id=message_id, conversation_token=conversation_token)
 
     def delta(self, content: str, *, first: bool = False) -> ChatCompletionChunk:
         delta = Delta(role="assistant", content=content) if first else Delta(content=content)
@@ -338,6 +349,7 @@ class ConversationObject(BaseModel):
     channel: str
     title: str
     messages: list[MessageObject] | None = None
+    conversation_token: str | None = Field(None, description=CONVERSATION_TOKEN)
 
 
 class ConversationList(BaseModel):

@@ -5,22 +5,22 @@ Thin: parse, call ``bot.conversations``, answer JSON, an SSE stream or one error
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import text
 from sqlmodel import Session
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from bot import conversations, protocol
+from bot.ownership import Caller, owner_of_new
 from registry import versions
 from registry.checkpoints import checkpoint_adapters, checkpoint_name
-from tuneloop.core.deps import SessionDep, StaffAccount
-from tuneloop.core.errors import ApiError, error_body
+from tuneloop.core.deps import OptionalAccount, SessionDep, StaffAccount
+from tuneloop.core.errors import ApiError, generation_error, stream_error_event
 from tuneloop.core.metrics import stream_ended, stream_started
 
 router = APIRouter(tags=["serving"])
@@ -30,17 +30,17 @@ router.include_router(completion_router)
 
 # --- chat completions ------------------------------------------------------------------------------
 @router.post("/v1/chat/completions", response_model=None)
-def chat_completions(body: protocol.ChatCompletionRequest, request: Request):
+def chat_completions(body: protocol.ChatCompletionRequest, request: Request, account: OptionalAccount):
     runtime = request.app.state.runtime
-    turn = _start(runtime, body)
+    turn = _start(runtime, body, Caller.of(account, body.conversation_token))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _SSEResponse(_sse(turn, body.model, include_usage), media_type="text/event-stream",
                             headers={"Cache-Control": "no-cache"})
     try:
         turn.wait()
-    except Exception as exc:  # recorded with finish_reason "error"; the client may retry
-        raise ApiError(503, f"Generation failed: {exc}", type="server_error") from exc
+    except Exception as exc:  # recorded with finish_reason "error"
+        raise generation_error(exc) from exc
     done = turn.completion
     return protocol.ChatCompletion(
         id=protocol.completion_id(), created=int(time.time()), model=body.model,
@@ -50,6 +50,7 @@ def chat_completions(body: protocol.ChatCompletionRequest, request: Request):
         system_fingerprint=protocol.fingerprint(turn.version.id),
         conversation_id=_stored_ids(turn)[0], message_id=_stored_ids(turn)[1],
         memory_correction_ids=turn.memory_correction_ids, memory_outcome=turn.memory_outcome,
+        conversation_token=turn.conversation_token,
     )
 
 
@@ -61,13 +62,13 @@ def _stored_ids(turn: conversations.ChatTurn) -> tuple[str | None, str | None]:
     return (None if turn.is_new_conversation else turn.conversation_id), None
 
 
-def _start(runtime, body: protocol.ChatCompletionRequest) -> conversations.ChatTurn:
+def _start(runtime, body: protocol.ChatCompletionRequest, caller: Caller) -> conversations.ChatTurn:
     """Validate and start the turn; every refusal here happens before anything is stored (each error
     names its param: model, conversation_id, messages; 503 while the model loads)."""
     return conversations.start_turn(
         runtime, messages=[m.as_dict() for m in body.messages], params=body.to_sampling_params(runtime.settings),
         model=body.model, conversation_id=body.conversation_id, end_user=body.end_user, channel="api",
-        store=body.store is not False,
+        store=body.store is not False, caller=caller,
     )
 
 
@@ -75,7 +76,7 @@ async def _sse(turn: conversations.ChatTurn, model: str, include_usage: bool) ->
     """OpenAI's stream: a role chunk, content chunks, a finish chunk, optionally a usage chunk, [DONE].
     The blocking decode runs in worker threads; if the client goes away, the turn is closed (and
     recorded with finish_reason "abort") by the response below."""
-    chunks = protocol.ChunkFactory(model, turn.version.id, *_stored_ids(turn))
+    chunks = protocol.ChunkFactory(model, turn.version.id, *_stored_ids(turn), turn.conversation_token)
     stream_started()
     try:
         yield _event(chunks.delta("", first=True))
@@ -86,7 +87,7 @@ async def _sse(turn: conversations.ChatTurn, model: str, include_usage: bool) ->
             done = turn.completion
             yield _event(chunks.usage(protocol.Usage.of(done.prompt_tokens, done.completion_tokens)))
     except Exception as exc:  # headers are sent: the error goes into the stream, as OpenAI does
-        yield f"data: {json.dumps(error_body(f'Generation failed: {exc}', 'server_error'))}\n\n"
+        yield stream_error_event(exc)
     finally:
         stream_ended()
         with anyio.CancelScope(shield=True):
@@ -137,10 +138,14 @@ def _card(name: str, version) -> protocol.ModelCard:
 
 # --- conversations -------------------------------------------------------------------------------
 @router.post("/v1/conversations", response_model=protocol.ConversationObject, status_code=201)
-def create_conversation(body: protocol.ConversationCreate, session: SessionDep) -> protocol.ConversationObject:
-    conversation = conversations.create_conversation(session, end_user=body.user or "anonymous", title=body.title)
+def create_conversation(body: protocol.ConversationCreate, session: SessionDep,
+                        account: OptionalAccount) -> protocol.ConversationObject:
+    """The conversation is the key's account's; without a key, the answer carries its one-time token."""
+    owner_id, token = owner_of_new(Caller.of(account))
+    conversation = conversations.create_conversation(session, end_user=body.user or "anonymous", title=body.title,
+                                                     owner_id=owner_id, token=token)
     session.commit()
-    return _conversation(conversation)
+    return _conversation(conversation).model_copy(update={"conversation_token": token})
 
 
 @router.get("/v1/conversations", response_model=protocol.ConversationList)
@@ -157,9 +162,11 @@ def list_conversations(session: SessionDep, _staff: StaffAccount, limit: int = Q
 
 
 @router.get("/v1/conversations/{conversation_id}", response_model=protocol.ConversationObject)
-def get_conversation(conversation_id: str, session: SessionDep) -> protocol.ConversationObject:
-    """Anyone holding the (unguessable) id may read it: that is how a customer gets their history back."""
-    conversation = conversations.get_conversation(session, conversation_id)  # 404 names conversation_id
+def get_conversation(conversation_id: str, session: SessionDep, account: OptionalAccount,
+                     x_conversation_token: str | None = Header(None)) -> protocol.ConversationObject:
+    """Its owner's key, its token (anonymous conversations) or staff; anyone else gets 404 (bot.ownership)."""
+    caller = Caller.of(account, x_conversation_token)
+    conversation = conversations.get_conversation(session, conversation_id, caller)  # 404 names conversation_id
     messages = conversations.conversation_messages(session, conversation_id)
     return _conversation(conversation, messages)
 

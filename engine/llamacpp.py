@@ -105,12 +105,14 @@ class LlamaCppEngine:
     def stream(self, version: ServedVersion, messages: list[dict[str, str]],
                params: SamplingParams) -> Iterator[str | Completion]:
         loaded = self.loaded_for(version)
+        params.check_token_ids(loaded.n_vocab)
         request = _Request(loaded, self.encode(loaded, messages, params.max_tokens), params)
         self._queue.put(request)
         return self._events(request)
 
     def stream_prompt(self, version: ServedVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
         loaded = self.loaded_for(version)
+        params.check_token_ids(loaded.n_vocab)
         context = min(self.settings.context_budget, loaded.max_context)
         request = _Request(loaded, raw_prompt_ids(loaded.tokenizer, prompt, params.max_tokens, context), params)
         self._queue.put(request)

@@ -55,14 +55,17 @@ class TransformersEngine:
     def stream(self, version: ServedVersion, messages: list[dict[str, str]],
                params: SamplingParams) -> Iterator[str | Completion]:
         loaded = self.loaded_for(version)
+        params.check_token_ids(loaded.model.config.vocab_size)
         return self.decoder.stream(self.encode(loaded, messages, params.max_tokens), params, loaded)
 
     def generate(self, version: ServedVersion, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
         loaded = self.loaded_for(version)
+        params.check_token_ids(loaded.model.config.vocab_size)
         return self.decoder.generate(self.encode(loaded, messages, params.max_tokens), params, loaded)
 
     def stream_prompt(self, version: ServedVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
         loaded = self.loaded_for(version)
+        params.check_token_ids(loaded.model.config.vocab_size)
         context = min(self.settings.context_budget, loaded.max_context)
         return self.decoder.stream(raw_prompt_ids(loaded.tokenizer, prompt, params.max_tokens, context), params, loaded)
 

@@ -21,6 +21,10 @@ class CompletionsUnavailableError(InvalidInputError):
     param = "model"
 
 
+class TokenNotInVocabularyError(InvalidInputError):
+    param = "logit_bias"
+
+
 class NotReadyError(UnavailableError):
     """The model is still loading; callers answer 503 and the client retries."""
 
@@ -42,6 +46,15 @@ class SamplingParams:
     @property
     def adjusts_logits(self) -> bool:
         return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
+
+    def check_token_ids(self, vocab_size: int) -> None:
+        """Raise ``TokenNotInVocabularyError`` for a ``logit_bias`` token the served model does not have:
+        it is the request's fault (400), and found here, before decoding, it cannot end an answer midway."""
+        unknown = sorted(token for token in self.logit_bias if not 0 <= token < vocab_size)
+        if unknown:
+            raise TokenNotInVocabularyError(
+                f"logit_bias: token id {unknown[0]} is not in the served model's vocabulary (ids 0 to "
+                f"{vocab_size - 1}); use token ids of this model's tokenizer.")
 
 
 @dataclass

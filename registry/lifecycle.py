@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, func, select
 
 from registry import versions
+from registry.checkpoints import remove_checkpoints
 from registry.models import ModelVersion, VersionStatus, GateReport
 from tuneloop.core import errors
 from tuneloop.core.accounts.models import Account, Role
@@ -244,8 +245,9 @@ def reject(session: Session, version_id: str, actor: Account, reason: str) -> Mo
 
 
 def delete(session: Session, settings: Settings, version_id: str, actor: Account) -> ModelVersion:
-    """Delete a version that is not in production: its adapter files are removed, its row stays
-    (status ``deleted``) so lineage and audit history still resolve. The base version cannot be deleted."""
+    """Delete a version that is not in production: its adapter files and its job's checkpoints are removed,
+    its row stays (status ``deleted``) so lineage and audit history still resolve. The base version cannot
+    be deleted."""
     _require_admin(actor)
     version = get_version(session, version_id)
     if version.status == VersionStatus.production:
@@ -259,6 +261,8 @@ def delete(session: Session, settings: Settings, version_id: str, actor: Account
           adapter_path=version.adapter_path)
     session.flush()
     _remove_adapter(settings, version)
+    if version.job_id:
+        remove_checkpoints(settings, version.job_id)
     return version
 
 

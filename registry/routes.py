@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from engine.upstream import UpstreamAdapterError
 from registry import golden, lifecycle as registry
-from registry.checkpoints import CHECKPOINT_MARK, remove_checkpoints
+from registry.checkpoints import CHECKPOINT_MARK
 from registry.models import VersionStatus
 from registry.versions import UnknownModelError, resolve_model
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
@@ -134,8 +134,6 @@ def delete_model(model: str, admin: AdminAccount, session: SessionDep, settings:
                        param="model")
     registry.delete(session, settings, version.id, admin)
     session.commit()
-    if version.job_id:
-        remove_checkpoints(settings, version.job_id)
     return {"id": model, "object": "model", "deleted": True}
 
 

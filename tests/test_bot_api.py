@@ -24,7 +24,8 @@ def test_completion_has_openai_shape_and_is_stored(client, tiny_app):
     assert response.status_code == 200, response.text
     body = response.json()
     assert list(body) == ["id", "object", "created", "model", "choices", "usage", "system_fingerprint",
-                          "conversation_id", "message_id", "memory_correction_ids", "memory_outcome"]
+                          "conversation_id", "message_id", "memory_correction_ids", "memory_outcome",
+                          "conversation_token"]
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
     assert isinstance(body["created"], int) and body["model"] == "tuneloop"
     assert body["system_fingerprint"] == "fp_tuneloop_v0"
@@ -66,8 +67,9 @@ def test_openai_client_streams_with_usage_and_matches_non_streaming(openai_clien
     lines = [line for line in raw.text.split("\n\n") if line]
     assert lines[-1] == "data: [DONE]" and raw.headers["content-type"].startswith("text/event-stream")
     assert all(json.loads(line[6:])["choices"] for line in lines[:-1])  # no usage chunk unless asked
-    conversation_id = json.loads(lines[0][6:])["conversation_id"]
-    detail = client.get(f"/v1/conversations/{conversation_id}").json()
+    first = json.loads(lines[0][6:])
+    detail = client.get(f"/v1/conversations/{first['conversation_id']}",
+                        headers={"X-Conversation-Token": first["conversation_token"]}).json()
     assert [m["role"] for m in detail["messages"]] == ["user", "assistant"]
     assert detail["messages"][1]["finish_reason"] in ("stop", "length")
 
@@ -121,11 +123,14 @@ def test_concurrent_chats_do_not_interleave(openai_client):
 def test_conversation_continues_with_full_or_partial_history(client, tiny_app):
     first = _chat(client).json()
     cid, answer = first["conversation_id"], first["choices"][0]["message"]["content"]
+    token = first["conversation_token"]  # no API key: the conversation's secret, handed out once
     history = [*QUESTION, {"role": "assistant", "content": answer}, {"role": "user", "content": "How long?"}]
-    second = _chat(client, messages=history, conversation_id=cid).json()  # OpenAI style: full history
-    third = _chat(client, messages=[{"role": "user", "content": "Thanks!"}], conversation_id=cid).json()
+    second = _chat(client, messages=history, conversation_id=cid, conversation_token=token).json()  # full history
+    third = _chat(client, messages=[{"role": "user", "content": "Thanks!"}], conversation_id=cid,
+                  conversation_token=token).json()
     assert second["conversation_id"] == third["conversation_id"] == cid
-    detail = client.get(f"/v1/conversations/{cid}").json()
+    assert second["conversation_token"] is None and third["conversation_token"] is None
+    detail = client.get(f"/v1/conversations/{cid}", headers={"X-Conversation-Token": token}).json()
     assert [(m["role"], m["content"]) for m in detail["messages"]] == [
         ("user", "Do you ship to Canada?"), ("assistant", answer), ("user", "How long?"),
         ("assistant", second["choices"][0]["message"]["content"]), ("user", "Thanks!"),
@@ -144,7 +149,7 @@ def test_created_conversation_is_used_and_listed_newest_first(client, tiny_app):
     created = client.post("/v1/conversations", json={"user": "cust-9", "title": "Returns"})
     assert created.status_code == 201 and created.json()["object"] == "conversation"
     cid = created.json()["id"]
-    _chat(client, conversation_id=cid)
+    _chat(client, conversation_id=cid, conversation_token=created.json()["conversation_token"])
     ids = [cid] + [_chat(client).json()["conversation_id"] for _ in range(3)]
 
     with Session(tiny_app.state.db) as session:

@@ -35,6 +35,7 @@ BAD_REQUESTS = [
     ({"n": 2}, 400, "n=1"),
     ({"messages": [{"role": "user", "content": "refund " * 3000}]}, 400, "context budget"),
     ({"model": "gpt-17"}, 404, "does not exist"),
+    ({"model": ""}, 404, "The model '' does not exist"),  # was served by production
     ({"conversation_id": "conv_nope"}, 404, "conv_nope"),
 ]
 
@@ -56,7 +57,8 @@ def test_text_parts_are_accepted(client):
     body = {"model": "tuneloop", "max_tokens": 2,
             "messages": [{"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]}]}
     answer = client.post("/v1/chat/completions", json=body).json()
-    detail = client.get(f"/v1/conversations/{answer['conversation_id']}").json()
+    detail = client.get(f"/v1/conversations/{answer['conversation_id']}",
+                        headers={"X-Conversation-Token": answer["conversation_token"]}).json()
     assert detail["messages"][0]["content"] == "Hello"
 
 

@@ -27,7 +27,8 @@ def test_smollm2_answers_paris(make_settings, real_model_dir, sqlite_url):
                                    {"role": "user", "content": "What is the capital of France?"}],
                 max_tokens=30)
             assert "Paris" in answer.choices[0].message.content
-            stored = client.get(f"/v1/conversations/{answer.model_extra['conversation_id']}").json()
+            stored = client.get(f"/v1/conversations/{answer.model_extra['conversation_id']}",
+                                headers={"X-Conversation-Token": answer.model_extra["conversation_token"]}).json()
             assert [m["role"] for m in stored["messages"]] == ["system", "user", "assistant"]
             assert stored["messages"][-1]["content"] == answer.choices[0].message.content
     finally:

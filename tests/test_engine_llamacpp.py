@@ -251,3 +251,17 @@ def test_the_kv_cache_is_q8_0_by_default_where_the_heads_allow_it():
     assert kv_cache_type("auto", 64) == "q8_0"  # SmolLM2: 576 wide, 9 heads
     assert kv_cache_type("auto", 16) == "f16"  # the test model: llama.cpp cannot quantise 16-wide heads
     assert kv_cache_type("f16", 64) == "f16" and kv_cache_type("q8_0", 16) == "q8_0"  # a setting is obeyed
+
+
+def test_a_logit_bias_token_outside_the_vocabulary_is_refused_before_decoding(llama):
+    """llama.cpp indexed its logits with the token id and failed mid-answer (index out of bounds, a 503)."""
+    from engine.protocol import TokenNotInVocabularyError
+
+    params = SamplingParams(max_tokens=4, logit_bias={llama.current.n_vocab: -100.0})
+    for call in (lambda: llama.stream(V0, conversation("Hello!"), params),
+                 lambda: llama.stream_prompt(V0, "Hello", params)):
+        with pytest.raises(TokenNotInVocabularyError) as refused:
+            call()
+        assert refused.value.param == "logit_bias" and str(llama.current.n_vocab) in str(refused.value)
+    _deltas, done = drain(llama.stream(V0, conversation("Hello!"), SamplingParams(max_tokens=2, logit_bias={0: -100.0})))
+    assert done.finish_reason in ("stop", "length")

@@ -58,3 +58,7 @@ def test_import_validate_and_snapshots(tuneloop, tmp_path, tiny_model_dir):
     (tmp_path / "x.xlsx").write_bytes(b"plain text")
     code, out, _ = tuneloop("data", "validate", str(tmp_path / "x.xlsx"), "--tokenizer", str(tiny_model_dir))
     assert code == 2 and "not an Excel workbook" in out
+    one_bad_line = tmp_path / "one-bad-line.jsonl"
+    one_bad_line.write_text('{"prompt": "Q?", "completion": "A."}\n{not json\n')
+    code, out, _ = tuneloop("data", "validate", str(one_bad_line), "--tokenizer", str(tiny_model_dir))
+    assert code == 2 and "could not be read as examples" in out and "(, unknown)" not in out  # the probe's line

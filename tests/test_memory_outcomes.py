@@ -178,7 +178,8 @@ def test_store_false_leaves_no_trace(tiny_app, openai_client):
         model="tuneloop", max_tokens=4, messages=[{"role": "user", "content": "Hello"}])
     after_stored = _counts(tiny_app)
     again = openai_client.chat.completions.create(
-        model="tuneloop", max_tokens=4, store=False, extra_body={"conversation_id": stored.model_extra["conversation_id"]},
+        model="tuneloop", max_tokens=4, store=False, extra_body={"conversation_id": stored.model_extra["conversation_id"],
+                                                                "conversation_token": stored.model_extra["conversation_token"]},
         messages=[{"role": "user", "content": "And one more thing"}])
     assert again.model_extra["conversation_id"] == stored.model_extra["conversation_id"]  # it exists
     assert again.model_extra["message_id"] is None and _counts(tiny_app) == after_stored

@@ -54,6 +54,7 @@ def test_fine_tune_through_the_openai_api_creates_a_candidate(app, api):
                                           "n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 2.0, "min_steps": 0}}})
     assert job.status == "validating_files" and job.id.startswith("ftjob-") and job.seed == 7
     assert job.hyperparameters.n_epochs == 1 and job.hyperparameters.batch_size == 2
+    assert job.model_extra["hyperparameters_full"]["seed"] == 7  # before it starts too (the probe saw 42)
 
     assert Worker(app.state.settings, app.state.db).run_next_job() == job.id
 
@@ -76,6 +77,10 @@ def test_fine_tune_through_the_openai_api_creates_a_candidate(app, api):
         assert session.get(ModelVersion, "v0").status == "production"  # nothing touches production
     with pytest.raises(openai.ConflictError, match="already succeeded"):
         api.fine_tuning.jobs.cancel(job.id)
+    # a deleted model leaves no checkpoint a client could still ask for (the probe saw its name listed)
+    assert api.models.delete("tuneloop-v1-acme").deleted is True
+    assert api.fine_tuning.jobs.checkpoints.list(job.id).data == []
+    assert not (app.state.settings.model_store_dir / "checkpoints" / job.id).exists()
 
 
 def test_cancel_stops_a_running_job_within_seconds(app, api):

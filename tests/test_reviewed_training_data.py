@@ -104,3 +104,26 @@ def test_a_gate_with_no_questions_is_not_measured_and_not_passed(make_settings, 
     assert result["blocks"] is (gate == "learned")
     if gate == "learned":
         assert "not measured" in result["reason"]
+
+def test_a_validation_file_needs_the_same_review_as_the_training_file(api):
+    """The probe's reproducer: an approved training file and the job creator's own unapproved validation file."""
+    training, validation = upload(api, "alice"), upload(api, "bob")
+    assert api.post(f"/v1/files/{training['id']}/approve", headers=api.as_["bob"]).status_code == 200
+    body = {"model": "tuneloop", "training_file": training["id"], "validation_file": validation["id"]}
+    refused = api.post("/v1/fine_tuning/jobs", json=body, headers=api.as_["bob"])
+    assert refused.status_code == 403, refused.text
+    error = refused.json()["error"]
+    assert error["param"] == "validation_file" and validation["id"] in error["message"]
+    assert api.post(f"/v1/files/{validation['id']}/approve", headers=api.as_["alice"]).status_code == 200
+    assert api.post("/v1/fine_tuning/jobs", json=body, headers=api.as_["bob"]).status_code == 200
+
+
+def test_only_the_uploader_or_an_admin_deletes_a_file(api):
+    """The probe's reproducer: a staff member deleted a file an admin uploaded."""
+    admins, alices = upload(api, "admin"), upload(api, "alice")
+    refused = api.delete(f"/v1/files/{admins['id']}", headers=api.as_["bob"])
+    assert refused.status_code == 403 and "only they or an admin" in refused.json()["error"]["message"]
+    assert api.delete(f"/v1/files/{alices['id']}", headers=api.as_["bob"]).status_code == 403
+    assert api.get(f"/v1/files/{admins['id']}", headers=api.as_["bob"]).status_code == 200  # still there
+    assert api.delete(f"/v1/files/{alices['id']}", headers=api.as_["alice"]).json()["deleted"] is True
+    assert api.delete(f"/v1/files/{admins['id']}", headers=api.as_["admin"]).json()["deleted"] is True

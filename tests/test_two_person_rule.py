@@ -59,6 +59,23 @@ def test_author_changing_the_text_after_the_reviewer_read_it_is_a_409(api):
     assert approved.json()["answer"] == "Returns within 365 days, no receipt."
 
 
+def test_if_match_and_a_body_etag_that_differ_are_a_400(api):
+    """The probe's reproducer: If-Match stale, the body current, and the body won."""
+    corr = submitted(api)
+    stale = corr["etag"]
+    api.patch(f"/v1/corrections/{corr['id']}", json={"answer": "Returns within 60 days."}, headers=api.as_["alice"])
+    current = api.get(f"/v1/corrections/{corr['id']}", headers=api.as_["bob"]).json()["etag"]
+    both = api.post(f"/v1/corrections/{corr['id']}/approve", json={"etag": current},
+                    headers={**api.as_["bob"], "If-Match": f'"{stale}"'})
+    assert both.status_code == 400, both.text
+    error = both.json()["error"]
+    assert error["param"] == "etag" and error["code"] == "etag_mismatch" and "If-Match" in error["message"]
+    assert api.get(f"/v1/corrections/{corr['id']}", headers=api.as_["bob"]).json()["status"] == "submitted"
+    agreeing = api.post(f"/v1/corrections/{corr['id']}/approve", json={"etag": current},
+                        headers={**api.as_["bob"], "If-Match": f'W/"{current}"'})
+    assert agreeing.status_code == 200 and agreeing.json()["status"] == "approved"
+
+
 def test_a_colleagues_edit_is_the_editors_revision_and_the_editor_cannot_approve_it(api):
     corr = submitted(api)
     bob = api.as_["bob"]

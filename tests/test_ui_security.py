@@ -1,5 +1,5 @@
-"""The signed-in pages: user text is shown as text, CSP and X-Frame-Options on /staff and /admin,
-and /staff, /admin (as the README writes them) redirect to the pages."""
+"""The pages: user text is shown as text, CSP and X-Frame-Options on every page (the public chat at /
+too), and /staff, /admin (as the README writes them) redirect to the pages."""
 
 from __future__ import annotations
 
@@ -34,8 +34,12 @@ def test_pages_without_slash_redirect_and_send_security_headers(ui_client, page)
     assert "frame-ancestors 'none'" in csp and "img-src 'self' data: blob:" in csp and "connect-src 'self'" in csp
 
 
-def test_the_public_chat_is_not_given_the_staff_headers(ui_client):
-    assert "x-frame-options" not in ui_client.get("/").headers
+def test_the_public_chat_sends_the_same_security_headers(ui_client):
+    """The probe: / sent neither header, while the staff and admin pages did."""
+    served = ui_client.get("/")
+    assert served.status_code == 200 and served.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in served.headers["content-security-policy"]
+    assert "content-security-policy" not in ui_client.get("/docs").headers  # Swagger UI comes from a CDN
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
@@ -47,3 +51,12 @@ def test_user_text_is_escaped_for_markdown_and_html(payload):
     rendered = MarkdownIt("commonmark").render(as_text(payload))
     assert "<img" not in rendered and "<svg" not in rendered and "<a " not in rendered
     assert "attacker.example" in rendered  # still readable, as text
+
+
+@pytest.mark.parametrize("method", ["TRACE", "OPTIONS"])
+def test_other_methods_under_v1_stay_in_the_api_envelope_with_the_ui_mounted(ui_client, method):
+    """The probe: TRACE /v1/models fell through to the UI mounted at / and got {"detail": "Not Found"}."""
+    answered = ui_client.request(method, "/v1/models")
+    assert answered.status_code == 405 and answered.headers["allow"] == "GET"
+    assert set(answered.json()["error"]) == {"message", "type", "param", "code"}
+    assert f"{method} is not allowed on /v1/models" in answered.json()["error"]["message"]

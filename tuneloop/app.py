@@ -26,6 +26,9 @@ def prepare_database(settings: Settings):
     """Engine + migrations + version 0 + first admin. Shared by the server, the worker and the CLI."""
     from registry.versions import ensure_base_version
     from tuneloop.core.accounts.service import ensure_first_admin
+    from tuneloop.ops.private_data import warn_if_exposed
+
+    warn_if_exposed(settings.data_dir)
 
     engine = database.make_engine(settings.database_url)
     with database.setup_lock(engine):  # several processes may start at once on a blank database

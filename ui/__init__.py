@@ -16,7 +16,7 @@ from tuneloop.core.settings import Settings
 from ui.admin import build_admin
 from ui.auth import PageSignIn
 from ui.chat import build_chat
-from ui.headers import SignedInPageHeaders
+from ui.headers import PageHeaders
 from ui.review import build_review
 from ui.theme import CSS, theme
 
@@ -47,5 +47,5 @@ def mount_ui(app: FastAPI, settings: Settings) -> FastAPI:
         auth = dict(auth=sign_in, auth_message=sign_in.message) if sign_in else {}
         gr.mount_gradio_app(app, poll_less_when_idle(page), path, **auth, **look, **_COMMON)
 
-    app.add_middleware(SignedInPageHeaders)  # CSP + X-Frame-Options on /staff and /admin; /staff -> /staff/
+    app.add_middleware(PageHeaders)  # CSP + X-Frame-Options on every page; /staff -> /staff/
     return app

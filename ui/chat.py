@@ -16,6 +16,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from bot import conversations
+from bot.ownership import Caller
 from engine.prompting import PromptTooLongError
 from engine.protocol import NotReadyError
 from feedback.ratings.service import rate_message
@@ -34,6 +35,7 @@ class ChatSession:
 
     end_user: str = field(default_factory=lambda: new_id("web"))
     conversation_id: str | None = None
+    conversation_token: str | None = None  # the anonymous conversation's secret (bot.ownership)
     # chat history index -> id of the stored assistant message, to rate the right one
     message_ids: dict[int, str] = field(default_factory=dict)
     last_rated: tuple[str, int] | None = None  # (message id, +1/-1), for the optional comment
@@ -97,6 +99,7 @@ def _ask(app: FastAPI, state: ChatSession, history: list[dict], text: str):
         turn = conversations.start_turn(
             app.state.runtime, messages=[{"role": "user", "content": text}],
             conversation_id=state.conversation_id, channel="web", end_user=state.end_user,
+            caller=Caller(token=state.conversation_token),
         )
         for delta in turn:  # the turn is recorded (with its model version) when the loop ends
             answer += delta
@@ -108,6 +111,7 @@ def _ask(app: FastAPI, state: ChatSession, history: list[dict], text: str):
         yield state, history, text, f"**{_user_message(exc)}**"
         return
     state.conversation_id = turn.conversation_id
+    state.conversation_token = turn.conversation_token or state.conversation_token
     history[-1]["content"] = as_markdown(turn.text)  # the recorded answer (stop strings removed)
     state.message_ids[len(history) - 1] = turn.message_id
     yield state, history, "", ""

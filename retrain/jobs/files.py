@@ -110,10 +110,14 @@ def file_content(settings: Settings, record: TrainingFile) -> bytes:
     return path.read_bytes()
 
 
-def delete_file(session: Session, settings: Settings, file_id: str) -> TrainingFile:
-    """Delete a file and its content; refused (409) while a job that has not finished uses it."""
+def delete_file(session: Session, settings: Settings, file_id: str, *, actor: str, admin: bool) -> TrainingFile:
+    """Delete a file and its content: its uploader or an admin may (403 for anyone else: a colleague's
+    reviewed data is not theirs to remove); refused (409) while a job that has not finished uses it."""
 
     record = get_file(session, file_id)
+    if not admin and record.created_by != actor:
+        raise JobForbiddenError(f"{record.id} was uploaded by {record.created_by or 'the system'}; only they or an "
+                                "admin may delete it", "file_id")
     user = session.exec(select(FineTuneJob).where(
         col(FineTuneJob.status).in_(ACTIVE),
         (FineTuneJob.training_file_id == file_id) | (FineTuneJob.validation_file_id == file_id))).first()

@@ -95,7 +95,7 @@ def effective_hyperparameters(job: FineTuneJob) -> dict[str, Any]:
     from dataclasses import asdict
 
 
-    return asdict(TrainConfig.from_dict(job.hyperparameters))
+    return asdict(TrainConfig.from_dict({**job.hyperparameters, "seed": job.seed}))  # as the child will run it
 
 
 def job_object(job: FineTuneJob, fine_tuned_model: str | None = None,
@@ -183,7 +183,8 @@ def get_file_content(file_id: str, session: SessionDep, settings: SettingsDep, _
 
 @router.delete("/v1/files/{file_id}")
 def delete_file(file_id: str, session: SessionDep, settings: SettingsDep, account: StaffAccount):
-    record = file_service.delete_file(session, settings, file_id)
+    record = file_service.delete_file(session, settings, file_id, actor=account.username,
+                                      admin=str(account.role) == "admin")
     audit(session, actor=account.username, action="file.deleted", object_type="file", object_id=record.id,
           filename=record.filename)
     session.commit()

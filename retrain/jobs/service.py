@@ -72,14 +72,14 @@ def _check_queue(session: Session, settings: Settings, actor: str) -> None:
                             f"{settings.max_queued_jobs_per_account}); wait for one to finish or cancel one")
 
 
-def _check_reviewed(record: TrainingFile, actor: str, admin: bool) -> None:
+def _check_reviewed(record: TrainingFile, actor: str, admin: bool, param: str) -> None:
     """An uploaded file is data no second person has read: an admin's job on it is that review,
     a staff member's needs another staff member's approval of the file first."""
     if admin or record.approved_by:
         return
     raise JobForbiddenError(f"file {record.id} (uploaded by {record.created_by or 'unknown'}) has not been "
                             "reviewed: another staff member approves it with POST /v1/files/"
-                            f"{record.id}/approve, or an admin creates the job", "training_file")
+                            f"{record.id}/approve, or an admin creates the job", param)
 
 
 def normalize_hyperparameters(values: dict[str, Any] | None) -> dict[str, Any]:
@@ -142,10 +142,10 @@ def create_job(session: Session, settings: Settings, *, actor: str, model: str |
         raise JobError(f"{parent.id} is a hosted model; continue it with backend='openai'", "model")
     if suffix is not None and len(suffix) > 64:
         raise JobError("suffix must be at most 64 characters", "suffix")
+    if validation_file_id:  # its examples steer the run (the validation loss), so it is reviewed data too
+        _check_reviewed(_require_file(session, validation_file_id, "validation_file"), actor, admin, "validation_file")
     if training_file_id:
-        _check_reviewed(_require_file(session, training_file_id, "training_file"), actor, admin)
-        if validation_file_id:
-            _require_file(session, validation_file_id, "validation_file")
+        _check_reviewed(_require_file(session, training_file_id, "training_file"), actor, admin, "training_file")
     else:
         snapshot_id = _require_snapshot(session, snapshot_id).id
     _check_queue(session, settings, actor)

@@ -19,6 +19,7 @@ HELP = "Commands: /new starts a new conversation, /up or /down [comment] rates t
 class Answer:
     conversation_id: str
     message_id: str
+    conversation_token: str | None = None  # a new anonymous conversation's secret: sent back to continue it
 
 
 class LocalChat:
@@ -36,17 +37,19 @@ class LocalChat:
         if not self.runtime.ready:
             raise ValueError(f"The model could not be loaded: {self.runtime.load_error}")
 
-    def send(self, text: str, conversation_id: str | None) -> Iterator[str | Answer]:
+    def send(self, text: str, conversation_id: str | None, token: str | None = None) -> Iterator[str | Answer]:
         from bot.conversations import start_turn
+        from bot.ownership import Caller
         from engine.protocol import SamplingParams
 
         settings = self.runtime.settings
         params = SamplingParams(max_tokens=self.max_tokens or settings.max_tokens, temperature=settings.temperature,
                                 top_p=settings.top_p, repetition_ngram=settings.repetition_guard_ngram)
         turn = start_turn(self.runtime, messages=[{"role": "user", "content": text}], params=params,
-                          model=self.model, conversation_id=conversation_id, channel="cli", end_user="cli")
+                          model=self.model, conversation_id=conversation_id, channel="cli", end_user="cli",
+                          caller=Caller(token=token))
         yield from turn
-        yield Answer(turn.conversation_id, turn.message_id)
+        yield Answer(turn.conversation_id, turn.message_id, turn.conversation_token)
 
     def rate(self, message_id: str, value: str, comment: str) -> None:
         from feedback.ratings.service import rate_message
@@ -71,9 +74,9 @@ class RemoteChat:
         self.http = httpx.Client(base_url=self.base, timeout=30)
         self.model, self.max_tokens = model or "tuneloop", max_tokens
 
-    def send(self, text: str, conversation_id: str | None) -> Iterator[str | Answer]:
+    def send(self, text: str, conversation_id: str | None, token: str | None = None) -> Iterator[str | Answer]:
         # Only the new message goes out: the server holds the history of conversation_id.
-        extra = {"conversation_id": conversation_id} if conversation_id else None
+        extra = {"conversation_id": conversation_id, "conversation_token": token} if conversation_id else None
         from openai import omit
 
         stream = self.client.chat.completions.create(
@@ -82,7 +85,8 @@ class RemoteChat:
         )
         ids = None
         for chunk in stream:
-            ids = ids or Answer(chunk.model_extra["conversation_id"], chunk.model_extra["message_id"])
+            ids = ids or Answer(chunk.model_extra["conversation_id"], chunk.model_extra["message_id"],
+                                chunk.model_extra.get("conversation_token"))
             for choice in chunk.choices:
                 if choice.delta.content:
                     yield choice.delta.content
@@ -115,7 +119,7 @@ def chat(
     """
     bot = RemoteChat(url, api_key, model, max_tokens) if url else LocalChat(model, max_tokens)
     typer.echo(HELP)
-    conversation_id, last = None, None
+    conversation_id, token, last = None, None, None
     try:
         while True:
             try:
@@ -130,7 +134,7 @@ def chat(
                 if command == "/quit":
                     return
                 if command == "/new":
-                    conversation_id, last = None, None
+                    conversation_id, token, last = None, None, None
                     typer.echo("(new conversation)")
                 elif command in ("/up", "/down") and last is not None:
                     bot.rate(last.message_id, command[1:], rest.strip())
@@ -141,9 +145,10 @@ def chat(
                     typer.echo(HELP)
                 continue
             typer.echo("bot> ", nl=False)
-            for piece in bot.send(line, conversation_id):
+            for piece in bot.send(line, conversation_id, token):
                 if isinstance(piece, Answer):
                     conversation_id, last = piece.conversation_id, piece
+                    token = piece.conversation_token or token
                 else:
                     typer.echo(piece, nl=False)
             typer.echo()

@@ -28,8 +28,11 @@ def validate(file: Path = typer.Argument(..., help="CSV, TSV, XLSX, JSON or JSON
     from tuneloop.core.settings import get_settings
 
     report = validate_file(file, get_settings(), tokenizer=tokenizer)
-    typer.echo(f"{file.name}: {report.n_examples} examples ({report.format}, {report.kind or 'unknown'}), "
-               f"{report.total_tokens} tokens, longest {report.max_tokens} ({report.tokenizer})")
+    if report.format:
+        typer.echo(f"{file.name}: {report.n_examples} examples ({report.format}, {report.kind or 'unknown kind'}), "
+                   f"{report.total_tokens} tokens, longest {report.max_tokens} ({report.tokenizer})")
+    else:  # not even read (a line that is not JSON): counts and a format would be made up
+        typer.echo(f"{file.name}: could not be read as examples")
     for error in report.errors:
         typer.secho(f"  error: {error}", fg=typer.colors.RED)
     for warning in report.warnings:

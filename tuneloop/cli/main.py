@@ -48,6 +48,9 @@ def main() -> None:
     """Run the CLI; expected failures print one line and exit 2."""
     from pydantic import ValidationError
 
+    from tuneloop.ops.private_data import make_private
+
+    make_private()  # before anything under the data directory is created
     try:
         app()
     except CliError as exc:

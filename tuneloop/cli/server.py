@@ -26,11 +26,20 @@ def serve(
     host, port = host or settings.host, port or settings.port
     if fd is not None:
         typer.echo(f"tuneloop: serving on socket fd {fd}  (chat UI at /, API at /v1, docs at /docs)")
-        uvicorn.run("tuneloop.cli.server:asgi_app", factory=True, fd=fd, log_level="info")
+        uvicorn.run("tuneloop.cli.server:asgi_app", factory=True, fd=fd, log_level="info", **proxy_options(settings))
         return
     typer.echo(f"tuneloop: serving on http://{host}:{port}/  (chat UI at /, API at /v1, docs at /docs)")
     uvicorn.run("tuneloop.cli.server:asgi_app", factory=True, host=host, port=port, workers=workers,
-                reload=reload, log_level="info")
+                reload=reload, log_level="info", **proxy_options(settings))
+
+
+def proxy_options(settings) -> dict:
+    """uvicorn's proxy-header options from ``trusted_proxies``. uvicorn itself trusts X-Forwarded-For from
+    127.0.0.1 by default, so any local client (or one behind a proxy it does not know about) could choose
+    its address and with it a fresh rate-limit bucket and sign-in budget; with no trusted proxies the
+    headers are not read at all."""
+    trusted = settings.trusted_proxies.strip()
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
 
 
 def asgi_app():

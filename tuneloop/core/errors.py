@@ -103,6 +103,22 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def generation_error(exc: Exception) -> TuneloopError:
+    """What a failed generation answers: a ``TuneloopError`` is the request's (a token id outside the
+    vocabulary: 400 naming ``logit_bias``) or says itself that it is the server's, and keeps its status;
+    anything else is the server's, 503 so the client may retry. A request's fault must never be a 503:
+    clients retry those, and would send the same bad request again."""
+    if isinstance(exc, TuneloopError):
+        return exc
+    return ApiError(503, f"Generation failed: {exc}", type="server_error")
+
+
+def stream_error_event(exc: Exception) -> str:
+    """``generation_error`` as an SSE event: once a stream's headers are sent, the error goes into it."""
+    error = generation_error(exc)
+    return f"data: {json.dumps(error_body(str(error), error.error_type, error.param, error.code))}\n\n"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """One rendering for every error: the family above, the framework's own HTTP errors (unknown
     routes, wrong methods), request validation (400 naming the field) and anything unexpected (500,
@@ -176,7 +192,8 @@ def install_not_found_routes(app: FastAPI) -> None:
                 return route
         return None
 
-    @app.api_route("/v1/{rest:path}", methods=methods, include_in_schema=False)
+    # HEAD, OPTIONS, TRACE too: otherwise the UI mounted at / answers them, outside the envelope
+    @app.api_route("/v1/{rest:path}", methods=[*methods, "HEAD", "OPTIONS", "TRACE"], include_in_schema=False)
     async def _unknown(request: Request, rest: str):
         path = request.url.path
         this = first_match(request.scope)

@@ -6,7 +6,8 @@ error envelope: 429 ``rate_limit_error`` with ``Retry-After``, 413 ``request_too
 The buckets live in each process's memory: with ``serve --workers N`` a client may get up to N times
 the configured rate in the worst case. A client is its account when it sends a valid API key, otherwise
 its IP address, whatever bearer string it sends (a random one per request must not buy a fresh bucket).
-Behind a reverse proxy, run uvicorn with ``--forwarded-allow-ips`` so that is the real client's address.
+The address is the connection's own unless it comes from one of ``trusted_proxies``, whose
+X-Forwarded-For uvicorn then reads (``tuneloop.cli.server.proxy_options``; docs/deploy.md).
 
 Sign-in forms (``/staff/login``, ``/admin/login``) are throttled per address with exponential backoff
 after a few wrong passwords (``LoginThrottle``).

@@ -209,6 +209,11 @@ class Settings(BaseSettings):
     login_free_attempts: int = Field(5, ge=1, description="Wrong passwords per client address before sign-in "
                                      "attempts back off (1 s, 2 s, 4 s, …).")
     login_max_delay_seconds: float = Field(300.0, gt=0, description="Longest wait between sign-in attempts.")
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses or networks (10.0.0.5, 10.0.0.0/8) of your load balancer or reverse "
+        "proxy: only a connection from one of them may name the client with X-Forwarded-For / X-Forwarded-Proto, "
+        "and that address is what the rate limit and the sign-in throttle count. Empty (default): the headers are "
+        "ignored and the connection's own address counts (docs/deploy.md).")
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest JSON request body; multipart uploads use max_upload_bytes."
     )
