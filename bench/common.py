@@ -19,9 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 OFFTOPIC = ROOT / "examples" / "acme_offtopic.txt"
 
 
-def load_offtopic() -> list[str]:
-    """Shop questions no fact of examples/acme_kb.jsonl answers: a verified reply to one is wrong."""
-    return [line.strip() for line in OFFTOPIC.read_text().splitlines() if line.strip() and not line.startswith("#")]
+def load_offtopic(path: Path = OFFTOPIC) -> list[str]:
+    """Questions about the company that no fact of the knowledge base answers (default: the acme KB's):
+    a verified reply to one is wrong, a handoff is right."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 

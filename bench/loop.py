@@ -4,21 +4,27 @@ Drives running tuneloop processes only through their public HTTP API and the off
 as users would: two API processes on one database (the customer-facing one with correction memory
 on, a second one with memory off, to see what the weights alone say) and one `tuneloop worker`.
 
-Round 1: a customer asks each canonical question of the first N facts of examples/acme_kb.jsonl and
-gives thumbs-down; staff member alice writes the correction from the review queue; bob approves it.
+Round 1: a customer asks each canonical question of the first N facts of a knowledge base (``--kb``,
+default examples/acme_kb.jsonl; telecom_kb.jsonl and saas_kb.jsonl are other trades) and gives thumbs-down; staff member alice writes the correction from the review queue; bob approves it.
 Then "train now" (what the scheduler does on its tick), wait for training and gates, and promote as
 the admin. Round 2 does the same with the next M facts. Measured:
 
 * wall time from the last approval to the promoted version serving, split into snapshot, training,
   gates and swap;
 * the share of held-out paraphrases (never trained on) answered with every key fact, by production
-  before and after, with memory off and on;
-* the general questions (retrain/gates/general/questions.json) answered correctly, before and after;
+  before and after, with memory off and on, per memory outcome (verified, handoff, grounded, none);
+* **wrong-fact replies**: replies to shop questions that state a key fact of a different fact of the
+  KB, or a number, price, duration or contact the right answer does not contain
+  (``retrain.gates.matching.wrong_facts``), per outcome;
+* the KB's off-topic shop questions (no fact answers them): verified (wrong) or handed off;
+* general questions (bench/general_questions.json, 126 with key facts) answered correctly, before and
+  after each round;
 * after round 2, the round-1 corrections still answered correctly (forgetting).
 
-    python bench/loop.py [--round1 40] [--round2 20] [--max-tokens 48]
+    python bench/loop.py [--kb examples/telecom_kb.jsonl] [--round1 40] [--round2 20] [--accept-all]
 
-Writes its section of docs/benchmarks.md, bench/results/loop.json and docs/img/loop.png.
+Writes its section of docs/benchmarks.md (one per KB and arm), bench/results/loop-<kb>.json and
+docs/img/loop-<kb>.png.
 """
 
 from __future__ import annotations
@@ -38,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, load_offtopic, machine, start_server, write_section  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-KB = [json.loads(line) for line in (ROOT / "examples" / "acme_kb.jsonl").read_text().splitlines() if line.strip()]
-GENERAL = json.loads((ROOT / "retrain" / "gates" / "general" / "questions.json").read_text())
+GENERAL = json.loads((ROOT / "bench" / "general_questions.json").read_text())
+KB: list[dict] = []  # the knowledge base of this run (--kb)
 CONCURRENCY = 8
 
 
@@ -97,7 +103,7 @@ class Platform:
         return self.ask("Hello", memory=memory)["system_fingerprint"]
 
 
-def correct(platform: Platform, facts: list[dict], *, phrasings: bool) -> dict:
+def correct(platform: Platform, facts: list[dict], *, phrasings: bool, accept_all: bool = False) -> dict:
     """Customers ask and dislike; alice corrects from the queue, accepting the phrasing suggestions
     correction memory finds in the logs (other customers' wordings of the same question, asked
     earlier); bob approves. Returns how many phrasings were suggested and accepted."""
@@ -111,7 +117,7 @@ def correct(platform: Platform, facts: list[dict], *, phrasings: bool) -> dict:
     while page["has_more"]:  # the review queue, page by page, as the staff page reads it
         page = platform.call("GET", f"/v1/review/queue?limit=100&after={page['next_after']}", "alice")
         queued |= {item["message_id"] for item in page["data"]}
-    accepted = suggested = 0
+    accepted = suggested = withheld = 0
     for fact, answer in zip(facts, answers):
         assert answer["message_id"] in queued, "a disliked answer is missing from the review queue"
         made = platform.call("POST", "/v1/corrections", "alice", json={
@@ -120,8 +126,9 @@ def correct(platform: Platform, facts: list[dict], *, phrasings: bool) -> dict:
             found = platform.call("GET", f"/v1/corrections/{made['id']}/phrasing-suggestions?sources=logs", "alice")
             # alice keeps the suggestions that ask this very question (real customer wording); the
             # benchmark's stand-in for her judgement is the KB's list of wordings of this fact
-            keep = [s["text"] for s in found["data"] if s["text"] in fact["customer_wordings"]]
+            keep = [s["text"] for s in found["data"] if accept_all or s["text"] in fact["customer_wordings"]]
             suggested, accepted = suggested + len(found["data"]), accepted + len(keep)
+            withheld += len(found.get("withheld", []))
             if keep:
                 platform.call("PATCH", f"/v1/corrections/{made['id']}", "alice", json={"alternative_questions": keep})
         submitted = platform.call("POST", f"/v1/corrections/{made['id']}/submit", "alice")
@@ -132,22 +139,50 @@ def correct(platform: Platform, facts: list[dict], *, phrasings: bool) -> dict:
                 raise
             kept = platform.call("POST", f"/v1/corrections/{made['id']}/contacts", "alice", json={"action": "keep"})
             platform.call("POST", f"/v1/corrections/{made['id']}/approve", "bob", json={"etag": kept["etag"]})
-    return {"suggested": suggested, "accepted": accepted, "wordings": sum(len(f["customer_wordings"]) for f in facts)}
+    return {"suggested": suggested, "accepted": accepted, "withheld": withheld,
+            "wordings": sum(len(f["customer_wordings"]) for f in facts)}
 
 
-def instant_fix(platform: Platform, facts: list[dict]) -> dict:
+def instant_fix(platform: Platform, facts: list[dict], offtopic: list[str]) -> dict:
     """Before any training, with memory on: exact questions and held-out rewordings answered with the
-    corrected fact, how many of them verbatim (verified), and off-topic questions answered verified."""
-    out = {}
-    for name, paraphrases in (("exact", False), ("reworded", True)):
-        answers, right = answers_with_key_facts(platform, facts, memory=True, paraphrases=paraphrases)
-        verified = [a.get("memory_outcome") == "verified" for a in answers]
-        out[name] = {"right": sum(right) / len(right), "verified": sum(verified) / len(verified),
-                     "verified_wrong": sum(v and not r for v, r in zip(verified, right))}
-    offtopic = load_offtopic()
+    corrected fact, per outcome, with wrong-fact replies; the KB's off-topic shop questions verified
+    (always wrong) or handed off (right)."""
+    from retrain.gates.matching import stated_details
+
+    out = {name: judged(platform, facts, memory=True, paraphrases=paraphrases)
+           for name, paraphrases in (("exact", False), ("reworded", True))}
     answers = platform.ask_all(offtopic, memory=True)
-    out["offtopic"] = {"n": len(offtopic), "verified": sum(a.get("memory_outcome") == "verified" for a in answers)}
+    outcomes = [a.get("memory_outcome") for a in answers]
+    out["offtopic"] = {"n": len(offtopic), "verified": outcomes.count("verified"), "handoff": outcomes.count("handoff"),
+                       "wrong_fact": sum(bool(stated_details(a["choices"][0]["message"]["content"]))
+                                         for a, o in zip(answers, outcomes) if o != "handoff")}
     return out
+
+
+def judged(platform: Platform, facts: list[dict], *, memory: bool, paraphrases: bool = True) -> dict:
+    """Each fact's paraphrases (or canonical question) asked: the share right (every key fact), and per
+    memory outcome how many replies, right ones and wrong-fact ones."""
+    from retrain.gates.matching import missing_key_facts, wrong_facts
+
+    pairs = [(q, f) for f in facts for q in (f["paraphrases"] if paraphrases else [f["question"]])]
+    answers = platform.ask_all([q for q, _ in pairs], memory=memory)
+    by_outcome: dict[str, dict] = {}
+    right_total = wrong_total = 0
+    for (_, fact), answer in zip(pairs, answers):
+        reply = answer["choices"][0]["message"]["content"]
+        others = [k for other in KB if other["id"] != fact["id"] for k in other["key_facts"]]
+        right = not missing_key_facts(reply, fact["key_facts"])
+        wrong = bool(wrong_facts(reply, fact["answer"], others))
+        counts = by_outcome.setdefault(answer.get("memory_outcome") or "off", {"n": 0, "right": 0, "wrong_fact": 0})
+        counts["n"] += 1
+        counts["right"] += right
+        counts["wrong_fact"] += wrong
+        right_total, wrong_total = right_total + right, wrong_total + wrong
+    n = len(pairs)
+    verified = by_outcome.get("verified", {"n": 0, "right": 0})
+    return {"n": n, "right": right_total / n, "wrong_fact": wrong_total / n, "wrong_fact_n": wrong_total,
+            "verified": verified["n"] / n, "verified_wrong": verified["n"] - verified["right"],
+            "by_outcome": by_outcome}
 
 
 def train_and_promote(platform: Platform) -> dict:
@@ -188,42 +223,38 @@ def train_and_promote(platform: Platform) -> dict:
     }
 
 
-def answers_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool,
-                           paraphrases: bool = True) -> tuple[list[dict], list[bool]]:
-    """Each fact's held-out paraphrases (or its canonical question) asked, and whether each answer
-    holds every key fact."""
+def share_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool, paraphrases: bool = True) -> float:
+    return judged(platform, facts, memory=memory, paraphrases=paraphrases)["right"]
+
+
+def general_share(platform: Platform) -> dict:
+    """bench/general_questions.json asked with memory on (what customers get: a general question must
+    not be handed off) and off; right = every key fact in the reply."""
     from retrain.gates.matching import missing_key_facts
 
-    pairs = [(q, f) for f in facts for q in (f["paraphrases"] if paraphrases else [f["question"]])]
-    answers = platform.ask_all([q for q, _ in pairs], memory=memory)
-    return answers, [not missing_key_facts(a["choices"][0]["message"]["content"], f["key_facts"])
-                     for (_, f), a in zip(pairs, answers)]
-
-
-def share_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool, paraphrases: bool = True) -> float:
-    hits = answers_with_key_facts(platform, facts, memory=memory, paraphrases=paraphrases)[1]
-    return sum(hits) / len(hits)
-
-
-def general_share(platform: Platform) -> float:
-    from retrain.gates.matching import match_answers
-    from tuneloop.core.settings import Settings
-
-    answers = platform.ask_all([q["question"] for q in GENERAL], memory=False)
-    matches = match_answers([a["choices"][0]["message"]["content"] for a in answers], [q["answer"] for q in GENERAL],
-                            [q["key_facts"] for q in GENERAL], threshold=Settings().gate_similarity_threshold)
-    return sum(m.passed for m in matches) / len(matches)
+    out = {"n": len(GENERAL)}
+    for memory in (False, True):
+        answers = platform.ask_all([q["question"] for q in GENERAL], memory=memory)
+        right = sum(not missing_key_facts(a["choices"][0]["message"]["content"], q["key_facts"])
+                    for a, q in zip(answers, GENERAL))
+        out["memory_on" if memory else "memory_off"] = right
+        if memory:
+            out["handoff"] = sum(a.get("memory_outcome") == "handoff" for a in answers)
+    return out
 
 
 def run(args) -> dict:
     from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
 
+    KB[:] = [json.loads(line) for line in args.kb.read_text().splitlines() if line.strip()]
+    offtopic_file = args.kb.with_name(args.kb.name.replace("_kb.jsonl", "_offtopic.txt"))
+    offtopic = load_offtopic(offtopic_file)
     base = Path(args.data_dir) / "models" / "base" / BUNDLED_DIR_NAME
     if not (base / "model.safetensors").is_file():
         convert_gguf(bundled_gguf_path(), base)
     round1, round2 = KB[:args.round1], KB[args.round1:args.round1 + args.round2]
-    results: dict = {"round1": len(round1), "round2": len(round2), "max_tokens": args.max_tokens,
-                     "phrasings": args.phrasings}
+    results: dict = {"kb": args.kb.stem.replace("_kb", ""), "round1": len(round1), "round2": len(round2),
+                     "max_tokens": args.max_tokens, "phrasings": args.phrasings, "accept_all": args.accept_all}
     with tempfile.TemporaryDirectory() as tmp:
         env = {"TUNELOOP_DATA_DIR": tmp, "TUNELOOP_BASE_MODEL": str(base), "TUNELOOP_ADMIN_PASSWORD": "bench-admin",
                "TUNELOOP_RATE_LIMIT_PER_MINUTE": "0", "TUNELOOP_VERSION_POLL_SECONDS": "0.5",
@@ -231,31 +262,30 @@ def run(args) -> dict:
         platform = Platform(env, args.max_tokens)
         try:
             step = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)  # noqa: E731
-            step("before: paraphrases and general questions on the base model")
-            results["before"] = {"paraphrases": share_with_key_facts(platform, round1, memory=False),
+            step(f"{results['kb']}: before: paraphrases and general questions on the base model")
+            results["before"] = {"paraphrases": judged(platform, round1, memory=False),
                                  "general": general_share(platform)}
             step(f"round 1: {len(round1)} customers dislike, alice corrects, bob approves")
-            results["phrasings1"] = correct(platform, round1, phrasings=args.phrasings)
-            results["instant_fix"] = instant_fix(platform, round1)
-            results["memory_only"] = results["instant_fix"]["reworded"]["right"]
+            results["phrasings1"] = correct(platform, round1, phrasings=args.phrasings, accept_all=args.accept_all)
+            results["instant_fix"] = instant_fix(platform, round1, offtopic)
             step("round 1: train now → gates → promote")
             results["round1_loop"] = train_and_promote(platform)
             step(f"round 1 done in {results['round1_loop']['seconds']['total']:.0f}s; measuring")
-            results["after1"] = {"paraphrases_memory_off": share_with_key_facts(platform, round1, memory=False),
-                                 "paraphrases_memory_on": share_with_key_facts(platform, round1, memory=True),
+            results["after1"] = {"memory_off": judged(platform, round1, memory=False),
+                                 "memory_on": judged(platform, round1, memory=True),
                                  "canonical_memory_off": share_with_key_facts(platform, round1, memory=False,
                                                                               paraphrases=False),
                                  "general": general_share(platform)}
             if round2:
                 step(f"round 2: {len(round2)} more corrections")
-                results["phrasings2"] = correct(platform, round2, phrasings=args.phrasings)
+                results["phrasings2"] = correct(platform, round2, phrasings=args.phrasings, accept_all=args.accept_all)
                 results["round2_loop"] = train_and_promote(platform)
                 step(f"round 2 done in {results['round2_loop']['seconds']['total']:.0f}s; measuring")
                 results["after2"] = {
                     "round1_canonical_memory_off": share_with_key_facts(platform, round1, memory=False, paraphrases=False),
-                    "round1_paraphrases_memory_off": share_with_key_facts(platform, round1, memory=False),
-                    "round2_paraphrases_memory_off": share_with_key_facts(platform, round2, memory=False),
-                    "round2_paraphrases_memory_on": share_with_key_facts(platform, round2, memory=True),
+                    "round1_memory_off": judged(platform, round1, memory=False),
+                    "round2_memory_off": judged(platform, round2, memory=False),
+                    "round2_memory_on": judged(platform, round2, memory=True),
                     "general": general_share(platform)}
         finally:
             platform.close()
@@ -270,12 +300,18 @@ def plot(results: dict, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     labels = ["base", "base +\nmemory", "round 1\nweights", "round 1 +\nmemory"]
-    values = [results["before"]["paraphrases"], results["memory_only"], results["after1"]["paraphrases_memory_off"],
-              results["after1"]["paraphrases_memory_on"]]
-    left.bar(labels, [100 * v for v in values], color=["#999", "#9bd", "#48a", "#246"])
+    values = [results["before"]["paraphrases"]["right"], results["instant_fix"]["reworded"]["right"],
+              results["after1"]["memory_off"]["right"], results["after1"]["memory_on"]["right"]]
+    wrong = [results["before"]["paraphrases"]["wrong_fact"], results["instant_fix"]["reworded"]["wrong_fact"],
+             results["after1"]["memory_off"]["wrong_fact"], results["after1"]["memory_on"]["wrong_fact"]]
+    left.bar(labels, [100 * v for v in values], color=["#999", "#9bd", "#48a", "#246"], label="right")
+    left.bar(labels, [-100 * w for w in wrong], color="#c44", label="wrong fact stated")
     left.axhline(90, linestyle="--", color="#a44", linewidth=1)
-    left.set_ylabel("held-out paraphrases with key facts (%)")
-    left.set_ylim(0, 100)
+    left.axhline(0, color="#333", linewidth=0.8)
+    left.set_ylabel("held-out rewordings (%)")
+    left.set_ylim(-50, 100)
+    left.legend(fontsize=8, loc="lower left")
+    left.set_title(f"{results['kb']}", fontsize=9)
     stages = ["snapshot", "training", "gates", "swap"]
     rounds = [k for k in ("round1_loop", "round2_loop") if k in results]
     bottom = [0.0] * len(rounds)
@@ -283,7 +319,6 @@ def plot(results: dict, path: Path) -> None:
         widths = [results[r]["seconds"][stage] for r in rounds]
         right.barh([r.replace("_loop", "") for r in rounds], widths, left=bottom, label=stage)
         bottom = [b + w for b, w in zip(bottom, widths)]
-    right.axvline(300, linestyle="--", color="#a44", linewidth=1)
     right.set_xlabel("seconds from last approval to serving")
     right.legend(fontsize=8)
     fig.tight_layout()
@@ -291,14 +326,28 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _outcomes(judgement: dict) -> str:
+    """"verified 70 (70 right, 0 wrong-fact), handoff 40 (0 / 0), ..." for one judged set."""
+    parts = []
+    for outcome in ("verified", "handoff", "grounded", "none", "off"):
+        c = judgement["by_outcome"].get(outcome)
+        if c:
+            parts.append(f"{outcome} {c['n']} ({c['right']} right, {c['wrong_fact']} wrong-fact)")
+    return "; ".join(parts)
+
+
 def report(results: dict) -> str:
     pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    m = machine()
+    arm = "the author accepts **every** phrasing suggestion offered" if results["accept_all"] else \
+        "the author accepts the suggestions that are the KB's customer wordings of the same fact"
     lines = [
-        "## The loop (`bench/loop.py`)", "",
-        f"Measured {machine()['date']} on {machine()['cores']} CPU cores (torch {machine()['torch']}), SmolLM2-135M-Instruct, "
-        f"default settings, through the HTTP API: round 1 = {results['round1']} corrections, round 2 = "
-        f"{results['round2']} more. Paraphrases are the 3 held-out rewordings per fact in examples/acme_kb.jsonl "
-        "(never trained on); an answer counts when it contains every key fact.", "",
+        f"### {results['kb']}" + (" — every suggestion accepted" if results["accept_all"] else ""), "",
+        f"Measured {m['date']} on {m['cores']} CPU cores (torch {m['torch']}), SmolLM2-135M-Instruct, default settings, "
+        f"through the HTTP API: examples/{results['kb']}_kb.jsonl, round 1 = {results['round1']} corrections, round 2 = "
+        f"{results['round2']} more; {arm}. Rewordings are the 3 held-out paraphrases per fact (never trained on, never "
+        "accepted); right = every key fact; wrong-fact = states another fact's key fact or a number, price, duration or "
+        "contact the right answer does not hold.", "",
         "| round | corrections | snapshot (s) | training (s) | gates (s) | swap (s) | last approval → serving (s) | gates |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -308,32 +357,47 @@ def report(results: dict) -> str:
             verdict = "passed" if results[key]["gates_passed"] else "failed: " + "; ".join(results[key]["gate_reasons"])
             lines.append(f"| {key[:6]} | {n} | {s['snapshot']:.1f} | {s['training']:.0f} | {s['gates']:.0f} | "
                          f"{s['swap']:.1f} | **{s['total']:.0f}** | {verdict} |")
-    if "instant_fix" in results:
-        fix = results["instant_fix"]
-        lines += ["", "Instant fix (approved, not yet trained, memory on): "
-                  f"exact questions {pct(fix['exact']['right'])} right ({pct(fix['exact']['verified'])} verified), "
-                  f"held-out rewordings {pct(fix['reworded']['right'])} right ({pct(fix['reworded']['verified'])} verified, "
-                  f"{fix['reworded']['verified_wrong']} verified but wrong); off-topic questions answered verified: "
-                  f"{fix['offtopic']['verified']} of {fix['offtopic']['n']}."]
-    for key in ("phrasings1", "phrasings2"):
-        if results.get(key) and results.get("phrasings"):
-            ph = results[key]
-            lines.append(f"\nRound {key[-1]}: earlier customers' logged wordings ({ph['wordings']}) gave "
-                         f"{ph['suggested']} phrasing suggestions; staff accepted {ph['accepted']}.")
+    fix = results["instant_fix"]
+    a1 = results["after1"]
     lines += [
-        "", "| held-out paraphrases of round 1 | memory off | memory on |", "|---|---|---|",
-        f"| base model (before) | {pct(results['before']['paraphrases'])} | {pct(results['memory_only'])} (corrections approved, not trained) |",
-        f"| after round 1 | **{pct(results['after1']['paraphrases_memory_off'])}** | **{pct(results['after1']['paraphrases_memory_on'])}** |",
+        "", "| rewordings of round 1 | right | wrong-fact replies | verified wrong | by outcome |", "|---|---|---|---|---|",
+        f"| base model, memory off | {pct(results['before']['paraphrases']['right'])} | "
+        f"{results['before']['paraphrases']['wrong_fact_n']} | — | — |",
+        f"| instant fix (approved, not trained), memory on | **{pct(fix['reworded']['right'])}** | "
+        f"{fix['reworded']['wrong_fact_n']} | {fix['reworded']['verified_wrong']} | {_outcomes(fix['reworded'])} |",
+        f"| after round 1, memory on | **{pct(a1['memory_on']['right'])}** | {a1['memory_on']['wrong_fact_n']} | "
+        f"{a1['memory_on']['verified_wrong']} | {_outcomes(a1['memory_on'])} |",
+        f"| after round 1, weights alone | **{pct(a1['memory_off']['right'])}** | {a1['memory_off']['wrong_fact_n']} | — | — |",
     ]
     if "after2" in results:
         a2 = results["after2"]
-        lines.append(f"| after round 2 | {pct(a2['round1_paraphrases_memory_off'])} | — |")
-        lines += ["", f"Round 2's own paraphrases: {pct(a2['round2_paraphrases_memory_off'])} memory off, "
-                  f"{pct(a2['round2_paraphrases_memory_on'])} memory on. Round-1 canonical questions answered "
-                  f"with their key facts: {pct(results['after1']['canonical_memory_off'])} after round 1, "
-                  f"{pct(a2['round1_canonical_memory_off'])} after round 2 (forgetting: "
-                  f"{max(0, round((results['after1']['canonical_memory_off'] - a2['round1_canonical_memory_off']) * results['round1']))}"
-                  " net corrections lost)."]
+        lines += [f"| after round 2, weights alone | {pct(a2['round1_memory_off']['right'])} | "
+                  f"{a2['round1_memory_off']['wrong_fact_n']} | — | — |",
+                  f"| round 2's own rewordings after round 2, memory on | {pct(a2['round2_memory_on']['right'])} | "
+                  f"{a2['round2_memory_on']['wrong_fact_n']} | {a2['round2_memory_on']['verified_wrong']} | "
+                  f"{_outcomes(a2['round2_memory_on'])} |",
+                  f"| round 2's own rewordings after round 2, weights alone | {pct(a2['round2_memory_off']['right'])} | "
+                  f"{a2['round2_memory_off']['wrong_fact_n']} | — | — |"]
+    lines += ["", f"Exact questions, instant fix: {pct(fix['exact']['right'])} right ({_outcomes(fix['exact'])}). "
+              f"Off-topic shop questions ({fix['offtopic']['n']}, no fact answers them): {fix['offtopic']['verified']} "
+              f"verified (wrong), {fix['offtopic']['handoff']} handed off, {fix['offtopic']['wrong_fact']} other replies "
+              "stating a number or contact."]
+    if "after2" in results:
+        lost = max(0, round((a1['canonical_memory_off'] - results['after2']['round1_canonical_memory_off'])
+                            * results['round1']))
+        lines.append(f"Round-1 exact questions, weights alone: {pct(a1['canonical_memory_off'])} after round 1, "
+                     f"{pct(results['after2']['round1_canonical_memory_off'])} after round 2 ({lost} net lost).")
+    for key in ("phrasings1", "phrasings2"):
+        if results.get(key) and results.get("phrasings"):
+            ph = results[key]
+            lines.append(f"Round {key[-1]}: {ph['suggested']} phrasing suggestions offered from the logs "
+                         f"({ph['wordings']} customer wordings logged), {ph['accepted']} accepted, "
+                         f"{ph.get('withheld', 0)} withheld as asking about another question.")
+    general = [results["before"]["general"], a1["general"]] + ([results["after2"]["general"]] if "after2" in results else [])
+    lines += ["", f"General questions (bench/general_questions.json, {general[0]['n']}), right with memory off: "
+              + " → ".join(str(g["memory_off"]) for g in general) + "; with memory on: "
+              + " → ".join(str(g["memory_on"]) for g in general) + " (handed off: "
+              + " → ".join(str(g["handoff"]) for g in general) + ")."]
     lines += ["", "| gate | " + " | ".join(k[:6] for k in ("round1_loop", "round2_loop") if k in results) + " |",
               "|---|" + "---|" * sum(k in results for k in ("round1_loop", "round2_loop"))]
     for gate in results["round1_loop"]["gates"]:
@@ -349,29 +413,37 @@ def report(results: dict) -> str:
             m = results[key]["train_metrics"]
             lines.append(f"\n{key[:6]} training stopped at step {m.get('stopped_at_step', m.get('steps'))} of at most "
                          f"{m.get('max_steps', '?')} ({m.get('stop_reason', 'no stop rule')}).")
-    general = [results["before"]["general"], results["after1"]["general"]] + (
-        [results["after2"]["general"]] if "after2" in results else [])
-    lines += ["", "General questions answered correctly (gate judge): " + " → ".join(pct(g) for g in general) + ".",
-              "", "![the loop](img/loop.png)"]
+    lines += ["", f"![the loop on {results['kb']}](img/{_name(results)}.png)"]
     return "\n".join(lines)
 
 
+def _name(results: dict) -> str:
+    return f"loop-{results['kb']}" + ("-accept-all" if results["accept_all"] else "")
+
+
 def render(results: dict) -> None:
-    plot(results, ROOT / "docs" / "img" / "loop.png")
-    write_section("loop", report(results), results)
+    plot(results, ROOT / "docs" / "img" / f"{_name(results)}.png")
+    write_section(_name(results), report(results), results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kb", type=Path, default=ROOT / "examples" / "acme_kb.jsonl",
+                        help="knowledge base (JSON lines: question, answer, key_facts, paraphrases, customer_wordings); "
+                             "its off-topic questions are read from the file beside it named *_offtopic.txt")
     parser.add_argument("--round1", type=int, default=40, help="corrections in round 1")
     parser.add_argument("--round2", type=int, default=20, help="corrections in round 2 (0: one round)")
     parser.add_argument("--max-tokens", type=int, default=48, help="answer length when asking questions")
     parser.add_argument("--no-phrasings", dest="phrasings", action="store_false",
                         help="staff accept no alternative phrasings (by default they accept the suggestions found "
-                             "in the logs that are wordings of the same fact: examples/acme_kb.jsonl customer_wordings)")
+                             "in the logs that are wordings of the same fact: the KB's customer_wordings)")
+    parser.add_argument("--accept-all", action="store_true",
+                        help="staff accept every phrasing suggestion offered, as offered")
     parser.add_argument("--data-dir", default=str(ROOT / ".bench-data"),
                         help="keeps the converted base model between runs")
     args = parser.parse_args()
+    if not args.kb.is_file():
+        parser.error(f"--kb {args.kb}: no such file")
     results = run(args)
     results["machine"] = machine()
     render(results)

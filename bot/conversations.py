@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, func, or_
 from sqlmodel import Session, select
 
+from bot.memory import CANNED
 from bot.models import Conversation, Message
 from bot.ownership import ANONYMOUS, Caller, may_access, owner_of_new, token_hash
 from engine.protocol import Completion, SamplingParams
@@ -129,7 +130,7 @@ class ChatTurn:
     channel: str
     source: Iterator[str | Completion] | None = None
     memory_correction_ids: list[str] = field(default_factory=list)
-    memory_outcome: str | None = None  # verified | grounded | none; None when memory is off
+    memory_outcome: str | None = None  # verified | handoff | grounded | none; None when memory is off
     memory_scores: list[dict] = field(default_factory=list)
     store: bool = True  # False (OpenAI's ``store``): nothing is written, the turn leaves no trace
     owner_id: str | None = None  # a new conversation's owner (bot.ownership) ...
@@ -242,9 +243,9 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
     """Validate a chat turn and start decoding it; nothing is written until the answer ends
     (and nothing at all with ``store=False``).
 
-    Correction memory decides the turn's outcome first (``feedback.memory``): ``verified`` streams the
-    approved answer itself, ``grounded`` puts approved answers into the system prompt, ``none`` leaves
-    the model alone. The outcome, the corrections used and the best scores are recorded on the message.
+    Correction memory decides the turn's outcome first (``bot.memory``): ``verified`` streams the
+    approved answer itself, ``handoff`` the honest handoff reply, ``grounded`` puts approved answers
+    into the system prompt, ``none`` leaves the model alone. The outcome, the corrections used and the best scores are recorded on the message.
 
     ``caller`` must be allowed to continue ``conversation_id`` (``bot.ownership``); a new conversation
     becomes its account's, or gets a token (``ChatTurn.conversation_token``) when it has none.
@@ -274,8 +275,9 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
             [m for m in new if m["role"] != "system"]
     params = params or SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature,
                                       top_p=settings.top_p, repetition_ngram=settings.repetition_guard_ngram)
-    decision = runtime.recall(prompt)
-    if decision is not None and decision.outcome == "verified":
+    # a reply held to a grammar (JSON, a required tool call) or with logprobs must be decoded: no memory
+    decision = runtime.recall(prompt, version) if params.grammar is None and params.logprobs is None else None
+    if decision is not None and decision.outcome in CANNED:  # the approved answer, or the handoff reply
         source = runtime.verified(version, prompt, decision.answer, params)
     else:
         source = runtime.stream(version, prompt, params, memory=decision.context if decision else "")

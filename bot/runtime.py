@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from bot.memory import Memory, MemoryDecision
+from bot.choices import start_choices
 from bot.verified import verified_stream
 from engine.backends import engine_for
 from engine.prompting import with_system_prompt, system_with_memory
@@ -45,7 +47,7 @@ class ServingRuntime:
         self.swap_error: str | None = None  # why following the last production change failed, if it did
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
-        self.memory = None  # set by the app: a feedback.memory.CorrectionMemory (decide(messages) -> MemoryDecision)
+        self.memory: Memory | None = None  # set by the app (feedback.memory's CorrectionMemory)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self, *, background: bool = True) -> None:
@@ -120,16 +122,26 @@ class ServingRuntime:
         """The conversation as the engine receives it: system prompt (with memory's context) first."""
         return with_system_prompt(system_with_memory(self.settings.resolved_system_prompt, memory), messages)
 
-    def recall(self, messages: list[dict[str, str]]):
-        """Correction memory's decision for the last user message (a ``feedback.memory.service.MemoryDecision``,
-        or None when memory is off or failed: the model answers alone)."""
+    def recall(self, messages: list[dict[str, str]], version: ModelVersion | None = None) -> MemoryDecision | None:
+        """Correction memory's decision for the last user message, the served ``version``'s weights
+        scoring the candidate answers (None when memory is off or failed: the model answers alone)."""
         if self.memory is None or not self.settings.memory_enabled:
             return None
         try:
-            return self.memory.decide(messages)
+            return self.memory.decide(messages, _VersionScorer(self, version) if version is not None else None)
         except Exception:  # memory is a help, never a reason to fail an answer
             log.exception("correction memory lookup failed; answering without it")
             return None
+
+    def answer_scorer(self, version: ModelVersion | None = None) -> "_VersionScorer | None":
+        """The served weights scoring answers (production's when ``version`` is None; None before a
+        model is loaded): what calibration fits answer selection with."""
+        if version is None:
+            if self.production_id is None:
+                return None
+            with Session(self.db) as session:
+                version = session.get(ModelVersion, self.production_id)
+        return _VersionScorer(self, version)
 
     def verified(self, version: ModelVersion, messages: list[dict[str, str]], answer: str,
                  params: SamplingParams) -> Iterator[str | Completion]:
@@ -142,8 +154,10 @@ class ServingRuntime:
     def stream(
         self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams, *, memory: str = ""
     ) -> Iterator[str | Completion]:
-        """Decode an answer. ``memory`` (from ``recall``) is appended to the system prompt."""
-        return self.engine.stream(version, self.with_system(messages, memory), params)
+        """Decode an answer (``params.n`` of them: ``bot.choices``). ``memory`` (from ``recall``) is
+        appended to the system prompt."""
+        prompt = self.with_system(messages, memory)
+        return start_choices(lambda p: self.engine.stream(version, prompt, p), params)
 
     def stream_prompt(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
         """A legacy completion: the prompt as written, no system prompt, no memory."""
@@ -152,6 +166,18 @@ class ServingRuntime:
     def generate(self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams,
                  *, memory: str = "") -> Completion:
         return self.engine.generate(version, self.with_system(messages, memory), params)
+
+
+class _VersionScorer:
+    """``bot.memory.AnswerScorer``: the engine scoring answers with one version's weights."""
+
+    def __init__(self, runtime: ServingRuntime, version: ModelVersion):
+        self.runtime, self.version = runtime, version
+        self.version_id = version.id
+        self.system_prompt = runtime.settings.resolved_system_prompt
+
+    def __call__(self, conversations: list[list[dict[str, str]]], answers: list[str]):
+        return self.runtime.engine.score_answers(self.version, conversations, answers)
 
 
 __all__ = ["ServingRuntime"]

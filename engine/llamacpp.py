@@ -34,8 +34,10 @@ import numpy as np
 from engine.chat_tokenizer import ChatTokenizer, eos_ids
 from engine.gguf_files import ensure_gguf
 from engine.llamacpp_model import LlamaModel, put_token
-from engine.prompting import PromptTooLongError, raw_prompt_ids, trim_to_budget
-from engine.protocol import Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
+from engine.prompting import PromptTooLongError, raw_prompt_ids, scored_answer_ids, trim_to_budget
+from engine.protocol import AnswerScore, Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
+from engine import logprobs
+from engine.structured import GrammarMask, GrammarVocab
 from engine.text_stream import advance, request_events
 from tuneloop.core.settings import Settings
 
@@ -58,6 +60,40 @@ class _Request:
         self.cancelled = False
         self.rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
         self.reserved = len(prompt_ids) + params.max_tokens
+        self.grammar = GrammarMask(_grammar_vocab(loaded), params.grammar, params.grammar_param) if params.grammar else None
+        self.token_logprobs: list = []
+
+
+class _ScoreRequest:
+    """One answer to score: its conversation's prompt and the answer are fed as one sequence, and the
+    logits at every answer position are read instead of sampled (prompt evaluation only). It shares the
+    decode steps, the sequences and the prompt cache with the chats."""
+
+    def __init__(self, loaded: LlamaModel, prompt_ids: list[int], answer_ids: list[int],
+                 lead: "_ScoreRequest | None" = None):
+        self.loaded, self.prompt_ids = loaded, prompt_ids + answer_ids
+        # answers to one conversation share its prompt: the others start once the lead's prompt is in
+        # the prompt cache, and feed only their answer
+        self.lead = lead
+        self.done = False
+        self.score_from = len(prompt_ids) - 1  # the logits here predict the answer's first token
+        self.cache_ids = self.prompt_ids[:self.score_from + 1]  # what the prompt cache may stand in for
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.seq: int | None = None
+        self.fed = 0
+        self.cancelled = False
+        self.reserved = len(self.prompt_ids)
+        self.logprob, self.tokens = 0.0, len(answer_ids)
+
+    def waits_for_lead(self) -> bool:
+        lead = self.lead
+        return lead is not None and not lead.done and not lead.cancelled and lead.fed <= lead.score_from
+
+    def result(self) -> AnswerScore:
+        kind, value = self.events.get()
+        if kind == "error":
+            raise value
+        return value
 
 
 class LlamaCppEngine:
@@ -135,6 +171,22 @@ class LlamaCppEngine:
         streams = [self.stream(version, messages, params) for messages in conversations]
         return [next(item for item in stream if isinstance(item, Completion)) for stream in streams]
 
+    def score_answers(self, version: ServedVersion, conversations: list[list[dict[str, str]]],
+                      answers: list[str]) -> list[AnswerScore]:
+        """Every pair is one sequence of the next decode steps, fed beside the running chats."""
+        loaded = self.loaded_for(version)
+        context = min(self.settings.context_budget, loaded.max_context)
+        requests, leads = [], {}
+        for messages, answer in zip(conversations, answers, strict=True):
+            key = repr(messages)
+            request = _ScoreRequest(loaded, *scored_answer_ids(loaded.tokenizer, messages, answer, context),
+                                    lead=leads.get(key))
+            leads.setdefault(key, request)
+            requests.append(request)
+        for request in requests:
+            self._queue.put(request)
+        return [request.result() for request in requests]
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
@@ -201,6 +253,7 @@ class LlamaCppEngine:
                 log.exception("llama.cpp decode failed")
                 for request in self._running:
                     request.events.put(("error", exc))
+                    request.done = True
                     request.loaded.release(request.seq, request.reserved)
                     request.loaded.prompt_cache.clear()
                 self._running = []
@@ -213,10 +266,13 @@ class LlamaCppEngine:
             loaded = request.loaded
             if request.cancelled:
                 continue
+            if isinstance(request, _ScoreRequest) and request.waits_for_lead():
+                still_waiting.append(request)
+                continue
             if loaded.free_seqs and loaded.has_room(request.reserved):
                 request.seq = loaded.free_seqs.pop(0)
                 loaded.tokens_reserved += request.reserved
-                request.fed = loaded.prompt_cache.start(request.seq, request.prompt_ids)
+                request.fed = loaded.prompt_cache.start(request.seq, getattr(request, "cache_ids", request.prompt_ids))
                 self._running.append(request)
             else:
                 still_waiting.append(request)
@@ -236,18 +292,26 @@ class LlamaCppEngine:
     def _decode_once(self, loaded: LlamaModel, requests: list[_Request]) -> None:
         """One llama_decode: the next token of each running chat, and prompt tokens of new ones
         (a long prompt is fed over several steps)."""
-        batch, n, wants_logits, prefilled = loaded.batch, 0, [], []
+        batch, n, wants_logits, prefilled, scored, scores_done = loaded.batch, 0, [], [], [], []
         for request in requests:
             if request.fed < len(request.prompt_ids):
                 room = loaded.n_batch - n
                 if room <= 0:
                     continue
                 chunk = request.prompt_ids[request.fed:request.fed + room]
+                scoring = isinstance(request, _ScoreRequest)
                 for offset, token in enumerate(chunk):
-                    put_token(batch, n + offset, token, request.fed + offset, request.seq, False)
+                    position = request.fed + offset
+                    read = scoring and request.score_from <= position < len(request.prompt_ids) - 1
+                    put_token(batch, n + offset, token, position, request.seq, read)
+                    if read:
+                        scored.append((request, n + offset, request.prompt_ids[position + 1]))
                 request.fed += len(chunk)
                 n += len(chunk)
-                if request.fed == len(request.prompt_ids):
+                if scoring:
+                    if request.fed == len(request.prompt_ids):
+                        scores_done.append(request)
+                elif request.fed == len(request.prompt_ids):
                     batch.logits[n - 1] = 1
                     wants_logits.append((request, n - 1))
                     prefilled.append(request)
@@ -263,6 +327,16 @@ class LlamaCppEngine:
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status} (the KV cache is full: lower max_batch_size or "
                                "raise TUNELOOP_LLAMACPP_CONTEXT_TOKENS)")
+        for request, row, target in scored:
+            logits = np.ctypeslib.as_array(loaded.lc.llama_get_logits_ith(loaded.ctx, row), shape=(loaded.n_vocab,))
+            request.logprob += _log_softmax_at(logits, target)
+        for request in {id(r): r for r, _, _ in scored if r.lead is None}.values():
+            if loaded.tokens_reserved + len(request.cache_ids) <= loaded.n_ctx:  # the other answers start here
+                loaded.prompt_cache.remember(request.seq, request.cache_ids)
+        for request in scores_done:
+            self._drop(request)
+            request.done = True
+            request.events.put(("score", AnswerScore(request.logprob, request.tokens)))
         for request in prefilled[-1:]:  # the newest prompt: the likeliest start of the next chat
             if loaded.tokens_reserved + len(request.prompt_ids) <= loaded.n_ctx:
                 loaded.prompt_cache.remember(request.seq, request.prompt_ids)
@@ -289,9 +363,32 @@ class LlamaCppEngine:
             self._retired = keep
 
 
-def _sample(request: _Request, logits: np.ndarray) -> int:
+def _log_softmax_at(logits: np.ndarray, token: int) -> float:
+    values = logits.astype(np.float64)
+    top = values.max()
+    return float(values[token] - top - np.log(np.exp(values - top).sum()))
+
+
+def _grammar_vocab(loaded: LlamaModel) -> GrammarVocab:
+    """The model's vocabulary as constrained decoding reads it (``engine.structured``), made once."""
+    if getattr(loaded, "grammar_vocab", None) is None:
+        loaded.grammar_vocab = GrammarVocab(loaded.lc, loaded.lc.llama_model_get_vocab(loaded.model), loaded.eos_ids)
+    return loaded.grammar_vocab
+
+
+def _sample(request: _Request, raw: np.ndarray) -> int:
+    token = _choose(request, raw)
+    logprobs.record(request, raw, token)
+    if request.grammar is not None:
+        request.grammar.accept(token)
+    return token
+
+
+def _choose(request: _Request, logits: np.ndarray) -> int:
     params = request.params
     logits = _penalised(request, logits)
+    if request.grammar is not None:
+        logits = request.grammar.mask(logits)
     if params.temperature <= 0:
         return int(np.argmax(logits))
     scaled = (logits.astype(np.float64) - logits.max()) / params.temperature

@@ -11,9 +11,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from engine.prompting import PromptTooLongError, raw_prompt_ids, trim_to_budget
-from engine.protocol import Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
-from engine.transformers_engine import LoadedModel, LocalEngine
+from engine.prompting import PromptTooLongError, raw_prompt_ids, scored_answer_ids, trim_to_budget
+from engine.protocol import AnswerScore, Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
+from engine.transformers_engine import LoadedModel, LocalEngine, answer_logprobs
 from tuneloop.core.settings import Settings
 
 
@@ -73,6 +73,16 @@ class TransformersEngine:
                             max_tokens: int) -> tuple[int, Any]:
         loaded = self.loaded_for(version)
         return len(self.encode(loaded, messages, max_tokens)), loaded.tokenizer
+
+    def score_answers(self, version: ServedVersion, conversations: list[list[dict[str, str]]],
+                      answers: list[str]) -> list[AnswerScore]:
+        """All pairs in one padded forward pass on the decode thread, between decode steps."""
+        loaded = self.loaded_for(version)
+        context = min(self.settings.context_budget, loaded.max_context)
+        pairs = [scored_answer_ids(loaded.tokenizer, messages, answer, context)
+                 for messages, answer in zip(conversations, answers, strict=True)]
+        scored = self.decoder.run_exclusive(lambda: answer_logprobs(loaded, pairs))
+        return [AnswerScore(logprob, tokens) for logprob, tokens in scored]
 
     def close(self) -> None:
         if self.decoder is not None:

@@ -87,3 +87,13 @@ def raw_prompt_ids(tokenizer: Any, prompt: str, max_tokens: int, context: int) -
         raise PromptTooLongError(f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}; together they "
                                  f"must fit the context of {context} tokens", param="prompt")  # code: context_length_exceeded
     return ids
+
+
+def scored_answer_ids(tokenizer: Any, messages: list[dict[str, str]], answer: str,
+                      budget: int) -> tuple[list[int], list[int]]:
+    """The prompt ids (trimmed to fit ``budget`` with the answer) and the answer's ids as the template
+    lays out the assistant's turn, end-of-turn marker included: what answer scoring evaluates. The
+    marker counts because an approved answer that *ends* where the question is answered is part of
+    what makes it the right reply."""
+    answer_ids = tokenizer(completion_text(tokenizer, messages, answer), add_special_tokens=False)["input_ids"]
+    return trim_to_budget(tokenizer, messages, max(1, budget - len(answer_ids)))[1], answer_ids

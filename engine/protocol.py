@@ -64,6 +64,21 @@ class Completion:
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
     version_id: str
+    logprobs: list[Any] | None = None  # engine.logprobs.TokenLogprob per token, when asked
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    """How likely the served weights find one answer as the assistant's reply to one conversation:
+    the summed log-probability of its tokens (end-of-turn marker included), from prompt evaluation
+    alone. Correction memory's answer selection compares these (``feedback.memory.selection``)."""
+
+    logprob: float
+    tokens: int
+
+
+class ScoringUnavailableError(RuntimeError):
+    """The engine cannot score answers (an upstream server): selection falls back to retrieval alone."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,12 @@ class Engine(Protocol):
                             max_tokens: int) -> tuple[int, Any]:
         """Tokens of ``messages`` as this engine would feed them (trimmed to fit), and the tokenizer that
         counted them (None where the engine can only estimate: an upstream)."""
+
+    def score_answers(self, version: ServedVersion, conversations: list[list[dict[str, str]]],
+                      answers: list[str]) -> list[AnswerScore]:
+        """For each (conversation, answer) pair, the answer's log-likelihood as the next assistant turn
+        (prompt evaluation only, the pairs batched). Raises ``ScoringUnavailableError`` where the engine
+        has no access to its logits."""
 
     def close(self) -> None:
         """Stop background threads; the engine answers nothing afterwards."""

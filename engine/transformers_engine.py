@@ -302,3 +302,28 @@ def perplexity(loaded: LoadedModel, texts: list[str], max_length: int = 512) -> 
             total_nll += float(out.loss.float()) * n
             total_tokens += n
     return float(torch.exp(torch.tensor(total_nll / max(total_tokens, 1))))
+
+
+def answer_logprobs(loaded: LoadedModel, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, int]]:
+    """For each (prompt ids, answer ids), the summed log-probability of the answer tokens after the
+    prompt: one right-padded forward pass for all pairs (answer scoring for correction memory). Run it
+    through ``LocalEngine.run_exclusive`` when the loaded model is also serving."""
+    if not pairs:
+        return []
+    rows = [prompt + answer for prompt, answer in pairs]
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), loaded.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device)).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+    results = []
+    for i, (prompt, answer) in enumerate(pairs):
+        positions = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1, device=logprobs.device)
+        targets = torch.tensor(answer, device=logprobs.device)
+        results.append((float(logprobs[i, positions, targets].sum()), len(answer)))
+    return results
+

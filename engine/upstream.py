@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 import openai
 
-from engine.protocol import Completion, CompletionsUnavailableError, SamplingParams, ServedVersion
+from engine.protocol import (AnswerScore, Completion, CompletionsUnavailableError, SamplingParams, ScoringUnavailableError,
+                             ServedVersion)
 from tuneloop.core import errors
 from tuneloop.core.settings import Settings
 
@@ -89,6 +90,11 @@ class UpstreamEngine:
                             max_tokens: int) -> tuple[int, Any]:
         """An estimate (about four characters a token): the upstream's tokenizer is not at hand."""
         return max(1, -(-sum(len(m["content"]) for m in messages) // 4)), None
+
+    def score_answers(self, version: ServedVersion, conversations: list[list[dict[str, str]]],
+                      answers: list[str]) -> list[AnswerScore]:
+        """An OpenAI-compatible chat API returns no log-likelihood of a given reply."""
+        raise ScoringUnavailableError("the upstream backend cannot score answers; memory selects by retrieval alone")
 
     def close(self) -> None:
         """Nothing runs in the background."""

@@ -18,11 +18,13 @@ def phrasing_suggestions(correction_id: str, request: Request, _staff: StaffAcco
                          settings: SettingsDep, sources: str = Query("logs,model,teacher",
                                                                      description="comma-separated: logs, model, teacher"),
                          limit: int = Query(10, ge=1, le=50)) -> dict:
-    """Other ways customers ask this correction's question, each routed to it by correction memory;
-    accept them by PATCHing ``alternative_questions``."""
+    """Other ways customers ask this correction's question, each routed to it by correction memory and
+    changing no other correction's answer; accept them by PATCHing ``alternative_questions``.
+    ``withheld`` lists those that would (each with ``asks_about`` and ``reason``)."""
     correction = service.get_correction(session, correction_id)
+    withheld = []
     found, skipped = suggest_phrasings(session, settings, correction, runtime=request.app.state.runtime,
                                        sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
-                                       limit=limit)
+                                       limit=limit, withheld=withheld)
     return {"object": "list", "correction_id": correction.id, "data": [s.as_dict() for s in found],
-            "skipped": skipped}
+            "withheld": [s.as_dict() for s in withheld], "skipped": skipped}

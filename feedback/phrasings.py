@@ -9,6 +9,16 @@ Three sources, each kept only when correction memory would route the phrasing to
   (``memory_verified_margin``);
 * ``teacher``: the distillation teacher (``feedback.distill.teacher``) doing the same, when one is configured.
 
+A phrasing is offered only when accepting it cannot make the bot wrong elsewhere:
+
+* every other approved correction's question and accepted phrasings still retrieve their own
+  correction first with it in the index (``PhrasingRouter.conflicts``); a phrasing that would pull
+  another correction's customers here is withheld, shown as "asks about: <that correction>";
+* a logged question that is waiting in the review queue as a question of its own (its answer was
+  disliked or handed off, and no correction answers it yet) is withheld: it is probably another fact,
+  and staff answer it there. Measured (issue 24): accepted as offered, such suggestions made the bot
+  answer other facts' questions with the wrong approved text, verified.
+
 The author accepts, edits or removes them (``alternative_questions`` on the correction); nothing here
 writes to the database.
 """
@@ -17,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from sqlmodel import Session, col, select
 
 from bot.conversations import served_version
+from bot.memory import HANDOFF
 from bot.models import Message
 from engine.embeddings import embed
 from engine.protocol import SamplingParams
@@ -30,6 +41,7 @@ from feedback.corrections.service import normalized_question
 from feedback.distill.teacher import Teacher
 from feedback.errors import FeedbackError
 from feedback.memory.retrieval import Entry, HybridIndex
+from feedback.ratings.models import Rating
 from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +59,8 @@ class PhrasingSuggestion:
     text: str
     source: str  # logs | model | teacher
     score: float  # combined memory score of this phrasing for the correction
+    asks_about: str | None = None  # withheld: the question of the correction (or queue item) it belongs to
+    reason: str = ""  # withheld: why
 
     def as_dict(self) -> dict:
         return {**asdict(self), "score": round(self.score, 4)}
@@ -84,8 +98,9 @@ class PhrasingRouter:
         entries = [Entry(c.id, c.question, c.answer, tuple(c.alternative_questions or ())) for c in others]
         entries.append(Entry(correction.id, correction.question, correction.answer,
                              tuple(correction.alternative_questions or ())))
+        self._vectors: dict = {}
         self.index = HybridIndex(entries, lexical_weight=settings.memory_lexical_weight,
-                                 answer_weight=settings.memory_answer_weight)
+                                 answer_weight=settings.memory_answer_weight, vector_cache=self._vectors)
         self.known = {normalized_question(t) for c in [*others, correction]
                       for t in (c.question, *(c.alternative_questions or ()))}
 
@@ -107,9 +122,37 @@ class PhrasingRouter:
         return scores[0].score
 
 
+    def conflicts(self, text: str) -> list[str]:
+        """The other corrections whose question or accepted phrasing would retrieve this correction first
+        once ``text`` is one of its phrasings, where it did not before (their questions): what accepting
+        it would change. Each of their texts is held out of the index it is searched in, as calibration
+        does, so it stands for a new customer's wording near it rather than matching itself."""
+        own = self.correction.id
+        entries = [replace(e, alternatives=(*e.alternatives, text)) if e.correction_id == own else e
+                   for e in self.index.entries]
+        added = HybridIndex(entries, lexical_weight=self.settings.memory_lexical_weight,
+                            answer_weight=self.settings.memory_answer_weight, vector_cache=self._vectors)
+        moved = []
+        for doc, doc_text in enumerate(self.index.texts):
+            entry = self.index.entries[self.index.owner[doc]]
+            if self.index.is_answer[doc] or entry.correction_id == own or entry.question in moved:
+                continue
+            vector = self.index.vectors[doc]
+            after = added.search(doc_text, vector=vector, exclude=added.doc_ids(entry.correction_id, doc_text))
+            if after and after[0].correction_id == own:
+                before = self.index.search(doc_text, vector=vector,
+                                           exclude=self.index.doc_ids(entry.correction_id, doc_text))
+                if before[0].correction_id != own:  # a change this phrasing would cause
+                    moved.append(entry.question)
+        return moved
+
+
 def suggest_phrasings(session: Session, settings: Settings, correction: Correction, *, runtime=None,
-                      sources: tuple[str, ...] = SOURCES, limit: int = 10) -> tuple[list[PhrasingSuggestion], dict]:
-    """Suggestions best first, and for each source that gave none, why (``{"teacher": "not configured"}``)."""
+                      sources: tuple[str, ...] = SOURCES, limit: int = 10,
+                      withheld: list[PhrasingSuggestion] | None = None) -> tuple[list[PhrasingSuggestion], dict]:
+    """Suggestions best first, and for each source that gave none, why (``{"teacher": "not configured"}``).
+    Suggestions that routing accepts but that would make the bot wrong elsewhere are appended to
+    ``withheld`` (when given), each with what it asks about."""
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         raise FeedbackError(f"unknown suggestion source(s) {', '.join(unknown)}: use {', '.join(SOURCES)}")
@@ -136,7 +179,39 @@ def suggest_phrasings(session: Session, settings: Settings, correction: Correcti
     unique: dict[str, PhrasingSuggestion] = {}
     for suggestion in sorted(found, key=lambda s: -s.score):
         unique.setdefault(normalized_question(suggestion.text), suggestion)
-    return list(unique.values())[:limit], skipped
+    offered, queued = [], _queued_questions(session, correction)
+    for suggestion in unique.values():
+        if len(offered) >= limit:
+            break
+        if normalized_question(suggestion.text) in queued:
+            suggestion.asks_about, suggestion.reason = suggestion.text, \
+                "waiting in the review queue as a question of its own: answer it there"
+        elif moved := router.conflicts(suggestion.text):
+            suggestion.asks_about, suggestion.reason = moved[0], \
+                f"would route {len(moved)} other correction(s)' customers here"
+        else:
+            offered.append(suggestion)
+            continue
+        if withheld is not None:
+            withheld.append(suggestion)
+    return offered, skipped
+
+
+def _queued_questions(session: Session, correction: Correction) -> set[str]:
+    """Logged user questions (normalised) whose answer was disliked or handed off and that no correction
+    answers yet: each waits in the review queue as a question of its own. The correction's own source
+    question is not among them."""
+    answer = Message.__table__.alias("answer")
+    corrected = select(Correction.message_id).where(Correction.message_id.is_not(None))
+    disliked = select(Rating.message_id).where(Rating.value < 0)
+    rows = session.exec(
+        select(Message.content).join(answer, (answer.c.conversation_id == Message.conversation_id)
+                                     & (answer.c.position == Message.position + 1))
+        .where(Message.role == "user", answer.c.role == "assistant",
+               (answer.c.memory_outcome == HANDOFF) | answer.c.id.in_(disliked),
+               answer.c.id.not_in(corrected))
+        .order_by(col(Message.created_at).desc()).limit(LOG_SCAN_LIMIT)).all()
+    return {normalized_question(t) for t in rows if t} - {normalized_question(correction.question)}
 
 
 def _from_logs(session: Session, router: PhrasingRouter) -> list[PhrasingSuggestion]:

@@ -4,7 +4,9 @@ job, as the scheduler would) → the worker trains a LoRA candidate and runs the
 promotes → the bot now answers with the corrections. Correction memory is off, so what the bot says
 afterwards comes from the weights; the one correction with an accepted alternative phrasing is
 answered in that wording too. Last, the customer-facing default (memory on) answers a rewording
-nobody trained on with the corrected fact."""
+nobody trained on with the corrected fact, selected among the approved answers by the promoted
+weights (verified), and hands off a shop question no correction covers: the customer is told so, and
+the turn waits at the top of the review queue, marked unanswered."""
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +17,7 @@ from tuneloop.core.db import session_scope
 
 PHRASING = "Is there a time limit on returns?"  # accepted on the first correction: trained on
 REWORDED = "Until when can I send something back?"  # never trained on, nor in memory's index
+UNCOVERED = "Do you offer gift wrapping for my order?"  # a shop question no correction answers
 FACTS = [
     ("How long do I have to return an item?", "You can return unused items within 45 days of delivery.", "45 days"),
     ("What is your phone number?", "Call us at 1-800-555-0142.", "1-800-555-0142"),
@@ -96,25 +99,33 @@ def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sql
                 after = ask(customer, question)
                 assert fact in after.choices[0].message.content, (question, after.choices[0].message.content)
                 assert after.system_fingerprint != "fp_tuneloop_v0"
-        reworded = _ask_with_memory(settings, REWORDED)
+        reworded, uncovered, queue = _ask_with_memory(settings, [REWORDED, UNCOVERED], keys["alice"])
         assert FACTS[0][2] in reworded.choices[0].message.content, reworded.choices[0].message.content
-        assert reworded.model_extra["memory_outcome"] in ("verified", "grounded")
+        assert reworded.model_extra["memory_outcome"] == "verified", reworded.model_extra
         assert reworded.system_fingerprint != "fp_tuneloop_v0"  # the promoted version answered
+        assert uncovered.model_extra["memory_outcome"] == "handoff", uncovered.model_extra
+        assert uncovered.choices[0].message.content == settings.memory_handoff_reply
+        first = queue["data"][0]  # staff see it first, marked unanswered, and answer it there
+        assert (first["message_id"], first["reason"]) == (uncovered.model_extra["message_id"], "unanswered")
     finally:
         app.state.runtime.stop()
         app.state.db.dispose()
 
 
-def _ask_with_memory(settings, question: str):
-    """The customer-facing default: a second API process over the same database, memory on."""
+def _ask_with_memory(settings, questions: list[str], staff: dict):
+    """The customer-facing default: a second API process over the same database, memory on. Returns the
+    replies and the first page of the review queue as ``staff`` reads it afterwards."""
     from tuneloop.app import create_app
 
     app = create_app(settings.model_copy(update={"memory_enabled": True}), load_model=False, mount_ui=False)
     app.state.runtime.start(background=False)
     try:
         with TestClient(app) as http:
-            return ask(OpenAI(base_url="http://testserver/v1", api_key="customer", http_client=http, max_retries=0),
-                       question)
+            customer = OpenAI(base_url="http://testserver/v1", api_key="customer", http_client=http, max_retries=0)
+            replies = [ask(customer, question) for question in questions]
+            queue = http.get("/v1/review/queue?limit=5", headers=staff)
+            assert queue.status_code == 200, queue.text
+            return *replies, queue.json()
     finally:
         app.state.runtime.stop()
         app.state.db.dispose()

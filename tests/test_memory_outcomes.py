@@ -1,7 +1,7 @@
-"""Correction memory v2: each user turn is verified (the approved answer itself, streamed like any
-reply, with honest usage), grounded (approved answers in the prompt) or none; the outcome, the
-corrections and their scores are logged on the message; follow-ups never get a canned answer;
-``store: false`` leaves no trace."""
+"""Correction memory: each user turn is verified (the approved answer itself, streamed like any
+reply, with honest usage), handoff (honest "passed to our team", see test_memory_selection.py),
+grounded (approved answers in the prompt) or none; the outcome, the corrections and their scores are
+logged on the message; follow-ups never get a canned answer; ``store: false`` leaves no trace."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from sqlmodel import Session, func, select
 
 from bot.models import Conversation, Message
 from feedback.corrections.service import approve_correction, create_correction, submit_correction
-from feedback.memory.service import GROUNDED, NONE, VERIFIED, CorrectionMemory, classify
-from feedback.memory.retrieval import Scored
+from feedback.memory.service import GROUNDED, HANDOFF, NONE, VERIFIED, CorrectionMemory
 from tuneloop.core.accounts.models import Role
 from tuneloop.core.accounts.service import create_account
 from tuneloop.core.db import session_scope
@@ -23,15 +22,17 @@ KAYAKS = ("Do you rent kayaks?", "Yes, kayaks rent for $40 a day at the Boulder 
 WARRANTY = ("How long is the warranty on tents?", "Tents have a lifetime warranty against manufacturing defects.")
 
 
-def approve(app, *pairs: tuple[str, str]) -> list[str]:
+def approve(app, *pairs: tuple[str, str], alternatives: dict[int, list[str]] | None = None) -> list[str]:
+    """Approve each (question, answer) through the two-person rule; ``alternatives`` by position."""
     settings, db = app.state.settings, app.state.db
     with session_scope(db) as session:
         for name in ("writer", "checker"):
             create_account(session, username=name, password="password-123", role=Role.staff)
     ids = []
     with session_scope(db) as session:
-        for question, answer in pairs:
-            correction = create_correction(session, settings, actor="writer", question=question, answer=answer)
+        for i, (question, answer) in enumerate(pairs):
+            correction = create_correction(session, settings, actor="writer", question=question, answer=answer,
+                                           alternative_questions=(alternatives or {}).get(i, []))
             submit_correction(session, correction.id, actor="writer")
             approve_correction(session, settings, correction.id, actor="checker")
             ids.append(correction.id)
@@ -104,7 +105,8 @@ def test_unrelated_question_is_left_to_the_model(tiny_app, openai_client):
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_verified_switched_off_grounds_the_model_instead(make_settings, tiny_model_dir, database_url):
-    app = _app(make_settings, tiny_model_dir, database_url=database_url, memory_verified_enabled=False)
+    app = _app(make_settings, tiny_model_dir, database_url=database_url, memory_verified_enabled=False,
+               memory_grounded_enabled=True)
     try:
         [returns_id, _] = approve(app, RETURNS, TUNEUP)
         http, client = _client(app)
@@ -118,14 +120,31 @@ def test_verified_switched_off_grounds_the_model_instead(make_settings, tiny_mod
         app.state.runtime.stop()
 
 
-def test_outcome_thresholds_and_runner_up_margin(make_settings):
-    settings = make_settings(memory_verified_threshold=0.6, memory_verified_margin=0.1, memory_threshold=0.4)
-    assert classify([Scored("a", 0.9, 0.9, 1.0), Scored("b", 0.5, 0.5, 0.0)], settings) == VERIFIED
-    assert classify([Scored("a", 0.9, 0.9, 1.0), Scored("b", 0.85, 0.8, 0.5)], settings) == GROUNDED  # no clear lead
-    assert classify([Scored("a", 0.5, 0.5, 0.0)], settings) == GROUNDED
-    assert classify([Scored("a", 0.3, 0.3, 0.0)], settings) == NONE
-    off = make_settings(memory_verified_enabled=False, memory_grounded_enabled=False)
-    assert classify([Scored("a", 0.99, 0.99, 1.0)], off) == NONE
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_each_outcome_is_a_setting(make_settings, database_url):
+    """The same question gets each outcome as the settings allow: verified when selection is confident,
+    else grounded (when on), else handoff (when on), else none; below the topic threshold, none."""
+    from tuneloop.app import prepare_database
+
+    base = dict(database_url=database_url, allow_self_approval=True)
+    engine = prepare_database(make_settings(**base))
+    with session_scope(engine) as session:
+        [tuneup_id, kayaks_id] = [create_correction(session, make_settings(**base), actor="a", question=q, answer=a,
+                                            status="approved").id for q, a in (TUNEUP, KAYAKS)]
+    question = [{"role": "user", "content": "What does a tune-up for my bike cost?"}]
+
+    def outcome(**overrides):
+        decision = CorrectionMemory(make_settings(**base, **overrides), engine).decide(question)
+        return decision.outcome, decision.correction_ids, decision.answer
+
+    assert outcome(memory_verified_probability=0.0) == (VERIFIED, [tuneup_id], TUNEUP[1])
+    assert outcome(memory_verified_probability=1.0, memory_grounded_enabled=True)[:2] == (GROUNDED, [tuneup_id, kayaks_id])
+    handoff = make_settings(**base).memory_handoff_reply
+    assert outcome(memory_verified_probability=1.0) == (HANDOFF, [], handoff)
+    assert outcome(memory_verified_probability=1.0, memory_handoff_enabled=False) == (NONE, [], "")
+    assert outcome(memory_verified_probability=1.0, memory_topic_threshold=1.0) == (NONE, [], "")
+    assert outcome(memory_verified_enabled=False, memory_verified_probability=0.0) == (HANDOFF, [], handoff)
+    engine.dispose()
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -134,8 +153,8 @@ def test_follow_up_never_gets_a_canned_answer(make_settings, database_url):
     after a question about kayaks it must not be."""
     from tuneloop.app import prepare_database
 
-    settings = make_settings(database_url=database_url, memory_verified_threshold=0.25, memory_verified_margin=0.0,
-                             memory_threshold=0.2, allow_self_approval=True)
+    settings = make_settings(database_url=database_url, memory_verified_probability=0.05, memory_topic_threshold=0.2,
+                             memory_max_hits=3, memory_grounded_enabled=True, allow_self_approval=True)
     engine = prepare_database(settings)
     with session_scope(engine) as session:
         ids = [create_correction(session, settings, actor="a", question=q, answer=a, status="approved").id
@@ -210,7 +229,8 @@ def test_decide_and_calibration_endpoints(make_settings, database_url):
         assert http.get("/v1/memory/calibration", headers=as_staff).status_code == 403
         report = http.get("/v1/memory/calibration?target_precision=0.95", headers=as_admin).json()
         assert report["object"] == "memory.calibration" and report["positives"] == 1
-        assert report["target_precision"] == 0.95 and len(report["points"]) == 27
+        assert report["target_precision"] == 0.95 and len(report["points"]) == 18
+        assert not report["fitted"] and report["saved_for"] is None  # one phrasing is too little to fit on
     assert _counts(app) == (0, 0)  # deciding logs nothing
     app.state.db.dispose()
 

@@ -30,10 +30,10 @@ def prepare_database(settings: Settings):
 
     warn_if_exposed(settings.data_dir)
 
-    engine = database.make_engine(settings.database_url)
-    with database.setup_lock(engine):  # several processes may start at once on a blank database
-        schema.upgrade(engine)
-        with database.session_scope(engine) as session:
+    db = database.make_engine(settings.database_url)
+    with database.setup_lock(db):  # several processes may start at once on a blank database
+        schema.upgrade(db)
+        with database.session_scope(db) as session:
             ensure_base_version(session, settings)
             one_time = ensure_first_admin(session, settings.admin_username, settings.admin_password)
     if one_time:
@@ -42,19 +42,19 @@ def prepare_database(settings: Settings):
             "          (shown once; set TUNELOOP_ADMIN_PASSWORD to choose it yourself)",
             flush=True,
         )
-    return engine
+    return db
 
 
 def create_app(settings: Settings | None = None, *, load_model: bool = True, mount_ui: bool = True) -> FastAPI:
     from bot.runtime import ServingRuntime
 
     settings = settings or get_settings()
-    engine = prepare_database(settings)
-    runtime = ServingRuntime(settings, engine)
+    db = prepare_database(settings)
+    runtime = ServingRuntime(settings, db)
     if settings.memory_enabled:
         from feedback.memory.service import CorrectionMemory
 
-        runtime.memory = CorrectionMemory(settings, engine)  # approved corrections help at once
+        runtime.memory = CorrectionMemory(settings, db)  # approved corrections help at once
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, *, load_model: bool = True, mou
     app = FastAPI(title="tuneloop", version=tuneloop.__version__, lifespan=lifespan,
                   dependencies=[Depends(current_account)])
     app.state.settings = settings
-    app.state.db = engine
+    app.state.db = db
     app.state.runtime = runtime
     install_error_handlers(app)
     from tuneloop.ops.observability import install_observability

@@ -1,5 +1,6 @@
-"""The admin page's "Memory" tab: how verified replies would do at each threshold on this deployment's
-data (``feedback.memory.calibration``, the same report as ``tuneloop memory calibrate``)."""
+"""The admin page's "Memory" tab: answer selection fitted on this deployment's data, and how verified
+replies would do at each probability (``feedback.memory.calibration``, the same report as
+``tuneloop memory calibrate``)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from ui.errors import shown_to_user
 def memory_tab(app: FastAPI, sign_in: PageSignIn) -> None:
     settings = app.state.settings
     gr.Markdown(
-        "Verified replies answer with an approved correction's own text when a question matches it confidently. "
-        f"Now: verified {'on' if settings.memory_verified_enabled else 'off'} at "
-        f"{settings.memory_verified_threshold:.3f} (margin {settings.memory_verified_margin:.3f}), grounded "
-        f"{'on' if settings.memory_grounded_enabled else 'off'} at {settings.memory_threshold:.3f}. "
-        "Calibration holds each alternative question out in turn and uses logged questions that no correction "
-        "covers as off-topic.")
+        "Verified replies answer with an approved correction's own text when answer selection is confident it is "
+        f"the right one. Now: verified {'on' if settings.memory_verified_enabled else 'off'} at probability "
+        f"{settings.memory_verified_probability:.2f}, handoff {'on' if settings.memory_handoff_enabled else 'off'}, "
+        f"grounded {'on' if settings.memory_grounded_enabled else 'off'}. "
+        "Calibration holds each alternative question out in turn, uses logged questions that no correction "
+        "covers as negatives, and fits the selector with the production model's scores.")
     with gr.Row():
         target = gr.Number(0.99, label="Target precision (share of verified replies that must be right)",
                            minimum=0.5, maximum=1.0, step=0.005, scale=3)
@@ -38,5 +39,9 @@ def _report(app: FastAPI, target_precision: float) -> str:
     if not 0.0 < target_precision <= 1.0:
         raise gr.Error("The target precision must be between 0 and 1, e.g. 0.99.")
     with shown_to_user(), session_scope(app.state.db) as session:
-        result = calibrate(session, app.state.settings, target_precision=target_precision)
+        runtime = app.state.runtime
+        if runtime.memory is None:
+            raise gr.Error("Correction memory is off: set TUNELOOP_MEMORY_ENABLED=true.")
+        result = calibrate(session, app.state.settings, runtime.memory, scorer=runtime.answer_scorer(),
+                           target_precision=target_precision)
     return f"```\n{format_table(result)}\n```"

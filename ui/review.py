@@ -142,7 +142,8 @@ def _open(app: FastAPI, message_id: str):
     corrections_md = "".join(f"\n- correction by {as_text(c.author)}: {c.status}" for c in item.corrections)
     memory = {"verified": " · **verified reply** (the approved text of "
               f"{as_text(', '.join(item.message.memory_correction_ids))}: edit that correction)",
-              "grounded": f" · grounded on {as_text(', '.join(item.message.memory_correction_ids))}"}.get(
+              "grounded": f" · grounded on {as_text(', '.join(item.message.memory_correction_ids))}",
+              "handoff": " · **handed off** (no approved answer covered it: write one)"}.get(
                   item.message.memory_outcome or "", "")
     details = (f"**{item.reason.replace('_', ' ')}** · {item.status.value} · answered by "
                f"{as_text(item.message.model_version_id)}{memory} · {ratings}{corrections_md}")
@@ -167,11 +168,16 @@ def _suggest(app, sign_in, request, question, answer, current):
     draft = Correction(id="corr_draft", lineage_id="corr_draft", question=question.strip(),
                        answer=(answer or "").strip() or question.strip(), author=account.username,
                        alternative_questions=_lines(current))
+    withheld = []
     with shown_to_user(), session_scope(app.state.db) as session:
-        found, skipped = suggest_phrasings(session, app.state.settings, draft, runtime=app.state.runtime)
+        found, skipped = suggest_phrasings(session, app.state.settings, draft, runtime=app.state.runtime,
+                                           withheld=withheld)
     lines = _lines(current) + [s.text for s in found if s.text not in _lines(current)]
     note = f"{len(found)} suggestion(s) added: " + ", ".join(f"{s.source}" for s in found) if found else \
         "No suggestion routes to this question yet."
+    if withheld:  # what accepting them would have changed
+        note += " Not offered: " + "; ".join(f"“{as_text(s.text)}” asks about: {as_text(s.asks_about)} ({s.reason})"
+                                             for s in withheld)
     if skipped:
         note += " Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())
     return "\n".join(lines), note

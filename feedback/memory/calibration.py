@@ -1,35 +1,44 @@
-"""Calibrating verified replies on this deployment's own data (``tuneloop memory calibrate``).
+"""Fitting answer selection on this deployment's own data (``tuneloop memory calibrate``).
 
 * **Positives**: every approved correction's alternative questions, each held out in turn (leave one
   out: the phrasing is removed from the index it is scored against), so they stand for a customer's
-  new wording of a known question.
+  new wording of a known question; the right answer is their correction's.
 * **Negatives**: logged user questions that no correction covers (not a copy of, and not a
   near-duplicate by ``duplicate_question_threshold`` of, any correction's question or phrasing), plus
   any extra off-topic questions the caller supplies. A verified reply to a negative is always wrong.
 
-For each threshold (with the configured runner-up margin) a phrasing is answered verified when its
-best correction scores at or above it; it is right when that correction is its own. Precision is the
-share of verified replies that were right, recall the share of positives answered verified and right.
-The suggestion is the lowest threshold whose precision meets the target (default 0.99: at most 1% of
-verified replies wrong) and whose off-topic verified rate stays within 1 - target.
+Each question's candidates are scored as serving scores them (``CorrectionMemory.candidates``: the
+served version's weights when a scorer is given) and the logistic selectors are fitted on them
+(``feedback.memory.selection.fit``). For each probability threshold the report counts verified
+replies, right and wrong; the suggestion is the lowest threshold whose precision meets the target
+(default 0.99: at most 1% of verified replies wrong) with at most 1 - target of the negatives
+verified. ``save`` stores the selectors and that threshold for the version they were fitted on:
+each round changes the weights, so a selector belongs to one version.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from sqlmodel import Session, col, select
 
+from bot.memory import AnswerScorer
 from bot.models import Message
 from engine.embeddings import embed
-from feedback.corrections.service import normalized_question, approved_corrections
-from feedback.memory.retrieval import Entry, HybridIndex
+from feedback.corrections.service import approved_corrections, normalized_question
+from feedback.memory.selection import (DEFAULT_SELECTORS, FEATURES, RETRIEVAL_FEATURES, Candidate, Selector,
+                                       SelectorPair, candidates_from, fit, save_selectors)
+from feedback.memory.service import CorrectionMemory
 from tuneloop.core.errors import InvalidInputError
 from tuneloop.core.settings import Settings
 
+log = logging.getLogger(__name__)
+
 NEGATIVE_SCAN_LIMIT = 2000
-THRESHOLDS = tuple(round(0.30 + 0.025 * i, 3) for i in range(27))  # 0.30 .. 0.95
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 20))  # 0.10 .. 0.95
+MIN_POSITIVES, MIN_NEGATIVES = 5, 5  # fewer: the defaults stay, the curve is still reported
 
 
 @dataclass
@@ -48,62 +57,107 @@ class CurvePoint:
 class Calibration:
     positives: int
     negatives: int
-    margin: float
     target_precision: float
+    scored_by_model: bool  # whether the served weights scored the candidates (else retrieval alone)
+    fitted: bool  # False: too little data, the defaults were measured instead
+    selector: dict
     points: list[CurvePoint]
     suggested: CurvePoint | None
-    current: CurvePoint | None  # the point at the configured memory_verified_threshold
+    current: CurvePoint | None  # at the probability serving uses now
+    saved_for: str | None = None  # the version the selectors were stored for
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def calibrate(session: Session, settings: Settings, *, target_precision: float = 0.99, margin: float | None = None,
-              extra_negatives: Sequence[str] = (), thresholds: Sequence[float] = THRESHOLDS) -> Calibration:
+@dataclass(frozen=True)
+class LabelledQuestion:
+    text: str
+    correction_id: str | None  # the right answer's correction; None for a question none covers
+
+
+def calibrate(session: Session, settings: Settings, memory: CorrectionMemory, *, scorer: AnswerScorer | None = None,
+              target_precision: float = 0.99, extra_negatives: Sequence[str] = (), save: bool = False,
+              thresholds: Sequence[float] = THRESHOLDS) -> Calibration:
     if not 0.0 < target_precision <= 1.0:
         raise InvalidInputError("target precision must be in (0, 1], e.g. 0.99 for at most 1% wrong verified replies",
                                 param="target_precision")
-    margin = settings.memory_verified_margin if margin is None else margin
+    memory.refresh(force=True)
     corrections = approved_corrections(session)
-    entries = [Entry(c.id, c.question, c.answer, tuple(c.alternative_questions or ())) for c in corrections]
-    index = HybridIndex(entries, lexical_weight=settings.memory_lexical_weight,
-                        answer_weight=settings.memory_answer_weight)
-    positives = [(c.id, alt) for c in corrections for alt in (c.alternative_questions or ())]
-    negatives = _negatives(session, settings, index, list(extra_negatives))
-    notes = []
-    if not corrections:
-        notes.append("no approved corrections yet: approve some before calibrating")
-    elif not positives:
-        notes.append("no correction has alternative questions: add some (GET /v1/corrections/{id}/phrasing-"
-                     "suggestions) so recall and wrong matches can be measured")
-    if not negatives:
-        notes.append("no logged question outside the corrections: pass off-topic questions with --negatives FILE")
-    pos = [_top_two(index.search(text, exclude=index.doc_ids(cid, text))) + (cid,) for cid, text in positives]
-    neg = [_top_two(index.search(text)) for text in negatives]
-    points = [_point(t, margin, pos, neg) for t in thresholds]
+    positives = [LabelledQuestion(alt, c.id) for c in corrections for alt in (c.alternative_questions or ())]
+    negatives = [LabelledQuestion(t, None) for t in _negatives(session, settings, memory, list(extra_negatives))]
+    notes = _data_notes(corrections, positives, negatives)
+    questions = candidate_rows(memory, positives + negatives, scorer, settings.memory_candidates)
+    scored = any(by_model for _, by_model in questions)
+    rows = [row for candidates, _ in questions for row in candidates]
+    fitted = len(positives) >= MIN_POSITIVES and len(negatives) >= MIN_NEGATIVES
+    pair = DEFAULT_SELECTORS
+    if fitted:
+        pair = SelectorPair(fit(rows, FEATURES) if scored else DEFAULT_SELECTORS.with_model,
+                            fit(rows, RETRIEVAL_FEATURES))
+        for selector in (pair.with_model, pair.retrieval_only):
+            selector.fitted_on = f"{len(positives)} phrasings, {len(negatives)} uncovered questions"
+    else:
+        notes.append(f"fitting needs at least {MIN_POSITIVES} alternative questions and {MIN_NEGATIVES} uncovered "
+                     "questions: the defaults are measured instead")
+    selector = pair.for_scored(scored)
+    outcomes = [_best(selector, candidates) for candidates, _ in questions]
+    n_pos = len(positives)
+    points = [_point(t, outcomes[:n_pos], outcomes[n_pos:]) for t in thresholds]
     good = [p for p in points if p.precision is not None and p.precision >= target_precision
             and (p.offtopic_rate is None or p.offtopic_rate <= 1 - target_precision)]
     suggested = good[0] if good else None
     if points and not good:
         notes.append(f"no threshold reaches precision {target_precision:.2f}: verified replies would be wrong too "
                      "often on this data; add alternative questions or turn verified replies off")
-    current = _point(settings.memory_verified_threshold, margin, pos, neg)
-    return Calibration(len(pos), len(neg), margin, target_precision, points, suggested, current, notes)
+    current = _point(settings.memory_verified_probability, outcomes[:n_pos], outcomes[n_pos:])
+    saved_for = None
+    if save and fitted and scorer is not None:
+        pair.verified_probability = suggested.threshold if suggested else None
+        save_selectors(settings.data_dir, scorer.version_id, pair, {"positives": n_pos, "negatives": len(negatives),
+                                                                    "target_precision": target_precision})
+        memory.forget_selectors()
+        saved_for = scorer.version_id
+    return Calibration(n_pos, len(negatives), target_precision, scored, fitted, selector.as_dict(), points, suggested,
+                       current, saved_for, notes)
 
 
-def _top_two(scores) -> tuple[str | None, float, float]:
-    if not scores:
-        return None, 0.0, 0.0
-    return scores[0].correction_id, scores[0].score, scores[1].score if len(scores) > 1 else 0.0
+def candidate_rows(memory: CorrectionMemory, questions: Sequence[LabelledQuestion], scorer: AnswerScorer | None,
+                   k: int, *, chunk: int = 16) -> list[tuple[list[tuple[Candidate, bool]], bool]]:
+    """Each question's candidates as serving scores them, each labelled with whether it is the right
+    one (a positive's own phrasing held out of the index), and whether the model scored them. The
+    candidates of ``chunk`` questions are scored in one call."""
+    retrieved = [memory.search(q.text, held_out=(q.correction_id, q.text) if q.correction_id else None)[:k]
+                 for q in questions]
+    pmi: list[list[float] | None] = [None] * len(questions)
+    if scorer is not None:
+        try:
+            for start in range(0, len(questions), chunk):
+                turns = [([{"role": "user", "content": q.text}], [s.correction_id for s in r])
+                         for q, r in zip(questions[start:start + chunk], retrieved[start:start + chunk])]
+                pmi[start:start + chunk] = memory.pmi_many(turns, scorer)
+        except Exception as exc:  # noqa: BLE001  (calibration falls back to retrieval, as serving does)
+            log.warning("answer scoring failed (%s); calibrating on retrieval alone", exc)
+            pmi = [None] * len(questions)
+    out = []
+    for q, r, p in zip(questions, retrieved, pmi):
+        candidates = candidates_from([(s.correction_id, s.score) for s in r], p)
+        out.append(([(c, c.correction_id == q.correction_id) for c in candidates], p is not None))
+    return out
 
 
-def _point(threshold: float, margin: float, pos: list, neg: list) -> CurvePoint:
-    def verified(best: float, second: float) -> bool:
-        return best >= threshold and best - second >= margin
+def _best(selector: Selector, candidates: list[tuple[Candidate, bool]]) -> tuple[float, bool]:
+    """The best candidate's probability and whether it is the right answer."""
+    if not candidates:
+        return 0.0, False
+    chance, right = max((selector.probability(c), right) for c, right in candidates)
+    return chance, right
 
-    pos_verified = [(top == own) for top, best, second, own in pos if verified(best, second)]
-    neg_verified = sum(verified(best, second) for _, best, second in neg)
+
+def _point(threshold: float, pos: list[tuple[float, bool]], neg: list[tuple[float, bool]]) -> CurvePoint:
+    pos_verified = [right for chance, right in pos if chance >= threshold]
+    neg_verified = sum(chance >= threshold for chance, _ in neg)
     correct = sum(pos_verified)
     total = len(pos_verified) + neg_verified
     return CurvePoint(
@@ -112,10 +166,23 @@ def _point(threshold: float, margin: float, pos: list, neg: list) -> CurvePoint:
         recall=correct / len(pos) if pos else 0.0, offtopic_rate=neg_verified / len(neg) if neg else None)
 
 
-def _negatives(session: Session, settings: Settings, index: HybridIndex, extra: list[str]) -> list[str]:
+def _data_notes(corrections: list, positives: list, negatives: list) -> list[str]:
+    notes = []
+    if not corrections:
+        notes.append("no approved corrections yet: approve some before calibrating")
+    elif not positives:
+        notes.append("no correction has alternative questions: add some (GET /v1/corrections/{id}/phrasing-"
+                     "suggestions) so recall and wrong matches can be measured")
+    if not negatives:
+        notes.append("no logged question outside the corrections: pass off-topic questions with --negatives FILE")
+    return notes
+
+
+def _negatives(session: Session, settings: Settings, memory: CorrectionMemory, extra: list[str]) -> list[str]:
     """Logged user questions no correction covers, plus ``extra``; each text once."""
     rows = session.exec(select(Message.content).where(Message.role == "user")
                         .order_by(col(Message.created_at).desc()).limit(NEGATIVE_SCAN_LIMIT)).all()
+    index = memory.index
     known = {normalized_question(t) for t in index.texts}
     logged = list(dict.fromkeys(t.strip() for t in rows if t and t.strip() and normalized_question(t) not in known))
     if logged and len(index):
@@ -127,29 +194,32 @@ def _negatives(session: Session, settings: Settings, index: HybridIndex, extra: 
 
 
 def format_table(report: Calibration) -> str:
-    """The curve as a plain-text table, with the suggestion and the configured threshold marked."""
-    lines = [f"positives (held-out alternative questions): {report.positives}   negatives (off-topic): "
-             f"{report.negatives}   margin: {report.margin:.3f}   target precision: {report.target_precision:.3f}",
-             "", f"{'threshold':>9}  {'verified':>8}  {'correct':>7}  {'wrong':>5}  {'precision':>9}  {'recall':>6}  "
-             f"{'off-topic verified':>18}"]
+    """The curve as a plain-text table, with the suggestion and the probability in use marked."""
+    weights = ", ".join(f"{n} {w:+.2f}" for n, w in zip(report.selector["features"], report.selector["weights"]))
+    lines = [f"positives (held-out alternative questions): {report.positives}   negatives (uncovered): "
+             f"{report.negatives}   target precision: {report.target_precision:.3f}",
+             f"selector ({'fitted' if report.fitted else 'defaults'}, "
+             f"{'served model + retrieval' if report.scored_by_model else 'retrieval alone'}): "
+             f"{weights}, bias {report.selector['bias']:+.2f}",
+             "", f"{'probability':>11}  {'verified':>8}  {'correct':>7}  {'wrong':>5}  {'precision':>9}  {'recall':>6}  "
+             f"{'uncovered verified':>18}"]
     for p in report.points:
         mark = "  <- suggested" if report.suggested and p.threshold == report.suggested.threshold else ""
-        lines.append(f"{p.threshold:>9.3f}  {p.verified:>8}  {p.correct:>7}  {p.wrong:>5}  {_pct(p.precision):>9}  "
+        lines.append(f"{p.threshold:>11.3f}  {p.verified:>8}  {p.correct:>7}  {p.wrong:>5}  {_pct(p.precision):>9}  "
                      f"{_pct(p.recall):>6}  {_pct(p.offtopic_rate):>18}{mark}")
     lines.append("")
     c = report.current
     if c is not None:
-        lines.append(f"configured memory_verified_threshold {c.threshold:.3f}: precision {_pct(c.precision)}, "
-                     f"recall {_pct(c.recall)}, off-topic verified {_pct(c.offtopic_rate)}")
+        lines.append(f"configured memory_verified_probability {c.threshold:.3f}: precision {_pct(c.precision)}, "
+                     f"recall {_pct(c.recall)}, uncovered verified {_pct(c.offtopic_rate)}")
     if report.suggested:
-        lines.append(f"suggested: TUNELOOP_MEMORY_VERIFIED_THRESHOLD={report.suggested.threshold:.3f} "
+        lines.append(f"suggested: TUNELOOP_MEMORY_VERIFIED_PROBABILITY={report.suggested.threshold:.3f} "
                      f"(precision {_pct(report.suggested.precision)}, recall {_pct(report.suggested.recall)})")
+    if report.saved_for:
+        lines.append(f"saved: the fitted selectors and that probability now serve version {report.saved_for}")
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-

@@ -1,18 +1,23 @@
 """Correction memory: approved corrections help the next customer before any retraining.
 
 Every approved correction is indexed by its question, its alternative questions and its answer
-(``feedback.memory.retrieval``: dense MiniLM plus BM25). Each user turn gets one outcome:
+(``feedback.memory.retrieval``: dense MiniLM plus BM25). Each user turn gets one of the outcomes that
+``bot.memory`` declares:
 
-* ``verified``: the latest user turn on its own matches one correction confidently (combined score
-  ≥ ``memory_verified_threshold`` and ahead of the runner-up by ``memory_verified_margin``) and does
-  not lean on earlier turns: the reply *is* the approved answer, no model involved;
-* ``grounded``: one or more corrections score ≥ ``memory_threshold``: their answers go into the
-  system prompt and the model answers;
-* ``none``: the model answers alone.
+* the best ``memory_candidates`` retrieved corrections are **candidates**; the served model scores
+  each approved answer given the conversation (``feedback.memory.selection``: pointwise mutual
+  information against a neutral question) and a logistic selector turns retrieval and model scores
+  into the probability that a candidate is the right answer;
+* ``verified``: the best candidate's probability is ≥ ``memory_verified_probability`` and the turn
+  stands on its own: the reply *is* that approved answer, no decoding;
+* otherwise, a question about the company (its best retrieval score ≥ ``memory_topic_threshold``)
+  is ``grounded`` (approved answers in the prompt, only where ``memory_grounded_enabled``) or
+  ``handoff``: an honest "I've passed this to our team" reply, and the turn tops the review queue;
+* ``none``: small talk and general questions, the model alone.
 
 A follow-up ("and how much does that cost?") is never verified: after earlier turns, a short turn
 that refers back (pronouns, a leading "and"/"what about"), or one whose best match changes when the
-previous user turn is read with it, is grounded at most, retrieved with that context.
+previous user turn is read with it, is retrieved with that context and handed off or grounded.
 
 Each API process refreshes its index by polling a cheap fingerprint of the approved set (count and
 latest decision time), so an approval is in effect within seconds everywhere. Gates evaluate
@@ -25,20 +30,22 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
-
 import numpy as np
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from bot.memory import (GROUNDED, HANDOFF, NONE, VERIFIED, AnswerScorer, MemoryDecision, MemoryHit,
+                        memory_context)
 from feedback.corrections.models import Correction, CorrectionStatus
 from feedback.memory.retrieval import Entry, HybridIndex, Scored
+from feedback.memory.selection import NEUTRAL_QUESTION, Candidate, SelectorPair, candidates_from, load_selectors
 from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-VERIFIED, GROUNDED, NONE = "verified", "grounded", "none"
+__all__ = ["CorrectionMemory", "GROUNDED", "HANDOFF", "MemoryDecision", "MemoryHit", "NONE", "VERIFIED",
+           "is_follow_up", "memory_context"]
 LOGGED_SCORES = 3  # how many of the best-scoring corrections a message records
 _REFERRING = {"it", "its", "it's", "that", "that's", "this", "those", "these", "they", "them", "their", "theirs",
               "one", "ones", "he", "she", "him", "her", "same", "else", "too", "also", "instead", "there's"}
@@ -47,61 +54,12 @@ _LEADING_PAIRS = {("what", "about"), ("how", "about"), ("what", "if"), ("and", "
 _WORD_RE = re.compile(r"[a-z0-9']+")
 
 
-@dataclass(frozen=True)
-class MemoryHit:
-    correction_id: str
-    question: str
-    answer: str
-    score: float
-
-
-@dataclass(frozen=True)
-class MemoryDecision:
-    """What memory does for one turn: the outcome, the corrections it used and the best scores."""
-
-    outcome: str = NONE
-    hits: list[MemoryHit] = field(default_factory=list)
-    scores: list[Scored] = field(default_factory=list)
-    reason: str = ""
-
-    @property
-    def answer(self) -> str:
-        """The verified reply (only for outcome ``verified``)."""
-        return self.hits[0].answer if self.outcome == VERIFIED else ""
-
-    @property
-    def context(self) -> str:
-        """What goes into the system prompt (only for outcome ``grounded``)."""
-        return memory_context(self.hits) if self.outcome == GROUNDED and self.hits else ""
-
-    @property
-    def correction_ids(self) -> list[str]:
-        return [hit.correction_id for hit in self.hits]
-
-    def logged_scores(self) -> list[dict]:
-        return [s.as_dict() for s in self.scores[:LOGGED_SCORES]]
-
-
 def is_follow_up(turn: str, *, has_history: bool, max_words: int) -> bool:
     """A short turn after earlier ones that refers back to them (it, that, and ..., what about ...)."""
     words = _WORD_RE.findall(turn.lower())
     if not has_history or not words or len(words) > max_words:
         return False
     return words[0] in _LEADING or tuple(words[:2]) in _LEADING_PAIRS or any(w in _REFERRING for w in words)
-
-
-def classify(scores: list[Scored], settings: Settings) -> str:
-    """The outcome the scores of a stand-alone turn earn (before the follow-up check)."""
-    if not scores:
-        return NONE
-    best = scores[0].score
-    runner_up = scores[1].score if len(scores) > 1 else 0.0
-    if (settings.memory_verified_enabled and best >= settings.memory_verified_threshold
-            and best - runner_up >= settings.memory_verified_margin):
-        return VERIFIED
-    if settings.memory_grounded_enabled and best >= settings.memory_threshold:
-        return GROUNDED
-    return NONE
 
 
 class CorrectionMemory:
@@ -116,6 +74,10 @@ class CorrectionMemory:
         self._vectors: dict[str, np.ndarray] = {}  # text -> vector, so refreshes embed only new texts
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
+        self._selectors: dict = {}
+        self._neutral: dict[str, float] = {}  # answer -> log p(answer | neutral question), for _neutral_version
+        self._neutral_version: str | None = None
+        self._scoring_error = ""
 
     def _current_fingerprint(self, session: Session) -> tuple:
         count, latest = session.exec(
@@ -156,11 +118,13 @@ class CorrectionMemory:
             self._rows = {e.correction_id: (e.question, e.answer) for e in entries}
             self._fingerprint = fingerprint
 
-    def search(self, query: str) -> list[Scored]:
+    def search(self, query: str, *, held_out: tuple[str, str] | None = None) -> list[Scored]:
+        """Every correction scored for ``query``, best first. ``held_out`` (correction id, text) leaves
+        that phrasing out of the index (calibration's leave-one-out)."""
         self.refresh()
         with self._lock:
             index = self._index
-        return index.search(query)
+        return index.search(query, exclude=index.doc_ids(*held_out) if held_out else ())
 
     def _hits(self, scores: list[Scored], limit: int) -> list[MemoryHit]:
         return [MemoryHit(s.correction_id, *self._rows[s.correction_id], s.score)
@@ -177,37 +141,103 @@ class CorrectionMemory:
         hits = self.lookup(question)
         return (memory_context(hits), [hit.correction_id for hit in hits]) if hits else ("", [])
 
-    def decide(self, messages: list[dict[str, str]]) -> MemoryDecision:
+    def decide(self, messages: list[dict[str, str]], scorer: AnswerScorer | None = None) -> MemoryDecision:
         """The outcome for the last user message of ``messages`` (see the module docstring)."""
         users = [m["content"] for m in messages if m["role"] == "user"]
         if not self.settings.memory_enabled or not users or not users[-1].strip():
             return MemoryDecision()
         turn, previous = users[-1], users[-2] if len(users) > 1 else ""
-        alone = self.search(turn)
-        outcome, reason = classify(alone, self.settings), ""
-        scores = alone
-        if previous and (outcome == VERIFIED or is_follow_up(turn, has_history=True,
-                                                             max_words=self.settings.memory_followup_max_words)):
-            with_context = self.search(f"{previous} {turn}")
+        scores, reason = self.search(turn), ""
+        if previous:
             follow_up = is_follow_up(turn, has_history=True, max_words=self.settings.memory_followup_max_words)
-            moved = bool(alone and with_context and with_context[0].correction_id != alone[0].correction_id)
+            with_context = self.search(f"{previous} {turn}") if scores else []
+            moved = bool(scores and with_context and with_context[0].correction_id != scores[0].correction_id)
             if follow_up or moved:
                 reason = "follow-up: leans on earlier turns" if follow_up else "follow-up: context changes the match"
                 scores = with_context
-                outcome = classify(with_context, self.settings)
-                if outcome == VERIFIED:
-                    outcome = GROUNDED if self.settings.memory_grounded_enabled else NONE
-        if outcome == VERIFIED:
-            return MemoryDecision(VERIFIED, self._hits(scores, 1) or [MemoryHit(
-                scores[0].correction_id, *self._rows[scores[0].correction_id], scores[0].score)], scores, reason)
-        if outcome == GROUNDED:
-            return MemoryDecision(GROUNDED, self._hits(scores, self.settings.memory_max_hits), scores, reason)
-        return MemoryDecision(NONE, [], scores, reason)
+        if not scores:
+            return MemoryDecision()
+        retrieved = scores[:self.settings.memory_candidates]
+        candidates, scored = self.candidates(messages, retrieved, scorer)
+        selectors = self.selectors(scorer.version_id if scorer else None)
+        chances = [selectors.for_scored(scored).probability(c) for c in candidates]
+        order = sorted(range(len(candidates)), key=lambda i: -chances[i])
+        logged = [{**s.as_dict(), "pmi": round(c.pmi, 4), "probability": round(p, 4)}
+                  for s, c, p in zip(retrieved, candidates, chances)][:LOGGED_SCORES]
+        best = order[0]
+        if not reason and self.settings.memory_verified_enabled \
+                and chances[best] >= (selectors.verified_probability or self.settings.memory_verified_probability):
+            return MemoryDecision(VERIFIED, [self._hit(retrieved[best])], logged, reason or "selected")
+        if retrieved[0].score < self.settings.memory_topic_threshold:
+            return MemoryDecision(NONE, [], logged, reason or "not about the company")
+        if self.settings.memory_grounded_enabled:
+            hits = [self._hit(retrieved[i]) for i in order[:self.settings.memory_max_hits]]
+            return MemoryDecision(GROUNDED, hits, logged, reason or "no answer selected with confidence")
+        if self.settings.memory_handoff_enabled:
+            return MemoryDecision(HANDOFF, [], logged, reason or "no approved answer covers it with confidence",
+                                  reply=self.settings.memory_handoff_reply)
+        return MemoryDecision(NONE, [], logged, reason)
 
+    @property
+    def index(self) -> HybridIndex:
+        with self._lock:
+            return self._index
 
-def memory_context(hits: list[MemoryHit]) -> str:
-    """The text added to the system prompt: verified answers the model should rely on."""
-    lines = ["Verified answers from our support team (use them when they answer the question):"]
-    for hit in hits:
-        lines.append(f"Q: {hit.question}\nA: {hit.answer}")
-    return "\n".join(lines)
+    def forget_selectors(self) -> None:
+        """Read the selectors again at the next turn (calibration stored new ones)."""
+        self._selectors = {}
+
+    def selectors(self, version_id: str | None) -> SelectorPair:
+        """The selectors calibrated for this version (``tuneloop memory calibrate``), else the defaults;
+        read once per version and process."""
+        if version_id not in self._selectors:
+            self._selectors = {version_id: load_selectors(self.settings.data_dir, version_id)}
+        return self._selectors[version_id]
+
+    def _hit(self, scored: Scored) -> MemoryHit:
+        return MemoryHit(scored.correction_id, *self._rows[scored.correction_id], scored.score)
+
+    def candidates(self, messages: list[dict[str, str]], retrieved: list[Scored],
+                    scorer: AnswerScorer | None) -> tuple[list[Candidate], bool]:
+        """The candidates with their PMI when the served model can score them (True), else retrieval alone."""
+        pairs = [(s.correction_id, s.score) for s in retrieved]
+        if scorer is None:
+            return candidates_from(pairs), False
+        try:
+            pmi = self.pmi(messages, [s.correction_id for s in retrieved], scorer)
+        except Exception as exc:  # scoring is a help: an engine that cannot, or failed, leaves retrieval
+            if str(exc) != self._scoring_error:
+                log.warning("answer scoring unavailable (%s); selecting by retrieval alone", exc)
+                self._scoring_error = str(exc)
+            return candidates_from(pairs), False
+        return candidates_from(pairs, pmi), True
+
+    def pmi(self, messages: list[dict[str, str]], correction_ids: list[str], scorer: AnswerScorer) -> list[float]:
+        """Per answer token, how much likelier the conversation makes each answer than a neutral
+        question does. The neutral scores depend only on the answer and the weights: computed once
+        per version and answer."""
+        return self.pmi_many([(messages, correction_ids)], scorer)[0]
+
+    def pmi_many(self, turns: list[tuple[list[dict[str, str]], list[str]]], scorer: AnswerScorer) -> list[list[float]]:
+        """``pmi`` for many (conversation, candidate ids) at once, all answers in one scoring call (what
+        calibration and the benchmarks score)."""
+        system = [{"role": "system", "content": scorer.system_prompt}]
+        if self._neutral_version != scorer.version_id:
+            self._neutral, self._neutral_version = {}, scorer.version_id
+        conversations, answers = [], []
+        for messages, correction_ids in turns:
+            conversation = system + [m for m in messages if m["role"] != "system"]
+            for cid in correction_ids:
+                conversations.append(conversation)
+                answers.append(self._rows[cid][1])
+        missing = list(dict.fromkeys(a for a in answers if a not in self._neutral))
+        neutral = system + [{"role": "user", "content": NEUTRAL_QUESTION}]
+        results = scorer(conversations + [neutral] * len(missing), answers + missing)
+        for answer, score in zip(missing, results[len(answers):]):
+            self._neutral[answer] = score.logprob
+        flat = [(score.logprob - self._neutral[a]) / max(1, score.tokens) for a, score in zip(answers, results)]
+        out, start = [], 0
+        for _, correction_ids in turns:
+            out.append(flat[start:start + len(correction_ids)])
+            start += len(correction_ids)
+        return out

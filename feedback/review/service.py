@@ -15,19 +15,20 @@ from typing import Any
 from sqlalchemy import case, literal
 from sqlmodel import Session, col, func, or_, select
 
+from bot.memory import HANDOFF
 from bot.models import Message
 from feedback.corrections.models import Correction
 from feedback.decisions import ReviewDecision, ReviewStatus, mark_message
-from feedback.errors import NotFoundError
+from feedback.errors import FeedbackNotFoundError
 from feedback.ratings.models import Rating
 
-THUMBS_DOWN, FLAGGED, SAMPLED = "thumbs_down", "flagged", "sampled"
+UNANSWERED, THUMBS_DOWN, FLAGGED, SAMPLED = "unanswered", "thumbs_down", "flagged", "sampled"
 
 
 @dataclass
 class ReviewItem:
     message: Message
-    reason: str  # thumbs_down | flagged | sampled
+    reason: str  # unanswered | thumbs_down | flagged | sampled
     status: ReviewStatus
     conversation: list[Message] = field(default_factory=list)  # every turn up to and including the answer
     ratings: list[Rating] = field(default_factory=list)
@@ -52,13 +53,14 @@ def review_queue(session: Session, *, status: ReviewStatus | None = ReviewStatus
                       func.sum(case((Rating.comment != "", 1), else_=0)).label("comments"))
                .group_by(Rating.message_id).subquery())
     downs, comments = func.coalesce(ratings.c.downs, 0), func.coalesce(ratings.c.comments, 0)
-    priority = case((downs > 0, 0), (comments > 0, 1), else_=2)
+    handed_off = Message.memory_outcome == HANDOFF
+    priority = case((handed_off, 0), (downs > 0, 1), (comments > 0, 2), else_=3)
     review_status = func.coalesce(ReviewDecision.status, literal(ReviewStatus.open.value))
     query = (select(Message, priority.label("priority"), review_status.label("review_status"))
              .outerjoin(ratings, ratings.c.message_id == Message.id)
              .outerjoin(ReviewDecision, ReviewDecision.message_id == Message.id)
              .where(Message.role == "assistant"))
-    flagged = or_(downs > 0, comments > 0)
+    flagged = or_(handed_off, downs > 0, comments > 0)
     if sample_unrated > 0:
         query = query.where(or_(flagged, Message.id < _sample_bound(sample_unrated)))
     else:
@@ -73,7 +75,7 @@ def review_queue(session: Session, *, status: ReviewStatus | None = ReviewStatus
         query = query.where(Message.model_version_id == model_version_id)
     query = query.order_by(priority, col(Message.created_at).desc(), col(Message.id)).offset(offset).limit(limit + 1)
     rows = session.exec(query).all()
-    reasons = {0: THUMBS_DOWN, 1: FLAGGED, 2: SAMPLED}
+    reasons = {0: UNANSWERED, 1: THUMBS_DOWN, 2: FLAGGED, 3: SAMPLED}
     items = [ReviewItem(message=m, reason=reasons[int(p)], status=ReviewStatus(s)) for m, p, s in rows[:limit]]
     _attach_details(session, items)
     has_more = len(rows) > limit
@@ -84,7 +86,7 @@ def review_item(session: Session, message_id: str) -> ReviewItem:
     """One assistant answer with its conversation, ratings and corrections (queued or not)."""
     message = session.get(Message, message_id)
     if message is None or message.role != "assistant":
-        raise NotFoundError(f"no assistant message {message_id!r}; pick one from GET /v1/review/queue")
+        raise FeedbackNotFoundError(f"no assistant message {message_id!r}; pick one from GET /v1/review/queue")
     values = [r.value for r in session.exec(select(Rating).where(Rating.message_id == message_id)).all()]
     decision = session.get(ReviewDecision, message_id)
     item = ReviewItem(message=message, reason=THUMBS_DOWN if any(v < 0 for v in values) else FLAGGED,
@@ -92,6 +94,8 @@ def review_item(session: Session, message_id: str) -> ReviewItem:
     _attach_details(session, [item])
     if not any(r.comment for r in item.ratings) and not any(v < 0 for v in values):
         item.reason = SAMPLED
+    if message.memory_outcome == HANDOFF:
+        item.reason = UNANSWERED
     return item
 
 

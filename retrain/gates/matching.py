@@ -46,6 +46,44 @@ def missing_key_facts(answer: str, key_facts: Sequence[str]) -> list[str]:
     return [fact for fact in key_facts if normalise(fact) and normalise(fact) not in normalised]
 
 
+_STATED_RE = re.compile(  # a number with its unit or currency, an e-mail address, a phone number, a web address
+    r"[$€£]\d[\d.]*|\d[\d.]*\s*(?:%|percent|pounds?|lbs?|kg|gb|mb|tb|minutes?|hours?|days?|weeks?|months?|years?"
+    r"|business days?|am|pm|p\.m\.|a\.m\.)?|[\w.+-]+@[\w-]+\.[\w.]+|\+?\d[\d\s().-]{6,}\d|(?:https?://|www\.)\S+")
+
+
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+
+
+def stated_details(text: str) -> set[str]:
+    """The checkable details a reply states: numbers (with their unit or currency), e-mail addresses,
+    phone numbers, web addresses; normalised as key facts are."""
+    return {_SPACES_RE.sub(" ", m.group(0)).strip().rstrip(".") for m in _STATED_RE.finditer(normalise(text))}
+
+
+def wrong_facts(reply: str, right_answer: str, other_key_facts: Sequence[str]) -> list[str]:
+    """What ``reply`` states that is wrong for a question whose approved answer is ``right_answer``:
+    a key fact of another correction that the right answer does not hold (facts mixed between
+    corrections), or a number, price, duration or contact the right answer does not contain (an
+    invented detail). Empty for a reply that is right, or that states nothing checkable (a handoff)."""
+    right = normalise(right_answer)
+    said = normalise(reply)
+    mixed = [fact for fact in other_key_facts if normalise(fact) and normalise(fact) in said
+             and normalise(fact) not in right]
+    invented = sorted(d for d in stated_details(reply)
+                      if not _holds(right, d) and not any(d in normalise(fact) for fact in mixed))
+    return list(dict.fromkeys(mixed + invented))
+
+
+def _holds(right: str, detail: str) -> bool:
+    """Whether the (normalised) right answer states ``detail``: verbatim, or for a number with another
+    unit wording ("7 days" for "7 business days"), the same number."""
+    if detail in right:
+        return True
+    number = _NUMBER_RE.search(detail)
+    return "@" not in detail and "/" not in detail and number is not None \
+        and number.group(0) in _NUMBER_RE.findall(right)
+
+
 @dataclass
 class MatchResult:
     similarity: float

@@ -148,18 +148,35 @@ class Settings(BaseSettings):
     gate_max_tokens: int = Field(96, ge=8, description="Longest answer generated per gate question (tokens).")
 
     # --- correction memory ---------------------------------------------------------------------
-    memory_enabled: bool = Field(True, description="Correction memory at all (verified and grounded replies).")
+    memory_enabled: bool = Field(True, description="Correction memory at all (verified, handoff and grounded replies).")
     memory_verified_enabled: bool = Field(
-        True, description="Reply with an approved answer itself when the latest user turn confidently matches it.")
+        True, description="Reply with an approved answer itself when answer selection is confident it is the right one.")
+    memory_verified_probability: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Probability (the answer selector's, feedback.memory.selection) at or above which the best "
+        "candidate is the reply. Chosen on three knowledge bases (docs/memory.md); refit the selector on your own "
+        "data with `tuneloop memory calibrate`.")
+    memory_candidates: int = Field(
+        5, ge=1, le=20, description="Best retrieved corrections the served model scores for each turn.")
+    memory_handoff_enabled: bool = Field(
+        True, description="A question about the company that no approved answer covers with confidence gets "
+        "memory_handoff_reply and tops the review queue, instead of a reply the model would have to guess.")
+    memory_handoff_reply: str = Field(
+        "I'm not sure about that, so I've passed your question to our team. A colleague will answer you here soon.",
+        min_length=1, max_length=1000, description="The honest reply of a handed-off turn.")
+    memory_topic_threshold: float = Field(
+        0.30, ge=0.0, le=1.0,
+        description="Best retrieval score at or above which a question is about the company (handed off when no "
+        "answer is selected); below it the model answers alone (small talk, general questions).")
     memory_grounded_enabled: bool = Field(
-        True, description="Give plausible approved answers to the model as context (the model still answers).")
+        False, description="Give plausible approved answers to the model as context where none was selected, "
+        "instead of handing off. Off by default: the 135M model mixed facts of two answers (docs/memory.md).")
     memory_verified_threshold: float = Field(
         0.55, ge=0.0, le=1.0,
-        description="Combined score (feedback.retrieval) at or above which a turn gets the verified answer. "
-        "Measured on examples/acme_kb.jsonl (bench/memory.py): no off-topic question of 60 scores above 0.51; "
-        "exact questions score 0.8-0.9. Measure it on your data with `tuneloop memory calibrate`.")
+        description="Retrieval score a generated phrasing suggestion needs for its own correction "
+        "(feedback.phrasings).")
     memory_verified_margin: float = Field(
-        0.05, ge=0.0, le=1.0, description="How far the best correction must score ahead of the runner-up for verified.")
+        0.05, ge=0.0, le=1.0, description="How far a generated phrasing must score ahead of the runner-up correction.")
     memory_threshold: float = Field(
         0.40, ge=0.0, le=1.0,
         description="Combined score at or above which an approved correction is given to the model as context "
