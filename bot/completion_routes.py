@@ -47,7 +47,7 @@ async def _sse(stream: Iterator, objects: completions.TextCompletionFactory, inc
                 done = item
             else:
                 yield f"data: {objects.delta(item).model_dump_json()}\n\n"
-        yield f"data: {objects.delta('', done.finish_reason).model_dump_json()}\n\n"
+        yield f"data: {objects.delta('', done.finish_reason, done).model_dump_json()}\n\n"
         if include_usage:
             yield f"data: {objects.usage(done).model_dump_json()}\n\n"
     except Exception as exc:  # noqa: BLE001  (headers are sent: the error goes into the stream)

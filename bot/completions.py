@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bot.logprobs import CompletionLogprobs, completion_logprobs
 from bot.protocol import StreamOptions, Usage, check_logit_bias, fingerprint
 from engine.prompting import PromptTooLongError
 from engine.protocol import Completion, SamplingParams
@@ -34,7 +35,8 @@ class CompletionRequest(BaseModel):
     echo: bool | None = None
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5, description="Each token's log-probability and this many "
+                                 "likeliest alternatives.")
     max_tokens: int | None = Field(None, ge=1)
     n: int | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -101,7 +103,7 @@ class CompletionRequest(BaseModel):
             top_p=defaults.top_p if self.top_p is None else self.top_p,
             stop=[s for s in stop if s], seed=self.seed,
             frequency_penalty=self.frequency_penalty or 0.0, presence_penalty=self.presence_penalty or 0.0,
-            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()}, logprobs=self.logprobs,
         )
 
 
@@ -109,7 +111,7 @@ class CompletionRequest(BaseModel):
 class CompletionChoice(BaseModel):
     text: str
     index: int = 0
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -135,11 +137,15 @@ class TextCompletionFactory:
                            system_fingerprint=fingerprint(version_id))
 
     def whole(self, done: Completion) -> TextCompletion:
-        return TextCompletion(**self.common, choices=[CompletionChoice(text=done.text, finish_reason=done.finish_reason)],
-                              usage=Usage.of(done.prompt_tokens, done.completion_tokens))
+        choice = CompletionChoice(text=done.text, finish_reason=done.finish_reason,
+                                  logprobs=completion_logprobs(done.logprobs))
+        return TextCompletion(**self.common, choices=[choice], usage=Usage.of(done.prompt_tokens, done.completion_tokens))
 
-    def delta(self, text: str, finish_reason: str | None = None) -> TextCompletion:
-        return TextCompletion(**self.common, choices=[CompletionChoice(text=text, finish_reason=finish_reason)])
+    def delta(self, text: str, finish_reason: str | None = None, done: Completion | None = None) -> TextCompletion:
+        """A chunk of a stream; the last (``done`` given) carries every token's logprobs, when asked."""
+        logprobs = completion_logprobs(done.logprobs) if done is not None else None
+        return TextCompletion(**self.common, choices=[CompletionChoice(text=text, finish_reason=finish_reason,
+                                                                       logprobs=logprobs)])
 
     def usage(self, done: Completion) -> TextCompletion:
         return TextCompletion(**self.common, choices=[], usage=Usage.of(done.prompt_tokens, done.completion_tokens))

@@ -2,8 +2,8 @@
 
 Fields are in the order of the spec (https://platform.openai.com/docs/api-reference/chat). Our
 extensions are fenced in a commented block at the end of each model. Only what tuneloop serves is
-declared; unknown request fields are ignored, as OpenAI-compatible servers usually do, except those
-whose silent dropping would change the answer (``n > 1``, ``logprobs``, tools), which are rejected.
+declared; a request field this server cannot honour, or does not know, is refused (400 naming it)
+rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ import time
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from bot.choices import MAX_CHOICES
+from bot.logprobs import ChoiceLogprobs
+from bot.response_format import ResponseFormat
+from bot.tools import MAX_PARALLEL_CALLS, NamedToolChoice, Tool, ToolCall, ToolChoice, ToolUse, call_text, tool_use
 from engine.protocol import SamplingParams
 from tuneloop.core.errors import ParamError
 from tuneloop.core.settings import Settings
@@ -43,17 +47,23 @@ def check_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
 class ChatMessage(BaseModel):
     """One message. ``content`` is a string or a list of text parts (``[{"type": "text", "text": …}]``),
     which is joined into one string; other part types (images, audio, files) are rejected.
-    ``developer`` is OpenAI's newer name for ``system`` and is treated as such."""
+    ``developer`` is OpenAI's newer name for ``system`` and is treated as such. An assistant message
+    may carry ``tool_calls`` (its content may then be null) and a ``tool`` message answers one
+    (``bot.tools`` writes both into the text the model reads)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("content", mode="before")
     @classmethod
     def _join_text_parts(cls, value: Any) -> Any:
+        if value is None:  # allowed for an assistant message that only calls tools (below)
+            return value
         if not isinstance(value, list):
             if not isinstance(value, str):
                 raise ValueError("content must be a string or a list of text parts")
@@ -71,8 +81,16 @@ class ChatMessage(BaseModel):
     def _developer_is_system(cls, value: str) -> str:
         return "system" if value == "developer" else value
 
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> "ChatMessage":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content must be a string or a list of text parts (null only for an assistant "
+                             "message with tool_calls)")
+        return self
+
     def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+        calls = [call_text(c.function.name, c.function.arguments) for c in self.tool_calls or []]
+        return {"role": self.role, "content": "\n".join([self.content] * bool(self.content) + calls)}
 
 
 class StreamOptions(BaseModel):
@@ -90,12 +108,7 @@ REFUSED_CHAT_PARAMETERS: dict[str, tuple[tuple[Any, ...], str]] = {
     "modalities": ((None, ["text"]), "only the text modality is served"),
     "prediction": ((None,), "predicted outputs are not supported"),
     "reasoning_effort": ((None,), "this model does not reason in hidden steps; leave reasoning_effort unset"),
-    "response_format": ((None, {"type": "text"}), "only text answers are served ({'type': 'text'}); JSON mode "
-                        "and JSON schemas are not enforced by this server"),
     "service_tier": ((None, "auto", "default"), "there is one service tier: 'auto' (or 'default')"),
-    "tool_choice": ((None, "none"), "tool calling is not supported"),
-    "tools": ((None, []), "tool calling is not supported; send the request without tools"),
-    "top_logprobs": ((None, 0), "log probabilities are not supported"),
     "verbosity": ((None,), "verbosity applies to reasoning models; leave it unset"),
     "web_search_options": ((None,), "web search is not supported"),
 }
@@ -114,18 +127,18 @@ class ChatCompletionRequest(BaseModel):
     function_call: Any = None
     functions: Any = None
     logit_bias: dict[str, float] | None = None
-    logprobs: Any = None
+    logprobs: bool | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens.")
     metadata: Any = None
     modalities: Any = None
-    n: int | None = None
-    parallel_tool_calls: bool | None = Field(None, description="Accepted: without tools it changes nothing.")
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES, description="Choices decoded together; choice 0 is stored.")
+    parallel_tool_calls: bool | None = Field(None, description=f"Default true: up to {MAX_PARALLEL_CALLS} calls a reply.")
     prediction: Any = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     prompt_cache_key: str | None = Field(None, description="Accepted: a caching hint that never changes the answer.")
     reasoning_effort: Any = None
-    response_format: Any = None
+    response_format: ResponseFormat | None = None
     safety_identifier: str | None = Field(None, description="End-user id when ``user`` is not sent.")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     service_tier: Any = None
@@ -137,9 +150,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    tool_choice: Any = None
-    tools: Any = None
-    top_logprobs: Any = None
+    tool_choice: ToolChoice | None = None
+    tools: list[Tool] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = Field(None, description="End-user id; conversations are stored under it.")
     verbosity: Any = None
@@ -155,12 +168,36 @@ class ChatCompletionRequest(BaseModel):
         "without it, conversation_id is not found.")
     # -------------------------------------------------------------------------------------------
 
+    _grammar: str | None = PrivateAttr(None)
+
     @model_validator(mode="after")
     def _refuse_what_cannot_be_served(self) -> "ChatCompletionRequest":
         for name, (accepted, why) in REFUSED_CHAT_PARAMETERS.items():
             if getattr(self, name) not in accepted:
                 raise ParamError(name, why)
         return self
+
+    @model_validator(mode="after")
+    def _choose_grammar(self) -> "ChatCompletionRequest":
+        """The grammar the reply is held to: a required tool call's, or response_format's (not both)."""
+        if self.top_logprobs and not self.logprobs:
+            raise ParamError("top_logprobs", "top_logprobs needs logprobs: true")
+        names = [t.function.name for t in self.tools or []]
+        if self.tool_choice not in (None, "none", "auto") and not names:
+            raise ParamError("tool_choice", "tool_choice asks for a call but the request has no tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ParamError("tool_choice", f"no tool is named {self.tool_choice.function.name!r}")
+        use = self.tool_use
+        formatted = self.response_format.grammar if self.response_format else None
+        if use is not None and use.required and formatted:
+            raise ParamError("response_format", "a reply that must call a tool cannot also be response_format's "
+                             "JSON; drop one of them")
+        self._grammar = (use.grammar() if use else None) or formatted
+        return self
+
+    @property
+    def tool_use(self) -> ToolUse | None:
+        return tool_use(self.tools, self.tool_choice, self.parallel_tool_calls)
 
     @property
     def end_user(self) -> str | None:
@@ -169,8 +206,8 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("messages")
     @classmethod
     def _ends_with_user(cls, value: list[ChatMessage]) -> list[ChatMessage]:
-        if value[-1].role != "user":
-            raise ValueError("the last message must come from the user")
+        if value[-1].role not in ("user", "tool"):
+            raise ValueError("the last message must come from the user (or a tool, answering a call)")
         return value
 
     @field_validator("logit_bias")
@@ -196,7 +233,13 @@ class ChatCompletionRequest(BaseModel):
             frequency_penalty=self.frequency_penalty or 0.0,
             presence_penalty=self.presence_penalty or 0.0,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
-            repetition_ngram=defaults.repetition_guard_ngram,
+            # a grammar's JSON repeats itself by design ("}, {" …): the repetition guard would cut it
+            repetition_ngram=0 if self._grammar else defaults.repetition_guard_ngram,
+            grammar=self._grammar,
+            grammar_param="response_format" if self.response_format and self.response_format.grammar else "tool_choice",
+            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+            response_format=self.response_format.as_sent() if self.response_format else None,
+            n=self.n or 1,
         )
 
 
@@ -219,14 +262,15 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str
 
 
@@ -253,15 +297,20 @@ class ChatCompletion(BaseModel):
     # -------------------------------------------------------------------------------------------
 
 
+class ToolCallDelta(ToolCall):
+    index: int
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -295,12 +344,14 @@ class ChunkFactory:
                            system_fingerprint=fingerprint(version_id), conversation_id=conversation_id,
                            message_id=message_id, conversation_token=conversation_token)
 
-    def delta(self, content: str, *, first: bool = False) -> ChatCompletionChunk:
-        delta = Delta(role="assistant", content=content) if first else Delta(content=content)
-        return ChatCompletionChunk(**self.common, choices=[ChunkChoice(delta=delta)])
+    def delta(self, content: str | None, *, first: bool = False, index: int = 0, logprobs: ChoiceLogprobs | None = None,
+              tool_calls: list[ToolCall] | None = None) -> ChatCompletionChunk:
+        calls = [ToolCallDelta(index=i, **call.model_dump()) for i, call in enumerate(tool_calls)] if tool_calls else None
+        delta = Delta(role="assistant" if first else None, content=content, tool_calls=calls)
+        return ChatCompletionChunk(**self.common, choices=[ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
 
-    def finish(self, reason: str) -> ChatCompletionChunk:
-        return ChatCompletionChunk(**self.common, choices=[ChunkChoice(delta=Delta(), finish_reason=reason)])
+    def finish(self, reason: str, index: int = 0) -> ChatCompletionChunk:
+        return ChatCompletionChunk(**self.common, choices=[ChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
 
     def usage(self, usage: Usage) -> ChatCompletionChunk:
         return ChatCompletionChunk(**self.common, choices=[], usage=usage)

@@ -15,7 +15,10 @@ from sqlalchemy import text
 from sqlmodel import Session
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from bot import conversations, protocol
+from bot import chat_replies, conversations, protocol
+from bot.choices import close_others, drain, other_choices
+from bot.tools import with_tools
+from engine.protocol import Completion
 from bot.ownership import Caller, owner_of_new
 from registry import versions
 from registry.checkpoints import checkpoint_adapters, checkpoint_name
@@ -35,23 +38,14 @@ def chat_completions(body: protocol.ChatCompletionRequest, request: Request, acc
     turn = _start(runtime, body, Caller.of(account, body.conversation_token))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _SSEResponse(_sse(turn, body.model, include_usage), media_type="text/event-stream",
+        return _SSEResponse(_sse(turn, body, include_usage), media_type="text/event-stream",
                             headers={"Cache-Control": "no-cache"})
     try:
         turn.wait()
+        others = [drain(stream) for stream in other_choices(turn.source)]
     except Exception as exc:  # recorded with finish_reason "error"
         raise generation_error(exc) from exc
-    done = turn.completion
-    return protocol.ChatCompletion(
-        id=protocol.completion_id(), created=int(time.time()), model=body.model,
-        choices=[protocol.Choice(message=protocol.AssistantMessage(content=turn.text),
-                                 finish_reason=turn.finish_reason)],
-        usage=protocol.Usage.of(done.prompt_tokens, done.completion_tokens),
-        system_fingerprint=protocol.fingerprint(turn.version.id),
-        conversation_id=_stored_ids(turn)[0], message_id=_stored_ids(turn)[1],
-        memory_correction_ids=turn.memory_correction_ids, memory_outcome=turn.memory_outcome,
-        conversation_token=turn.conversation_token,
-    )
+    return chat_replies.whole_completion(turn, others, body.model, body.tool_use, _stored_ids(turn))
 
 
 def _stored_ids(turn: conversations.ChatTurn) -> tuple[str | None, str | None]:
@@ -65,33 +59,39 @@ def _stored_ids(turn: conversations.ChatTurn) -> tuple[str | None, str | None]:
 def _start(runtime, body: protocol.ChatCompletionRequest, caller: Caller) -> conversations.ChatTurn:
     """Validate and start the turn; every refusal here happens before anything is stored (each error
     names its param: model, conversation_id, messages; 503 while the model loads)."""
+    messages = with_tools([m.as_dict() for m in body.messages], body.tool_use, runtime.settings.resolved_system_prompt)
     return conversations.start_turn(
-        runtime, messages=[m.as_dict() for m in body.messages], params=body.to_sampling_params(runtime.settings),
+        runtime, messages=messages, params=body.to_sampling_params(runtime.settings),
         model=body.model, conversation_id=body.conversation_id, end_user=body.end_user, channel="api",
         store=body.store is not False, caller=caller,
     )
 
 
-async def _sse(turn: conversations.ChatTurn, model: str, include_usage: bool) -> AsyncIterator[str]:
-    """OpenAI's stream: a role chunk, content chunks, a finish chunk, optionally a usage chunk, [DONE].
-    The blocking decode runs in worker threads; if the client goes away, the turn is closed (and
-    recorded with finish_reason "abort") by the response below."""
-    chunks = protocol.ChunkFactory(model, turn.version.id, *_stored_ids(turn), turn.conversation_token)
+async def _sse(turn: conversations.ChatTurn, body: protocol.ChatCompletionRequest,
+               include_usage: bool) -> AsyncIterator[str]:
+    """OpenAI's stream: per choice (one after the other) a role chunk, content chunks (or tool-call
+    deltas), a finish chunk; optionally a usage chunk; [DONE]. The blocking decode runs in worker
+    threads; if the client goes away, the turn is closed (and recorded with finish_reason "abort")
+    by the response below."""
+    chunks = protocol.ChunkFactory(body.model, turn.version.id, *_stored_ids(turn), turn.conversation_token)
     stream_started()
     try:
-        yield _event(chunks.delta("", first=True))
-        async for delta in iterate_in_threadpool(turn):
-            yield _event(chunks.delta(delta))
-        yield _event(chunks.finish(turn.finish_reason))
+        done = []
+        for index, stream in enumerate(chat_replies.choice_streams(turn)):
+            async for chunk in iterate_in_threadpool(chat_replies.choice_chunks(chunks, index, stream, body.tool_use)):
+                if isinstance(chunk, Completion):
+                    done.append(chunk)
+                else:
+                    yield _event(chunk)
         if include_usage:
-            done = turn.completion
-            yield _event(chunks.usage(protocol.Usage.of(done.prompt_tokens, done.completion_tokens)))
+            yield _event(chunks.usage(protocol.Usage.of(done[0].prompt_tokens, sum(d.completion_tokens for d in done))))
     except Exception as exc:  # headers are sent: the error goes into the stream, as OpenAI does
         yield stream_error_event(exc)
     finally:
         stream_ended()
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(turn.close)
+            await run_in_threadpool(close_others, turn.source)
     yield "data: [DONE]\n\n"
 
 

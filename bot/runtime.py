@@ -148,8 +148,8 @@ class ServingRuntime:
         """Stream the approved ``answer`` as the reply (``bot.verified``), counting tokens as decoding would."""
         prompt_tokens, tokenizer = self.engine.count_prompt_tokens(version, self.with_system(messages),
                                                                    params.max_tokens)
-        return verified_stream(answer, params, prompt_tokens=prompt_tokens, version_id=version.id,
-                               tokenizer=tokenizer)
+        return start_choices(lambda p: verified_stream(answer, p, prompt_tokens=prompt_tokens, version_id=version.id,
+                                                       tokenizer=tokenizer), params)
 
     def stream(
         self, version: ModelVersion, messages: list[dict[str, str]], params: SamplingParams, *, memory: str = ""

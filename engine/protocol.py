@@ -42,6 +42,11 @@ class SamplingParams:
     presence_penalty: float = 0.0  # minus penalty once a token was generated at all
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id → added to its logit
     repetition_ngram: int = 10  # greedy only: stop before a repeated sentence or a repeated run of this many tokens; 0 off
+    grammar: str | None = None  # GBNF the reply must match (engine.structured), e.g. a JSON schema's
+    grammar_param: str = "response_format"  # the request field a grammar the engine cannot apply is blamed on
+    logprobs: int | None = None  # None: none; k: each token's log-probability and its k likeliest alternatives
+    response_format: dict | None = None  # OpenAI's, as sent: what an upstream server enforces itself
+    n: int = 1  # answers to one request: the serving runtime starts n streams (bot.choices); an engine decodes one
 
     @property
     def adjusts_logits(self) -> bool:

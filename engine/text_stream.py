@@ -92,12 +92,16 @@ def finish(request: Any, reason: str, text: str | None = None) -> bool:
                 text = text[: text.find(stop)]
     emit(request, text)
     request.finish_reason = reason
+    if getattr(request, "grammar", None) is not None:
+        request.grammar.close()
+    logprobs = getattr(request, "token_logprobs", None)
     request.events.put((
         "done",
         Completion(
             text=request.emitted, prompt_tokens=len(request.prompt_ids),
             completion_tokens=len(request.generated) + (1 if reason == "stop" else 0),
             finish_reason=reason, version_id=request.loaded.spec.id,
+            logprobs=logprobs[:len(request.generated)] if request.params.logprobs is not None else None,
         ),
     ))
     return False

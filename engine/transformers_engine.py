@@ -17,11 +17,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import cached_property
 from typing import Any
 
 import torch
 
-from engine import text_stream
+from engine import logprobs, structured, text_stream
 from engine.chat_tokenizer import end_of_reply_ids, padding_id
 from engine.decode_state import DecodeState
 from engine.modelstore import ModelNotFoundError
@@ -57,6 +58,11 @@ class LoadedModel:
         self.eos_ids = end_of_reply_ids(model.generation_config.eos_token_id, tokenizer)
         self.pad_id = padding_id(tokenizer, self.eos_ids)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
+
+    @cached_property
+    def grammar_vocab(self) -> structured.GrammarVocab:
+        """llama.cpp's view of this tokenizer's vocabulary, for constrained decoding (``engine.structured``)."""
+        return structured.vocab_for_tokenizer(self.tokenizer, self.eos_ids)
 
     @classmethod
     def load(cls, spec: VersionSpec, *, device: str = "auto", dtype: str = "auto") -> "LoadedModel":
@@ -95,6 +101,9 @@ class _Request:
         if params.temperature > 0:
             self.generator = torch.Generator(device=loaded.device)
             self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        self.grammar = (structured.GrammarMask(loaded.grammar_vocab, params.grammar, params.grammar_param)
+                        if params.grammar else None)
+        self.token_logprobs: list = []
 
 
 class _Job:
@@ -130,10 +139,12 @@ class LocalEngine:
     def stream(
         self, prompt_ids: list[int], params: SamplingParams, loaded: LoadedModel | None = None
     ) -> Iterator[str | Completion]:
-        """Yield text deltas as they are decoded, then one final Completion."""
+        """Text deltas as they are decoded, then one final Completion. The request is queued now, not at
+        the first ``next``: streams started together decode together (n choices), and a request the
+        engine refuses (a grammar it cannot apply) raises here."""
         request = _Request(loaded or self._current, prompt_ids, params)
         self._queue.put(request)
-        yield from text_stream.request_events(request.events)
+        return text_stream.request_events(request.events)
 
     def generate(
         self, prompt_ids: list[int], params: SamplingParams, loaded: LoadedModel | None = None
@@ -259,10 +270,22 @@ class LocalEngine:
                 active += range(first, first + len(joiners))
 
     @staticmethod
-    def _sample(request: _Request, logits: torch.Tensor) -> int:
+    def _sample(request: _Request, raw: torch.Tensor) -> int:
+        token = LocalEngine._choose(request, raw)
+        if request.params.logprobs is not None:
+            logprobs.record(request, raw.float().cpu().numpy(), token)
+        if request.grammar is not None:
+            request.grammar.accept(token)
+        return token
+
+    @staticmethod
+    def _choose(request: _Request, logits: torch.Tensor) -> int:
         params = request.params
         if params.adjusts_logits:
             logits = LocalEngine._adjusted(request, logits)
+        if request.grammar is not None:
+            allowed = request.grammar.mask(logits.float().cpu().numpy())
+            logits = torch.from_numpy(allowed).to(logits.device)
         if params.temperature <= 0:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits.float() / params.temperature, dim=-1)

@@ -126,6 +126,7 @@ class UpstreamEngine:
                params: SamplingParams) -> Iterator[str | Completion]:
         """Send the request now (so a refusal raises here, before any answer starts); the returned
         iterator yields text deltas, then one Completion."""
+        _refuse_unrelayed(params)
         try:
             try:
                 chunks = self._create(version, messages, params)
@@ -145,6 +146,7 @@ class UpstreamEngine:
             stream_options={"include_usage": True}, max_tokens=params.max_tokens,
             temperature=params.temperature, top_p=params.top_p, stop=params.stop or None,
             seed=params.seed, **_logit_controls(params),
+            **({"response_format": params.response_format} if params.response_format else {}),
         )
 
     # --- LoRA adapters (vLLM) ----------------------------------------------------------------------
@@ -238,6 +240,16 @@ def _translate(exc: openai.APIStatusError) -> Exception:
     if exc.status_code in (400, 413, 422):
         return UpstreamRejectedError(f"The upstream model server rejected the request: {message}")
     return UpstreamUnavailableError(f"The upstream model server answered {exc.status_code}: {message}")
+
+
+def _refuse_unrelayed(params: SamplingParams) -> None:
+    """What this engine does not relay is a 400 naming it: log-probabilities, and grammars of ours (tool
+    calls); ``response_format`` itself is passed on for the upstream to enforce."""
+    if params.logprobs is not None:
+        raise errors.InvalidInputError("the upstream engine does not relay log-probabilities; leave logprobs unset",
+                                param="logprobs")
+    if params.grammar and not params.response_format:
+        raise errors.InvalidInputError("the upstream engine cannot constrain decoding here", param=params.grammar_param)
 
 
 def _logit_controls(params: SamplingParams) -> dict:

@@ -30,9 +30,9 @@ def test_unknown_routes_and_methods_are_in_the_envelope(client):
 
 
 @pytest.mark.parametrize(("override", "param", "needle"), [
-    ({"n": 2}, "n", "only n=1"),
-    ({"logprobs": True}, "logprobs", "not supported"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+    ({"n": 9}, "n", "less than or equal to 8"),
+    ({"top_logprobs": 2}, "top_logprobs", "needs logprobs: true"),
+    ({"tool_choice": "required"}, "tool_choice", "has no tools"),
     ({"temperature": 3}, "temperature", "less than or equal to 2"),
     ({"seed": 2**63}, "seed", "less than or equal to"),
     ({"messages": [{"role": "assistant", "content": "Hi"}]}, "messages", "last message must come from the user"),

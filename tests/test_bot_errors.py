@@ -32,7 +32,7 @@ BAD_REQUESTS = [
     ({"temperature": -0.1}, 400, "temperature"),
     ({"top_p": 0}, 400, "top_p"),
     ({"top_p": 1.5}, 400, "top_p"),
-    ({"n": 2}, 400, "n=1"),
+    ({"n": 9}, 400, "less than or equal to 8"),
     ({"messages": [{"role": "user", "content": "refund " * 3000}]}, 400, "context budget"),
     ({"model": "gpt-17"}, 404, "does not exist"),
     ({"model": ""}, 404, "The model '' does not exist"),  # was served by production

@@ -62,7 +62,7 @@ def test_completions_against_production_and_refusals(client):
                                        top_p=0.9)
     assert answer.choices[0].finish_reason in ("stop", "length") and answer.usage.completion_tokens <= 4
     assert answer.system_fingerprint == "fp_tuneloop_v0"
-    for extra, param in [({"n": 2}, "n"), ({"echo": True}, "echo"), ({"logprobs": 2}, "logprobs"),
+    for extra, param in [({"n": 2}, "n"), ({"echo": True}, "echo"), ({"logprobs": 6}, "logprobs"),
                          ({"suffix": "x"}, "suffix"), ({"best_of": 3}, "best_of"),
                          ({"seed": 2**64}, "seed"), ({"logit_bias": {"x": 1}}, "logit_bias")]:
         with pytest.raises(openai.BadRequestError) as bad:
