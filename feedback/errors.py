@@ -1,6 +1,7 @@
 """What can go wrong in the feedback workflow: members of the one error family
 (``tuneloop.core.errors``), rendered by its one handler; the CLI prints them as one line. Every
-message says what to fix."""
+message says what to fix. Named after the package (``FeedbackNotFoundError``, not ``NotFoundError``) so
+that none shadows the core error it extends."""
 
 from __future__ import annotations
 
@@ -11,17 +12,17 @@ class FeedbackError(errors.InvalidInputError):
     """Bad input (400)."""
 
 
-class NotFoundError(errors.NotFoundError):
+class FeedbackNotFoundError(errors.NotFoundError):
     """No such message, correction or snapshot (404)."""
 
 
-class ConflictError(errors.ConflictError, FeedbackError):
+class FeedbackConflictError(errors.ConflictError, FeedbackError):
     """The object is no longer in a state that allows this (409): already decided, already pending."""
 
 
-class ForbiddenError(errors.ForbiddenError):
+class FeedbackForbiddenError(errors.ForbiddenError):
     """The caller may not do this (403), e.g. approve their own correction."""
 
 
-class TooLargeError(errors.TooLargeError, FeedbackError):
+class FeedbackTooLargeError(errors.TooLargeError, FeedbackError):
     """An upload over ``settings.max_upload_bytes`` (413)."""

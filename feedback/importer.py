@@ -16,7 +16,7 @@ from sqlmodel import Session
 from feedback.corrections.models import Correction, CorrectionSource, CorrectionStatus
 from feedback.corrections.service import create_correction
 from feedback.datafiles import FORMATS, find_columns, read_data_file
-from feedback.errors import FeedbackError, TooLargeError
+from feedback.errors import FeedbackError, FeedbackTooLargeError
 from tuneloop.core.inputs import lone_surrogate_path
 from tuneloop.core.settings import Settings
 
@@ -72,7 +72,7 @@ def save_upload(upload, settings: Settings) -> Iterator[Path]:
             while chunk := upload.file.read(1 << 20):
                 written += len(chunk)
                 if written > settings.max_upload_bytes:
-                    raise TooLargeError(f"the file is larger than {settings.max_upload_bytes} bytes "
+                    raise FeedbackTooLargeError(f"the file is larger than {settings.max_upload_bytes} bytes "
                                         "(TUNELOOP_MAX_UPLOAD_BYTES); split it and upload the parts")
                 out.write(chunk)
         yield target

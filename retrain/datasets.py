@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from feedback.errors import NotFoundError
+from feedback.errors import FeedbackNotFoundError
 from feedback.examples import TrainingExample
 from feedback.export import training_examples, write_chat_jsonl, write_prompt_completion_jsonl
 from registry.lifecycle import lineage
@@ -132,7 +132,7 @@ def list_snapshots(session: Session, *, limit: int = 50) -> list[DatasetSnapshot
 def get_snapshot(session: Session, snapshot_id: str) -> DatasetSnapshot:
     snapshot = session.get(DatasetSnapshot, snapshot_id)
     if snapshot is None:
-        raise NotFoundError(f"no dataset snapshot {snapshot_id!r}; list them with `tuneloop data snapshots`")
+        raise FeedbackNotFoundError(f"no dataset snapshot {snapshot_id!r}; list them with `tuneloop data snapshots`")
     return snapshot
 
 

@@ -38,10 +38,10 @@ LEASE_SECONDS = 120
 ADVISORY_LOCK_KEY = 0x7475_6E65  # "tune"
 
 
-def acquire_lease(engine: Engine, holder: str, *, seconds: float = LEASE_SECONDS) -> bool:
+def acquire_lease(db: Engine, holder: str, *, seconds: float = LEASE_SECONDS) -> bool:
     """Take or renew the scheduler lease; True if ``holder`` holds it now."""
     now = utcnow()
-    with session_scope(engine) as session:
+    with session_scope(db) as session:
         if session.get(SchedulerState, 1) is None:
             try:
                 with session.begin_nested():
@@ -81,29 +81,29 @@ def decide(session: Session, settings: Settings) -> tuple[str, FineTuneJob | Non
     return f"started {job.id}: {new} new examples in {snapshot.id}", job
 
 
-def tick(settings: Settings, engine: Engine, holder: str) -> str:
+def tick(settings: Settings, db: Engine, holder: str) -> str:
     """Run one scheduled decision if ``holder`` holds the lease; record it in SchedulerState."""
-    if not acquire_lease(engine, holder):
+    if not acquire_lease(db, holder):
         return "not the scheduler: another worker holds the lease"
     try:
-        with session_scope(engine) as session:
+        with session_scope(db) as session:
             decision, _job = decide(session, settings)
     except Exception as exc:  # noqa: BLE001  (recorded and shown; the next tick tries again)
         log.exception("scheduled retraining failed")
         decision = f"error: {exc}"
-    with session_scope(engine) as session:
+    with session_scope(db) as session:
         session.exec(update(SchedulerState).where(SchedulerState.id == 1)
                      .values(last_tick_at=utcnow(), last_decision=decision))
     log.info("scheduler: %s", decision)
     return decision
 
 
-def purge_tick(settings: Settings, engine: Engine, holder: str) -> dict[str, int] | None:
+def purge_tick(settings: Settings, db: Engine, holder: str) -> dict[str, int] | None:
     """Run the retention purge if ``holder`` holds the lease. Returns what was deleted, or None when
     another worker holds the lease (it purges instead)."""
-    if not acquire_lease(engine, holder):
+    if not acquire_lease(db, holder):
         return None
-    with session_scope(engine) as session:
+    with session_scope(db) as session:
         counts = purge_expired(session, settings)
     if counts.get("conversations"):
         log.info("retention: purged conversations idle for more than %d days: %s", settings.retention_days,
@@ -145,11 +145,11 @@ def state_as_dict(session: Session, settings: Settings) -> dict[str, Any]:
 class RetrainScheduler:
     """The retraining and retention cron triggers plus lease renewal, inside the worker process."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, holder: str):
+    def __init__(self, settings: Settings, db: Engine, *, holder: str):
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.cron import CronTrigger
 
-        self.settings, self.engine, self.holder = settings, engine, holder
+        self.settings, self.db, self.holder = settings, db, holder
         self.trigger = CronTrigger.from_crontab(settings.retrain_cron)
         self.retention_trigger = (CronTrigger.from_crontab(settings.retention_cron)
                                   if settings.retention_days > 0 else None)
@@ -167,33 +167,33 @@ class RetrainScheduler:
 
     def _tick(self) -> None:
         if self._holds_advisory_lock():
-            tick(self.settings, self.engine, self.holder)
+            tick(self.settings, self.db, self.holder)
         self._record_next_run()
 
     def _purge(self) -> None:
         try:
             if self._holds_advisory_lock():
-                purge_tick(self.settings, self.engine, self.holder)
+                purge_tick(self.settings, self.db, self.holder)
         except Exception:  # noqa: BLE001  (logged; tomorrow's run tries again)
             log.exception("retention purge failed")
 
     def _renew(self) -> None:
-        if self._holds_advisory_lock() and acquire_lease(self.engine, self.holder):
+        if self._holds_advisory_lock() and acquire_lease(self.db, self.holder):
             self._record_next_run()
 
     def _record_next_run(self) -> None:
         job = self._scheduler.get_job("retrain")
         if job is not None and job.next_run_time is not None:
-            with session_scope(self.engine) as session:
+            with session_scope(self.db) as session:
                 session.exec(update(SchedulerState).where(SchedulerState.id == 1, SchedulerState.holder == self.holder)
                              .values(next_run_at=job.next_run_time))
 
     def _holds_advisory_lock(self) -> bool:
         """PostgreSQL only: a session-level advisory lock held on a dedicated connection; SQLite: True."""
-        if self.engine.dialect.name != "postgresql":
+        if self.db.dialect.name != "postgresql":
             return True
         if self._pg_connection is None:
-            connection = self.engine.connect()
+            connection = self.db.connect()
             if not connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar():
                 connection.close()
                 return False

@@ -64,10 +64,10 @@ STALE_AFTER_SECONDS = jobs.STALE_AFTER_SECONDS
 
 
 class Worker:
-    def __init__(self, settings: Settings, engine: Engine | None = None, *, worker_id: str | None = None,
+    def __init__(self, settings: Settings, db: Engine | None = None, *, worker_id: str | None = None,
                  poll_seconds: float = 1.0, stale_after: float = STALE_AFTER_SECONDS):
         self.settings = settings
-        self.engine = engine or make_engine(settings.database_url)
+        self.db = db or make_engine(settings.database_url)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.poll_seconds = poll_seconds
         self.stale_after = stale_after
@@ -77,7 +77,7 @@ class Worker:
         """Serve jobs until ``stop_event`` is set (SIGTERM/SIGINT in ``tuneloop worker``)."""
         scheduler = None
         if with_scheduler:
-            scheduler = RetrainScheduler(self.settings, self.engine, holder=self.worker_id)
+            scheduler = RetrainScheduler(self.settings, self.db, holder=self.worker_id)
             scheduler.start()
         self.recover_stale_jobs()
         self.remove_leftovers()  # other workers' running jobs are skipped
@@ -92,7 +92,7 @@ class Worker:
     def recover_stale_jobs(self) -> list[str]:
         """Fail jobs left ``running`` by a worker whose heartbeat stopped."""
         cutoff = utcnow() - timedelta(seconds=self.stale_after)
-        with session_scope(self.engine) as session:
+        with session_scope(self.db) as session:
             stale = session.exec(select(FineTuneJob).where(
                 FineTuneJob.status == JobStatus.running,
                 (col(FineTuneJob.heartbeat_at) < cutoff) | (col(FineTuneJob.heartbeat_at).is_(None)))).all()
@@ -105,14 +105,14 @@ class Worker:
 
     def remove_leftovers(self) -> None:
         try:
-            remove_leftovers(self.settings, self.engine)
+            remove_leftovers(self.settings, self.db)
         except OSError:
             log.warning("could not remove leftovers of earlier jobs", exc_info=True)
 
     def run_next_job(self) -> str | None:
         """Validate waiting jobs, then run the oldest queued one to the end. Returns its id, or None."""
         self._validate_pending()
-        with session_scope(self.engine) as session:
+        with session_scope(self.db) as session:
             job = session.exec(select(FineTuneJob).where(FineTuneJob.status == JobStatus.queued)
                                .order_by(col(FineTuneJob.created_at))).first()
             if job is None:
@@ -127,7 +127,7 @@ class Worker:
         return job.id
 
     def _validate_pending(self) -> None:
-        with session_scope(self.engine) as session:
+        with session_scope(self.db) as session:
             pending = session.exec(select(FineTuneJob).where(FineTuneJob.status == JobStatus.validating_files)).all()
             for job in pending:
                 problems: list[str] = []
@@ -169,7 +169,7 @@ class Worker:
         else:
             tail = log_file.read_text(errors="replace").strip().splitlines()[-8:]
             reason = _last_error(tail) or f"the training process exited with status {child.returncode}"
-            with session_scope(self.engine) as session:
+            with session_scope(self.db) as session:
                 jobs.set_status(session, job_id, JobStatus.failed, message=f"Training failed: {reason}", level="error",
                                 error=jobs.failure("training_failed", reason))
             _remove_checkpoints(self.settings, job_id)
@@ -183,7 +183,7 @@ class Worker:
                 return False
             except subprocess.TimeoutExpired:
                 pass
-            with session_scope(self.engine) as session:
+            with session_scope(self.db) as session:
                 session.exec(update(FineTuneJob).where(FineTuneJob.id == job_id).values(heartbeat_at=utcnow()))
                 wanted = session.get(FineTuneJob, job_id).cancel_requested
             if wanted or self.stop_event.is_set():
@@ -196,7 +196,7 @@ class Worker:
                 return True
 
     def _finish_cancelled(self, job_id: str) -> None:
-        with session_scope(self.engine) as session:
+        with session_scope(self.db) as session:
             job = session.get(FineTuneJob, job_id)
             reason = "cancelled" if job.cancel_requested else "the worker shut down"
             if job.hosted_job_id:
@@ -208,14 +208,14 @@ class Worker:
 
     def _finish_paused(self, job_id: str, where: dict[str, int]) -> None:
         """The child wrote a resumable checkpoint and stopped; it stays until the job is resumed or cancelled."""
-        with session_scope(self.engine) as session:
+        with session_scope(self.db) as session:
             jobs.set_status(session, job_id, JobStatus.paused, pause_requested=False, data=where,
                             message=f"Job paused at step {where['step']} (epoch {where['epoch']}); a checkpoint "
                                     "to resume from was saved. Resume it with POST /v1/fine_tuning/jobs/"
                                     f"{job_id}/resume or `tuneloop jobs resume {job_id}`")
 
     def _finish_succeeded(self, job_id: str, result: dict[str, Any]) -> None:
-        with session_scope(self.engine) as session:
+        with session_scope(self.db) as session:
             job = session.get(FineTuneJob, job_id)
             parent = session.get(ModelVersion, job.parent_version_id)
             version = register_candidate(session, self.settings, job=job, parent=parent,
@@ -238,27 +238,27 @@ class Worker:
     def _run_gates(self, job_id: str, candidate_id: str) -> None:
         """Gate the new candidate now, as a gate run like any other (followed the same way)."""
         try:
-            with session_scope(self.engine) as session:
+            with session_scope(self.db) as session:
                 run_id = gate_runs.queue_gate_run(session, candidate_id, actor=f"job {job_id}").id
                 session.exec(update(GateRun).where(GateRun.id == run_id).values(
                     status=GateRunStatus.running, started_at=utcnow(), worker_id=self.worker_id))
         except TuneloopError as exc:  # e.g. a hosted model: nothing local to gate; the job stays succeeded
-            with session_scope(self.engine) as session:
+            with session_scope(self.db) as session:
                 jobs.add_event(session, job_id, f"Gates not run for {candidate_id}: {exc}", level="warn")
             return
-        run = execute_gate_run(self.settings, self.engine, run_id)
+        run = execute_gate_run(self.settings, self.db, run_id)
         if run.status == GateRunStatus.succeeded:
             message, level = f"Gates {run.stage.split(':')[0]} for {candidate_id}", "info"
         else:
             message, level = f"Gates could not run for {candidate_id}: {run.error}", "error"
-        with session_scope(self.engine) as session:
+        with session_scope(self.db) as session:
             jobs.add_event(session, job_id, message, level=level)
 
     def run_next_gate_run(self) -> str | None:
         """Run the oldest queued gate run (queued by the API) to the end. Returns its id, or None."""
-        run_id = gate_runs.claim_next(self.engine, self.worker_id)
+        run_id = gate_runs.claim_next(self.db, self.worker_id)
         if run_id is not None:
-            execute_gate_run(self.settings, self.engine, run_id)
+            execute_gate_run(self.settings, self.db, run_id)
         return run_id
 
 

@@ -13,7 +13,7 @@ from support.distill import DESCRIPTION, NEAR, PARAPHRASES, QUESTIONS, add_appro
 from support.distill import engine, settings, teacher, teacher_url  # noqa: F401  (fixtures)
 from feedback.distill import service as distill, plan as distill_plan
 from feedback.corrections.service import approve_correction, list_corrections
-from feedback.errors import ConflictError, FeedbackError
+from feedback.errors import FeedbackConflictError, FeedbackError
 from feedback.corrections.models import CorrectionStatus
 from feedback.distill.models import DistillStatus
 from tuneloop.core.db import session_scope
@@ -55,7 +55,7 @@ def test_task_run_counts_dedups_and_leaves_pairs_pending(database_url, engine, s
     with Session(engine) as session:  # waiting in the approvals queue like any submitted correction
         pending, _ = list_corrections(session, status=CorrectionStatus.submitted, limit=100)
     assert {c.id for c in stored} <= {c.id for c in pending}
-    with pytest.raises(ConflictError, match="already completed"):
+    with pytest.raises(FeedbackConflictError, match="already completed"):
         distill.execute_run(engine, settings, run.id)
 
 

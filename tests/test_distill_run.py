@@ -14,7 +14,7 @@ from support.distill import DESCRIPTION, QUESTIONS, add_approved, pairs, start, 
 from support.distill import engine, settings, teacher, teacher_url  # noqa: F401  (fixtures)
 from feedback.distill import service as distill, plan as distill_plan
 from feedback.corrections.service import approve_correction
-from feedback.errors import FeedbackError, ForbiddenError
+from feedback.errors import FeedbackError, FeedbackForbiddenError
 from feedback.corrections.models import CorrectionStatus
 from feedback.distill.models import DistillRun, DistillStatus
 from feedback.distill.teacher import TeacherError
@@ -32,7 +32,7 @@ def test_only_approved_synthetic_pairs_become_training_examples(engine, settings
     assert run.stored == 3
     with session_scope(engine) as session:
         assert training_examples(session, settings) == []  # nothing synthetic trains without approval
-        with pytest.raises(ForbiddenError, match="another staff member|own"):
+        with pytest.raises(FeedbackForbiddenError, match="another staff member|own"):
             approve_correction(session, settings, synthetic(engine)[0].id, actor="carol")
     with session_scope(engine) as session:
         approved = approve_correction(session, settings, synthetic(engine)[0].id, actor="bob")

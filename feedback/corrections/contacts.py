@@ -21,7 +21,7 @@ from typing import Any, Literal
 from sqlmodel import Session
 
 from feedback.corrections.models import Correction
-from feedback.errors import ConflictError, FeedbackError
+from feedback.errors import FeedbackConflictError, FeedbackError
 from feedback.pii import find_contacts, scrub, scrub_fields
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.company import company_contacts, keep_contacts
@@ -54,7 +54,7 @@ def require_decided(correction: Correction) -> None:
     undecided = pending(correction)
     if undecided:
         found = ", ".join(f"{m['kind']} {m['preview']} in {m['field']}" for m in undecided)
-        raise ConflictError(f"correction {correction.id} has contacts nobody decided on ({found}): keep them as the "
+        raise FeedbackConflictError(f"correction {correction.id} has contacts nobody decided on ({found}): keep them as the "
                             f"company's or mask them (POST /v1/corrections/{correction.id}/contacts) before approving")
 
 
@@ -63,7 +63,7 @@ def decide(session: Session, settings: Settings, correction: Correction, *, acto
     """Apply ``action`` to every undecided contact of ``correction`` (author or reviewer)."""
     undecided = pending(correction)
     if not undecided:
-        raise ConflictError(f"correction {correction.id} has no undecided contacts")
+        raise FeedbackConflictError(f"correction {correction.id} has no undecided contacts")
     if action == "keep":
         keep_contacts(settings, [m["value"] for m in undecided])
     elif action == "mask":

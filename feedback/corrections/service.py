@@ -27,7 +27,7 @@ from bot.models import Message
 from feedback.corrections.contacts import clean_fields, require_decided
 from feedback.corrections.models import Correction, CorrectionSource, CorrectionStatus
 from feedback.decisions import ReviewStatus, mark_message
-from feedback.errors import ConflictError, FeedbackError, ForbiddenError, NotFoundError
+from feedback.errors import FeedbackConflictError, FeedbackError, FeedbackForbiddenError, FeedbackNotFoundError
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.ids import new_id, utcnow
 from tuneloop.core.settings import Settings
@@ -51,7 +51,7 @@ def correction_etag(correction: Correction) -> str:
 def get_correction(session: Session, correction_id: str) -> Correction:
     correction = session.get(Correction, correction_id)
     if correction is None:
-        raise NotFoundError(f"no correction {correction_id!r}; list them with GET /v1/corrections")
+        raise FeedbackNotFoundError(f"no correction {correction_id!r}; list them with GET /v1/corrections")
     return correction
 
 
@@ -152,7 +152,7 @@ def create_correction(session: Session, settings: Settings, *, actor: str, answe
     if message_id:
         message = session.get(Message, message_id)
         if message is None or message.role != "assistant":
-            raise NotFoundError(f"no assistant message {message_id!r}; pick one from GET /v1/review/queue")
+            raise FeedbackNotFoundError(f"no assistant message {message_id!r}; pick one from GET /v1/review/queue")
         conversation_id = message.conversation_id
         question = question if question and question.strip() else question_before(session, message)
         source = source or CorrectionSource.conversation
@@ -209,11 +209,11 @@ def update_correction(session: Session, settings: Settings, correction_id: str, 
         session.flush()
         return _next_revision(session, current, actor, fields, masked, status=CorrectionStatus(status))
     if current.status != CorrectionStatus.approved:
-        raise ConflictError(f"correction {current.id} is {current.status}; only draft, submitted or approved "
+        raise FeedbackConflictError(f"correction {current.id} is {current.status}; only draft, submitted or approved "
                             "corrections can be edited (write a new one instead)")
     pending = _pending_revision(session, current.lineage_id)
     if pending is not None:
-        raise ConflictError(f"revision {pending.revision} ({pending.id}) of this correction is already {pending.status}; "
+        raise FeedbackConflictError(f"revision {pending.revision} ({pending.id}) of this correction is already {pending.status}; "
                             "edit that one")
     return _next_revision(session, current, actor, fields, masked, status=CorrectionStatus.draft)
 
@@ -236,7 +236,7 @@ def _next_revision(session: Session, current: Correction, actor: str, fields: di
 def submit_correction(session: Session, correction_id: str, *, actor: str) -> Correction:
     correction = get_correction(session, correction_id)
     if correction.status != CorrectionStatus.draft:
-        raise ConflictError(f"correction {correction.id} is already {correction.status}; only a draft can be submitted")
+        raise FeedbackConflictError(f"correction {correction.id} is already {correction.status}; only a draft can be submitted")
     correction.status, correction.updated_at = CorrectionStatus.submitted, utcnow()
     session.add(correction)
     audit(session, actor=actor, action="correction.submitted", object_type="correction", object_id=correction.id)
@@ -252,7 +252,7 @@ def approve_correction(session: Session, settings: Settings, correction_id: str,
     require_decided(correction)
     current_etag = correction_etag(correction)
     if etag is not None and bare_etag(etag) != current_etag:
-        raise ConflictError(f"correction {correction.id} changed since you read it (its etag is now {current_etag}); "
+        raise FeedbackConflictError(f"correction {correction.id} changed since you read it (its etag is now {current_etag}); "
                             "read the current text (GET it again) and approve that")
     check_alternatives_unique(session, correction)  # another correction may have been approved meanwhile
     for previous in session.exec(select(Correction).where(Correction.lineage_id == correction.lineage_id,
@@ -288,9 +288,9 @@ def _decidable(session: Session, settings: Settings, correction_id: str, actor: 
     correction = get_correction(session, correction_id)
     if correction.status != CorrectionStatus.submitted:
         hint = "submit it first" if correction.status == CorrectionStatus.draft else "it was already decided"
-        raise ConflictError(f"correction {correction.id} is {correction.status}, not submitted; {hint}")
+        raise FeedbackConflictError(f"correction {correction.id} is {correction.status}, not submitted; {hint}")
     if correction.author == actor and not settings.allow_self_approval:
-        raise ForbiddenError("you wrote this correction; another staff member must approve or reject it "
+        raise FeedbackForbiddenError("you wrote this correction; another staff member must approve or reject it "
                              "(one-person teams: set TUNELOOP_ALLOW_SELF_APPROVAL=true)")
     return correction
 

@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from feedback.distill import service as distill, plan as distill_plan
 from feedback.distill.teacher import TeacherError
-from feedback.errors import ConflictError
+from feedback.errors import FeedbackConflictError
 from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep
 from tuneloop.core.errors import ApiError
 from tuneloop.core.inputs import MAX_DB_INT
@@ -63,9 +63,9 @@ def _plan(session: Session, settings: Settings, body: DistillRequest) -> distill
 
 
 def _run_in_background(request: Request, run_id: str, budget: int | None = None) -> None:
-    engine, settings = request.app.state.db, request.app.state.settings
+    db, settings = request.app.state.db, request.app.state.settings
     try:
-        distill.execute_run(engine, settings, run_id, budget=budget)
+        distill.execute_run(db, settings, run_id, budget=budget)
     except Exception:  # the run records why it stopped; the caller polls it
         log.warning("distillation run %s stopped", run_id, exc_info=True)
 
@@ -105,6 +105,6 @@ def resume(run_id: str, _admin: AdminAccount, session: SessionDep, request: Requ
     with distill_errors():
         run = distill.get_run(session, run_id)
         if run.status == "completed":
-            raise ConflictError(f"distillation run {run.id} is already completed; start a new run")
+            raise FeedbackConflictError(f"distillation run {run.id} is already completed; start a new run")
     background.add_task(_run_in_background, request, run.id, body.budget if body else None)
     return distill.run_as_dict(run)

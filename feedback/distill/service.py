@@ -38,7 +38,7 @@ from feedback.corrections.similarity import QuestionIndex
 from feedback.distill.models import DistillKind, DistillRun, DistillStatus
 from feedback.distill.plan import RECENT_QUESTIONS, DistillPlan, TeacherRequest, cost, next_request, within_budget
 from feedback.distill.teacher import Teacher, TeacherConfig, TeacherError, TeacherReply, json_items
-from feedback.errors import ConflictError, FeedbackError, NotFoundError
+from feedback.errors import FeedbackConflictError, FeedbackError, FeedbackNotFoundError
 from tuneloop.core.accounts.service import audit
 from tuneloop.core.db import session_scope
 from tuneloop.core.ids import utcnow
@@ -62,7 +62,7 @@ def create_run(session: Session, plan: DistillPlan, *, actor: str) -> DistillRun
 def get_run(session: Session, run_id: str) -> DistillRun:
     run = session.get(DistillRun, run_id)
     if run is None:
-        raise NotFoundError(f"no distillation run {run_id!r}; list them with `tuneloop distill runs`")
+        raise FeedbackNotFoundError(f"no distillation run {run_id!r}; list them with `tuneloop distill runs`")
     return run
 
 
@@ -90,42 +90,42 @@ def progress_of(run: DistillRun) -> tuple[int, int]:
     return run.progress.get("next", 0), len(units)
 
 
-def execute_run(engine: Engine, settings: Settings, run_id: str, *, budget: int | None = None,
+def execute_run(db: Engine, settings: Settings, run_id: str, *, budget: int | None = None,
                 on_progress: Callable[[DistillRun], None] | None = None) -> DistillRun:
     """Start or resume a run until its work is done, the budget is reached or the teacher fails
     (``TeacherError``, the run is marked failed). Ctrl-C marks it stopped; it resumes from there.
     ``budget`` (tokens) replaces the run's budget, e.g. to continue a run stopped by it."""
     teacher = Teacher(settings)  # a missing setting fails before the run starts
-    with session_scope(engine) as session:
+    with session_scope(db) as session:
         run = _begin(session, run_id, budget)
         index = QuestionIndex.load(session, settings)
         recent = _recent_questions(session, run) if run.kind == DistillKind.task else []
     try:
         while True:
-            with session_scope(engine) as session:
+            with session_scope(db) as session:
                 run = get_run(session, run_id)
                 request = next_request(session, settings, run, recent)
                 max_tokens = within_budget(run, request) if request else None
                 if request is None or max_tokens is None:
                     return _finish(session, run, DistillStatus.completed if request is None else DistillStatus.stopped)
             reply = teacher.complete(request.messages, temperature=run.params["temperature"], max_tokens=max_tokens)
-            with session_scope(engine) as session:
+            with session_scope(db) as session:
                 run = get_run(session, run_id)
                 _store_reply(session, settings, run, request, reply, index, recent, teacher.config)
             if on_progress is not None:
                 on_progress(run)
     except TeacherError as exc:
-        _mark(engine, run_id, DistillStatus.failed, f"{exc}. Resume the run once the teacher works again.")
+        _mark(db, run_id, DistillStatus.failed, f"{exc}. Resume the run once the teacher works again.")
         raise
     except BaseException:
-        _mark(engine, run_id, DistillStatus.stopped, "interrupted; resume the run to continue where it stopped")
+        _mark(db, run_id, DistillStatus.stopped, "interrupted; resume the run to continue where it stopped")
         raise
 
 
 def _begin(session: Session, run_id: str, budget: int | None) -> DistillRun:
     run = get_run(session, run_id)
     if run.status == DistillStatus.completed:
-        raise ConflictError(f"distillation run {run.id} is already completed; start a new run for more pairs")
+        raise FeedbackConflictError(f"distillation run {run.id} is already completed; start a new run for more pairs")
     if budget is not None:
         if budget < 0:
             raise FeedbackError(f"budget must be 0 (no limit) or a number of tokens, not {budget}")
@@ -144,9 +144,9 @@ def _finish(session: Session, run: DistillRun, status: DistillStatus) -> Distill
     return run
 
 
-def _mark(engine: Engine, run_id: str, status: DistillStatus, message: str) -> None:
+def _mark(db: Engine, run_id: str, status: DistillStatus, message: str) -> None:
     try:
-        with session_scope(engine) as session:
+        with session_scope(db) as session:
             run = get_run(session, run_id)
             run.message = message
             _finish(session, run, status)

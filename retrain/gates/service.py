@@ -5,14 +5,15 @@ engine is used directly) and judges each answer against a reference with ``retra
 (embedding similarity ≥ ``gate_similarity_threshold`` and every key fact present). The four gates:
 
 1. **learned** — the corrections in the snapshot's training split that are new since the parent
-   (examples whose lineage is not in any ancestor's snapshot). The candidate must answer at least
+   (``retrain.datasets.new_since``: examples whose revision no ancestor's snapshot held, so an edited
+   answer counts). The candidate must answer at least
    ``gate_learned_min_pass_rate`` of them correctly (default 0.95). The validation split is held
    out of training; it is measured by the job's validation loss/accuracy, not asked here.
    **generalises** — the held-out phrasing of each new correction that has two or more accepted
    phrasings (``retrain.trainer.augment.split_phrasings``; never trained on). The candidate must answer at
    least ``gate_generalises_min_pass_rate`` of them; each one is in the report by name.
-2. **not_forgotten** — every earlier correction (in an ancestor's snapshot and still in the candidate's
-   own; the suite grows each round). The candidate's pass rate may fall at most ``gate_forgetting_margin`` (default
+2. **not_forgotten** — every earlier correction (in an ancestor's snapshot, unedited, and still in the
+   candidate's own; the suite grows each round). The candidate's pass rate may fall at most ``gate_forgetting_margin`` (default
    0.05) below production's; every item that passes on production and fails on the candidate is
    listed by name either way.
 3. **golden** — the admin-curated must-pass questions (``registry.golden``): all must pass.
@@ -63,14 +64,14 @@ from tuneloop.core.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def run_gates(settings: Settings, db_engine: Engine, candidate_id: str, *,
+def run_gates(settings: Settings, db: Engine, candidate_id: str, *,
               progress: Callable[[str], None] = lambda _stage: None) -> GateReport:
     """Gate ``candidate_id`` against the current production version, store the GateReport and link
     it from the version. A candidate that passes becomes ``approved`` (and, with
     ``settings.auto_promote``, is promoted). Takes minutes on a CPU for a few hundred questions;
     the database is only used briefly before and after. ``progress`` hears each stage (the worker
     records it on the ``GateRun``)."""
-    with Session(db_engine, expire_on_commit=False) as session:
+    with Session(db, expire_on_commit=False) as session:
         candidate = session.get(ModelVersion, candidate_id)
         if candidate is None or candidate.status == VersionStatus.deleted:
             raise VersionNotFoundError(f"no model version {candidate_id!r} to gate")
@@ -94,11 +95,11 @@ def run_gates(settings: Settings, db_engine: Engine, candidate_id: str, *,
     outcome = evaluate(settings, cand_model, base_model, items)
     outcome.summary["inputs"] = inputs
     del cand_model, base_model
-    report = _store(db_engine, candidate_id, baseline_spec.id, outcome)
+    report = _store(db, candidate_id, baseline_spec.id, outcome)
     if adapter_path:
         write_report_file(settings.model_store_dir / adapter_path, report)
     if outcome.passed and settings.auto_promote:
-        _auto_promote(settings, db_engine, candidate_id)
+        _auto_promote(settings, db, candidate_id)
     return report
 
 
@@ -114,8 +115,8 @@ def write_report_file(adapter_dir: Path, report: GateReport) -> Path:
     return target
 
 
-def _store(db_engine: Engine, candidate_id: str, baseline_id: str, outcome: GateOutcome) -> GateReport:
-    with session_scope(db_engine) as session:
+def _store(db: Engine, candidate_id: str, baseline_id: str, outcome: GateOutcome) -> GateReport:
+    with session_scope(db) as session:
         report = GateReport(candidate_version_id=candidate_id, baseline_version_id=baseline_id,
                             passed=outcome.passed, summary=outcome.summary, items=outcome.items, created_at=utcnow())
         session.add(report)
@@ -129,11 +130,11 @@ def _store(db_engine: Engine, candidate_id: str, baseline_id: str, outcome: Gate
     return report
 
 
-def _auto_promote(settings: Settings, db_engine: Engine, candidate_id: str) -> None:
+def _auto_promote(settings: Settings, db: Engine, candidate_id: str) -> None:
     """Promote a candidate that passed, checked as an admin's promotion is, including the serving engine's
     ``prepare`` (an upstream that cannot load the adapter refuses; llama.cpp writes the version's GGUF)."""
     try:
-        with session_scope(db_engine) as session:
+        with session_scope(db) as session:
             version = session.get(ModelVersion, candidate_id)
             if version.status != VersionStatus.approved:
                 return

@@ -45,41 +45,41 @@ SETTINGS_ENV = "TUNELOOP_WORKER_SETTINGS"
 
 def run_job_in_child(settings: Settings, job_id: str, result_file: Path) -> None:
     """Train (or run the hosted job) and write the result for the worker to register."""
-    engine = make_engine(settings.database_url)
+    db = make_engine(settings.database_url)
     parent_pid = os.getppid()
 
     def should_cancel() -> bool:
         return os.getppid() != parent_pid  # orphaned: the worker is gone
 
     def should_pause() -> bool:
-        with Session(engine) as session:
+        with Session(db) as session:
             return bool(session.exec(select(FineTuneJob.pause_requested).where(FineTuneJob.id == job_id)).one())
 
-    with Session(engine) as session:
+    with Session(db) as session:
         job = session.get(FineTuneJob, job_id)
     try:
         if job.backend == "openai":
-            result = run_hosted_job(settings, engine, job_id, should_cancel=should_cancel)
+            result = run_hosted_job(settings, db, job_id, should_cancel=should_cancel)
         else:
-            result = _train_locally(settings, engine, job, should_cancel, should_pause)
+            result = _train_locally(settings, db, job, should_cancel, should_pause)
             _remove_resume_files(settings, job_id)
     except TrainingPaused as paused:
         result = {"paused": {"step": paused.step, "epoch": paused.epoch}}
     result_file.write_text(json.dumps(result))
 
 
-def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_cancel, should_pause) -> dict[str, Any]:
+def _train_locally(settings: Settings, db: Engine, job: FineTuneJob, should_cancel, should_pause) -> dict[str, Any]:
     config = TrainConfig.from_dict({"replay_fraction": settings.replay_fraction, **job.hyperparameters, "seed": job.seed})
     if (job.method or {}).get("type") == "dpo":
-        return _train_dpo_locally(settings, engine, job, dpo_config(config, job.hyperparameters), should_cancel,
+        return _train_dpo_locally(settings, db, job, dpo_config(config, job.hyperparameters), should_cancel,
                                   should_pause)
     then_dpo = (job.method or {}).get("type") == "supervised_then_dpo"
-    with Session(engine) as session:
+    with Session(db) as session:
         round_ = plan_round(session, settings, job, config)
         pairs = snapshot_preferences(session, settings, job.snapshot_id) if then_dpo else []
     train_set = round_.train
     effective, reasons = progress.planned_hyperparameters(config, len(expand_for_training(config, train_set)))
-    with session_scope(engine) as session:
+    with session_scope(db) as session:
         jobs.add_event(session, job.id, round_.describe(config))
         for reason in reasons:
             jobs.add_event(session, job.id, reason)
@@ -92,10 +92,10 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
                      .values(effective_hyperparameters=job.effective_hyperparameters or effective))
     relative = f"adapters/{job.id}"
     supervised_dir = checkpoint_root(settings, job.id) / "supervised" if pairs else settings.model_store_dir / relative
-    metrics, tokens = _train_supervised(settings, engine, job, config, round_, effective, supervised_dir,
+    metrics, tokens = _train_supervised(settings, db, job, config, round_, effective, supervised_dir,
                                         should_cancel, should_pause)
     if pairs:
-        dpo = _dpo_pass(settings, engine, job, dpo_config(config, job.hyperparameters), pairs, round_,
+        dpo = _dpo_pass(settings, db, job, dpo_config(config, job.hyperparameters), pairs, round_,
                         supervised_dir, relative, metrics["steps"], should_cancel, should_pause)
         metrics, tokens = {**metrics, "method": "supervised_then_dpo", "dpo": dpo.metrics}, tokens + dpo.trained_tokens
     legacy = bool(train_set) and all(e.is_legacy for e in train_set)
@@ -103,7 +103,7 @@ def _train_locally(settings: Settings, engine: Engine, job: FineTuneJob, should_
             "prompt_format": "legacy" if legacy else "chat"}
 
 
-def _train_supervised(settings: Settings, engine: Engine, job: FineTuneJob, config: TrainConfig,
+def _train_supervised(settings: Settings, db: Engine, job: FineTuneJob, config: TrainConfig,
                       round_: TrainingRound, effective: dict[str, Any], output_dir: Path, should_cancel,
                       should_pause) -> tuple[dict[str, Any], int]:
     """The supervised run (metrics, trained tokens); a job resumed in its DPO pass finds it done."""
@@ -111,26 +111,26 @@ def _train_supervised(settings: Settings, engine: Engine, job: FineTuneJob, conf
         metrics = json.loads((output_dir / "training_config.json").read_text())["metrics"]
         return metrics, metrics["trained_tokens"]
     resume_dir = checkpoint_root(settings, job.id) / "resume"
-    _announce_resume(engine, job.id, resume_dir)
+    _announce_resume(db, job.id, resume_dir)
 
     def saved(epoch: int, step: int) -> None:
-        with session_scope(engine) as session:
+        with session_scope(db) as session:
             jobs.add_event(session, job.id, f"Checkpoint saved after epoch {epoch} (step {step})",
                            data={"epoch": epoch, "step": step})
 
     result = train(config, round_.train, round_.valid, base_dir=round_.base_dir,
                    parent_adapter_dir=round_.parent_adapter_dir, output_dir=output_dir,
-                   progress_callback=_Progress(engine, job.id), should_cancel=should_cancel,
+                   progress_callback=_Progress(db, job.id), should_cancel=should_cancel,
                    should_pause=should_pause, resume_dir=resume_dir,
                    epoch_callback=CheckpointSaver(settings, job.id, saved),
                    provenance={"job_id": job.id, "parent_version": job.parent_version_id, "snapshot_id": job.snapshot_id,
                                "training_file": job.training_file_id}, new_keys=round_.new_keys)
-    with session_scope(engine) as session:
+    with session_scope(db) as session:
         jobs.add_event(session, job.id, _stop_message(result.metrics), data={
             k: result.metrics.get(k) for k in ("learned_at_step", "stopped_at_step", "max_steps", "stop_reason")})
     ran = {"n_epochs": result.metrics.get("n_epochs"), "total_steps": result.steps}
     if any(ran[k] is not None and ran[k] != effective[k] for k in ran):  # stopped once learned, or examples skipped
-        with session_scope(engine) as session:
+        with session_scope(db) as session:
             jobs.add_event(session, job.id, f"Ran {ran['n_epochs']} epochs, {ran['total_steps']} steps on "
                            f"{result.metrics.get('n_train')} examples")
             session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id)
@@ -138,20 +138,20 @@ def _train_supervised(settings: Settings, engine: Engine, job: FineTuneJob, conf
     return result.metrics, result.trained_tokens
 
 
-def _dpo_pass(settings: Settings, engine: Engine, job: FineTuneJob, config: TrainConfig, pairs: list[dict],
+def _dpo_pass(settings: Settings, db: Engine, job: FineTuneJob, config: TrainConfig, pairs: list[dict],
               round_: TrainingRound, supervised_dir: Path, relative: str, offset: int, should_cancel, should_pause):
     """The DPO pass of a supervised_then_dpo round: continues from (and is referenced to) the supervised
     adapter of this job; its steps are numbered on after the supervised ones."""
     beta = (job.method or {}).get("beta") or DEFAULT_BETA
     resume_dir = checkpoint_root(settings, job.id) / "resume-dpo"
-    with session_scope(engine) as session:
+    with session_scope(db) as session:
         jobs.add_event(session, job.id, f"DPO on {len(pairs)} preference pairs (beta={beta}, learning rate "
                        f"{config.dpo_learning_rate:g}), reference model: this job's supervised result")
-    _announce_resume(engine, job.id, resume_dir, offset)
+    _announce_resume(db, job.id, resume_dir, offset)
     try:
         return train_dpo(config, beta, pairs, base_dir=round_.base_dir, parent_adapter_dir=supervised_dir,
                          output_dir=settings.model_store_dir / relative,
-                         progress_callback=_Progress(engine, job.id, offset=offset), should_cancel=should_cancel,
+                         progress_callback=_Progress(db, job.id, offset=offset), should_cancel=should_cancel,
                          should_pause=should_pause, resume_dir=resume_dir,
                          provenance={"job_id": job.id, "parent_version": job.parent_version_id,
                                      "snapshot_id": job.snapshot_id, "supervised_steps": offset})
@@ -159,14 +159,14 @@ def _dpo_pass(settings: Settings, engine: Engine, job: FineTuneJob, config: Trai
         raise TrainingPaused(paused.step + offset, paused.epoch) from None
 
 
-def _train_dpo_locally(settings: Settings, engine: Engine, job: FineTuneJob, config, should_cancel,
+def _train_dpo_locally(settings: Settings, db: Engine, job: FineTuneJob, config, should_cancel,
                        should_pause) -> dict[str, Any]:
     beta = job.method["beta"]
-    with Session(engine) as session:
+    with Session(db) as session:
         spec = version_spec(session.get(ModelVersion, job.parent_version_id), settings)
         rows = read_examples(settings, get_file(session, job.training_file_id))
     effective, reasons = progress.planned_hyperparameters(config, len(rows), accumulate=False)
-    with session_scope(engine) as session:
+    with session_scope(db) as session:
         jobs.add_event(session, job.id, f"DPO on {len(rows)} preference pairs (beta={beta}), reference model "
                        f"{job.parent_version_id}, continuing from its " + ("adapter" if spec.adapter_dir else "base (fresh LoRA)"))
         for reason in reasons:
@@ -176,9 +176,9 @@ def _train_dpo_locally(settings: Settings, engine: Engine, job: FineTuneJob, con
                                                         "learning_rate": config.dpo_learning_rate}))
     relative = f"adapters/{job.id}"
     resume_dir = checkpoint_root(settings, job.id) / "resume"
-    _announce_resume(engine, job.id, resume_dir)
+    _announce_resume(db, job.id, resume_dir)
     result = train_dpo(config, beta, rows, base_dir=spec.base_dir, parent_adapter_dir=spec.adapter_dir,
-                       output_dir=settings.model_store_dir / relative, progress_callback=_Progress(engine, job.id),
+                       output_dir=settings.model_store_dir / relative, progress_callback=_Progress(db, job.id),
                        should_cancel=should_cancel, should_pause=should_pause, resume_dir=resume_dir,
                        provenance={"job_id": job.id, "parent_version": job.parent_version_id,
                                    "training_file": job.training_file_id})
@@ -186,10 +186,10 @@ def _train_dpo_locally(settings: Settings, engine: Engine, job: FineTuneJob, con
             "prompt_format": "chat"}
 
 
-def _announce_resume(engine: Engine, job_id: str, resume_dir: Path, offset: int = 0) -> None:
+def _announce_resume(db: Engine, job_id: str, resume_dir: Path, offset: int = 0) -> None:
     step = paused_step(resume_dir)
     if step is not None:
-        with session_scope(engine) as session:
+        with session_scope(db) as session:
             jobs.add_event(session, job_id, f"Resuming from the checkpoint saved at step {step + offset}",
                            data={"step": step + offset})
 
@@ -214,15 +214,15 @@ def _stop_message(metrics: dict[str, Any]) -> str:
 class _Progress:
     """Writes each step's metrics (and a readable event) while training runs."""
 
-    def __init__(self, engine: Engine, job_id: str, offset: int = 0):
-        self.engine, self.job_id, self.offset = engine, job_id, offset  # offset: steps of an earlier pass
+    def __init__(self, db: Engine, job_id: str, offset: int = 0):
+        self.db, self.job_id, self.offset = db, job_id, offset  # offset: steps of an earlier pass
 
     def __call__(self, row: dict[str, Any]) -> None:
         row = {**row, "step": row["step"] + self.offset, "total_steps": row["total_steps"] + self.offset}
         valid = "" if row.get("valid_loss") is None else f", validation loss={row['valid_loss']:.3f}"
         learned = "" if row.get("learned_share") is None else f", new examples learned={row['learned_share']:.0%}"
         message = f"Step {row['step']}/{row['total_steps']}: training loss={row['train_loss']:.3f}{valid}{learned}"
-        with session_scope(self.engine) as session:
+        with session_scope(self.db) as session:
             jobs.record_metrics(session, self.job_id, row)
             jobs.add_event(session, self.job_id, message, type="metrics",
                            data={k: row.get(k) for k in ("step", "total_steps", "epoch", "train_loss", "train_accuracy",

@@ -43,12 +43,12 @@ def cancel_hosted_job(settings: Settings, hosted_job_id: str) -> None:
     client_for(settings).fine_tuning.jobs.cancel(hosted_job_id)
 
 
-def run_hosted_job(settings: Settings, engine: Engine, job_id: str, *, should_cancel=lambda: False) -> dict[str, Any]:
+def run_hosted_job(settings: Settings, db: Engine, job_id: str, *, should_cancel=lambda: False) -> dict[str, Any]:
     """Upload, create, follow the provider's job to its end; returns what the worker registers."""
     import openai
 
     client = client_for(settings)
-    with Session(engine) as session:
+    with Session(db) as session:
         job = session.get(FineTuneJob, job_id)
         training, validation = _data_files(session, settings, job)
 
@@ -56,10 +56,10 @@ def run_hosted_job(settings: Settings, engine: Engine, job_id: str, *, should_ca
     model = parent.hosted_model or settings.openai_finetune_base_model
     try:
         remote = _create(client, job, model, training, validation)
-        with session_scope(engine) as session:
+        with session_scope(db) as session:
             session.exec(update(FineTuneJob).where(FineTuneJob.id == job_id).values(hosted_job_id=remote.id))
             jobs.add_event(session, job_id, f"Hosted job {remote.id} created on {model}")
-        remote = _follow(client, engine, job_id, remote.id, should_cancel)
+        remote = _follow(client, db, job_id, remote.id, should_cancel)
     except openai.APIStatusError as exc:
         raise HostedJobError(f"the hosted fine-tuning service answered {exc.status_code}: {_provider_message(exc)}") from exc
     except openai.APIConnectionError as exc:
@@ -91,11 +91,11 @@ def _create(client, job: FineTuneJob, model: str, training: Path, validation: Pa
         method={"type": "supervised", "supervised": {"hyperparameters": hyper}})
 
 
-def _follow(client, engine: Engine, job_id: str, remote_id: str, should_cancel):
+def _follow(client, db: Engine, job_id: str, remote_id: str, should_cancel):
     seen: set[str] = set()
     while True:
         remote = client.fine_tuning.jobs.retrieve(remote_id)
-        _mirror_events(client, engine, job_id, remote_id, seen)
+        _mirror_events(client, db, job_id, remote_id, seen)
         if remote.status in ("succeeded", "failed", "cancelled"):
             return remote
         if should_cancel():
@@ -104,9 +104,9 @@ def _follow(client, engine: Engine, job_id: str, remote_id: str, should_cancel):
         time.sleep(POLL_SECONDS)
 
 
-def _mirror_events(client, engine: Engine, job_id: str, remote_id: str, seen: set[str]) -> None:
+def _mirror_events(client, db: Engine, job_id: str, remote_id: str, seen: set[str]) -> None:
     fresh = [e for e in client.fine_tuning.jobs.list_events(remote_id, limit=100).data if e.id not in seen]
-    with session_scope(engine) as session:
+    with session_scope(db) as session:
         for event in reversed(fresh):  # the provider lists newest first
             seen.add(event.id)
             data = event.data if isinstance(event.data, dict) else {}

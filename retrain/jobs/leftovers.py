@@ -29,9 +29,9 @@ def work_root(settings: Settings) -> Path:
     return settings.data_dir / "work"
 
 
-def remove_leftovers(settings: Settings, engine: Engine, *, min_age_seconds: float = 600.0) -> list[Path]:
+def remove_leftovers(settings: Settings, db: Engine, *, min_age_seconds: float = 600.0) -> list[Path]:
     """Remove leftovers of jobs that are not running; returns what was removed."""
-    with Session(engine) as session:
+    with Session(db) as session:
         running = set(session.exec(select(FineTuneJob.id).where(FineTuneJob.status == JobStatus.running)).all())
         snapshots = set(session.exec(select(DatasetSnapshot.path)).all())
     cutoff = time.time() - min_age_seconds
