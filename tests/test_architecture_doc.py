@@ -50,8 +50,10 @@ def test_resolve_fails_on_a_name_that_moved():
     assert resolve("retrain.scheduler.tick").__name__ == "tick"
     with pytest.raises(AttributeError):
         resolve("retrain.gates.runs.execute")
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(AttributeError):  # no module retrain.trainer.nowhere, no attribute either
         resolve("retrain.trainer.nowhere.plan_round")
+    with pytest.raises(ModuleNotFoundError):
+        resolve("nowhere.plan_round")
 
 
 def table_files() -> list[tuple[str, str]]:
