@@ -135,7 +135,7 @@ def main() -> None:
     import torch
 
     from engine.chat_tokenizer import ChatTokenizer
-    from engine.gguf_files import write_llama_gguf
+    from engine.gguf_files import write_gguf
     from engine.gguf_lora import write_lora_gguf
     from engine.modelstore import bundled_gguf_path
     from engine.protocol import VersionSpec
@@ -161,8 +161,8 @@ def main() -> None:
     candidates = []
     for quantization in ("Q8_0", "Q4_1", "F16"):
         started = time.perf_counter()
-        path = write_llama_gguf(loaded.model, loaded.tokenizer, work / f"merged-{quantization}.gguf",
-                                quantization=quantization)
+        path = write_gguf(loaded.model, loaded.tokenizer, work / f"merged-{quantization}.gguf",
+                          quantization=quantization)
         candidates.append((f"merged {quantization}", path, None, "f16", time.perf_counter() - started))
     started = time.perf_counter()
     adapter_gguf = write_lora_gguf(adapter_dir, base_dir, work / "adapter-F16.gguf", dtype="F16")

@@ -9,11 +9,16 @@ names the modules as text so that choosing one does not import the others; the t
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
+from engine.architectures import model_dir_unsupported_reason
 from engine.protocol import Engine, ServedVersion, VersionSpec
 from tuneloop.core.errors import InvalidInputError
-from tuneloop.core.settings import Settings
+from tuneloop.core.settings import BUNDLED_BASE_MODEL, Settings
+
+log = logging.getLogger(__name__)
 
 # setting value -> (module, class, whether the class takes spec_for: where a version's files are)
 ENGINES: dict[str, tuple[str, str, bool]] = {
@@ -35,3 +40,17 @@ def engine_for(settings: Settings, spec_for: Callable[[ServedVersion], VersionSp
                                 param="serving_backend") from None
     engine_class = getattr(importlib.import_module(module), name)
     return engine_class(settings, spec_for) if local else engine_class(settings)
+
+
+def servable_settings(settings: Settings) -> Settings:
+    """``settings`` as a process should serve and gate with them: where llama.cpp is chosen but the base
+    model's architecture cannot be written as a GGUF (``engine.architectures``), the same settings with
+    transformers serving, said once at start. Reads only the model's ``config.json``."""
+    if settings.serving_backend != "llamacpp" or settings.base_model == BUNDLED_BASE_MODEL:
+        return settings
+    reason = model_dir_unsupported_reason(Path(settings.base_model).expanduser())
+    if reason is None:
+        return settings
+    log.warning("llama.cpp cannot serve TUNELOOP_BASE_MODEL=%s (%s); serving and gating through transformers "
+                "instead. Set TUNELOOP_ENGINE=transformers (or upstream, with vLLM) to choose.", settings.base_model, reason)
+    return settings.model_copy(update={"serving_backend": "transformers"})

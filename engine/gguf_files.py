@@ -1,12 +1,11 @@
 """GGUF files for llama.cpp, written with the ``gguf`` package: a whole model from a transformers
-Llama (any version: the base, or base + LoRA merged), so llama.cpp serves and the gates ask exactly
-the weights transformers trained, and so a version can leave tuneloop for Ollama or LM Studio.
+causal LM (any version: the base, or base + LoRA merged), so llama.cpp serves and the gates ask
+exactly the weights transformers trained, and so a version can leave tuneloop for Ollama or LM Studio.
 
-Tensor names and the rotary permutation of the query/key projections follow llama.cpp's
-``convert_hf_to_gguf.py`` (transformers un-permutes them when it loads a GGUF; we permute them
-back). The tokenizer (vocabulary, merges, special ids) is copied from the bundled SmolLM2 GGUF when
-the model uses that vocabulary, which the bundled model and the test model do. Files are written
-under a temporary name and renamed into place.
+Which architectures can be written, and what each needs (tensor names from the ``gguf`` package's
+maps, the rotary permutation of Llama's query/key projections, Gemma 2's norms and soft-capping),
+is ``engine.architectures``; the vocabulary is ``engine.gguf_vocab``. Files are written under a
+temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -19,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.architectures import ARCHITECTURES, Architecture, llama3_rope_factors, rope_parameters, unsupported_reason
 from engine.child_process import last_line, run_module
+from engine.gguf_vocab import add_vocabulary
 from engine.modelstore import BUNDLED_DIR_NAME, ModelNotFoundError, bundled_gguf_path
 from engine.protocol import VersionSpec
 from tuneloop.core.errors import InvalidInputError
@@ -27,32 +28,23 @@ from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# transformers name (after "model.") -> llama.cpp name
-_LAYER_NAMES = {
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
 QUANTIZATIONS = ("F32", "F16", "Q8_0", "Q4_1")
 # How engine.gguf_writer (the child that merges and writes) says what went wrong
 WRITER_EXIT_MISSING, WRITER_EXIT_INVALID = 3, 2  # the model or adapter is missing; not a llama.cpp model
 
 
-def gguf_name(hf_name: str) -> str | None:
-    """llama.cpp's name for a transformers Llama tensor, or None for tensors it does not keep."""
-    if hf_name == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf_name == "model.norm.weight":
-        return "output_norm.weight"
-    if hf_name == "lm_head.weight":
-        return "output.weight"
-    parts = hf_name.split(".")
-    if parts[:2] == ["model", "layers"] and parts[-1] == "weight":
-        module = ".".join(parts[3:-1])
-        if module in _LAYER_NAMES:
-            return f"blk.{parts[2]}.{_LAYER_NAMES[module]}.weight"
-    return None
+def tensor_names(arch: Architecture, n_layers: int) -> Any:
+    """The ``gguf`` package's map from transformers tensor names to llama.cpp's for ``arch``."""
+    import gguf
+
+    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
+    return gguf.get_tensor_name_map(model_arch, n_layers)
+
+
+def gguf_name(hf_name: str, names: Any) -> str | None:
+    """llama.cpp's name for a transformers tensor (``names``: ``tensor_names``), or None for one it
+    does not keep."""
+    return names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
 
 
 def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -61,12 +53,13 @@ def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def llama_row_order(llama_name: str, rows: np.ndarray, n_head: int, n_kv: int) -> np.ndarray:
-    """``rows`` (a weight, or a LoRA B: one row per output) of ``llama_name`` in the order llama.cpp
-    expects: the query/key projections' rows get the rotary permutation, every other tensor is as is."""
-    if llama_name.endswith("attn_q.weight"):
+def llama_row_order(arch: Architecture, llama_name: str, rows: np.ndarray, n_head: int, n_kv: int) -> np.ndarray:
+    """``rows`` (a weight or bias, or a LoRA B: one row per output) of ``llama_name`` in the order
+    llama.cpp expects: where its rotary embedding interleaves (``arch.interleaved_rope``), the
+    query/key projections' rows get the rotary permutation; every other tensor is as is."""
+    if arch.interleaved_rope and ".attn_q." in llama_name:
         return permute_rotary(rows, n_head)
-    if llama_name.endswith("attn_k.weight"):
+    if arch.interleaved_rope and ".attn_k." in llama_name:
         return permute_rotary(rows, n_kv)
     return rows
 
@@ -103,45 +96,81 @@ def _write_in_child(spec: VersionSpec, path: Path, quantization: str) -> None:
         raise RuntimeError(f"writing the GGUF of version {spec.id} failed: {last_line(result)}")
 
 
-def write_llama_gguf(model: Any, tokenizer: Any, target: Path, *, quantization: str = "Q8_0",
-                     name: str = "tuneloop") -> Path:
-    """Write ``model`` (a transformers ``LlamaForCausalLM``, adapters already merged) as a GGUF at
-    ``target``. ``quantization`` applies to the 2-D weight matrices; norms stay float32."""
+def write_gguf(model: Any, tokenizer: Any, target: Path, *, quantization: str = "Q8_0",
+               name: str = "tuneloop") -> Path:
+    """Write ``model`` (a transformers causal LM of an architecture in ``engine.architectures``,
+    adapters already merged) as a GGUF at ``target``. ``quantization`` applies to the 2-D weight
+    matrices; norms and biases stay float32."""
     import gguf
 
     if quantization not in QUANTIZATIONS:
         raise InvalidInputError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {quantization!r}",
                                 param="quantization")
     config = model.config
-    if config.model_type != "llama":
-        raise InvalidInputError(f"llama.cpp export supports Llama models; this one is {config.model_type!r}.")
+    reason = unsupported_reason(config.to_dict())
+    if reason:
+        raise InvalidInputError(f"This model cannot be written for llama.cpp: {reason}.")
+    arch = ARCHITECTURES[config.model_type]
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    writer = gguf.GGUFWriter(str(staging), "llama")
+    writer = gguf.GGUFWriter(str(staging), arch.gguf_arch)
     writer.add_name(name)
+    _add_parameters(writer, config, head_dim)
+    writer.add_file_type({"F32": 0, "F16": 1, "Q8_0": 7, "Q4_1": 3}[quantization])
+    add_vocabulary(writer, tokenizer, config.model_type, config.vocab_size)
+    names = tensor_names(arch, config.num_hidden_layers)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    for hf_name, tensor in model.state_dict().items():
+        if tied and hf_name == "lm_head.weight":
+            continue
+        llama_name = gguf_name(hf_name, names)
+        if llama_name is None:
+            raise InvalidInputError(f"llama.cpp has no {arch.gguf_arch} tensor for {hf_name}; this model cannot "
+                                    "be written for llama.cpp.")
+        data = tensor.detach().to("cpu").float().numpy()
+        if arch.norm_offset and hf_name.endswith("norm.weight"):
+            data = data + np.float32(arch.norm_offset)
+        _add_tensor(writer, llama_name, llama_row_order(arch, llama_name, data, n_head, n_kv), quantization)
+    factors = llama3_rope_factors(config, head_dim)
+    if factors is not None:
+        writer.add_tensor("rope_freqs.weight", np.asarray(factors, dtype=np.float32))
+    return finish_gguf(writer, staging, target)
+
+
+def _add_parameters(writer: Any, config: Any, head_dim: int) -> None:
+    """The hyperparameters llama.cpp reads for ``config``'s architecture."""
+    import gguf
+
+    n_head = config.num_attention_heads
+    rope = rope_parameters(config)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_kv)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None)
-                                    or (config.rope_parameters or {}).get("rope_theta", 10000.0)))
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // n_head:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    partial = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)
+    writer.add_rope_dimension_count(int(partial * head_dim))
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type({"F32": 0, "F16": 1, "Q8_0": 7, "Q4_1": 3}[quantization])
-    _add_tokenizer(writer, tokenizer)
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    for hf_name, tensor in model.state_dict().items():
-        llama_name = gguf_name(hf_name)
-        if llama_name is None or (tied and llama_name == "output.weight"):
-            continue
-        data = llama_row_order(llama_name, tensor.detach().to("cpu").float().numpy(), n_head, n_kv)
-        _add_tensor(writer, llama_name, data, quantization)
-    return finish_gguf(writer, staging, target)
+    if rope["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    if config.model_type == "phi3":
+        # llama.cpp reads Phi-3's window but attends to the whole context (it says so when it loads)
+        writer.add_sliding_window(int(getattr(config, "sliding_window", None) or 0))
+        if getattr(config, "original_max_position_embeddings", None):
+            writer.add_rope_scaling_orig_ctx_len(int(config.original_max_position_embeddings))
+    if config.model_type == "gemma2":
+        writer.add_attn_logit_softcapping(float(config.attn_logit_softcapping))
+        writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+        writer.add_sliding_window(int(config.sliding_window))
 
 
 def finish_gguf(writer: Any, staging: Path, target: Path) -> Path:
@@ -166,29 +195,3 @@ def _add_tensor(writer: Any, name: str, data: np.ndarray, quantization: str) -> 
     else:
         qtype = getattr(gguf.GGMLQuantizationType, kind)
         writer.add_tensor(name, gguf.quants.quantize(data.astype(np.float32), qtype), raw_dtype=qtype)
-
-
-def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
-    """The tokenizer as llama.cpp reads it: copied from the bundled GGUF (same vocabulary), with the
-    model's own chat template and special ids."""
-    import gguf
-
-
-    reader = gguf.GGUFReader(str(bundled_gguf_path()))
-    tokens = reader.fields["tokenizer.ggml.tokens"]
-    if len(tokens.data) != len(tokenizer):
-        raise InvalidInputError(f"llama.cpp export needs the bundled SmolLM2 vocabulary ({len(tokens.data)} tokens); "
-                                f"this tokenizer has {len(tokenizer)}.")
-    for key, field in reader.fields.items():
-        if not key.startswith("tokenizer.ggml.") or key.endswith("_token_id"):
-            continue
-        kind = field.types[0]
-        sub = field.types[1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), kind, sub)
-    for attr, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
-                      ("unk_token_id", writer.add_unk_token_id), ("pad_token_id", writer.add_pad_token_id)):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            add(int(value))
-    if getattr(tokenizer, "chat_template", None):
-        writer.add_chat_template(tokenizer.chat_template)

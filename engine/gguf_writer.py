@@ -4,7 +4,7 @@ Merging a LoRA adapter needs the transformers model, which needs torch: ~400 MB 
 serving process would otherwise keep for the rest of its life to write one file. ``ensure_gguf``
 (``engine.gguf_files``) runs this module as a child process instead, so serving never imports torch
 and the memory is returned when the child exits. The file is written under a temporary name and
-renamed into place (``write_llama_gguf``). The exit status says what went wrong
+renamed into place (``write_gguf``). The exit status says what went wrong
 (``WRITER_EXIT_MISSING``, ``WRITER_EXIT_INVALID`` in ``engine.gguf_files``); the last line on stderr
 says why.
 """
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.gguf_files import WRITER_EXIT_INVALID, WRITER_EXIT_MISSING, write_llama_gguf
+from engine.gguf_files import WRITER_EXIT_INVALID, WRITER_EXIT_MISSING, write_gguf
 from engine.modelstore import ModelNotFoundError
 from engine.protocol import VersionSpec
 from engine.transformers_engine import LoadedModel
@@ -25,7 +25,7 @@ from tuneloop.core.errors import InvalidInputError
 def write_version_gguf(spec: VersionSpec, target: Path, quantization: str) -> Path:
     """Load ``spec`` (adapter merged, float32) and write it as a GGUF at ``target``."""
     loaded = LoadedModel.load(spec, device="cpu", dtype="float32")
-    return write_llama_gguf(loaded.model, loaded.tokenizer, target, quantization=quantization, name=spec.id)
+    return write_gguf(loaded.model, loaded.tokenizer, target, quantization=quantization, name=spec.id)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,9 @@ trained on exactly the prompt layout it is later served with (the model's own ch
 from __future__ import annotations
 
 from typing import Any
+
+from jinja2 import TemplateError
+
 from tuneloop.core import errors
 
 _SENTINEL = "\u2063TUNELOOP_COMPLETION\u2063"
@@ -29,8 +32,21 @@ def system_with_memory(system_prompt: str, memory: str) -> str:
     return system_prompt + (f"\n\n{memory}" if memory else "")
 
 
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], **options: Any) -> str:
+    """The model's chat template applied, as text. A template with no system turn (Gemma's refuses one)
+    gets the system prompt at the head of the first user message, as such models are prompted."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **options)
+    except TemplateError:
+        if len(messages) < 2 or messages[0]["role"] != "system" or messages[1]["role"] != "user":
+            raise
+        system, first, *rest = messages
+        folded = [{**first, "content": f"{system['content']}\n\n{first['content']}"}, *rest]
+        return tokenizer.apply_chat_template(folded, tokenize=False, **options)
+
+
 def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return render_chat(tokenizer, messages, add_generation_prompt=True)
 
 
 def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -40,9 +56,7 @@ def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
 def completion_text(tokenizer: Any, messages: list[dict[str, str]], answer: str) -> str:
     """The text that follows the prompt when the assistant says ``answer``, including the template's
     end-of-turn marker, derived from the template itself so it holds for any chat model."""
-    full = tokenizer.apply_chat_template(
-        [*messages, {"role": "assistant", "content": _SENTINEL}], tokenize=False
-    )
+    full = render_chat(tokenizer, [*messages, {"role": "assistant", "content": _SENTINEL}])
     prefix = prompt_text(tokenizer, messages)
     if not full.startswith(prefix) or _SENTINEL not in full:
         # Templates that rewrite earlier turns: fall back to answer + eos.

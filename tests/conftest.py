@@ -55,8 +55,13 @@ def tiny_model_dir() -> Path:
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
-    staging = CACHE / ".tiny-llama.partial"
+    return save_model(LlamaForCausalLM(config), tokenizer, target)
+
+
+def save_model(model, tokenizer, target: Path) -> Path:
+    """Save a test model and its tokenizer at ``target`` in the cache, atomically: an interrupted run
+    never leaves a half-written model for the next one."""
+    staging = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)

@@ -211,14 +211,14 @@ def test_an_adapter_gguf_on_the_base_answers_as_the_merged_gguf(tiny_model_dir, 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.gguf_files import write_llama_gguf
+    from engine.gguf_files import write_gguf
     from engine.gguf_lora import write_lora_gguf
     from retrain.trainer.config import ALL_LINEAR
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    base_gguf = write_llama_gguf(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), tokenizer,
-                                 tmp_path / "base.gguf", quantization="F32")
+    base_gguf = write_gguf(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), tokenizer,
+                           tmp_path / "base.gguf", quantization="F32")
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
                            LoraConfig(r=4, lora_alpha=8, target_modules=ALL_LINEAR, task_type="CAUSAL_LM"))
     with torch.no_grad():
@@ -227,7 +227,7 @@ def test_an_adapter_gguf_on_the_base_answers_as_the_merged_gguf(tiny_model_dir, 
                 param.normal_(0.0, 0.5)  # peft starts B at zero: an adapter that changes nothing proves nothing
     model.save_pretrained(tmp_path / "adapter")
     adapter_gguf = write_lora_gguf(tmp_path / "adapter", tiny_model_dir, tmp_path / "adapter.gguf", dtype="F32")
-    merged_gguf = write_llama_gguf(model.merge_and_unload(), tokenizer, tmp_path / "merged.gguf", quantization="F32")
+    merged_gguf = write_gguf(model.merge_and_unload(), tokenizer, tmp_path / "merged.gguf", quantization="F32")
 
     def greedy(**paths) -> list[list[int]]:
         llm = Llama(n_ctx=256, n_threads=1, verbose=False, **paths)

@@ -47,8 +47,9 @@ def prepare_database(settings: Settings):
 
 def create_app(settings: Settings | None = None, *, load_model: bool = True, mount_ui: bool = True) -> FastAPI:
     from bot.runtime import ServingRuntime
+    from engine.backends import servable_settings
 
-    settings = settings or get_settings()
+    settings = servable_settings(settings or get_settings())  # llama.cpp, or says why not and uses transformers
     db = prepare_database(settings)
     runtime = ServingRuntime(settings, db)
     if settings.memory_enabled:

@@ -9,7 +9,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from engine import architectures
+
+ALL_LINEAR = list(architectures.ALL_LINEAR)  # a fresh adapter's default: every projection, by each model's names
 
 DEFAULT_BETA = 0.1  # DPO's beta when a job says "auto" (kept here: the API reads it without loading torch)
 
@@ -43,7 +45,8 @@ class TrainConfig:
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input, in [0, 1). 0: "
                                 "with few examples, dropout slowed learning more than it helped."})
     target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR), metadata={
-        "help": "Modules that get LoRA weights; default every linear projection of attention and MLP."})
+        "help": "Modules that get LoRA weights; default every linear projection of attention and MLP, by the "
+        "base model's own names (Phi-3's fused qkv_proj and gate_up_proj: engine.architectures)."})
     prompt_loss_weight: float = field(default=0.0, metadata={"help": "Loss weight of prompt tokens "
                                       "(answer tokens weigh 1). 0 trains on the answers only."})
     replay_fraction: float = field(default=1.0, metadata={"help": "Share of examples the parent already "

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from engine.architectures import lora_targets
 from feedback.examples import TrainingExample
 from retrain.trainer.augment import held_out_by_correction, training_set
 from retrain.trainer.batching import EncodedExample, collate, encode_example, length_grouped_batches, target_logits
@@ -154,7 +155,8 @@ def _load_model(config: TrainConfig, base_dir: Path, parent_adapter_dir: Path | 
         model = PeftModel.from_pretrained(base, parent_adapter_dir, is_trainable=True)
     else:
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=list(config.target_modules), task_type="CAUSAL_LM", bias="none")
+                          target_modules=lora_targets(base.config.model_type, config.target_modules),
+                          task_type="CAUSAL_LM", bias="none")
         model = get_peft_model(base, lora)
     return model.to(device), tokenizer
 

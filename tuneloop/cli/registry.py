@@ -206,9 +206,10 @@ def export(
     path = export_gguf(spec, settings, target)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)")
     if ollama:
-        from engine.chat_tokenizer import ChatTokenizer
+        from engine.chat_tokenizer import ChatTokenizer, eos_ids
 
-        template = ChatTokenizer(spec.base_dir).chat_template
+        tokenizer = ChatTokenizer(spec.base_dir)
+        stops = tuple(tokenizer.decode([i]) for i in sorted(eos_ids(spec.base_dir, tokenizer)))  # the model's own
         modelfile = write_modelfile(path, Path(ollama), system_prompt=settings.resolved_system_prompt,
-                                    chat_template=template)
+                                    chat_template=tokenizer.chat_template, stop_tokens=stops)
         typer.echo(f"wrote {modelfile}; next: cd {ollama} && ollama create {version.name} -f Modelfile")

@@ -14,10 +14,11 @@ worker_app = typer.Typer()
 @worker_app.command("worker")
 def worker(scheduler: bool = typer.Option(True, help="Also run the retraining scheduler and the retention purge (one worker holds them).")) -> None:
     """Run fine-tune jobs one at a time, and the scheduler. Stop with Ctrl-C."""
+    from engine.backends import servable_settings
     from retrain.worker import Worker
     from tuneloop.app import prepare_database
 
-    settings = get_settings()
+    settings = servable_settings(get_settings())  # gates on what serves: transformers where llama.cpp cannot
     runner = Worker(settings, prepare_database(settings))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop_event.set())
