@@ -8,7 +8,8 @@ when the file leaves tuneloop.
 The bundled SmolLM2 vocabulary (which the test models reuse) is copied from the bundled GGUF, as
 llama.cpp's converter wrote it. Any other is written from the tokenizer's own files with the
 ``gguf`` package's readers: byte-level BPE (``BpeVocab``: Llama 3, Qwen2, GPT-2 style) or
-SentencePiece-style BPE with byte fallback (``LlamaHfVocab``: Mistral, Phi-3, Gemma). llama.cpp picks
+SentencePiece-style BPE with byte fallback (``LlamaHfVocab``: Mistral, Phi-3, Gemma; it has no piece
+scores, so llama.cpp's own tokenizer may split text differently from the model's). llama.cpp picks
 its pre-tokenizer regex by name; tuneloop knows the names of the families below and writes
 ``default`` otherwise, which only matters to tools that tokenize with the GGUF itself.
 """

@@ -133,16 +133,26 @@ def _export_with_ollama(base, make_settings, cli_runner, directory) -> None:
     llm.close()
 
 
-def byte_level_tokenizer(tiny_model_dir, target):
-    """A small byte-level BPE vocabulary of its own (not the bundled one), with the test chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def own_tokenizer(kind: str, tiny_model_dir, target):
+    """A small vocabulary of its own (not the bundled one), with the test chat template: byte-level BPE
+    (as Llama 3 and Qwen2 have) or SentencePiece-style BPE with byte fallback (Mistral, Phi-3, Gemma)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    if kind == "byte-level":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                               decoders.Strip(" ", 1, 0)])
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", *special,
+                                                                      *(f"<0x{i:02X}>" for i in range(256))])
     tokenizer.train_from_iterator([MESSAGES[0]["content"], *QUESTIONS, *(f.completion for f in facts())], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>")
@@ -151,10 +161,13 @@ def byte_level_tokenizer(tiny_model_dir, target):
     return target
 
 
-def test_a_vocabulary_of_its_own_is_written_from_the_tokenizer_files(tiny_model_dir, make_settings, tmp_path):
-    """A Qwen2 with its own byte-level BPE vocabulary (fewer tokens than embedding rows, as Qwen2.5 has):
-    the GGUF carries that vocabulary (padded, merges, llama.cpp's qwen2 pre-tokenizer) and answers as
-    transformers does."""
+@pytest.mark.parametrize("kind, model_type, tokenizer_model, pre", [("byte-level", "qwen2", "gpt2", "qwen2"),
+                                                                    ("sentencepiece", "phi3", "llama", "default")])
+def test_a_vocabulary_of_its_own_is_written_from_the_tokenizer_files(kind, model_type, tokenizer_model, pre,
+                                                                     tiny_model_dir, make_settings, tmp_path):
+    """A model with its own vocabulary, fewer tokens than embedding rows (as Qwen2.5 and Phi-3 have): the
+    GGUF carries that vocabulary (padded; merges and llama.cpp's qwen2 pre-tokenizer for byte-level BPE)
+    and answers as transformers does."""
     import gguf
     from llama_cpp import Llama
 
@@ -163,16 +176,19 @@ def test_a_vocabulary_of_its_own_is_written_from_the_tokenizer_files(tiny_model_
     from engine.llamacpp import LlamaCppEngine
     from engine.local import TransformersEngine
 
-    tokenizer_dir = byte_level_tokenizer(tiny_model_dir, tmp_path / "tokenizer")
-    cached = build_tiny("qwen2-own-vocab", "qwen2", dict(vocab_size=384, tie_word_embeddings=True), tokenizer_dir)
-    base = shutil.copytree(cached, tmp_path / "qwen2", ignore=shutil.ignore_patterns("*.gguf"))
+    tokenizer_dir = own_tokenizer(kind, tiny_model_dir, tmp_path / "tokenizer")
+    cached = build_tiny(f"{model_type}-own-vocab", model_type, dict(vocab_size=512, tie_word_embeddings=False),
+                        tokenizer_dir)
+    base = shutil.copytree(cached, tmp_path / model_type, ignore=shutil.ignore_patterns("*.gguf"))
     path = write_version_gguf(VersionSpec("v0", base), base / "model.gguf", "F32")
     fields = gguf.GGUFReader(str(path)).fields
-    assert fields["tokenizer.ggml.model"].contents() == "gpt2" and fields["tokenizer.ggml.pre"].contents() == "qwen2"
+    assert (fields["tokenizer.ggml.model"].contents(), fields["tokenizer.ggml.pre"].contents()) == (tokenizer_model, pre)
     tokens = fields["tokenizer.ggml.tokens"].contents()
-    assert len(tokens) == 384 and tokens[-1] == "[PAD383]" and fields["tokenizer.ggml.merges"].contents()
-    llm = Llama(model_path=str(path), n_ctx=128, verbose=False)  # and tokenizes as the model's own files do
-    assert llm.tokenize(QUESTIONS[0].encode(), add_bos=False) == ChatTokenizer(base)(QUESTIONS[0])["input_ids"]
+    assert len(tokens) == 512 and tokens[-1] == "[PAD511]"
+    llm = Llama(model_path=str(path), n_ctx=128, verbose=False)
+    if kind == "byte-level":  # and tokenizes as the model's own files do (the other is written without scores)
+        assert fields["tokenizer.ggml.merges"].contents()
+        assert llm.tokenize(QUESTIONS[0].encode(), add_bos=False) == ChatTokenizer(base)(QUESTIONS[0])["input_ids"]
     llm.close()
 
     settings = make_settings(base_model=str(base), gguf_quantization="F32", max_batch_size=2)
