@@ -125,10 +125,12 @@ def gates(version_id: str) -> None:
 
     Minutes on a CPU; each stage is printed. (The API queues them for `tuneloop worker` instead.)
     """
+    from engine.backends import servable_settings
     from retrain.gates.service import run_gates
 
     settings, engine = _context()
-    report = run_gates(settings, engine, version_id, progress=lambda stage: typer.echo(f"  {stage} …"))
+    report = run_gates(servable_settings(settings), engine, version_id,  # on what serves, as the worker gates
+                       progress=lambda stage: typer.echo(f"  {stage} …"))
     typer.echo(f"gates {'PASSED' if report.passed else 'FAILED'} for {version_id} (report {report.id})")
     for reason in report.summary.get("reasons", []):
         typer.echo(f"  - {reason}")
