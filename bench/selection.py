@@ -16,7 +16,13 @@ held-out rows: the honest figure for a company nobody tuned it on. The defaults 
 ``feedback.memory.selection`` are the fit on all three. Rows are cached in
 bench/results/selection_rows.json (``--refit`` re-fits without the model).
 
+With ``--latency`` it measures instead what selection adds to a turn's time to first token: two
+``tuneloop serve`` processes over one database holding the first 40 facts of the acme KB, one with
+answer scoring on and one with it off (retrieval alone), each asked the 120 held-out rewordings one at
+a time through the official openai client, streaming.
+
     python bench/selection.py [--refit] [--kb examples/acme_kb.jsonl ...]
+    python bench/selection.py --latency
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ KBS = [ROOT / "examples" / f"{name}_kb.jsonl" for name in ("acme", "telecom", "s
 ROUND1 = 40
 ROWS = RESULTS / "selection_rows.json"
 PROBABILITIES = [round(0.05 * i, 2) for i in range(4, 20)]
-TOPIC_THRESHOLDS = [round(0.2 + 0.025 * i, 3) for i in range(13)]
+TOPIC_THRESHOLDS = [round(-0.3 + 0.025 * i, 3) for i in range(25)]
 
 
 def load_kb(path: Path) -> tuple[list[dict], list[str]]:
@@ -88,6 +94,7 @@ def collect(path: Path, general: list[str], data_dir: Path) -> dict:
             scored = candidate_rows(memory, labelled, None if name == "general" else scorer,
                                     settings.memory_candidates)
             rows = [{"text": q.text, "expected": q.correction_id, "by_model": by_model,
+                     "topic": memory.topic_score(q.text),
                      "candidates": [{**c.__dict__, "right": right} for c, right in candidates]}
                     for q, (candidates, by_model) in zip(labelled, scored)]
             out[name] = rows
@@ -114,18 +121,19 @@ def fit_on(kbs: list[dict]):
     return SelectorPair(fit(rows, FEATURES), fit(rows, RETRIEVAL_FEATURES))
 
 
-def judge(selector, kb: dict, probability: float, topic: float) -> dict:
-    """Outcomes of the held-out questions of one KB, as ``CorrectionMemory.decide`` would give them."""
+def judge(pair, kb: dict, probability: float, topic: float, *, scored: bool = True) -> dict:
+    """Outcomes of the held-out questions of one KB, as ``CorrectionMemory.decide`` would give them
+    (``scored``: with the model's scores where the row has them, else retrieval alone)."""
     result = {}
     for name in ("exact", "reworded", "uncovered", "general"):
         counts = {"n": len(kb[name]), "verified_right": 0, "verified_wrong": 0, "handoff": 0, "none": 0}
         for row in kb[name]:
             candidates = _candidates(row)
+            selector = pair.for_scored(scored and row["by_model"])
             chance, right = max((selector.probability(c), r) for c, r in candidates) if candidates else (0.0, False)
-            best_retrieval = max((c.retrieval for c, _ in candidates), default=0.0)
             if chance >= probability:
                 counts["verified_right" if right else "verified_wrong"] += 1
-            elif best_retrieval >= topic:
+            elif row["topic"] >= topic:
                 counts["handoff"] += 1
             else:
                 counts["none"] += 1
@@ -140,7 +148,7 @@ def choose(kbs: dict[str, dict], selectors: dict, wrong_budget: float = 0.01) ->
     def wrong_share(p: float) -> float:
         worst = 0.0
         for name, kb in kbs.items():
-            j = judge(selectors[name], kb, p, 0.0)
+            j = judge(selectors[name], kb, p, -1.0)
             shop = j["reworded"]["n"] + j["uncovered"]["n"]
             worst = max(worst, (j["reworded"]["verified_wrong"] + j["uncovered"]["verified_wrong"]) / shop)
         return worst
@@ -163,7 +171,7 @@ def report(kbs: dict[str, dict], selectors: dict, final, probability: float, top
     figures, lines = {}, []
     for name, kb in kbs.items():
         j = judge(selectors[name], kb, probability, topic)
-        r = judge(selectors[name + ":retrieval"], kb, probability, topic)
+        r = judge(selectors[name], kb, probability, topic, scored=False)
         figures[name] = {"with_model": j, "retrieval_only": r, "ms_per_question": kb["ms_per_question"]}
         for label, res in (("served model + retrieval", j), ("retrieval alone", r)):
             lines.append(
@@ -183,7 +191,8 @@ the *other two* KBs (customer wordings as positives, uncovered questions as nega
 questions: rewordings are the 3 paraphrases per corrected fact; uncovered shop questions are the paraphrases of the 20
 facts not yet corrected and half of the KB's off-topic file (a verified reply to one is wrong; the right outcome is a
 handoff); general questions are bench/general_questions.json (the right outcome is the model alone). Settings chosen
-on all three: verified at probability ≥ **{probability}**, about the company (handoff) at retrieval ≥ **{topic}**.
+on all three: verified at probability ≥ **{probability}**, about the company (handoff) at topic margin ≥ **{topic}**
+(`feedback.memory.topic`).
 
 | KB | selection | exact questions verified right | rewordings verified right | rewordings verified wrong | rewordings handed off | uncovered verified (wrong) | uncovered handed off | general left to the model |
 |---|---|---|---|---|---|---|---|---|
@@ -196,11 +205,79 @@ through llama.cpp, neutral scores cached per version; the 2 cores were otherwise
     return text, figures
 
 
+def latency(path: Path) -> dict:
+    """Time to first token with and without answer scoring, measured in the same run (see the docstring)."""
+    import statistics
+
+    import httpx
+    from openai import OpenAI
+
+    from bench.common import start_server
+    from bench.memory import real_model_dir
+    from feedback.corrections.service import create_correction
+    from tuneloop.app import prepare_database
+    from tuneloop.core.db import session_scope
+    from tuneloop.core.settings import Settings
+
+    facts, _ = load_kb(path)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"TUNELOOP_DATA_DIR": tmp, "TUNELOOP_BASE_MODEL": str(real_model_dir()),
+               "TUNELOOP_ADMIN_PASSWORD": "bench-admin", "TUNELOOP_RATE_LIMIT_PER_MINUTE": "0",
+               "TUNELOOP_LOG_LEVEL": "WARNING"}
+        settings = Settings(data_dir=Path(tmp), admin_password="bench-admin", allow_self_approval=True)
+        db = prepare_database(settings)
+        with session_scope(db) as session:
+            for fact in facts[:ROUND1]:
+                create_correction(session, settings, actor="bench", question=fact["question"], answer=fact["answer"],
+                                  status="approved")
+        db.dispose()
+        questions = [p for f in facts[:ROUND1] for p in f["paraphrases"]]
+        for arm, scoring in (("retrieval alone", "false"), ("served model + retrieval", "true")):
+            server, url = start_server({**env, "TUNELOOP_MEMORY_ANSWER_SCORING": scoring})
+            try:
+                client = OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, http_client=httpx.Client(timeout=120))
+                for fact in facts[:ROUND1]:  # warm: the index, and each answer's neutral score once per version
+                    client.chat.completions.create(model="tuneloop", max_tokens=8, store=False,
+                                                   messages=[{"role": "user", "content": fact["question"]}])
+                ttft = []
+                for question in questions:
+                    started = time.perf_counter()
+                    stream = client.chat.completions.create(model="tuneloop", max_tokens=16, stream=True, store=False,
+                                                            messages=[{"role": "user", "content": question}])
+                    for chunk in stream:
+                        if chunk.choices and chunk.choices[0].delta.content:
+                            ttft.append(time.perf_counter() - started)
+                            break
+                    stream.close()
+                out[arm] = {"n": len(ttft), "p50_ms": 1000 * statistics.median(ttft),
+                            "p90_ms": 1000 * statistics.quantiles(ttft, n=10)[-1]}
+                print(f"  {arm}: {out[arm]}", flush=True)
+            finally:
+                server.terminate()
+                server.wait(60)
+    out["added_p50_ms"] = out["served model + retrieval"]["p50_ms"] - out["retrieval alone"]["p50_ms"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kb", type=Path, action="append", help="knowledge bases (default: the three in examples/)")
     parser.add_argument("--refit", action="store_true", help="reuse the cached candidate rows; fit and report only")
+    parser.add_argument("--latency", action="store_true", help="time to first token with and without answer scoring")
     args = parser.parse_args()
+    if args.latency:
+        figures = latency(KBS[0])
+        m = machine()
+        text = (f"## What answer selection costs a turn (`bench/selection.py --latency`)\n\nMeasured {m['date']} on "
+                f"{m['cores']} CPU cores, llama.cpp, the bundled SmolLM2, 40 approved corrections of the acme KB, the "
+                "120 held-out rewordings asked one at a time, streaming: time to first token, p50 / p90.\n\n"
+                "| memory decides by | p50 (ms) | p90 (ms) |\n|---|---|---|\n" +
+                "".join(f"| {arm} | {f['p50_ms']:.0f} | {f['p90_ms']:.0f} |\n" for arm, f in figures.items()
+                        if isinstance(f, dict)) +
+                f"\nAnswer selection adds **{figures['added_p50_ms']:.0f} ms** to the p50 (target: ≤ 250 ms).")
+        write_section("selection-latency", text, {"machine": m, **figures})
+        return
     paths = args.kb or KBS
     if args.refit:
         kbs = json.loads(ROWS.read_text())
@@ -210,10 +287,7 @@ def main() -> None:
             kbs = {p.stem.replace("_kb", ""): collect(p, general, Path(tmp) / p.stem) for p in paths}
         RESULTS.mkdir(parents=True, exist_ok=True)
         ROWS.write_text(json.dumps(kbs))
-    selectors = {}
-    for name in kbs:
-        pair = fit_on([kb for other, kb in kbs.items() if other != name] or [kbs[name]])
-        selectors[name], selectors[name + ":retrieval"] = pair.with_model, pair.retrieval_only
+    selectors = {name: fit_on([kb for other, kb in kbs.items() if other != name] or [kbs[name]]) for name in kbs}
     probability, topic = choose(kbs, selectors)
     final = fit_on(list(kbs.values()))
     text, figures = report(kbs, selectors, final, probability, topic)

@@ -128,7 +128,8 @@ class ServingRuntime:
         if self.memory is None or not self.settings.memory_enabled:
             return None
         try:
-            return self.memory.decide(messages, _VersionScorer(self, version) if version is not None else None)
+            scoring = version is not None and self.settings.memory_answer_scoring
+            return self.memory.decide(messages, _VersionScorer(self, version) if scoring else None)
         except Exception:  # memory is a help, never a reason to fail an answer
             log.exception("correction memory lookup failed; answering without it")
             return None

@@ -327,26 +327,28 @@ def perplexity(loaded: LoadedModel, texts: list[str], max_length: int = 512) -> 
     return float(torch.exp(torch.tensor(total_nll / max(total_tokens, 1))))
 
 
-def answer_logprobs(loaded: LoadedModel, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, int]]:
+def answer_logprobs(loaded: LoadedModel, pairs: list[tuple[list[int], list[int]]],
+                    rows_per_pass: int = 8) -> list[tuple[float, int]]:
     """For each (prompt ids, answer ids), the summed log-probability of the answer tokens after the
-    prompt: one right-padded forward pass for all pairs (answer scoring for correction memory). Run it
-    through ``LocalEngine.run_exclusive`` when the loaded model is also serving."""
-    if not pairs:
-        return []
-    rows = [prompt + answer for prompt, answer in pairs]
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), loaded.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row)
-        mask[i, :len(row)] = 1
-    with torch.inference_mode():
-        logits = loaded.model(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device)).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+    prompt: right-padded forward passes of ``rows_per_pass`` pairs (answer scoring for correction
+    memory), the softmax taken only where an answer token is predicted (a full vocabulary at every
+    position of a large batch would cost gigabytes). Run it through ``LocalEngine.run_exclusive`` when
+    the loaded model is also serving."""
     results = []
-    for i, (prompt, answer) in enumerate(pairs):
-        positions = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1, device=logprobs.device)
-        targets = torch.tensor(answer, device=logprobs.device)
-        results.append((float(logprobs[i, positions, targets].sum()), len(answer)))
+    for start in range(0, len(pairs), rows_per_pass):
+        chunk = pairs[start:start + rows_per_pass]
+        rows = [prompt + answer for prompt, answer in chunk]
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), loaded.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+        with torch.inference_mode():
+            logits = loaded.model(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device)).logits
+            for i, (prompt, answer) in enumerate(chunk):
+                predicting = logits[i, len(prompt) - 1:len(prompt) + len(answer) - 1].float()
+                targets = torch.tensor(answer, device=predicting.device)
+                logprobs = torch.log_softmax(predicting, dim=-1).gather(1, targets[:, None])
+                results.append((float(logprobs.sum()), len(answer)))
     return results
-

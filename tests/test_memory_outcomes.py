@@ -153,7 +153,7 @@ def test_follow_up_never_gets_a_canned_answer(make_settings, database_url):
     after a question about kayaks it must not be."""
     from tuneloop.app import prepare_database
 
-    settings = make_settings(database_url=database_url, memory_verified_probability=0.05, memory_topic_threshold=0.2,
+    settings = make_settings(database_url=database_url, memory_verified_probability=0.05, memory_topic_threshold=-1.0,
                              memory_max_hits=3, memory_grounded_enabled=True, allow_self_approval=True)
     engine = prepare_database(settings)
     with session_scope(engine) as session:

@@ -114,7 +114,7 @@ def test_uncovered_company_question_is_handed_off_to_the_top_of_the_review_queue
 
     # no answer can be selected with confidence (probability 1.0): every shop question is handed off
     app = create_app(make_settings(base_model=str(tiny_model_dir), database_url=database_url,
-                                   memory_verified_probability=1.0, memory_topic_threshold=0.2),
+                                   memory_verified_probability=1.0),
                      load_model=False, mount_ui=False)
     app.state.runtime.start(background=False)
     try:

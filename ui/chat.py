@@ -27,6 +27,9 @@ from ui.text import as_markdown
 log = logging.getLogger(__name__)
 
 LIKE, DISLIKE = "Like", "Dislike"
+# what correction memory did with the last turn (bot.memory), said under the chat
+OUTCOME_NOTES = {"verified": "This answer was written and approved by our support team.",
+                 "handoff": "Your question was passed to our support team."}
 
 
 @dataclass
@@ -114,7 +117,7 @@ def _ask(app: FastAPI, state: ChatSession, history: list[dict], text: str):
     state.conversation_token = turn.conversation_token or state.conversation_token
     history[-1]["content"] = as_markdown(turn.text)  # the recorded answer (stop strings removed)
     state.message_ids[len(history) - 1] = turn.message_id
-    yield state, history, "", ""
+    yield state, history, "", OUTCOME_NOTES.get(turn.memory_outcome or "", "")
 
 
 def _user_message(exc: Exception) -> str:

@@ -137,6 +137,7 @@ def candidate_rows(memory: CorrectionMemory, questions: Sequence[LabelledQuestio
                 turns = [([{"role": "user", "content": q.text}], [s.correction_id for s in r])
                          for q, r in zip(questions[start:start + chunk], retrieved[start:start + chunk])]
                 pmi[start:start + chunk] = memory.pmi_many(turns, scorer)
+                log.info("calibration: scored %d of %d questions", min(start + chunk, len(questions)), len(questions))
         except Exception as exc:  # noqa: BLE001  (calibration falls back to retrieval, as serving does)
             log.warning("answer scoring failed (%s); calibrating on retrieval alone", exc)
             pmi = [None] * len(questions)

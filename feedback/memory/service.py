@@ -10,8 +10,8 @@ Every approved correction is indexed by its question, its alternative questions 
   into the probability that a candidate is the right answer;
 * ``verified``: the best candidate's probability is ≥ ``memory_verified_probability`` and the turn
   stands on its own: the reply *is* that approved answer, no decoding;
-* otherwise, a question about the company (its best retrieval score ≥ ``memory_topic_threshold``)
-  is ``grounded`` (approved answers in the prompt, only where ``memory_grounded_enabled``) or
+* otherwise, a question about the company (``feedback.memory.topic``: nearer to what customers ask
+  companies than to small talk and general questions, by ``memory_topic_threshold``) is ``grounded`` (approved answers in the prompt, only where ``memory_grounded_enabled``) or
   ``handoff``: an honest "I've passed this to our team" reply, and the turn tops the review queue;
 * ``none``: small talk and general questions, the model alone.
 
@@ -39,6 +39,8 @@ from bot.memory import (GROUNDED, HANDOFF, NONE, VERIFIED, AnswerScorer, MemoryD
                         memory_context)
 from feedback.corrections.models import Correction, CorrectionStatus
 from feedback.memory.retrieval import Entry, HybridIndex, Scored
+from engine.embeddings import embed
+from feedback.memory.topic import REFERENCE
 from feedback.memory.selection import NEUTRAL_QUESTION, Candidate, SelectorPair, candidates_from, load_selectors
 from tuneloop.core.settings import Settings
 
@@ -78,6 +80,7 @@ class CorrectionMemory:
         self._neutral: dict[str, float] = {}  # answer -> log p(answer | neutral question), for _neutral_version
         self._neutral_version: str | None = None
         self._scoring_error = ""
+        self._last_vector: tuple[str, np.ndarray] | None = None
 
     def _current_fingerprint(self, session: Session) -> tuple:
         count, latest = session.exec(
@@ -124,7 +127,7 @@ class CorrectionMemory:
         self.refresh()
         with self._lock:
             index = self._index
-        return index.search(query, exclude=index.doc_ids(*held_out) if held_out else ())
+        return index.search(query, exclude=index.doc_ids(*held_out) if held_out else (), vector=self._vector(query))
 
     def _hits(self, scores: list[Scored], limit: int) -> list[MemoryHit]:
         return [MemoryHit(s.correction_id, *self._rows[s.correction_id], s.score)
@@ -147,6 +150,7 @@ class CorrectionMemory:
         if not self.settings.memory_enabled or not users or not users[-1].strip():
             return MemoryDecision()
         turn, previous = users[-1], users[-2] if len(users) > 1 else ""
+        query = turn
         scores, reason = self.search(turn), ""
         if previous:
             follow_up = is_follow_up(turn, has_history=True, max_words=self.settings.memory_followup_max_words)
@@ -154,7 +158,7 @@ class CorrectionMemory:
             moved = bool(scores and with_context and with_context[0].correction_id != scores[0].correction_id)
             if follow_up or moved:
                 reason = "follow-up: leans on earlier turns" if follow_up else "follow-up: context changes the match"
-                scores = with_context
+                scores, query = with_context, f"{previous} {turn}"
         if not scores:
             return MemoryDecision()
         retrieved = scores[:self.settings.memory_candidates]
@@ -168,7 +172,7 @@ class CorrectionMemory:
         if not reason and self.settings.memory_verified_enabled \
                 and chances[best] >= (selectors.verified_probability or self.settings.memory_verified_probability):
             return MemoryDecision(VERIFIED, [self._hit(retrieved[best])], logged, reason or "selected")
-        if retrieved[0].score < self.settings.memory_topic_threshold:
+        if self.topic_score(query) < self.settings.memory_topic_threshold:
             return MemoryDecision(NONE, [], logged, reason or "not about the company")
         if self.settings.memory_grounded_enabled:
             hits = [self._hit(retrieved[i]) for i in order[:self.settings.memory_max_hits]]
@@ -177,6 +181,21 @@ class CorrectionMemory:
             return MemoryDecision(HANDOFF, [], logged, reason or "no approved answer covers it with confidence",
                                   reply=self.settings.memory_handoff_reply)
         return MemoryDecision(NONE, [], logged, reason)
+
+    def topic_score(self, query: str) -> float:
+        """How much nearer ``query`` is to what customers ask a company than to small talk and general
+        questions (``feedback.memory.topic``); the approved questions count as the company's."""
+        index = self.index
+        return REFERENCE.score(self._vector(query), index.vectors[~index.is_answer])
+
+    def _vector(self, text: str) -> np.ndarray:
+        """The query's embedding, kept for the next call (a turn embeds once for search and topic)."""
+        cached = self._last_vector
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        vector = embed([text])[0]
+        self._last_vector = (text, vector)
+        return vector
 
     @property
     def index(self) -> HybridIndex:

@@ -156,6 +156,9 @@ class Settings(BaseSettings):
         description="Probability (the answer selector's, feedback.memory.selection) at or above which the best "
         "candidate is the reply. Chosen on three knowledge bases (docs/memory.md); refit the selector on your own "
         "data with `tuneloop memory calibrate`.")
+    memory_answer_scoring: bool = Field(
+        True, description="Let the served weights score the candidate answers (answer selection); off: retrieval "
+        "alone decides, a little faster and less accurate (bench/selection.py measures both).")
     memory_candidates: int = Field(
         5, ge=1, le=20, description="Best retrieved corrections the served model scores for each turn.")
     memory_handoff_enabled: bool = Field(
