@@ -112,3 +112,31 @@ class TrainingExample:
         known = {f.name for f in dataclasses.fields(cls)} - {"messages", "completion", "prompt"}
         return cls(messages=prompt, completion=str(messages[-1]["content"]),
                    **{k: v for k, v in meta.items() if k in known and v is not None})
+
+
+@dataclass
+class PreferencePair:
+    """One DPO pair: under the same context (``messages``: system … user), the approved correction
+    (``preferred``) over the answer it corrected (``rejected``). A snapshot holds its pairs
+    (``retrain.datasets``), so a DPO round is reproduced from its snapshot whatever the live tables
+    (the logged answer, retention) say later."""
+
+    messages: list[dict[str, str]]
+    preferred: str
+    rejected: str
+    correction_id: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """OpenAI's DPO line, the shape of an uploaded preference file and of what the DPO trainer reads."""
+        return {"input": {"messages": self.messages},
+                "preferred_output": [{"role": "assistant", "content": self.preferred}],
+                "non_preferred_output": [{"role": "assistant", "content": self.rejected}]}
+
+    def to_snapshot_line(self) -> dict[str, Any]:
+        return {**self.to_record(), "tuneloop": {"correction_id": self.correction_id}}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "PreferencePair":
+        return cls(messages=record["input"]["messages"], preferred=record["preferred_output"][-1]["content"],
+                   rejected=record["non_preferred_output"][-1]["content"],
+                   correction_id=(record.get("tuneloop") or {}).get("correction_id"))

@@ -20,6 +20,7 @@ from sqlmodel import Session
 
 from bot.models import Message
 from feedback.corrections.service import approved_corrections
+from feedback.examples import PreferencePair
 from feedback.export import correction_example
 from feedback.pii import training_scrubber
 from tuneloop.core.settings import Settings
@@ -27,9 +28,15 @@ from tuneloop.core.settings import Settings
 
 def preference_records(session: Session, settings: Settings, tokenizer: Any = None,
                        correction_ids: set[str] | None = None) -> list[dict[str, Any]]:
+    """``preference_pairs`` as OpenAI's DPO lines."""
+    return [pair.to_record() for pair in preference_pairs(session, settings, tokenizer, correction_ids)]
+
+
+def preference_pairs(session: Session, settings: Settings, tokenizer: Any = None,
+                     correction_ids: set[str] | None = None) -> list[PreferencePair]:
     """A pair per approved correction of an answer; ``correction_ids``: only those corrections (e.g. the
     ones a dataset snapshot holds)."""
-    records, clean = [], training_scrubber(settings)
+    pairs, clean = [], training_scrubber(settings)
     for correction in approved_corrections(session):
         if correction_ids is not None and correction.id not in correction_ids:
             continue
@@ -39,10 +46,8 @@ def preference_records(session: Session, settings: Settings, tokenizer: Any = No
         rejected = clean(original.content)
         example = correction_example(session, settings, correction, tokenizer)
         if rejected.strip() and rejected.strip() != example.completion.strip():
-            records.append({"input": {"messages": example.messages},
-                            "preferred_output": [{"role": "assistant", "content": example.completion}],
-                            "non_preferred_output": [{"role": "assistant", "content": rejected}]})
-    return records
+            pairs.append(PreferencePair(example.messages, example.completion, rejected, correction.id))
+    return pairs
 
 
 def write_preference_jsonl(records: list[dict[str, Any]], path: Path) -> int:

@@ -5,6 +5,7 @@
     train.jsonl, valid.jsonl                                  OpenAI chat format (+ "tuneloop" metadata)
     train.prompt_completion.jsonl, valid.prompt_completion.jsonl   legacy prompt/completion format
     manifest.json                                             counts, content hash, parent, example ids
+    preferences.jsonl                                         the training split's DPO pairs (OpenAI's lines)
 
 Split: each *lineage* (all revisions of one correction) goes wholly to train or to validation,
 decided by a seeded hash of its id, so revisions of one correction never straddle the split and a
@@ -32,8 +33,9 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from feedback.errors import FeedbackNotFoundError
-from feedback.examples import TrainingExample
+from feedback.examples import PreferencePair, TrainingExample
 from feedback.export import training_examples, write_chat_jsonl, write_prompt_completion_jsonl
+from feedback.preferences import preference_pairs
 from registry.lifecycle import lineage
 from registry.models import ModelVersion
 from retrain.models import DatasetSnapshot
@@ -44,6 +46,7 @@ from tuneloop.core.settings import Settings
 SPLIT_SEED = "tuneloop-split-v1"
 MIN_EXAMPLES_FOR_VALIDATION = 5
 SPLITS = ("train", "valid")
+PREFERENCES_FILE = "preferences.jsonl"  # the training split's DPO pairs (snapshots since issue 23)
 
 
 def split_examples(examples: list[TrainingExample],
@@ -88,7 +91,8 @@ def create_snapshot(session: Session, settings: Settings, actor: str, *, tokeniz
     snapshot = DatasetSnapshot(id=snapshot_id, content_hash=digest, parent_id=parent.id if parent else None,
                                created_by=actor, n_train=len(train), n_valid=len(valid), counts=counts,
                                path=snapshot_id, created_at=utcnow())
-    _write_files(settings, snapshot, train, valid)
+    pairs = preference_pairs(session, settings, tokenizer, {e.correction_id for e in train if e.correction_id})
+    _write_files(settings, snapshot, train, valid, pairs)
     session.add(snapshot)
     audit(session, actor=actor, action="snapshot.created", object_type="datasetsnapshot", object_id=snapshot_id,
           n_train=len(train), n_valid=len(valid))
@@ -97,7 +101,7 @@ def create_snapshot(session: Session, settings: Settings, actor: str, *, tokeniz
 
 
 def _write_files(settings: Settings, snapshot: DatasetSnapshot, train: list[TrainingExample],
-                 valid: list[TrainingExample]) -> None:
+                 valid: list[TrainingExample], pairs: list[PreferencePair]) -> None:
     final = settings.datasets_dir / snapshot.path
     if final.is_dir():  # written by an earlier attempt whose transaction failed: same content, keep it
         return
@@ -115,6 +119,9 @@ def _write_files(settings: Settings, snapshot: DatasetSnapshot, train: list[Trai
             "examples": [{"id": e.id, "lineage_id": e.lineage_id, "source": e.source, "split": split}
                          for split, rows in zip(SPLITS, (train, valid)) for e in rows],
         }
+        manifest["preferences"] = len(pairs)
+        (staging / PREFERENCES_FILE).write_text("".join(json.dumps(p.to_snapshot_line(), ensure_ascii=False) + "\n"
+                                                        for p in pairs), encoding="utf-8")
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         staging.rename(final)
     except BaseException:
@@ -147,6 +154,16 @@ def read_manifest(settings: Settings, snapshot: DatasetSnapshot) -> dict[str, An
 def load_examples(settings: Settings, snapshot: DatasetSnapshot, split: str = "train") -> list[TrainingExample]:
     """The examples of one split, read back from its chat lines."""
     return [TrainingExample.from_record(r) for r in load_records(settings, snapshot, split)]
+
+
+def load_preferences(settings: Settings, snapshot: DatasetSnapshot) -> list[PreferencePair] | None:
+    """The DPO pairs of the training split's corrections, as they were when the snapshot was made; None
+    for a snapshot written before snapshots held them."""
+    path = snapshot_dir(settings, snapshot) / PREFERENCES_FILE
+    if not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [PreferencePair.from_record(json.loads(line)) for line in lines if line.strip()]
 
 
 def new_since(settings: Settings, snapshot: DatasetSnapshot, earlier: Iterable[DatasetSnapshot],

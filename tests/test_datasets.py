@@ -111,7 +111,8 @@ def test_snapshot_split_by_lineage_is_deterministic_and_immutable(env):
     assert snap.parent_id == small.id and snap.n_train + snap.n_valid == 20 and 1 <= snap.n_valid <= 8
     folder = datasets.snapshot_dir(settings, snap)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "manifest.json", "train.jsonl", "train.prompt_completion.jsonl", "valid.jsonl", "valid.prompt_completion.jsonl"]
+        "manifest.json", "preferences.jsonl", "train.jsonl", "train.prompt_completion.jsonl", "valid.jsonl",
+        "valid.prompt_completion.jsonl"]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["counts"]["by_source"] == {"knowledge": 20} and manifest["parent_id"] == small.id
     train, valid = datasets.load_examples(settings, snap, "train"), datasets.load_examples(settings, snap, "valid")
@@ -132,3 +133,36 @@ def test_snapshot_split_by_lineage_is_deterministic_and_immutable(env):
         with pytest.raises(LookupError):
             datasets.get_snapshot(session, "snap_missing")
     assert not [p for p in settings.datasets_dir.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_a_snapshot_holds_its_preference_pairs_so_dpo_is_reproduced_after_the_tables_change(env):
+    """The pairs a DPO round trains on come from its snapshot (``preferences.jsonl``), not from the live
+    tables: the logged answer edited or purged later does not change what the round sees."""
+    from feedback.preferences import preference_records
+    from retrain.jobs.rounds import snapshot_preferences
+
+    settings, engine = env
+    with db.session_scope(engine) as session:
+        conv = Conversation()
+        session.add(conv)
+        msgs = [Message(conversation_id=conv.id, position=0, role="user", content="Refund window?"),
+                Message(conversation_id=conv.id, position=1, role="assistant", content="Seven days.")]
+        session.add_all(msgs)
+        session.flush()
+        approve_qa(session, settings, "How long is the refund window?", "45 days from delivery.", message_id=msgs[1].id)
+        approve_qa(session, settings, "Do you ship to Norway?", "Yes.")  # knowledge: no rejected answer
+        snapshot = datasets.create_snapshot(session, settings, "test")
+        frozen = snapshot_preferences(session, settings, snapshot.id)
+        session.get(Message, msgs[1].id).content = "Thirty days."  # the live tables move on
+        session.flush()
+        assert preference_records(session, settings)[0]["non_preferred_output"][0]["content"] == "Thirty days."
+        assert snapshot_preferences(session, settings, snapshot.id) == frozen
+    [pair] = frozen
+    assert (pair["preferred_output"][0]["content"], pair["non_preferred_output"][0]["content"]) == (
+        "45 days from delivery.", "Seven days.")
+    assert pair["input"]["messages"][-1] == {"role": "user", "content": "How long is the refund window?"}
+    assert datasets.read_manifest(settings, snapshot)["preferences"] == 1
+    (datasets.snapshot_dir(settings, snapshot) / datasets.PREFERENCES_FILE).unlink()  # a snapshot from before
+    with Session(engine) as session:
+        assert snapshot_preferences(session, settings, snapshot.id)[0]["non_preferred_output"][0]["content"] == (
+            "Thirty days.")

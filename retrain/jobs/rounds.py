@@ -11,10 +11,10 @@ from typing import Any
 from sqlmodel import Session
 
 from feedback.examples import TrainingExample
-from feedback.preferences import preference_records
+from feedback.preferences import preference_pairs
 from registry.models import ModelVersion
 from registry.versions import version_spec
-from retrain.datasets import ancestry_snapshots, get_snapshot, load_examples, new_since
+from retrain.datasets import ancestry_snapshots, get_snapshot, load_examples, load_preferences, new_since
 from retrain.jobs.files import get_file, read_examples
 from retrain.models import FineTuneJob
 from retrain.trainer.replay import select_for_round
@@ -69,7 +69,11 @@ def _file_examples(session: Session, settings: Settings, file_id: str) -> list[T
 
 def snapshot_preferences(session: Session, settings: Settings, snapshot_id: str) -> list[dict[str, Any]]:
     """Preference pairs (OpenAI's DPO lines) of the corrections in the snapshot's training split: each
-    corrected answer against its approved correction. The validation split stays held out."""
-    train = load_examples(settings, get_snapshot(session, snapshot_id), "train")
-    ids = {e.correction_id for e in train if e.correction_id}
-    return preference_records(session, settings, correction_ids=ids)
+    corrected answer against its approved correction, as the snapshot froze them. The validation split
+    stays held out. A snapshot from before snapshots held pairs gets them from the live tables."""
+    snapshot = get_snapshot(session, snapshot_id)
+    pairs = load_preferences(settings, snapshot)
+    if pairs is None:
+        ids = {e.correction_id for e in load_examples(settings, snapshot, "train") if e.correction_id}
+        pairs = preference_pairs(session, settings, correction_ids=ids)
+    return [pair.to_record() for pair in pairs]
