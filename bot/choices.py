@@ -18,7 +18,7 @@ MAX_CHOICES = 8
 
 class MultiChoice:
     """Iterates as choice 0's stream; ``others`` are the streams of choices 1..n-1. ``close`` ends
-    choice 0 only (the turn closes it when recorded); ``close_others`` the rest."""
+    choice 0 only (the turn closes it when recorded); ``close_others(source)`` ends the rest."""
 
     def __init__(self, streams: list[Iterator[str | Completion]]):
         self.first, self.others = streams[0], streams[1:]

@@ -75,8 +75,8 @@ def tool_call_id() -> str:
 
 # --- what the request asks -------------------------------------------------------------------------
 class ToolUse:
-    """The tools of one request and how they may be used; ``None`` of these when a request has no tools
-    or ``tool_choice`` is ``none`` (``tool_use`` returns None then)."""
+    """The tools of one request and how they may be used (``tool_use`` gives none for a request without
+    tools or with ``tool_choice`` ``none``). With a named function only that one is shown and callable."""
 
     def __init__(self, tools: list[Tool], choice: ToolChoice | None, parallel: bool):
         self.tools, self.parallel = {t.function.name: t.function for t in tools}, parallel
@@ -115,13 +115,13 @@ class ToolUse:
         return f"tools.{self.order.index(self.callable[int(match.group(1))])}.function.parameters{match.group(2)}"
 
     def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        """(content, tool calls) of a reply: each valid ``<tool_call>`` block becomes a call (at most one
+        """(content, tool calls) of a reply: each valid ``<tool_call>`` block becomes a call (only the first
         without ``parallel_tool_calls``); the rest of the text is the content (None if nothing is left)."""
         calls, rest = [], text
         for match in _CALL_RE.finditer(text):
             call = self._valid_call(match.group(1))
-            if call is not None and (self.parallel or not calls):
-                calls.append(call)
+            if call is not None:  # without parallel_tool_calls, calls after the first are dropped
+                calls += [call] if self.parallel or not calls else []
                 rest = rest.replace(match.group(0), "", 1)
         content = rest.strip() if calls else text
         return (content or None), calls

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 import weakref
 from collections.abc import Iterable
 from functools import cache
@@ -82,6 +83,8 @@ def _unenforced(schema: Any, path: str) -> Iterable[tuple[str, str]]:
             yield path, keyword
         elif keyword in _COUNTS and not (isinstance(value, int) and 0 <= value <= MAX_REPEAT):
             yield path, keyword  # llama.cpp unrolls a repetition into that many rules
+        elif keyword == "pattern" and not (isinstance(value, str) and _pattern_repeats(value) <= MAX_REPEAT):
+            yield path, keyword
         elif keyword in _SUBSCHEMA_MAPS and isinstance(value, dict):
             for name, sub in value.items():
                 yield from _unenforced(sub, f"{path}.{keyword}.{name}")
@@ -90,6 +93,15 @@ def _unenforced(schema: Any, path: str) -> Iterable[tuple[str, str]]:
                 yield from _unenforced(sub, f"{path}.{keyword}.{i}")
         elif keyword in ("items", "additionalProperties") and isinstance(value, dict):
             yield from _unenforced(value, f"{path}.{keyword}")
+
+
+def _pattern_repeats(pattern: str) -> int:
+    """The product of a regular expression's counted repetitions (``{3}``, ``{2,40}``): what nested
+    counts can multiply into, unrolled."""
+    product = 1
+    for low, high in re.findall(r"\{(\d+)(?:,(\d*))?\}", pattern):
+        product *= max(int(low), int(high or 0), 1)
+    return product
 
 
 # --- the grammar sampler -------------------------------------------------------------------------

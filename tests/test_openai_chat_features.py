@@ -195,3 +195,36 @@ def test_memory_never_answers_a_turn_that_must_call_a_tool(sqlite_tiny_app, admi
     called = admin_openai.chat.completions.create(model="tuneloop", messages=question, tools=[OPEN_TICKET],
                                                   tool_choice="required", parallel_tool_calls=False, max_tokens=80)
     assert called.memory_outcome is None and called.choices[0].message.tool_calls
+
+
+# --- without a model: parsing auto calls, and what the upstream engine refuses ---------------------------
+def test_auto_calls_are_parsed_and_checked_against_the_schema():
+    from bot.tools import Tool, tool_use
+
+    use = tool_use([Tool.model_validate(ORDER_STATUS), Tool.model_validate(OPEN_TICKET)], "auto", parallel=False)
+    assert use.grammar() is None  # auto: the model may answer in text
+    content, calls = use.parse('Let me look.\n<tool_call>\n{"name": "get_order_status", "arguments": '
+                               '{"order_id": "A1234"}}\n</tool_call>\n<tool_call>{"name": "open_ticket", '
+                               '"arguments": {"urgent": true, "topic": "delivery"}}</tool_call>')
+    assert content == "Let me look." and [c.function.name for c in calls] == ["get_order_status"]  # not parallel
+    assert json.loads(calls[0].function.arguments) == {"order_id": "A1234"}
+    for wrong in ('{"name": "get_order_status", "arguments": {"order": "A1"}}',  # not in the schema
+                  '{"name": "open_ticket", "arguments": {"urgent": "yes", "topic": "delivery"}}',  # not a boolean
+                  '{"name": "delete_everything", "arguments": {}}', '{"name": '):
+        text = f"<tool_call>{wrong}</tool_call>"
+        assert use.parse(text) == (text, [])
+
+
+def test_the_upstream_engine_refuses_by_name_what_it_does_not_relay(make_settings):
+    from engine.protocol import SamplingParams
+    from engine.upstream import UpstreamEngine
+    from test_engine_contract import V0
+    from tuneloop.core.errors import InvalidInputError
+
+    engine = UpstreamEngine(make_settings(serving_backend="upstream", upstream_base_url="http://127.0.0.1:9/v1"))
+    for params, param in [(SamplingParams(logprobs=2), "logprobs"),
+                          (SamplingParams(grammar='root ::= "x"', grammar_param="tool_choice"), "tool_choice")]:
+        with pytest.raises(InvalidInputError) as refused:
+            engine.stream(V0, USER, params)
+        assert refused.value.param == param
+    engine.close()
