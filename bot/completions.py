@@ -72,13 +72,6 @@ class CompletionRequest(BaseModel):
             raise ValueError("echo is not supported; the prompt you sent is the prompt")
         return value
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: int | None) -> int | None:
-        if value is not None:
-            raise ValueError("log probabilities are not supported; leave logprobs unset")
-        return value
-
     @field_validator("suffix")
     @classmethod
     def _no_suffix(cls, value: str | None) -> str | None:

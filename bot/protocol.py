@@ -103,7 +103,6 @@ REFUSED_CHAT_PARAMETERS: dict[str, tuple[tuple[Any, ...], str]] = {
     "audio": ((None,), "audio output is not supported"),
     "function_call": ((None, "none"), "function calling is not supported"),
     "functions": ((None, []), "function calling is not supported"),
-    "logprobs": ((None, False), "log probabilities are not supported; leave logprobs unset or false"),
     "metadata": ((None, {}), "metadata is kept with stored completions only, which this server does not offer"),
     "modalities": ((None, ["text"]), "only the text modality is served"),
     "prediction": ((None,), "predicted outputs are not supported"),
@@ -214,13 +213,6 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         return check_logit_bias(value)
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only n=1 is supported; send n separate requests (with different seeds) instead")
-        return value
 
     def to_sampling_params(self, defaults: Settings) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

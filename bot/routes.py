@@ -5,7 +5,6 @@ Thin: parse, call ``bot.conversations``, answer JSON, an SSE stream or one error
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import anyio

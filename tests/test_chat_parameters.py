@@ -15,7 +15,7 @@ REFUSED = [  # response_format, tools, n and logprobs are served: test_openai_ch
     ("functions", [{"name": "f"}]), ("function_call", "auto"),
     ("audio", {"voice": "alloy", "format": "mp3"}), ("modalities", ["text", "audio"]),
     ("prediction", {"type": "content", "content": "x"}), ("reasoning_effort", "high"), ("verbosity", "low"),
-    ("web_search_options", {}), ("service_tier", "flex"), ("metadata", {"k": "v"}), ("n", 2),
+    ("web_search_options", {}), ("service_tier", "flex"), ("metadata", {"k": "v"}),
     ("mystery_parameter", 1),
 ]
 
