@@ -1,44 +1,68 @@
-"""Training benchmark: tuneloop's trainer against a plain Hugging Face ``Trainer`` + peft run on the
-same data, model, LoRA settings, learning rate, batch size and epochs, in the same run; plus the
-speed of the gates (seconds per 100 questions).
+"""Training benchmark, for every device present: tuneloop's trainer against Hugging Face ``Trainer`` +
+peft on the same examples, measured in the same run.
 
-Each trainer runs in its own process (so peak memory is its own). Both train on the first N facts
-of examples/acme_kb.jsonl, laid out exactly as serving prompts them, with the loss on the answer
-tokens only; both final adapters are then scored with the same function (mean answer-token loss on
-the training examples), so "final loss" means the same thing for both.
+Both train on the first N facts of examples/acme_kb.jsonl as approved corrections (system prompt +
+question, the two logged customer wordings as accepted phrasings), expanded as a round expands them
+(``retrain.trainer.train.expand_for_training``: 40 corrections -> 120 examples), loss on the answer
+tokens only, the same LoRA (r16, alpha 32, every linear projection) and learning rate.
 
-    python bench/train.py [--facts 40] [--epochs N]
+- **CUDA** (when present): a whole round of our trainer at its defaults (token-budget batches, KL
+  anchors in the training forward pass, no per-step host sync) against HF ``Trainer`` at its best batch
+  size for the device (a short scan of 4..64, bf16, length-grouped), for the same number of epochs.
+  ``stop_when_learned`` is off for both: the weights may be random (a GPU host without the model's
+  files), and then nothing is ever "learned"; a round that learns stops earlier.
+- **CPU**: a round takes tens of minutes on 2 cores, so the CPU section measures step times over a few
+  steps: today's defaults (batch 4, the KL penalty on 4 anchors every step), the new defaults, the
+  levers behind them (token budgets, ``kl_every``, ``kl_batch_size``) and HF ``Trainer``, each projected
+  to the round's steps.
+
+    python bench/train.py [--facts 40] [--steps 6]      # every device present; writes docs/benchmarks.md
+    python bench/train.py --gpu-only --model-files DIR   # a GPU host without the server's packages (see
+                                                         # ../shared/gpu): random weights of DIR's config
+
+Results: bench/results/train.json (or $RESULT_DIR/train.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
+import os
+import statistics
+from dataclasses import fields
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, write_section  # noqa: E402
-
+ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SHARED = dict(batch_size=4, lora_r=16, lora_alpha=32, lora_dropout=0.0, base_learning_rate=1e-3, warmup_fraction=0.1)
+LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.0, base_learning_rate=1e-3, warmup_fraction=0.1)
+TODAY = dict(batch_tokens=0, batch_size=4, kl_every=1, kl_batch_size=4)  # the defaults before 2026-12-04
+HF_BATCHES = (4, 16, 32, 64)
 
 
-def examples(n: int) -> list[dict]:
+def log(message: str) -> None:
+    print(f"[bench/train {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- data and model ----------------------------------------------------------------------------------
+def corrections(n: int, work: Path) -> list:
+    """The first ``n`` facts as approved corrections, laid out as feedback.export lays them out."""
     from engine.prompting import with_system_prompt
+    from feedback.examples import TrainingExample
     from tuneloop.core.settings import Settings
 
-    system = Settings(data_dir="/tmp", company_name="Acme Outdoor Gear").resolved_system_prompt
+    system = Settings(data_dir=str(work), company_name="Acme Outdoor Gear").resolved_system_prompt
     kb = [json.loads(line) for line in (ROOT / "examples" / "acme_kb.jsonl").read_text().splitlines() if line.strip()]
-    return [{"messages": with_system_prompt(system, [{"role": "user", "content": f["question"]}]),
-             "completion": f["answer"]} for f in kb[:n]]
+    return [TrainingExample(messages=with_system_prompt(system, [{"role": "user", "content": f["question"]}]),
+                            completion=f["answer"], id=f"ex_{f['id']}", correction_id=f"corr_{f['id']}",
+                            lineage_id=f"corr_{f['id']}", split_key=f"corr_{f['id']}", source="knowledge",
+                            key_facts=list(f["key_facts"]), alternative_questions=list(f["customer_wordings"]))
+            for f in kb[:n]]
 
 
-def base_dir() -> Path:
+def bundled_base() -> Path:
     from engine.modelstore import BUNDLED_DIR_NAME, bundled_gguf_path, convert_gguf
 
     target = ROOT / ".bench-data" / "models" / "base" / BUNDLED_DIR_NAME
@@ -47,190 +71,347 @@ def base_dir() -> Path:
     return target
 
 
-# --- the two trainers (each run in a child process) ---------------------------------------------------
-def run_tuneloop(n: int, epochs: int, out: Path, kl_weight: float) -> dict:
-    """kl_weight 0 trains exactly what the baseline trains; the default adds the KL penalty to the
-    parent on general prompts (docs/training.md), which the baseline does not have."""
-    from retrain.trainer.config import TrainConfig
-    from retrain.trainer.train import train
-
-    config = TrainConfig(n_epochs=epochs, kl_weight=kl_weight, **SHARED)
-    started = time.perf_counter()
-    result = train(config, examples(n), [], base_dir=base_dir(), parent_adapter_dir=None, output_dir=out)
-    return {"seconds": time.perf_counter() - started, "trained_tokens": result.trained_tokens, "steps": result.steps}
-
-
-def run_hf_trainer(n: int, epochs: int, out: Path) -> dict:
-    """The baseline as a notebook would write it: Trainer + peft, default collator with padding."""
+def random_base(model_files: Path, work: Path) -> Path:
+    """The architecture of ``model_files`` (config + tokenizer) with random weights (seed 0), saved in fp32."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_files), dtype=torch.float32)
+    target = work / "random-base"
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(model_files).save_pretrained(target)
+    return target
+
+
+# --- our trainer -------------------------------------------------------------------------------------
+def run_ours(base: Path, examples: list, work: Path, label: str, *, device: str, steps: int = 0,
+             **overrides) -> dict:
+    """``retrain.trainer.train.train`` as the worker calls it. ``steps`` > 0: stop after that many steps
+    (should_cancel) and report the median step time; 0: the whole round, timed to its last step."""
+    import torch
+
+    from retrain.trainer.config import TrainConfig
+    from retrain.trainer.train import TrainingCancelled, train
+
+    config = TrainConfig(**{**LORA, "device": device, "stop_when_learned": False, **overrides})
+    calls: list[float] = []
+    events: list[dict] = []
+
+    def should_cancel() -> bool:  # asked before each micro-batch: one call a step at gradient_accumulation 1
+        if steps and device == "cuda":
+            torch.cuda.synchronize()  # a probe times each step whole (a round is timed to its last step)
+        calls.append(time.perf_counter())
+        return bool(steps) and len(calls) > steps
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    result = None
+    try:
+        result = train(config, examples, [], base_dir=base, parent_adapter_dir=None, output_dir=work / label,
+                       should_cancel=should_cancel,
+                       progress_callback=lambda e: events.append({**e, "at": time.perf_counter()}))
+    except TrainingCancelled:
+        pass
+    ended = time.perf_counter()
+    out = {"label": label, "config": {k: overrides.get(k, getattr(config, k)) for k in sorted({*overrides, *TODAY})},
+           "wall_s": round(ended - started, 2), "setup_s": round(calls[0] - started, 2) if calls else None}
+    if steps:
+        gaps = [b - a for a, b in zip(calls[1:], calls[2:])]  # after the first step (warm-up)
+        out.update(steps=len(gaps) + 1, median_step_ms=round(1000 * statistics.median(gaps), 1) if gaps else None)
+    if result is not None:
+        metrics = result.metrics
+        out.update(steps=result.steps, epochs=metrics["n_epochs"], trained_tokens=result.trained_tokens,
+                   batch_tokens=metrics.get("batch_tokens"), checkpointing=metrics.get("gradient_checkpointing"),
+                   train_s=round(events[-1]["at"] - calls[0], 2), final_loss=round(metrics["train_loss"], 4))
+        out["tokens_per_s"] = round(result.trained_tokens / out["train_s"], 1)
+    if device == "cuda":
+        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    log(json.dumps(out))
+    return out
+
+
+def plan_of(config_overrides: dict, examples: list, base: Path, device: str) -> dict:
+    """Epochs, steps and examples a round of ``examples`` trains at these settings (no training)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from retrain.trainer.budget import BatchBudget
+    from retrain.trainer.config import TrainConfig
+    from retrain.trainer.train import _encode_all, _Run, expand_for_training
+
+    config = TrainConfig(**{**LORA, "device": device, **config_overrides})
+    encoded = [e for e, _ in _encode_all(AutoTokenizer.from_pretrained(base), expand_for_training(config, examples),
+                                         config)]
+    budget = BatchBudget(max(config.batch_tokens, 0), False, "plan")
+    run = _Run(config, None, torch.device("cpu"), 0, encoded, [], None, None, budget=budget)
+    return {"examples": len(encoded), "epochs": run.n_epochs, "steps": run.total_steps,
+            "tokens_per_example": round(statistics.fmean(len(e.input_ids) for e in encoded), 1)}
+
+
+# --- the baseline --------------------------------------------------------------------------------------
+def hf_rows(base: Path, examples: list) -> tuple[list[dict], int]:
+    from transformers import AutoTokenizer
 
     from retrain.trainer.batching import encode_example
+    from retrain.trainer.config import TrainConfig
+    from retrain.trainer.train import expand_for_training
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    rows = []
+    for example in expand_for_training(TrainConfig(), examples):
+        enc = encode_example(tokenizer, example, max_seq_len=1024, prompt_loss_weight=0.0)
+        if enc is not None:
+            rows.append({"input_ids": enc.input_ids, "attention_mask": [1] * len(enc.input_ids),
+                         "labels": [t if m else -100 for t, m in zip(enc.input_ids, enc.completion_mask)]})
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return rows, pad
+
+
+def run_hf(base: Path, rows: list[dict], pad: int, work: Path, *, device: str, batch: int, epochs: int = 0,
+           steps: int = 0) -> dict:
+    """HF ``Trainer`` + peft as a notebook writes it, at its best for the device: length-grouped batches,
+    bf16 on CUDA. ``epochs`` for a round, or ``steps`` for a step-time probe."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
+                              TrainingArguments)
+
     from retrain.trainer.config import ALL_LINEAR
 
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(base_dir())
-    model = AutoModelForCausalLM.from_pretrained(base_dir(), dtype=torch.float32)
-    model.is_quantized = False  # the GGUF was de-quantized to fp32 on conversion; only the flag is left
-    model = get_peft_model(model, LoraConfig(r=SHARED["lora_r"], lora_alpha=SHARED["lora_alpha"], lora_dropout=0.0,
-                                             target_modules=ALL_LINEAR, task_type="CAUSAL_LM"))
-    rows = []
-    for example in examples(n):
-        encoded = encode_example(tokenizer, example, max_seq_len=1024, prompt_loss_weight=0.0)
-        rows.append({"input_ids": encoded.input_ids, "attention_mask": [1] * len(encoded.input_ids),
-                     "labels": [t if m else -100 for t, m in zip(encoded.input_ids, encoded.completion_mask)]})
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.pad_token_id = pad
-    args = TrainingArguments(output_dir=str(out.parent / "hf-checkpoints"), num_train_epochs=epochs,
-                             per_device_train_batch_size=SHARED["batch_size"], learning_rate=SHARED["base_learning_rate"],
-                             lr_scheduler_type="linear", weight_decay=0.0,
-                             warmup_steps=int(SHARED["warmup_fraction"] * -(-len(rows) // SHARED["batch_size"]) * epochs),
-                             max_grad_norm=1.0, logging_steps=1000, save_strategy="no", report_to=[], seed=42,
-                             use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=rows,
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model.is_quantized = False  # a GGUF-converted model keeps the flag; its weights are fp32
+    model = get_peft_model(model, LoraConfig(r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"], lora_dropout=0.0,
+                                             target_modules=ALL_LINEAR, task_type="CAUSAL_LM"))
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if steps and device == "cuda":
+                torch.cuda.synchronize()  # as run_ours's probes
+            stamps.append(time.perf_counter())
+
+    per_epoch = -(-len(rows) // batch)
+    total = steps or per_epoch * epochs
+    on_cuda = device == "cuda"
+    names = {f.name for f in fields(TrainingArguments)}
+    grouped = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names
+               else {"group_by_length": True})  # transformers < 5.2x
+    args = TrainingArguments(**grouped, output_dir=str(work / "hf-checkpoints"), max_steps=total, per_device_train_batch_size=batch,
+                             learning_rate=LORA["base_learning_rate"], lr_scheduler_type="linear", weight_decay=0.0,
+                             warmup_steps=int(LORA["warmup_fraction"] * total), max_grad_norm=1.0,
+                             logging_steps=10_000, save_strategy="no", report_to=[], seed=42, bf16=on_cuda,
+                             use_cpu=not on_cuda, disable_tqdm=True,
+                             dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[Stamp()],
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    fit_started = time.perf_counter()
     trainer.train()
-    model.save_pretrained(out)
-    tokens = sum(len(r["input_ids"]) for r in rows) * epochs
-    return {"seconds": time.perf_counter() - started, "trained_tokens": tokens,
-            "steps": trainer.state.global_step}
+    if on_cuda:
+        torch.cuda.synchronize()
+    gaps = [b - a for a, b in zip(stamps[1:], stamps[2:])]
+    out = {"label": f"hf_batch{batch}", "batch": batch, "steps": trainer.state.global_step,
+           "epochs": round(trainer.state.global_step / per_epoch, 2), "setup_s": round(fit_started - started, 2),
+           "train_s": round(time.perf_counter() - fit_started, 2), "wall_s": round(time.perf_counter() - started, 2),
+           "median_step_ms": round(1000 * statistics.median(gaps), 1) if gaps else None,
+           "trained_tokens": sum(len(r["input_ids"]) for r in rows) * trainer.state.global_step // per_epoch}
+    if on_cuda:
+        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    log(json.dumps(out))
+    return out
 
 
-def answer_loss(adapter: Path, n: int) -> float:
-    """Mean loss on the answer tokens of the training examples: the same yardstick for both runs."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from retrain.trainer.batching import encode_example
-
-    tokenizer = AutoTokenizer.from_pretrained(base_dir())
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir(), dtype=torch.float32), adapter).eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for example in examples(n):
-            encoded = encode_example(tokenizer, example, max_seq_len=1024, prompt_loss_weight=0.0)
-            ids = torch.tensor([encoded.input_ids])
-            logits = model(input_ids=ids).logits[0, :-1]
-            mask = torch.tensor(encoded.completion_mask[1:])
-            losses = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
-            total += float(losses[mask].sum())
-            count += int(mask.sum())
-    return total / count
-
-
-def gate_speed(n_questions: int = 100) -> float:
-    """Seconds for the gates' answering of 100 questions (one model, greedy, batched as the gates do)."""
-    from engine.protocol import VersionSpec
-    from engine.transformers_engine import LoadedModel
-    from retrain.gates.asking import answer_all
-    from retrain.gates.items import _user_item
-    from tuneloop.core.settings import Settings
-
-    settings = Settings(data_dir="/tmp")
-    kb = [json.loads(line) for line in (ROOT / "examples" / "acme_kb.jsonl").read_text().splitlines() if line.strip()]
-    questions = [(p, f) for f in kb for p in f["paraphrases"]][:n_questions]
-    items = [_user_item(settings, "bench", f["id"], q, f["answer"], f["key_facts"]) for q, f in questions]
-    loaded = LoadedModel.load(VersionSpec(id="v0", base_dir=base_dir()))
-    started = time.perf_counter()
-    answer_all(loaded, items, settings)
-    return (time.perf_counter() - started) * 100 / len(items)
-
-
-def child(argv: list[str]) -> None:
-    kind, n, epochs, out = argv[0], int(argv[1]), int(argv[2]), Path(argv[3])
+# --- the device sections -------------------------------------------------------------------------------
+def cuda_section(base: Path, examples: list, work: Path, section: dict, device: str = "cuda",
+                 save=lambda: None) -> dict:
+    """Fills ``section``. ``device``: cuda; cpu only for a dry run of this code on a machine without a GPU
+    (BENCH_TRAIN_DRY). Each part is recorded (and ``save()``d) as it ends; a failed one under ``errors``."""
     import torch
 
-    torch.manual_seed(42)
-    if kind == "hf":
-        result = run_hf_trainer(n, epochs, out)
-    elif kind == "gates":
-        result = {"seconds_per_100": gate_speed()}
-    else:
-        from retrain.trainer.config import TrainConfig
+    section.update(device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)", errors={})
 
-        result = run_tuneloop(n, epochs, out, TrainConfig().kl_weight if kind == "tuneloop_kl" else 0.0)
-    if kind != "gates":
-        result["final_answer_loss"] = answer_loss(out, n)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result), flush=True)
+    def part(name: str, fn, *args, **kwargs):
+        try:
+            section[name] = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a benchmark records a failed part and goes on
+            log(f"{name} FAILED: {exc!r}")
+            section["errors"][name] = repr(exc)[:500]
+        save()
+        return section.get(name)
+
+    part("warm_up", run_ours, base, examples, work, "warm_up", device=device, steps=3)
+    ours = part("ours", run_ours, base, examples, work, "cuda_defaults", device=device)
+    part("ours_today_defaults_probe", run_ours, base, examples, work, "cuda_today", device=device, steps=12, **TODAY)
+    for budget, ckpt in ((2048, "off"), (16384, "off"), (16384, "on")):
+        part(f"ours_budget_{budget}_ckpt_{ckpt}", run_ours, base, examples, work, f"b{budget}{ckpt}", device=device,
+             batch_tokens=budget, gradient_checkpointing=ckpt)
+    rows, pad = hf_rows(base, examples)
+    scan = [r for b in HF_BATCHES if (r := part(f"hf_scan_{b}", run_hf, base, rows, pad, work, device=device,
+                                                batch=b, steps=8))]
+    if scan and ours:
+        best = min(scan, key=lambda r: r["median_step_ms"] / r["batch"])
+        hf = part("hf", run_hf, base, rows, pad, work, device=device, batch=best["batch"], epochs=ours["epochs"])
+        if hf:
+            section["speedup_train_s"] = round(hf["train_s"] / ours["train_s"], 2)
+            section["speedup_wall_s"] = round(hf["wall_s"] / ours["wall_s"], 2)
+    return section
 
 
-def measure(kind: str, n: int, epochs: int, tmp: Path) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", kind, str(n), str(epochs), str(tmp / kind)],
-                          capture_output=True, text=True)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(line[7:])
-    if "trained_tokens" in result:
-        result["tokens_per_s"] = result["trained_tokens"] / result["seconds"]
-    print(kind, result, flush=True)
-    return result
+def step_times(base: Path, examples: list, settings: dict[str, dict], steps: int) -> dict[str, dict]:
+    """Median step time of each setting, in one process on one loaded model with one set of KL anchors
+    (a CPU round's setup, minutes on a busy 2-core machine, is the same for every setting). The settings
+    take turns, one step each, so a change in the machine's load falls on all of them alike."""
+    import torch
+
+    from retrain.trainer.budget import BatchBudget
+    from retrain.trainer.config import TrainConfig
+    from retrain.trainer.kl_anchor import build_anchors
+    from retrain.trainer.train import _encode_all, _Run, expand_for_training, start_training
+
+    first = TrainConfig(**{**LORA, "device": "cpu"})
+    model, tokenizer, device = start_training(first, base, None, base / "never-written")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [e for e, _ in _encode_all(tokenizer, expand_for_training(first, examples), first)]
+    anchors = build_anchors(model, tokenizer, examples, count=first.kl_anchors, seed=first.seed,
+                            max_seq_len=first.max_seq_len, pad_id=pad)
+    runs = {}
+    for label, overrides in settings.items():
+        config = TrainConfig(**{**LORA, "device": "cpu", **overrides})
+        run = _Run(config, model, device, pad, encoded, [], None, None, anchors if config.kl_weight > 0 else [],
+                   budget=BatchBudget(max(config.batch_tokens, 0), False, "bench"))
+        params = [p for p in model.parameters() if p.requires_grad]
+        run.optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
+        runs[label] = (run, params, [])
+    model.train()
+    for step in range(steps + 1):
+        for label, (run, params, gaps) in runs.items():
+            started = time.perf_counter()
+            run._accumulate(run.plan[0][step % len(run.plan[0]):][:1])
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.step += 1
+            if step:  # the first is a warm-up
+                gaps.append(time.perf_counter() - started)
+    out = {}
+    for label, (run, _params, gaps) in runs.items():
+        # the mean, not the median: with kl_every k, one step in k carries the penalty
+        out[label] = {"label": label, "config": settings[label], "steps": len(gaps),
+                      "median_step_ms": round(1000 * statistics.fmean(gaps), 1)}
+        log(json.dumps(out[label]))
+    return out
 
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
+def cpu_section(base: Path, examples: list, work: Path, steps: int) -> dict:
+    from retrain.trainer.config import TrainConfig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    new = {k: getattr(TrainConfig(), k) for k in TODAY}
+    new["batch_tokens"] = 0  # what auto resolves to on a CPU
+    settings = {"today_defaults": TODAY, "new_defaults": new, "kl_off": {**TODAY, "kl_weight": 0.0},
+                "kl_every_4": {**TODAY, "kl_every": 4}, "kl_batch_1": {**TODAY, "kl_batch_size": 1},
+                "budget_2048": {**TODAY, "batch_tokens": 2048}}
+    if new == TODAY:  # the CPU defaults did not change: one run stands for both
+        del settings["new_defaults"]
+    section: dict = {"device": "cpu", "cores": os.cpu_count(), "steps_timed": steps, "runs": {}}
+    timed = step_times(base, examples, settings, steps)
+    for label, overrides in settings.items():
+        run = timed[label]
+        run["plan"] = plan_of(overrides, examples, base, "cpu")
+        run["projected_cap_s"] = round(run["plan"]["steps"] * run["median_step_ms"] / 1000, 1)
+        section["runs"][label] = run
+    rows, pad = hf_rows(base, examples)
+    section["hf"] = hf = run_hf(base, rows, pad, work, device="cpu", batch=4, steps=steps)
+    hf["projected_cap_s"] = round(section["runs"]["today_defaults"]["plan"]["steps"] * hf["median_step_ms"] / 1000, 1)
+    today = section["runs"]["today_defaults"]
+    now = section["runs"].get("new_defaults", today)
+    section["speedup_new_vs_today"] = round(today["projected_cap_s"] / now["projected_cap_s"], 2)
+    return section
 
-    names = [k for k in ("hf", "tuneloop", "tuneloop_kl") if k in results]
-    labels = {"hf": "HF Trainer + peft", "tuneloop": "tuneloop", "tuneloop_kl": "tuneloop + KL (default)"}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
-    left.bar([labels[k] for k in names], [results[k]["tokens_per_s"] for k in names], color=["#999", "#48a", "#8ac"][:len(names)])
-    left.set_ylabel("trained tokens/s")
-    right.bar([labels[k] for k in names], [results[k]["seconds"] for k in names], color=["#999", "#48a", "#8ac"][:len(names)])
-    right.set_ylabel("wall time (s)")
-    for ax in (left, right):
-        ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+
+def markdown(result: dict) -> str:
+    lines = ["## Training (`bench/train.py`)", "",
+             f"Measured {result['date']} ({result['versions']}); {result['facts']} corrections = "
+             f"{result['examples']} examples after phrasings and memory copies; LoRA r16 α32 on every linear "
+             f"projection, lr 1e-3; weights: {result['weights']}.", ""]
+    if "cuda" in result:
+        c = result["cuda"]
+        o, h = c["ours"], c["hf"]
+        lines += [f"### {c['device']}", "",
+                  "| trainer | batches | steps | epochs | training (s) | wall (s) | trained tokens/s | peak GPU (MiB) |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| tuneloop defaults | {o['batch_tokens']} tokens{' + checkpointing' if o['checkpointing'] else ''} | "
+                  f"{o['steps']} | {o['epochs']} | {o['train_s']} | {o['wall_s']} | {o['tokens_per_s']:.0f} | {o['peak_gpu_mib']} |",
+                  f"| HF `Trainer` + peft (best of batch {', '.join(map(str, HF_BATCHES))}: {h['batch']}, bf16) | "
+                  f"{h['batch']} examples | {h['steps']} | {h['epochs']} | {h['train_s']} | {h['wall_s']} | "
+                  f"{h['trained_tokens'] / h['train_s']:.0f} | {h['peak_gpu_mib']} |", "",
+                  f"tuneloop is **{c['speedup_train_s']}×** the baseline in training time ({c['speedup_wall_s']}× in "
+                  f"wall time, model loading and the KL anchors' answers included). Today's defaults (batch 4, KL "
+                  f"forward apart) on the same card: {c['ours_today_defaults_probe']['median_step_ms']} ms a step.", ""]
+    if "cpu" in result:
+        c = result["cpu"]
+        lines += [f"### CPU ({c['cores']} cores): step times over {c['steps_timed']} steps", "",
+                  "| settings | ms a step | steps in the round's cap | projected cap (s) |", "|---|---|---|---|"]
+        for label, run in c["runs"].items():
+            lines.append(f"| {label} `{json.dumps(run['config'])}` | {run['median_step_ms']} | {run['plan']['steps']} | "
+                         f"{run['projected_cap_s']} |")
+        lines += [f"| HF `Trainer` + peft, batch 4 | {c['hf']['median_step_ms']} | "
+                  f"{c['runs']['today_defaults']['plan']['steps']} | {c['hf']['projected_cap_s']} |", "",
+                  f"New defaults vs today's: **{c['speedup_new_vs_today']}×** (projected on the round's cap; a round "
+                  "that learns stops earlier, at the same step for both when the batches are the same).", ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--child"]:
-        child(sys.argv[2:])
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--facts", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=None, help="default: the trainer's n_epochs")
+    parser.add_argument("--steps", type=int, default=6, help="steps timed per CPU setting")
+    parser.add_argument("--gpu-only", action="store_true", help="only the CUDA section; no docs written")
+    parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument("--model-files", type=Path, default=None,
+                        help="a model directory's config and tokenizer: random weights of that architecture")
     args = parser.parse_args()
-    if args.epochs is None:
-        from retrain.trainer.config import TrainConfig
+    import torch
+    import transformers
 
-        args.epochs = TrainConfig().n_epochs
-    base_dir()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {kind: measure(kind, args.facts, args.epochs, Path(tmp))
-                   for kind in ("hf", "tuneloop", "tuneloop_kl", "gates")}
-    hf, ours = results["hf"], results["tuneloop"]
-    ratio = ours["tokens_per_s"] / hf["tokens_per_s"]
-    lines = [
-        "## Training (`bench/train.py`)", "",
-        f"Measured {machine()['date']} on {machine()['cores']} CPU cores (torch {machine()['torch']}, transformers "
-        f"{machine()['transformers']}): LoRA r16 α32 on every linear layer of SmolLM2-135M-Instruct, {args.facts} "
-        f"corrections, {args.epochs} epochs, batch 4, lr 1e-3, loss on answer tokens; each run in its own process.", "",
-        "| trainer | wall (s) | steps | trained tokens | tokens/s | peak RSS (MB) | final answer loss |",
-        "|---|---|---|---|---|---|---|",
-        *[f"| {name} | {r['seconds']:.0f} | {r['steps']} | {r['trained_tokens']} | {r['tokens_per_s']:.0f} | "
-          f"{r['peak_rss_mb']:.0f} | {r['final_answer_loss']:.3f} |"
-          for name, r in (("HF `Trainer` + peft (baseline)", hf), ("tuneloop, same objective (`kl_weight=0`)", ours),
-                          ("tuneloop default (+ KL penalty to the parent)", results["tuneloop_kl"]))],
-        "",
-        f"Ratio, same data: **{ratio:.2f}×** the baseline's tokens/s (goal ≥ 1.2×), final loss "
-        f"{ours['final_answer_loss']:.3f} vs {hf['final_answer_loss']:.3f}; wall time "
-        f"{ours['seconds'] / hf['seconds']:.2f}× the baseline's (wall time includes loading the model). The default "
-        f"run also keeps general ability (docs/training.md) and takes {results['tuneloop_kl']['seconds'] / hf['seconds']:.2f}× "
-        "the baseline's wall time; its tokens/s counts only the training examples' tokens.", "",
-        f"Gates: **{results['gates']['seconds_per_100']:.0f} s per 100 questions** per model version (greedy, "
-        "length-sorted batches of 16); a gate run asks candidate and production, so twice that.", "",
-        "![training](img/train.png)",
-    ]
-    plot(results, ROOT / "docs" / "img" / "train.png")
-    write_section("train", "\n".join(lines), {"machine": machine(), "facts": args.facts, "epochs": args.epochs, **results})
+        work = Path(tmp)
+        base = random_base(args.model_files, work) if args.model_files else bundled_base()
+        examples = corrections(args.facts, work)
+        result: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "facts": args.facts,
+                        "versions": f"torch {torch.__version__}, transformers {transformers.__version__}",
+                        "weights": f"random, {args.model_files.name}'s architecture" if args.model_files
+                        else "SmolLM2-135M-Instruct (bundled)",
+                        "examples": plan_of({}, examples, base, "cpu")["examples"]}
+        out = os.environ.get("RESULT_DIR")
+
+        def save() -> None:
+            if out:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                (Path(out) / "train.json").write_text(json.dumps(result, indent=2, default=str))
+
+        if os.environ.get("BENCH_TRAIN_DRY") or (torch.cuda.is_available() and not args.cpu_only):
+            result["cuda"] = {}
+            cuda_section(base, examples, work, result["cuda"],
+                         "cpu" if os.environ.get("BENCH_TRAIN_DRY") else "cuda", save)
+        if not args.gpu_only:
+            result["cpu"] = cpu_section(base, examples, work, args.steps)
+        save()
+    try:
+        text = markdown(result)
+    except (KeyError, TypeError) as exc:  # a part failed: the JSON has what was measured
+        text = f"(no table: {exc!r}; see the JSON)"
+    print(text)
+    if not args.gpu_only:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from common import write_section
+
+        write_section("train", text, result)
 
 
 if __name__ == "__main__":

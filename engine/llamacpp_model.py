@@ -52,7 +52,8 @@ class LlamaModel:
         self.lc, self.spec, self.tokenizer, self.eos_ids = lc, spec, tokenizer, eos_ids
         path = ensure_gguf(spec, settings)
         model_params = lc.llama_model_default_params()
-        model_params.n_gpu_layers = 0
+        self.gpu_layers = gpu_layers(settings.llamacpp_gpu_layers)
+        model_params.n_gpu_layers = self.gpu_layers
         model_params.use_extra_bufts = settings.llamacpp_extra_buffers  # see the setting: AMX may crash a VM
         self.model = lc.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
@@ -110,6 +111,17 @@ class LlamaModel:
         self.lc.llama_batch_free(self.batch)
         self.lc.llama_free(self.ctx)
         self.lc.llama_model_free(self.model)
+
+
+ALL_LAYERS = 999  # llama.cpp offloads min(n_gpu_layers, the model's layers + output)
+
+
+def gpu_layers(setting: str | int) -> int:
+    """``n_gpu_layers`` for the ``llamacpp_gpu_layers`` setting: auto offloads every layer when this
+    llama-cpp-python was built with GPU offload (CUDA, Metal, Vulkan), else none."""
+    if setting != "auto":
+        return int(setting)
+    return ALL_LAYERS if _init_backend().llama_supports_gpu_offload() else 0
 
 
 def kv_cache_type(setting: str, head_size: int) -> str:

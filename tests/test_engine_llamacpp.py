@@ -128,6 +128,9 @@ def test_the_gates_ask_through_the_serving_engine(make_settings, tiny_model_dir,
         reports[backend] = evaluate(settings, loaded, loaded, items, texts=[])
     assert reports["llamacpp"].summary["engine"] == "llamacpp"
     assert reports["transformers"].summary["engine"] == "transformers"
+    # the report says where it decoded: this llama-cpp-python has no GPU offload, the test model is on the CPU
+    assert (reports["llamacpp"].summary["device"], reports["llamacpp"].summary["gpu_layers"]) == ("cpu", 0)
+    assert reports["transformers"].summary["device"] == "cpu"
     assert [r["candidate"]["answer"] for r in reports["llamacpp"].items] == \
         [r["candidate"]["answer"] for r in reports["transformers"].items]
     assert (base / "model.gguf").is_file()  # the artifact production would serve
@@ -265,3 +268,12 @@ def test_a_logit_bias_token_outside_the_vocabulary_is_refused_before_decoding(ll
         assert refused.value.param == "logit_bias" and str(llama.current.n_vocab) in str(refused.value)
     _deltas, done = drain(llama.stream(V0, conversation("Hello!"), SamplingParams(max_tokens=2, logit_bias={0: -100.0})))
     assert done.finish_reason in ("stop", "length")
+
+
+def test_gpu_layers_auto_offloads_all_layers_only_where_the_build_can():
+    import llama_cpp
+
+    from engine.llamacpp_model import ALL_LAYERS, gpu_layers
+
+    assert gpu_layers(12) == 12 and gpu_layers(0) == 0
+    assert gpu_layers("auto") == (ALL_LAYERS if llama_cpp.llama_supports_gpu_offload() else 0)

@@ -87,6 +87,8 @@ def test_cancel_leaves_nothing_behind(tiny_model_dir, tmp_path):
     (dict(lora_r=0), "lora_r"), (dict(lora_dropout=1.0), "lora_dropout"), (dict(batch_size=0), "batch_size"),
     (dict(prompt_loss_weight=-0.1), "prompt_loss_weight"), (dict(kl_weight=-1.0), "kl_weight must be 0 or more"),
     (dict(kl_anchors=0), "kl_anchors must be at least 1"), (dict(kl_batch_size=0), "kl_batch_size must be at least 1"),
+    (dict(kl_every=0), "kl_every"), (dict(batch_tokens=-2), "batch_tokens"),
+    (dict(gradient_checkpointing="yes"), "gradient_checkpointing"),
 ])
 def test_bad_config_is_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -149,3 +151,52 @@ def test_an_answer_won_by_a_hair_is_not_learned(min_prob, learned):
     _loss, correct, counted, rows_right = run._forward(collate([example], 2))
     assert (correct, counted) == (3, 3)  # the argmax is right at every answer token
     assert rows_right == [learned]
+
+
+def test_token_budget_batches_cover_every_example_once_within_the_budget():
+    from retrain.trainer.batching import token_budget_batches
+
+    lengths = [30, 200, 45, 90, 60, 61, 500, 33, 120, 75] * 3
+    for epoch in (0, 1):
+        batches = token_budget_batches(lengths, 256, seed=1, epoch=epoch)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert all(len(b) * max(lengths[i] for i in b) <= 256 or len(b) == 1 for b in batches)
+        assert batches == token_budget_batches(lengths, 256, seed=1, epoch=epoch)  # deterministic
+    assert token_budget_batches(lengths, 256, seed=1, epoch=0) != token_budget_batches(lengths, 256, seed=1, epoch=1)
+
+
+def test_the_budget_is_counted_batches_on_a_cpu_and_a_set_budget_trains(tiny_model_dir, tmp_path):
+    from retrain.trainer.budget import choose_budget
+
+    assert choose_budget(TrainConfig(), None, torch.device("cpu")).tokens == 0  # auto on a CPU: batch_size
+    assert choose_budget(TrainConfig(batch_tokens=300), None, torch.device("cpu")).tokens == 300
+    config = TrainConfig(**{**FAST, "batch_tokens": 300, "gradient_checkpointing": "on"})
+    result = train(config, facts(), [], base_dir=tiny_model_dir, parent_adapter_dir=None, output_dir=tmp_path / "a")
+    assert result.metrics["batch_tokens"] == 300 and result.metrics["gradient_checkpointing"] is True
+    assert result.steps == result.metrics["max_steps"] and result.steps < 6  # bigger batches than 2 examples
+
+
+def test_anchors_in_the_training_forward_pass_give_the_same_loss_and_kl(tiny_model_dir):
+    """On CUDA the KL anchors ride in the training batch's forward pass: same figures as two passes."""
+    from retrain.trainer.kl_anchor import build_anchors, kl_to_parent
+    from retrain.trainer.train import _encode_all, start_training
+
+    config = TrainConfig(**FAST, kl_anchors=4)
+    model, tokenizer, device = start_training(config, tiny_model_dir, None, tiny_model_dir / "never-written")
+    with torch.no_grad():
+        model.get_base_model().model.norm.weight.mul_(40.0)  # peaked, like a real model's (test_retrain_kl_anchor)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [e for e, _ in _encode_all(tokenizer, facts(4), config)]
+    anchors = build_anchors(model, tokenizer, facts(4), count=4, seed=1, max_seq_len=512, pad_id=pad)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # a candidate that moved from its parent, so the KL is not zero
+    run = _Run(config, model.eval(), device, pad, encoded, [], None, None, anchors)
+    with torch.no_grad():
+        merged = run._score(collate(encoded[:2], pad), anchors[:2])
+        apart = run._score(collate(encoded[:2], pad), None)
+        kl = kl_to_parent(model, anchors[:2], pad, device)
+    assert float(merged[0]) == pytest.approx(float(apart[0]), rel=1e-5)
+    assert float(merged[4]) == pytest.approx(float(kl), rel=1e-4) and float(kl) > 0
+    assert merged[3].tolist() == apart[3].tolist()

@@ -44,6 +44,18 @@ def answer_all(loaded: LoadedModel, items: list[GateItem], settings: Settings) -
     return answers
 
 
+def engine_used(loaded: LoadedModel, settings: Settings) -> dict[str, Any]:
+    """What ``answer_all`` decodes with, for the gate report: the engine and the device it runs on
+    (transformers on the model's device and dtype; llama.cpp with its layers offloaded to the GPU or not)."""
+    if settings.serving_backend == "llamacpp":
+        from engine.llamacpp_model import gpu_layers
+
+        layers = gpu_layers(settings.llamacpp_gpu_layers)
+        return {"engine": "llamacpp", "device": "gpu" if layers else "cpu", "gpu_layers": layers}
+    dtype = next(loaded.model.parameters()).dtype
+    return {"engine": "transformers", "device": str(loaded.device), "dtype": str(dtype).removeprefix("torch.")}
+
+
 def _answer_with_llamacpp(loaded: LoadedModel, items: list[GateItem], settings: Settings) -> list[str]:
     engine = LlamaCppEngine(settings.model_copy(update={"max_batch_size": max(settings.max_batch_size, 16)}),
                             lambda _version: loaded.spec)

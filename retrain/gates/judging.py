@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.transformers_engine import LoadedModel, perplexity
-from retrain.gates.asking import answer_all
+from retrain.gates.asking import answer_all, engine_used
 from retrain.gates.items import GateItem, general_texts
 from retrain.gates.matching import match_answers
 from tuneloop.core.settings import Settings
@@ -60,7 +60,7 @@ def evaluate(settings: Settings, candidate: LoadedModel, baseline: LoadedModel, 
             "gate_forgetting_margin",
             "gate_general_margin", "gate_perplexity_margin", "gate_max_tokens")},
         "seconds": round(time.perf_counter() - started, 1),
-        "engine": "llamacpp" if settings.serving_backend == "llamacpp" else "transformers",
+        **engine_used(candidate, settings),
     }
     return GateOutcome(not reasons, summary, rows)
 

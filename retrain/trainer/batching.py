@@ -91,6 +91,42 @@ def length_grouped_batches(lengths: list[int], batch_size: int, *, seed: int, ep
     return batches
 
 
+def token_budget_batches(lengths: list[int], budget: int, *, seed: int, epoch: int,
+                         bucket_budgets: int = 8) -> list[list[int]]:
+    """Indices grouped by length into batches of at most ``budget`` padded tokens (rows × the longest
+    row; a single example longer than the budget gets a batch of its own).
+
+    As ``length_grouped_batches``: shuffle (seeded by seed and epoch), cut into buckets of about
+    ``bucket_budgets`` budgets' worth of tokens, sort each bucket by length and fill batches from it,
+    then shuffle the batch order. Deterministic for a given seed and epoch."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    bucket: list[int] = []
+    tokens = 0
+    for index in order + [None]:
+        if index is not None:
+            bucket.append(index)
+            tokens += lengths[index]
+        if bucket and (index is None or tokens >= budget * bucket_budgets):
+            batches += _fill(sorted(bucket, key=lambda i: lengths[i]), lengths, budget)
+            bucket, tokens = [], 0
+    rng.shuffle(batches)
+    return batches
+
+
+def _fill(ordered: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive runs of ``ordered`` (sorted by length) whose rows × longest fits ``budget``."""
+    batches: list[list[int]] = []
+    for i in ordered:
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def collate(encoded: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example of this batch only."""
     width = max(len(e.input_ids) for e in encoded)
@@ -108,10 +144,33 @@ def collate(encoded: list[EncodedExample], pad_id: int) -> dict[str, torch.Tenso
     return {"input_ids": input_ids, "attention_mask": attention, "weights": weights, "completion_mask": completion}
 
 
+def collate_with_anchors(batch: dict[str, torch.Tensor], anchors: list[EncodedExample],
+                         pad_id: int) -> dict[str, torch.Tensor]:
+    """``batch`` with the ``anchors``' rows below its own, both padded to the wider of the two."""
+    extra = collate(anchors, pad_id)
+    width = max(batch["input_ids"].shape[1], extra["input_ids"].shape[1])
+    fill = {"input_ids": pad_id, "attention_mask": 0, "weights": 0.0, "completion_mask": False}
+
+    def widened(t: torch.Tensor, value) -> torch.Tensor:
+        out = torch.full((t.shape[0], width), value, dtype=t.dtype)
+        out[:, :t.shape[1]] = t
+        return out
+
+    return {k: torch.cat([widened(batch[k], fill[k]), widened(extra[k], fill[k])]) for k in batch}
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device``; to CUDA through pinned memory, without waiting for the copy."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def target_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   select: torch.Tensor) -> torch.Tensor:
     """Float logits predicting token t+1 at every position t where ``select[:, t]`` (shape: batch ×
-    width-1) is True, rows in row-major order.
+    width-1) is True, rows in row-major order. ``select`` may also be those positions' flat indices
+    (into batch × width-1, ascending): a long tensor, which a GPU indexes without a host round trip.
 
     The output projection of a small model is a large share of its compute (SmolLM2-135M: 28M of
     135M parameters, and a 49k-way softmax per position). Training only scores answer tokens, so the
@@ -120,6 +179,12 @@ def target_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
     if decoder is None or head is None or getattr(causal_lm.config, "final_logit_softcapping", None):
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logits[:, :-1][select].float()
+        return _pick(logits[:, :-1], select).float()
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return head(hidden[:, :-1][select]).float()
+    return head(_pick(hidden[:, :-1], select)).float()
+
+
+def _pick(values: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    if select.dtype == torch.bool:
+        return values[select]
+    return values.reshape(-1, values.shape[-1]).index_select(0, select)

@@ -31,7 +31,18 @@ class TrainConfig:
                            "memory copies) at a cap of 20 steps left a founder's name at p=0.04 and the learned gate "
                            "failed on another CPU; a cap of 32 stopped, learned, at 24 (weakest answer token p=0.89)."})
     batch_size: int = field(default=4, metadata={"help": "Examples per micro-batch (padded to the "
-                            "longest in the batch). Small batches give more updates per epoch on small data."})
+                            "longest in the batch) when batches are counted, not budgeted (batch_tokens resolves to "
+                            "0: a CPU). Small batches give more updates per epoch on small data."})
+    batch_tokens: int = field(default=-1, metadata={"help": "Padded tokens per micro-batch (rows x the longest "
+                              "row): examples grouped by length fill each batch up to this budget. -1 (auto): on CUDA "
+                              "from the card's free memory and the model's size, capped at max_batch_tokens "
+                              "(retrain.trainer.budget); on a CPU 0. 0: batch_size examples a batch."})
+    max_batch_tokens: int = field(default=8192, metadata={"help": "Largest automatic token budget. On an H200 "
+                                  "a step cost about the same at batch 4 as at 30x the tokens (launch-bound); 40 "
+                                  "corrections trained in 12.7 s at 8192 (2 steps an epoch), 25.4 s at 2048."})
+    gradient_checkpointing: str = field(default="auto", metadata={"help": "Recompute activations in the backward "
+                                        "pass: auto (on CUDA when it lets a budget twice as large fit in memory), "
+                                        "on, off."})
     learning_rate_multiplier: float = field(default=1.0, metadata={"help": "Scales base_learning_rate "
                                             "(OpenAI's hyperparameter of the same name)."})
     base_learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate before the "
@@ -58,6 +69,10 @@ class TrainConfig:
     kl_anchors: int = field(default=32, metadata={"help": "General prompts the KL penalty is computed on "
                             "(answered by the parent once, before the first step)."})
     kl_batch_size: int = field(default=4, metadata={"help": "Anchor prompts per optimizer step for the KL penalty."})
+    kl_every: int = field(default=1, metadata={"help": "Compute the KL penalty every this many optimizer steps "
+                          "(its weight unchanged, so the penalty is weaker). On a CPU the penalty is most of a step's "
+                          "time (bench/train.py); on CUDA the anchors ride in the training batch's forward pass. "
+                          "1 until a CPU round at a larger value is shown to keep its gates."})
     seed: int = field(default=42, metadata={"help": "Seeds LoRA init, shuffling, dropout and replay sampling."})
     gradient_accumulation: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     max_seq_len: int = field(default=1024, metadata={"help": "Longest example in tokens; older context "
@@ -104,6 +119,10 @@ class TrainConfig:
             (self.kl_weight >= 0, "kl_weight must be 0 or more"),
             (self.kl_anchors >= 1, "kl_anchors must be at least 1"),
             (self.kl_batch_size >= 1, "kl_batch_size must be at least 1"),
+            (self.kl_every >= 1, "kl_every must be at least 1"),
+            (self.batch_tokens >= -1, "batch_tokens must be -1 (auto), 0 (count batches) or a token budget"),
+            (self.max_batch_tokens >= 16, "max_batch_tokens must be at least 16"),
+            (self.gradient_checkpointing in ("auto", "on", "off"), "gradient_checkpointing must be auto, on or off"),
             (self.gradient_accumulation >= 1, "gradient_accumulation must be at least 1"),
             (self.max_seq_len >= 16, "max_seq_len must be at least 16"),
             (0.0 <= self.warmup_fraction < 1.0, "warmup_fraction must be in [0, 1)"),

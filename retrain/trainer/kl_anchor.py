@@ -27,7 +27,7 @@ import torch
 from engine.chat_tokenizer import end_of_reply_ids
 from engine.prompting import prompt_ids
 from feedback.examples import TrainingExample
-from retrain.trainer.batching import EncodedExample, collate, target_logits
+from retrain.trainer.batching import EncodedExample, collate, target_logits, to_device
 
 ANCHOR_PROMPTS = Path(__file__).parent.parent / "gates" / "general" / "anchor_prompts.json"
 TOP_K = 32
@@ -107,9 +107,15 @@ def kl_to_parent(model: Any, anchors: list[AnchorExample], pad_id: int, device: 
     mask = batch["completion_mask"][:, 1:].to(device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = target_logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device), mask)
+    return kl_from_logits(logits, anchors, device)
+
+
+def kl_from_logits(logits: torch.Tensor, anchors: list[AnchorExample], device: torch.device) -> torch.Tensor:
+    """``kl_to_parent`` from the model's logits at the anchors' answer positions (rows in the anchors'
+    order), so a trainer can score the anchors in the same forward pass as its training batch."""
     current = torch.log_softmax(logits, dim=-1)  # rows in the same order as the anchors' positions
-    ref_idx = torch.cat([a.ref_indices for a in anchors]).to(device)
-    ref_lp = torch.cat([a.ref_logprobs for a in anchors]).to(device)
+    ref_idx = to_device(torch.cat([a.ref_indices for a in anchors]), device)
+    ref_lp = to_device(torch.cat([a.ref_logprobs for a in anchors]), device)
     model_lp = current.gather(-1, ref_idx)
     ref_rest = _log_rest(ref_lp)
     model_rest = _log_rest(model_lp)

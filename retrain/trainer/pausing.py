@@ -85,6 +85,16 @@ class PausePoint:
             set_peft_model_state_dict(model, load_file(self.resume_dir / "adapter_model.safetensors"))
         return step
 
+    def saved_budget(self) -> Any:
+        """The paused run's token budget (``retrain.trainer.budget.BatchBudget``), so a resumed run
+        batches exactly as it did whatever memory is free now; None for a fresh run."""
+        saved = self._state()["run"].get("batch_budget") if has_resume_state(self.resume_dir) else None
+        if not saved:
+            return None
+        from retrain.trainer.budget import BatchBudget
+
+        return BatchBudget(saved["batch_tokens"], saved["gradient_checkpointing"], "as before the pause")
+
     def saved_step(self) -> int | None:
         return int(self._state()["step"]) if has_resume_state(self.resume_dir) else None
 

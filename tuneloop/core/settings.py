@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         "(bench/gguf_artifact.py); auto: q8_0 where the model's attention heads allow it (a multiple of 32 wide), "
         "else f16.")
     llamacpp_threads: int = Field(0, ge=0, description="CPU threads for llama.cpp (0: all cores).")
+    llamacpp_gpu_layers: Literal["auto"] | int = Field(
+        "auto", description="Layers llama.cpp offloads to the GPU. auto: all of them when llama-cpp-python was built "
+        "with GPU offload (CUDA, Metal, Vulkan: llama_supports_gpu_offload()), else 0; a number: that many "
+        "(0: decode on the CPU). See docs/deploy.md for a CUDA build.")
     llamacpp_extra_buffers: bool = Field(
         False, description="Let llama.cpp repack weights into its CPU-specific layouts (AMX, AVX-512 tiles). Off: on "
         "a Xeon that reports AMX inside a VM that does not enable it, llama.cpp's native build crashed (SIGSEGV in "
