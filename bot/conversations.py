@@ -275,8 +275,10 @@ def start_turn(runtime, *, messages: list[dict[str, str]], params: SamplingParam
             [m for m in new if m["role"] != "system"]
     params = params or SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature,
                                       top_p=settings.top_p, repetition_ngram=settings.repetition_guard_ngram)
-    # a reply held to a grammar (JSON, a required tool call) or with logprobs must be decoded: no memory
-    decision = runtime.recall(prompt, version) if params.grammar is None and params.logprobs is None else None
+    # a reply held to a grammar (JSON, a required tool call), with logprobs or with logit_bias must be
+    # decoded (and its logit_bias checked against the vocabulary): no canned answer from memory
+    decoded = params.grammar is not None or params.logprobs is not None or bool(params.logit_bias)
+    decision = None if decoded else runtime.recall(prompt, version)
     if decision is not None and decision.outcome in CANNED:  # the approved answer, or the handoff reply
         source = runtime.verified(version, prompt, decision.answer, params)
     else:

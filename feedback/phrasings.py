@@ -14,9 +14,9 @@ A phrasing is offered only when accepting it cannot make the bot wrong elsewhere
 * every other approved correction's question and accepted phrasings still retrieve their own
   correction first with it in the index (``PhrasingRouter.conflicts``); a phrasing that would pull
   another correction's customers here is withheld, shown as "asks about: <that correction>";
-* a logged question that is waiting in the review queue as a question of its own (its answer was
-  disliked or handed off, and no correction answers it yet) is withheld: it is probably another fact,
-  and staff answer it there. Measured (issue 24): accepted as offered, such suggestions made the bot
+* a suggestion nearer to a question waiting in the review queue as a question of its own (its answer
+  was disliked, and no correction answers it yet) than to the correction's own question is withheld:
+  it is probably that other fact's rewording, and staff answer it there. Measured (issue 24): accepted as offered, such suggestions made the bot
   answer other facts' questions with the wrong approved text, verified.
 
 The author accepts, edits or removes them (``alternative_questions`` on the correction); nothing here
@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, replace
 from sqlmodel import Session, col, select
 
 from bot.conversations import served_version
-from bot.memory import HANDOFF
 from bot.models import Message
 from engine.embeddings import embed
 from engine.protocol import SamplingParams
@@ -179,13 +178,13 @@ def suggest_phrasings(session: Session, settings: Settings, correction: Correcti
     unique: dict[str, PhrasingSuggestion] = {}
     for suggestion in sorted(found, key=lambda s: -s.score):
         unique.setdefault(normalized_question(suggestion.text), suggestion)
-    offered, queued = [], _queued_questions(session, correction)
+    offered, queued = [], _QueuedQuestions(session, correction)
     for suggestion in unique.values():
         if len(offered) >= limit:
             break
-        if normalized_question(suggestion.text) in queued:
-            suggestion.asks_about, suggestion.reason = suggestion.text, \
-                "waiting in the review queue as a question of its own: answer it there"
+        if nearer := queued.nearer_than_own(suggestion.text):
+            suggestion.asks_about, suggestion.reason = nearer, \
+                "nearer to a question waiting in the review queue as its own than to this one: answer it there"
         elif moved := router.conflicts(suggestion.text):
             suggestion.asks_about, suggestion.reason = moved[0], \
                 f"would route {len(moved)} other correction(s)' customers here"
@@ -197,21 +196,39 @@ def suggest_phrasings(session: Session, settings: Settings, correction: Correcti
     return offered, skipped
 
 
-def _queued_questions(session: Session, correction: Correction) -> set[str]:
-    """Logged user questions (normalised) whose answer was disliked or handed off and that no correction
-    answers yet: each waits in the review queue as a question of its own. The correction's own source
-    question is not among them."""
-    answer = Message.__table__.alias("answer")
-    corrected = select(Correction.message_id).where(Correction.message_id.is_not(None))
-    disliked = select(Rating.message_id).where(Rating.value < 0)
-    rows = session.exec(
-        select(Message.content).join(answer, (answer.c.conversation_id == Message.conversation_id)
-                                     & (answer.c.position == Message.position + 1))
-        .where(Message.role == "user", answer.c.role == "assistant",
-               (answer.c.memory_outcome == HANDOFF) | answer.c.id.in_(disliked),
-               answer.c.id.not_in(corrected))
-        .order_by(col(Message.created_at).desc()).limit(LOG_SCAN_LIMIT)).all()
-    return {normalized_question(t) for t in rows if t} - {normalized_question(correction.question)}
+class _QueuedQuestions:
+    """Logged user questions whose answer was disliked and that no correction answers yet: each waits in
+    the review queue as a question of its own (the correction's own source question is not among them).
+    A suggestion nearer to one of them than to the correction's question is probably that question's
+    rewording, another fact: in the loop of issue 24, the other facts' customers' wordings were all near
+    this correction's question, and each nearer still to its own fact's disliked question."""
+
+    def __init__(self, session: Session, correction: Correction):
+        answer = Message.__table__.alias("answer")
+        corrected = select(Correction.message_id).where(Correction.message_id.is_not(None))
+        disliked = select(Rating.message_id).where(Rating.value < 0)
+        rows = session.exec(
+            select(Message.content).join(answer, (answer.c.conversation_id == Message.conversation_id)
+                                         & (answer.c.position == Message.position + 1))
+            .where(Message.role == "user", answer.c.role == "assistant", answer.c.id.in_(disliked),
+                   answer.c.id.not_in(corrected))
+            .order_by(col(Message.created_at).desc()).limit(LOG_SCAN_LIMIT)).all()
+        own = {normalized_question(t) for t in (correction.question, *(correction.alternative_questions or ()))}
+        self.texts = list(dict.fromkeys(t.strip() for t in rows if t and normalized_question(t) not in own))
+        self.own = [correction.question, *(correction.alternative_questions or ())]
+        self._vectors = None
+
+    def nearer_than_own(self, text: str) -> str | None:
+        """The queued question ``text`` is nearer to than to any of the correction's own questions."""
+        if not self.texts:
+            return None
+        if self._vectors is None:
+            self._vectors = embed(self.texts + self.own)
+        queued, own = self._vectors[:len(self.texts)], self._vectors[len(self.texts):]
+        vector = embed([text])[0]
+        near = queued @ vector
+        best = int(near.argmax())
+        return self.texts[best] if near[best] > float((own @ vector).max()) else None
 
 
 def _from_logs(session: Session, router: PhrasingRouter) -> list[PhrasingSuggestion]:

@@ -181,9 +181,9 @@ def test_calibrate_fits_on_the_deployment_and_stores_the_selector_for_production
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_suggestion_that_would_answer_another_corrections_customers_is_withheld(make_settings, database_url):
     """Accepted as a phrasing of express shipping, "How much is next-day shipping?" would pull next-day
-    delivery's customers there: it is withheld, naming what it asks about. A logged question whose answer
-    was disliked waits in the review queue as a question of its own: withheld too. A plain rewording of
-    the correction's own question is offered."""
+    delivery's customers there: it is withheld, naming what it asks about. A logged question nearer to a
+    disliked one waiting in the review queue (its own fact) than to the correction is withheld too. A
+    plain rewording of the correction's own question is offered."""
     from bot.conversations import create_conversation
     from feedback.corrections.models import Correction
     from feedback.phrasings import PhrasingRouter, suggest_phrasings
@@ -196,7 +196,8 @@ def test_a_suggestion_that_would_answer_another_corrections_customers_is_withhel
         for question, answer in FACTS:
             create_correction(session, settings, actor="a", question=question, answer=answer, status="approved")
         logged = {"What does express shipping cost?": 0, "How much is next-day shipping?": 0,
-                  "how much for express shipping": -1}  # the last one's answer got a thumbs-down
+                  "express shipping price to canada": 0,  # nearer to the disliked question below than to express's
+                  "How much is express shipping to Canada?": -1}  # its answer got a thumbs-down: a queue item
         for text, rating in logged.items():
             conversation = create_conversation(session, title=text)
             session.add(Message(conversation_id=conversation.id, position=0, role="user", content=text))
@@ -215,7 +216,7 @@ def test_a_suggestion_that_would_answer_another_corrections_customers_is_withhel
         offered, _ = suggest_phrasings(session, settings, draft, sources=("logs",), withheld=withheld)
     assert [s.text for s in offered] == ["What does express shipping cost?"]
     reasons = {s.text: (s.asks_about, s.reason) for s in withheld}
-    assert reasons.get("how much for express shipping", ("", ""))[1].startswith("waiting in the review queue")
+    assert reasons.get("express shipping price to canada", ("", ""))[0] == "How much is express shipping to Canada?"
     if "How much is next-day shipping?" in reasons:  # when routing offers it at all, it is withheld
         assert reasons["How much is next-day shipping?"][0] == FACTS[1][0]
     db.dispose()

@@ -151,16 +151,19 @@ def test_calibrate_prints_the_curve_and_suggests_a_threshold(tuneloop, tmp_path)
     negatives.write_text("# off-topic\nTell me a joke about penguins\nWhat is the capital of France?\n")
     code, out, err = tuneloop("memory", "calibrate", "--negatives", str(negatives))
     assert code == 0, err
-    assert "positives (held-out alternative questions): 4   negatives (off-topic): 2" in out
-    header = next(line for line in out.splitlines() if line.strip().startswith("threshold"))
-    assert header.split() == ["threshold", "verified", "correct", "wrong", "precision", "recall", "off-topic",
+    assert "positives (held-out alternative questions): 4   negatives (uncovered): 2" in out
+    header = next(line for line in out.splitlines() if line.strip().startswith("probability"))
+    assert header.split() == ["probability", "verified", "correct", "wrong", "precision", "recall", "uncovered",
                               "verified"]
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and line.strip()[1:2] == "."]
-    assert [float(r[0]) for r in rows][:2] == [0.3, 0.325] and len(rows) == 27
+    assert [float(r[0]) for r in rows][:2] == [0.1, 0.15] and len(rows) == 18
     recalls = [float(r[5].rstrip("%")) for r in rows]
-    assert recalls == sorted(recalls, reverse=True)  # a higher threshold verifies fewer
-    assert "configured memory_verified_threshold 0.550" in out
-    assert "suggested: TUNELOOP_MEMORY_VERIFIED_THRESHOLD=" in out or "no threshold reaches" in out
+    assert recalls == sorted(recalls, reverse=True)  # a higher probability verifies fewer
+    assert f"configured memory_verified_probability {settings.memory_verified_probability:.3f}" in out
+    assert "fitting needs at least 5 alternative questions and 5 uncovered questions" in out  # defaults measured
+    assert "suggested: TUNELOOP_MEMORY_VERIFIED_PROBABILITY=" in out or "no threshold reaches" in out
+    code, out, _ = tuneloop("memory", "calibrate", "--save")
+    assert code == 0 and "saved:" not in out  # nothing fitted, nothing stored
 
     code, out, _ = tuneloop("memory", "calibrate", "--json")
     assert code == 0 and '"positives": 4' in out

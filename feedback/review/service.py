@@ -1,8 +1,10 @@
 """The review queue: assistant answers a person should look at, most urgent first.
 
-Order: answers with a thumbs-down, then answers whose rating carries a comment (flagged), then
-(optionally) a sample of the rest. The sample is chosen by message id, which is random, so the same
-messages stay in it from one page to the next. A reviewer closes an item by marking it fine or by
+Order: turns handed off to staff (correction memory had no approved answer it could stand behind,
+and the customer was told the question was passed on: reason ``unanswered``), then answers with a
+thumbs-down, then answers whose rating carries a comment (flagged), then (optionally) a sample of the
+rest. The sample is chosen by message id, which is random, so the same messages stay in it from one
+page to the next. A reviewer closes an item by marking it fine or by
 writing a correction (which marks it corrected).
 """
 

@@ -169,12 +169,14 @@ class Settings(BaseSettings):
         True, description="A question about the company that no approved answer covers with confidence gets "
         "memory_handoff_reply and tops the review queue, instead of a reply the model would have to guess.")
     memory_handoff_reply: str = Field(
-        "I'm not sure about that, so I've passed your question to our team. A colleague will answer you here soon.",
+        "I'm not sure about that, so I've passed your question to our team. Please check back later, or contact "
+        "us directly if it is urgent.",
         min_length=1, max_length=1000, description="The honest reply of a handed-off turn.")
     memory_topic_threshold: float = Field(
-        0.30, ge=0.0, le=1.0,
-        description="Best retrieval score at or above which a question is about the company (handed off when no "
-        "answer is selected); below it the model answers alone (small talk, general questions).")
+        0.0, ge=-1.0, le=1.0,
+        description="Margin (feedback.memory.topic: best similarity to questions customers ask a company minus best "
+        "to small talk and general questions) at or above which a question is about the company: handed off when "
+        "no answer is selected; below it the model answers alone.")
     memory_grounded_enabled: bool = Field(
         False, description="Give plausible approved answers to the model as context where none was selected, "
         "instead of handing off. Off by default: the 135M model mixed facts of two answers (docs/memory.md).")
