@@ -81,7 +81,8 @@ class AnswerScorer(Protocol):
     version_id: str
     system_prompt: str
 
-    def __call__(self, conversations: list[list[dict[str, str]]], answers: list[str]) -> list[AnswerScore]: ...
+    def __call__(self, conversations: list[list[dict[str, str]]], answers: list[str],
+                 answer_tokens: int | None = None) -> list[AnswerScore]: ...
 
 
 class Memory(Protocol):

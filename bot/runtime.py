@@ -177,8 +177,9 @@ class _VersionScorer:
         self.version_id = version.id
         self.system_prompt = runtime.settings.resolved_system_prompt
 
-    def __call__(self, conversations: list[list[dict[str, str]]], answers: list[str]):
-        return self.runtime.engine.score_answers(self.version, conversations, answers)
+    def __call__(self, conversations: list[list[dict[str, str]]], answers: list[str],
+                 answer_tokens: int | None = None):
+        return self.runtime.engine.score_answers(self.version, conversations, answers, answer_tokens)
 
 
 __all__ = ["ServingRuntime"]

@@ -172,14 +172,15 @@ class LlamaCppEngine:
         return [next(item for item in stream if isinstance(item, Completion)) for stream in streams]
 
     def score_answers(self, version: ServedVersion, conversations: list[list[dict[str, str]]],
-                      answers: list[str]) -> list[AnswerScore]:
+                      answers: list[str], answer_tokens: int | None = None) -> list[AnswerScore]:
         """Every pair is one sequence of the next decode steps, fed beside the running chats."""
         loaded = self.loaded_for(version)
         context = min(self.settings.context_budget, loaded.max_context)
         requests, leads = [], {}
         for messages, answer in zip(conversations, answers, strict=True):
             key = repr(messages)
-            request = _ScoreRequest(loaded, *scored_answer_ids(loaded.tokenizer, messages, answer, context),
+            request = _ScoreRequest(loaded, *scored_answer_ids(loaded.tokenizer, messages, answer, context,
+                                                               answer_tokens),
                                     lead=leads.get(key))
             leads.setdefault(key, request)
             requests.append(request)

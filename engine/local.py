@@ -75,11 +75,11 @@ class TransformersEngine:
         return len(self.encode(loaded, messages, max_tokens)), loaded.tokenizer
 
     def score_answers(self, version: ServedVersion, conversations: list[list[dict[str, str]]],
-                      answers: list[str]) -> list[AnswerScore]:
-        """All pairs in one padded forward pass on the decode thread, between decode steps."""
+                      answers: list[str], answer_tokens: int | None = None) -> list[AnswerScore]:
+        """All pairs in padded forward passes on the decode thread, between decode steps."""
         loaded = self.loaded_for(version)
         context = min(self.settings.context_budget, loaded.max_context)
-        pairs = [scored_answer_ids(loaded.tokenizer, messages, answer, context)
+        pairs = [scored_answer_ids(loaded.tokenizer, messages, answer, context, answer_tokens)
                  for messages, answer in zip(conversations, answers, strict=True)]
         scored = self.decoder.run_exclusive(lambda: answer_logprobs(loaded, pairs))
         return [AnswerScore(logprob, tokens) for logprob, tokens in scored]

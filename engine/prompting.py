@@ -104,10 +104,11 @@ def raw_prompt_ids(tokenizer: Any, prompt: str, max_tokens: int, context: int) -
 
 
 def scored_answer_ids(tokenizer: Any, messages: list[dict[str, str]], answer: str,
-                      budget: int) -> tuple[list[int], list[int]]:
+                      budget: int, answer_tokens: int | None = None) -> tuple[list[int], list[int]]:
     """The prompt ids (trimmed to fit ``budget`` with the answer) and the answer's ids as the template
     lays out the assistant's turn, end-of-turn marker included: what answer scoring evaluates. The
     marker counts because an approved answer that *ends* where the question is answered is part of
     what makes it the right reply."""
     answer_ids = tokenizer(completion_text(tokenizer, messages, answer), add_special_tokens=False)["input_ids"]
+    answer_ids = answer_ids[:answer_tokens] if answer_tokens else answer_ids  # a prefix: what tells answers apart
     return trim_to_budget(tokenizer, messages, max(1, budget - len(answer_ids)))[1], answer_ids

@@ -147,9 +147,10 @@ class Engine(Protocol):
         counted them (None where the engine can only estimate: an upstream)."""
 
     def score_answers(self, version: ServedVersion, conversations: list[list[dict[str, str]]],
-                      answers: list[str]) -> list[AnswerScore]:
+                      answers: list[str], answer_tokens: int | None = None) -> list[AnswerScore]:
         """For each (conversation, answer) pair, the answer's log-likelihood as the next assistant turn
-        (prompt evaluation only, the pairs batched). Raises ``ScoringUnavailableError`` where the engine
+        (prompt evaluation only, the pairs batched; only the first ``answer_tokens`` tokens of each
+        answer when given). Raises ``ScoringUnavailableError`` where the engine
         has no access to its logits."""
 
     def close(self) -> None:

@@ -92,7 +92,7 @@ class UpstreamEngine:
         return max(1, -(-sum(len(m["content"]) for m in messages) // 4)), None
 
     def score_answers(self, version: ServedVersion, conversations: list[list[dict[str, str]]],
-                      answers: list[str]) -> list[AnswerScore]:
+                      answers: list[str], answer_tokens: int | None = None) -> list[AnswerScore]:
         """An OpenAI-compatible chat API returns no log-likelihood of a given reply."""
         raise ScoringUnavailableError("the upstream backend cannot score answers; memory selects by retrieval alone")
 

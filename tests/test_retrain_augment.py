@@ -18,7 +18,8 @@ from feedback.memory.service import MemoryHit, memory_context
 from retrain.trainer.augment import (add_memory_context, expand_phrasings, held_out_by_correction, split_phrasings, training_set)
 from retrain.trainer.batching import encode_example
 from retrain.trainer.config import TrainConfig
-from retrain.trainer.train import _Run, train
+from retrain.trainer.learned import LearnedCheck
+from retrain.trainer.train import train
 
 SYSTEM = {"role": "system", "content": "You are a friendly, concise customer-service assistant for Acme Outdoor Gear. "
           "Answer the customer's question accurately and briefly."}
@@ -137,21 +138,19 @@ def _all_answer_tokens_right(base_dir, adapter_dir, examples) -> bool:
 CAP = dict(n_epochs=30, batch_size=2, min_steps=0, warmup_fraction=0.0, kl_weight=0.0, memory_examples_fraction=0.0)
 
 
-def _run_of(n_examples: int, is_new: list[bool]) -> _Run:
-    """The trainer's bookkeeping alone (no model): what the stop rule decides from per-example passes."""
-    return _Run(TrainConfig(learned_checks=2), None, None, 0, [None] * n_examples, [], None, None, is_new=is_new)
-
-
 def test_the_stop_waits_for_two_right_passes_in_a_row_of_every_new_example():
-    run = _run_of(3, [True, True, False])
-    run.streak = [2, 1, 0]  # the second new example has one right pass since its last wrong one
-    run.step = 10
-    assert run._check_learned() == (0.5, False) and run.learned_at_step is None
-    run.streak = [2, 2, 0]  # the replayed third is never waited for
-    run.step = 11
-    assert run._check_learned() == (1.0, True) and run.learned_at_step == 11
-    run.step = 12
-    assert run._check_learned() == (1.0, False) and run.learned_at_step == 11  # reported once, at the step it happened
+    """The stop rule's bookkeeping alone (no model): per example, right passes in a row since its last
+    wrong one; the share counts the round's new examples only."""
+    check = LearnedCheck([True, True, False], checks=2, device=torch.device("cpu"))
+    check.update([0, 1, 2], torch.tensor([True, True, False]))
+    check.update([0], torch.tensor([True]))
+    assert check.state() == [2, 1, 0] and float(check.share()) == 0.5  # the second has one right pass
+    check.update([1, 2], torch.tensor([False, True]))
+    assert check.state() == [2, 0, 1] and float(check.share()) == 0.5  # a wrong pass starts its count again
+    check.update([1], torch.tensor([True]))
+    check.update([1], torch.tensor([True]))
+    assert float(check.share()) == 1.0  # the replayed third (one right pass) is never waited for
+    assert float(LearnedCheck([False], checks=2, device=torch.device("cpu")).share()) == 1.0  # nothing new
 
 
 @pytest.mark.slow

@@ -161,6 +161,9 @@ class CorrectionMemory:
                 scores, query = with_context, f"{previous} {turn}"
         if not scores:
             return MemoryDecision()
+        if self.topic_score(query) < self.settings.memory_topic_threshold:  # small talk, general: no scoring
+            return MemoryDecision(NONE, [], [s.as_dict() for s in scores[:LOGGED_SCORES]],
+                                  reason or "not about the company")
         retrieved = scores[:self.settings.memory_candidates]
         candidates, scored = self.candidates(messages, retrieved, scorer)
         selectors = self.selectors(scorer.version_id if scorer else None)
@@ -172,8 +175,6 @@ class CorrectionMemory:
         if not reason and self.settings.memory_verified_enabled \
                 and chances[best] >= (selectors.verified_probability or self.settings.memory_verified_probability):
             return MemoryDecision(VERIFIED, [self._hit(retrieved[best])], logged, reason or "selected")
-        if self.topic_score(query) < self.settings.memory_topic_threshold:
-            return MemoryDecision(NONE, [], logged, reason or "not about the company")
         if self.settings.memory_grounded_enabled:
             hits = [self._hit(retrieved[i]) for i in order[:self.settings.memory_max_hits]]
             return MemoryDecision(GROUNDED, hits, logged, reason or "no answer selected with confidence")
@@ -251,7 +252,8 @@ class CorrectionMemory:
                 answers.append(self._rows[cid][1])
         missing = list(dict.fromkeys(a for a in answers if a not in self._neutral))
         neutral = system + [{"role": "user", "content": NEUTRAL_QUESTION}]
-        results = scorer(conversations + [neutral] * len(missing), answers + missing)
+        results = scorer(conversations + [neutral] * len(missing), answers + missing,
+                         self.settings.memory_scored_answer_tokens)
         for answer, score in zip(missing, results[len(answers):]):
             self._neutral[answer] = score.logprob
         flat = [(score.logprob - self._neutral[a]) / max(1, score.tokens) for a, score in zip(answers, results)]

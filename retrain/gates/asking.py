@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.llamacpp import LlamaCppEngine
+from engine.llamacpp_model import gpu_layers
 from engine.prompting import trim_to_budget
 from engine.protocol import SamplingParams
 from engine.transformers_engine import LoadedModel, LocalEngine
@@ -48,8 +49,6 @@ def engine_used(loaded: LoadedModel, settings: Settings) -> dict[str, Any]:
     """What ``answer_all`` decodes with, for the gate report: the engine and the device it runs on
     (transformers on the model's device and dtype; llama.cpp with its layers offloaded to the GPU or not)."""
     if settings.serving_backend == "llamacpp":
-        from engine.llamacpp_model import gpu_layers
-
         layers = gpu_layers(settings.llamacpp_gpu_layers)
         return {"engine": "llamacpp", "device": "gpu" if layers else "cpu", "gpu_layers": layers}
     dtype = next(loaded.model.parameters()).dtype

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from retrain.trainer.budget import BatchBudget
+
 STATE_FILE = "trainer_state.pt"
 
 
@@ -91,8 +93,6 @@ class PausePoint:
         saved = self._state()["run"].get("batch_budget") if has_resume_state(self.resume_dir) else None
         if not saved:
             return None
-        from retrain.trainer.budget import BatchBudget
-
         return BatchBudget(saved["batch_tokens"], saved["gradient_checkpointing"], "as before the pause")
 
     def saved_step(self) -> int | None:

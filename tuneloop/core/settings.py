@@ -164,7 +164,11 @@ class Settings(BaseSettings):
         True, description="Let the served weights score the candidate answers (answer selection); off: retrieval "
         "alone decides, a little faster and less accurate (bench/selection.py measures both).")
     memory_candidates: int = Field(
-        5, ge=1, le=20, description="Best retrieved corrections the served model scores for each turn.")
+        3, ge=1, le=20, description="Best retrieved corrections the served model scores for each turn (each costs "
+        "its answer's tokens in prompt evaluation; bench/selection.py --latency).")
+    memory_scored_answer_tokens: int = Field(
+        16, ge=1, le=512, description="Leading tokens of each candidate answer the served model scores: what tells "
+        "two approved answers apart comes early, and each token is prompt evaluation on every turn.")
     memory_handoff_enabled: bool = Field(
         True, description="A question about the company that no approved answer covers with confidence gets "
         "memory_handoff_reply and tops the review queue, instead of a reply the model would have to guess.")
