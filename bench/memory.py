@@ -155,7 +155,7 @@ def scenario(facts: list[dict], offtopic: list[str], accepted: int | str, data_d
         from feedback.memory.calibration import calibrate, format_table
 
         with Session(engine) as session:
-            report = calibrate(session, settings, extra_negatives=offtopic)
+            report = calibrate(session, settings, memory, extra_negatives=offtopic)
         result["calibration"] = report.as_dict()
         result["calibration_table"] = format_table(report)
     engine.dispose()
@@ -190,33 +190,16 @@ def markdown(results: list[dict], settings) -> str:
     calibrated = next((r for r in results if "calibration_table" in r), None)
     text = f"""## Instant fix by correction memory (`bench/memory.py`)
 
-Measured {m['date']} on {m['cores']} CPU cores, default settings (verified ≥ {settings.memory_verified_threshold}
-and {settings.memory_verified_margin} ahead of the runner-up; grounded ≥ {settings.memory_threshold}; BM25 weight
-{settings.memory_lexical_weight}, answer weight {settings.memory_answer_weight}). The 60 facts of
-examples/acme_kb.jsonl are approved corrections; rewordings are the paraphrases not accepted as alternative
-questions (never in the index); off-topic is examples/acme_offtopic.txt. A verified reply is the approved answer
-itself, so "verified right" is the share answered with the corrected fact before any training. The 2 cores were
-shared with four other jobs: the milliseconds per question (embedding the question, two searches for a follow-up)
-are inflated accordingly.
+Measured {m['date']} on {m['cores']} CPU cores with answer selection by **retrieval alone** (no model scores the
+candidates here: `bench/selection.py` and `bench/loop.py` measure selection by the served model), the default selector
+and probability {settings.memory_verified_probability}. The 60 facts of examples/acme_kb.jsonl are approved
+corrections; rewordings are the paraphrases not accepted as alternative questions (never in the index); off-topic is
+examples/acme_offtopic.txt (a verified reply to one is wrong). A verified reply is the approved answer itself, so
+"verified right" is the share answered with the corrected fact before any training.
 
 | scenario | exact questions verified right | rewordings verified right | rewordings verified wrong | rewordings grounded with the right correction | off-topic verified | ms per question |
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
-
-Targets (issue 14, before training): exact questions 100% (met), off-topic verified ≤ 1% (met: 0 of 60), rewordings
-≥ 90% verified: **missed**, at about 53% with the question only. What limits it: the bundled MiniLM ranks the right
-correction first for 86% of these rewordings even with the answer's similarity blended in (74% by question alone),
-so no threshold could verify more than that; and off-topic shop questions score up to 0.51 against their nearest
-correction while many right-ranked rewordings score less, so a threshold that verifies no off-topic question
-(0.55) leaves those to grounded. Counting grounded replies that carry the right correction in the prompt, the right
-approved answer reaches the model for {in_hand} of the question-only rewordings, but the 135M model mostly does not
-copy it (issue 14's second half: training with phrasings and memory context). What was tried: BM25 weight 0-0.4
-(lexical overlap hurts the ranking of these short rewordings: top-1 86% at 0.0, 85% at 0.1, 79% at 0.3), answer weight
-0-0.6, runner-up margin 0-0.06; the defaults (0.10, 0.45, 0.05, threshold 0.55) were chosen on this same data and
-off-topic list, so on other data run `tuneloop memory calibrate`. One accepted phrasing per correction barely moves
-the held-out rate (a different paraphrase of the same fact is not much nearer); what would move it is several
-accepted phrasings per correction (teacher suggestions, real customer wording from the logs) or a stronger
-embedding model.
 
 The bundled 135M model is a weak source of phrasings: with the worked-example prompt, 12 of its rewrites survived the
 routing filter, for 7 of 24 corrections; they moved the held-out rate by one rewording, and some that survived change
@@ -226,7 +209,7 @@ never accepted unseen; a teacher (`TUNELOOP_TEACHER_BASE_URL`) is the better sou
 """
     if calibrated:
         text += f"""
-Calibration (`tuneloop memory calibrate --negatives examples/acme_offtopic.txt`) on the
+Calibration (`tuneloop memory calibrate --negatives examples/acme_offtopic.txt`, retrieval alone) on the
 "{calibrated['accepted_phrasings']} accepted phrasing" database: positives are the accepted phrasings, each held out
 of the index in turn.
 
