@@ -195,6 +195,9 @@ def report(kbs: dict[str, dict], selectors: dict, final, probability: float, top
                 f"| {pct(res[unc]['verified_wrong'], res[unc]['n'])} "
                 f"| {pct(res[unc]['handoff'], res[unc]['n'])} "
                 f"| {pct(res['general']['none'], res['general']['n'])} |")
+    from tuneloop.core.settings import Settings
+
+    defaults = Settings()
     m = machine()
     weights = ", ".join(f"{f} {w:+.2f}" for f, w in zip(final.with_model.features, final.with_model.weights))
     text = f"""## Answer selection on three knowledge bases (`bench/selection.py`)
@@ -214,7 +217,8 @@ on all three: verified at probability ≥ **{probability}**, about the company (
 {chr(10).join(lines)}
 
 Shipped defaults (fit on all three KBs): {weights}, bias {final.with_model.bias:+.2f}. Scoring the candidates costs
-{", ".join(f"{n} {kbs[n]['ms_per_question']:.0f} ms" for n in kbs)} per question here (retrieval and 5 candidate answers
+{", ".join(f"{n} {kbs[n]['ms_per_question']:.0f} ms" for n in kbs)} per question here (retrieval and {defaults.memory_candidates} candidate
+answers, their first {defaults.memory_scored_answer_tokens} tokens each
 through llama.cpp, neutral scores cached per version; the 2 cores were otherwise idle).
 """
     return text, figures

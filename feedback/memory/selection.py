@@ -100,11 +100,12 @@ class SelectorPair:
         return self.with_model if scored else self.retrieval_only
 
 
-# Fitted by bench/selection.py on the held-out rewordings and off-topic questions of the three
-# knowledge bases in examples/ (acme, telecom, saas) with the bundled SmolLM2 (docs/memory.md).
+# Fitted by bench/selection.py (2026-12-05) on the customer wordings (positives) and the uncovered shop
+# and off-topic questions (negatives) of the three knowledge bases in examples/ (acme, telecom, saas),
+# scored by the bundled SmolLM2 before training (docs/benchmarks.md, "Answer selection").
 DEFAULT_SELECTORS = SelectorPair(
-    with_model=Selector(FEATURES, (6.0, 14.0, 1.2, 2.5), -5.0),
-    retrieval_only=Selector(RETRIEVAL_FEATURES, (8.0, 16.0), -6.0),
+    with_model=Selector(FEATURES, (9.813, 10.1639, -0.6093, 1.3553), -5.7022),
+    retrieval_only=Selector(RETRIEVAL_FEATURES, (8.5093, 11.8629), -5.6978),
 )
 
 

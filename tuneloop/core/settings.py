@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     memory_verified_enabled: bool = Field(
         True, description="Reply with an approved answer itself when answer selection is confident it is the right one.")
     memory_verified_probability: float = Field(
-        0.5, ge=0.0, le=1.0,
+        0.95, ge=0.0, le=1.0,
         description="Probability (the answer selector's, feedback.memory.selection) at or above which the best "
         "candidate is the reply. Chosen on three knowledge bases (docs/memory.md); refit the selector on your own "
         "data with `tuneloop memory calibrate`.")
@@ -177,7 +177,7 @@ class Settings(BaseSettings):
         "us directly if it is urgent.",
         min_length=1, max_length=1000, description="The honest reply of a handed-off turn.")
     memory_topic_threshold: float = Field(
-        0.0, ge=-1.0, le=1.0,
+        0.05, ge=-1.0, le=1.0,
         description="Margin (feedback.memory.topic: best similarity to questions customers ask a company minus best "
         "to small talk and general questions) at or above which a question is about the company: handed off when "
         "no answer is selected; below it the model answers alone.")
