@@ -81,7 +81,7 @@ def questions(facts: list[dict], settings) -> list:
 
 
 def ask(settings, spec, items) -> dict:
-    from engine.transformers_engine import LoadedModel
+    from engine.transformers_model import LoadedModel
     from retrain.gates.asking import answer_all
     from retrain.gates.matching import match_answers
 

@@ -58,7 +58,7 @@ def latest_adapter(data_dir: Path) -> Path:
 def transformers_answers(settings, spec, prompts: list[list[dict]]) -> list[str]:
     from types import SimpleNamespace
 
-    from engine.local import TransformersEngine
+    from engine.transformers_engine import TransformersEngine
     from engine.protocol import SamplingParams
 
     engine = TransformersEngine(settings.model_copy(update={"serving_backend": "transformers"}), lambda _v: spec)
@@ -139,7 +139,7 @@ def main() -> None:
     from engine.gguf_lora import write_lora_gguf
     from engine.modelstore import bundled_gguf_path
     from engine.protocol import VersionSpec
-    from engine.transformers_engine import LoadedModel
+    from engine.transformers_model import LoadedModel
     from tuneloop.core.settings import Settings
 
     torch.set_num_threads(2)

@@ -3,7 +3,7 @@
 Each engine's module is imported only when it is chosen: the transformers engine brings torch
 (~250 MB), which a process serving through llama.cpp or an upstream server never needs. The table
 names the modules as text so that choosing one does not import the others; the three modules are
-``engine.llamacpp``, ``engine.local`` and ``engine.upstream``.
+``engine.llamacpp``, ``engine.transformers_engine`` and ``engine.upstream``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 # setting value -> (module, class, whether the class takes spec_for: where a version's files are)
 ENGINES: dict[str, tuple[str, str, bool]] = {
     "llamacpp": ("engine.llamacpp", "LlamaCppEngine", True),
-    "transformers": ("engine.local", "TransformersEngine", True),
-    "local": ("engine.local", "TransformersEngine", True),  # the name this engine had before llama.cpp
+    "transformers": ("engine.transformers_engine", "TransformersEngine", True),
+    "local": ("engine.transformers_engine", "TransformersEngine", True),  # the name this engine had before llama.cpp
     "upstream": ("engine.upstream", "UpstreamEngine", False),
 }
 

@@ -1,4 +1,4 @@
-"""The state of one running decode batch (``engine.transformers_engine`` owns the thread that drives it).
+"""The state of one running decode batch (``engine.transformers_model`` owns the thread that drives it).
 
 Kept apart from the engine because it is the part that knows the KV cache's layout: rows are
 left-padded to a common width, so rows of different ages can share one cache, join it (``merged``)
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from engine.transformers_engine import LoadedModel, _Request
+    from engine.transformers_model import LoadedModel, _Request
 
 
 class DecodeState:

@@ -18,7 +18,7 @@ from pathlib import Path
 from engine.gguf_files import WRITER_EXIT_INVALID, WRITER_EXIT_MISSING, write_gguf
 from engine.modelstore import ModelNotFoundError
 from engine.protocol import VersionSpec
-from engine.transformers_engine import LoadedModel
+from engine.transformers_model import LoadedModel
 from tuneloop.core.errors import InvalidInputError
 
 

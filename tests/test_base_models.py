@@ -79,7 +79,7 @@ def test_a_round_trains_its_gguf_answers_as_transformers_and_exports(arch_model_
     file would double the test's time.)"""
     from engine.gguf_writer import write_version_gguf
     from engine.llamacpp import LlamaCppEngine
-    from engine.local import TransformersEngine
+    from engine.transformers_engine import TransformersEngine
     from retrain.trainer.config import TrainConfig
     from retrain.trainer.train import train
 
@@ -174,7 +174,7 @@ def test_a_vocabulary_of_its_own_is_written_from_the_tokenizer_files(kind, model
     from engine.chat_tokenizer import ChatTokenizer
     from engine.gguf_writer import write_version_gguf
     from engine.llamacpp import LlamaCppEngine
-    from engine.local import TransformersEngine
+    from engine.transformers_engine import TransformersEngine
 
     tokenizer_dir = own_tokenizer(kind, tiny_model_dir, tmp_path / "tokenizer")
     cached = build_tiny(f"{model_type}-own-vocab", model_type, dict(vocab_size=512, tie_word_embeddings=False),

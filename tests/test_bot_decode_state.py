@@ -7,12 +7,12 @@ import logging
 
 def test_rows_finishing_together_log_no_error(tiny_model_dir, caplog):
     from engine.protocol import SamplingParams, VersionSpec
-    from engine.transformers_engine import LoadedModel, LocalEngine
+    from engine.transformers_model import LoadedModel, TransformersDecoder
     from engine.prompting import prompt_ids, with_system_prompt
 
     loaded = LoadedModel.load(VersionSpec("v0", tiny_model_dir), dtype="float32")
-    engine = LocalEngine(loaded, max_batch_size=4)
-    caplog.set_level(logging.DEBUG, logger="engine.transformers_engine")
+    engine = TransformersDecoder(loaded, max_batch_size=4)
+    caplog.set_level(logging.DEBUG, logger="engine.transformers_model")
     try:
         prompt = prompt_ids(loaded.tokenizer, with_system_prompt("Be brief.", [{"role": "user", "content": "hi"}]))
         params = SamplingParams(max_tokens=4)

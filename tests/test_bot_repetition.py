@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engine.protocol import Completion, SamplingParams, VersionSpec
-from engine.transformers_engine import LoadedModel, LocalEngine
+from engine.transformers_model import LoadedModel, TransformersDecoder
 from engine.prompting import prompt_ids
 from engine.repetition import guard, repeated_ngram_start, repeated_sentence_start, repeating_suffix, sentence_holdback
 
@@ -49,7 +49,7 @@ def test_guard_ends_the_reply_at_the_first_repeated_sentence_or_phrase():
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     loaded = LoadedModel.load(VersionSpec("tiny", tiny_model_dir), dtype="float32")
-    engine = LocalEngine(loaded)
+    engine = TransformersDecoder(loaded)
     yield loaded, engine
     engine.close()
 

@@ -3,11 +3,11 @@ each gives alone, and a chat that arrives during a long one joins the running ba
 
 def test_engine_batches_match_single_requests(tiny_model_dir):
     from engine.protocol import SamplingParams, VersionSpec
-    from engine.transformers_engine import LoadedModel, LocalEngine
+    from engine.transformers_model import LoadedModel, TransformersDecoder
     from engine.prompting import prompt_ids, with_system_prompt
 
     loaded = LoadedModel.load(VersionSpec("v0", tiny_model_dir), dtype="float32")
-    engine = LocalEngine(loaded, max_batch_size=4)
+    engine = TransformersDecoder(loaded, max_batch_size=4)
     try:
         prompts = [prompt_ids(loaded.tokenizer, with_system_prompt("Be brief.", [{"role": "user", "content": q}]))
                    for q in ["hi", "what are your opening hours on a long weekend?", "refund?"]]
@@ -27,11 +27,11 @@ def test_engine_lets_chats_join_a_running_batch(tiny_model_dir):
     import threading
 
     from engine.protocol import Completion, SamplingParams, VersionSpec
-    from engine.transformers_engine import LoadedModel, LocalEngine
+    from engine.transformers_model import LoadedModel, TransformersDecoder
     from engine.prompting import prompt_ids, with_system_prompt
 
     loaded = LoadedModel.load(VersionSpec("v0", tiny_model_dir), dtype="float32")
-    engine = LocalEngine(loaded, max_batch_size=4)
+    engine = TransformersDecoder(loaded, max_batch_size=4)
     try:
         def ids(q: str) -> list[int]:
             return prompt_ids(loaded.tokenizer, with_system_prompt("Be brief.", [{"role": "user", "content": q}]))

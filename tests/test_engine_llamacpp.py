@@ -15,7 +15,7 @@ import pytest
 
 from engine.gguf_files import ensure_gguf
 from engine.llamacpp import LlamaCppEngine
-from engine.local import TransformersEngine
+from engine.transformers_engine import TransformersEngine
 from engine.modelstore import ModelNotFoundError
 from engine.protocol import SamplingParams, VersionSpec
 from test_engine_contract import MESSAGES, V0, drain
@@ -114,7 +114,7 @@ def test_more_chats_than_sequences_wait_their_turn(llama):
 def test_the_gates_ask_through_the_serving_engine(make_settings, tiny_model_dir, tmp_path):
     """What is gated is what serves: with the llama.cpp engine the gates' answers come from llama.cpp
     on the version's GGUF (the same answers as transformers on float32 weights), and the report says so."""
-    from engine.transformers_engine import LoadedModel
+    from engine.transformers_model import LoadedModel
     from retrain.gates.items import GateItem
     from retrain.gates.judging import evaluate
 

@@ -10,7 +10,7 @@ import pytest
 from sqlmodel import Session, select
 
 from engine.protocol import VersionSpec
-from engine.transformers_engine import LoadedModel
+from engine.transformers_model import LoadedModel
 from registry.models import ModelVersion, VersionStatus, GateReport
 from support.lora_adapters import CANADA, RETURNS, install_adapter, memorised_adapter, messages_for
 from registry import lifecycle as registry

@@ -11,7 +11,7 @@ import pytest
 from ui.text import as_text
 
 from engine.protocol import VersionSpec
-from engine.transformers_engine import LoadedModel
+from engine.transformers_model import LoadedModel
 from feedback.examples import TrainingExample
 from support.lora_adapters import CANADA, RETURNS, SYSTEM_PROMPT, memorised_adapter
 from retrain.trainer.augment import expand_phrasings, split_phrasings

@@ -76,7 +76,7 @@ def test_engines_score_answers_with_the_same_weights_alike(make_settings, tiny_m
     """llama.cpp (float32 GGUF) and transformers give the same log-likelihood for the same answers, and
     the answers of one conversation scored together (sharing its prompt) score as scored alone."""
     from engine.llamacpp import LlamaCppEngine
-    from engine.local import TransformersEngine
+    from engine.transformers_engine import TransformersEngine
 
     settings = make_settings(base_model=str(tiny_model_dir), gguf_quantization="F32", llamacpp_kv_cache_type="f16")
     base = shutil.copytree(tiny_model_dir, tmp_path / "tiny", ignore=shutil.ignore_patterns("*.gguf"))

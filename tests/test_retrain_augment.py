@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine.protocol import VersionSpec
-from engine.transformers_engine import LoadedModel
+from engine.transformers_model import LoadedModel
 from bot.runtime import ServingRuntime
 from feedback.examples import TrainingExample
 from feedback.memory.service import MemoryHit, memory_context

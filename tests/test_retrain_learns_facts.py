@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engine.protocol import SamplingParams, VersionSpec
-from engine.transformers_engine import LoadedModel, LocalEngine
+from engine.transformers_model import LoadedModel, TransformersDecoder
 from engine.prompting import prompt_ids
 from feedback.examples import TrainingExample
 from retrain.trainer.config import TrainConfig
@@ -31,7 +31,7 @@ def examples() -> list[TrainingExample]:
 
 def answers(spec: VersionSpec) -> list[str]:
     loaded = LoadedModel.load(spec, dtype="float32")
-    engine = LocalEngine(loaded)
+    engine = TransformersDecoder(loaded)
     try:
         return [engine.generate(prompt_ids(loaded.tokenizer, e.messages), SamplingParams(max_tokens=32)).text
                 for e in examples()]

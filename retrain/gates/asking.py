@@ -13,7 +13,7 @@ from engine.llamacpp import LlamaCppEngine
 from engine.llamacpp_model import gpu_layers
 from engine.prompting import trim_to_budget
 from engine.protocol import SamplingParams
-from engine.transformers_engine import LoadedModel, LocalEngine
+from engine.transformers_model import LoadedModel, TransformersDecoder
 from retrain.gates.items import GateItem
 from tuneloop.core.settings import Settings
 
@@ -30,7 +30,7 @@ def answer_all(loaded: LoadedModel, items: list[GateItem], settings: Settings) -
     gated is what serves: ``serving_backend=llamacpp`` asks llama.cpp, on the version's GGUF)."""
     if settings.serving_backend == "llamacpp":
         return _answer_with_llamacpp(loaded, items, settings)
-    engine = LocalEngine(loaded, max_batch_size=max(settings.max_batch_size, 16))
+    engine = TransformersDecoder(loaded, max_batch_size=max(settings.max_batch_size, 16))
     answers = [""] * len(items)
     try:
         for max_tokens, indices in _budget_groups(loaded, items, settings):

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from engine.transformers_engine import LoadedModel, perplexity
+from engine.transformers_model import LoadedModel, perplexity
 from retrain.gates.asking import answer_all, engine_used
 from retrain.gates.items import GateItem, general_texts
 from retrain.gates.matching import match_answers

@@ -47,7 +47,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from engine.backends import engine_for
-from engine.transformers_engine import LoadedModel
+from engine.transformers_model import LoadedModel
 from engine.upstream import UpstreamAdapterError
 from registry import versions
 from registry.lifecycle import (InvalidStateError, PromotionConflictError, RegistryError, VersionNotFoundError,

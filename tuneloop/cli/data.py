@@ -12,7 +12,7 @@ from tuneloop.cli.errors import fail
 data_app = typer.Typer(help="Training data: validate and import files, dataset snapshots.", no_args_is_help=True)
 
 
-def _engine():
+def _database():
     from tuneloop.app import prepare_database
     from tuneloop.core.settings import get_settings
 
@@ -60,7 +60,7 @@ def import_(file: Path = typer.Argument(..., help="CSV, TSV, XLSX, JSON or JSONL
 
     if status not in ("submitted", "approved"):
         fail(f"--status must be submitted or approved, not {status!r}")
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         created = import_file(session, get_settings(), file, actor=actor, status=CorrectionStatus(status))
     typer.echo(f"imported {len(created)} corrections as {status}")
 
@@ -73,7 +73,7 @@ def snapshot(actor: str = typer.Option("cli", "--as", help="Recorded as the crea
     from tuneloop.core.settings import get_settings
 
     settings = get_settings()
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         snap = create_snapshot(session, settings, actor)
     typer.echo(f"{snap.id}: {snap.n_train} train / {snap.n_valid} valid  ({snapshot_dir(settings, snap)})")
 
@@ -84,7 +84,7 @@ def snapshots() -> None:
     from retrain.datasets import list_snapshots
     from tuneloop.core import db
 
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         for snap in list_snapshots(session):
             typer.echo(f"{snap.id}  {snap.created_at:%Y-%m-%d %H:%M}  {snap.n_train:>6} train {snap.n_valid:>5} valid"
                        f"  parent {snap.parent_id or '-'}")
@@ -97,7 +97,7 @@ def show(snapshot_id: str = typer.Argument(..., help="snap_… from `tuneloop da
     from tuneloop.core import db
     from tuneloop.core.settings import get_settings
 
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         snap = get_snapshot(session, snapshot_id)
     typer.echo(json.dumps(read_manifest(get_settings(), snap), indent=2, ensure_ascii=False))
 
@@ -110,6 +110,6 @@ def export_preferences(out: Path = typer.Argument(..., help="JSONL file to write
     from tuneloop.core import db
     from tuneloop.core.settings import get_settings
 
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         n = write_preference_jsonl(preference_records(session, get_settings()), out)
     typer.echo(f"wrote {n} preference pairs to {out}")

@@ -55,18 +55,18 @@ def paraphrase(per_correction: int = typer.Option(
     from feedback.distill.plan import plan_paraphrases
     from tuneloop.core import db
 
-    engine = _engine()
-    with db.session_scope(engine) as session:
+    database = _database()
+    with db.session_scope(database) as session:
         plan = plan_paraphrases(session, _settings(), per_correction=per_correction, temperature=temperature,
                                 budget=budget)
-    _confirm_and_run(plan, yes, actor, engine)
+    _confirm_and_run(plan, yes, actor, database)
 
 
 @distill_app.command("resume")
 def resume(run_id: str = typer.Argument(..., help="distill_… from `tuneloop distill runs`."),
            budget: int = BUDGET) -> None:
     """Continue a stopped or failed run where it stopped; nothing it stored is asked for again."""
-    _execute(_engine(), run_id, budget)
+    _execute(_database(), run_id, budget)
 
 
 @distill_app.command("runs")
@@ -75,7 +75,7 @@ def runs() -> None:
     from feedback.distill.service import list_runs
     from tuneloop.core import db
 
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         rows = list_runs(session)
     for r in rows:
         cost = f"${r.cost:.4f}" if r.cost is not None else "-"
@@ -91,33 +91,33 @@ def _settings():
     return get_settings()
 
 
-def _engine():
+def _database():
     from tuneloop.app import prepare_database
 
     return prepare_database(_settings())
 
 
-def _confirm_and_run(plan, yes: bool, actor: str, engine=None) -> None:
+def _confirm_and_run(plan, yes: bool, actor: str, database=None) -> None:
     from feedback.distill.service import create_run
     from tuneloop.core import db
 
     typer.echo(plan.summary())
     if not yes:
         typer.confirm("Ask the teacher now?", abort=True)
-    engine = engine or _engine()
-    with db.session_scope(engine) as session:
+    database = database or _database()
+    with db.session_scope(database) as session:
         run = create_run(session, plan, actor=actor)
-    _execute(engine, run.id, None)
+    _execute(database, run.id, None)
 
 
-def _execute(engine, run_id: str, budget: int | None) -> None:
+def _execute(database, run_id: str, budget: int | None) -> None:
     from tqdm import tqdm
 
     from feedback.distill.service import execute_run, get_run, progress_of
     from feedback.distill.teacher import TeacherError
     from tuneloop.core import db
 
-    with db.session_scope(engine) as session:
+    with db.session_scope(database) as session:
         run = get_run(session, run_id)
     done, total = progress_of(run)
     bar = tqdm(total=total, initial=done, unit="pair" if run.kind == "task" else "request")
@@ -128,7 +128,7 @@ def _execute(engine, run_id: str, budget: int | None) -> None:
                         tokens=run.prompt_tokens + run.completion_tokens, refresh=True)
 
     try:
-        run = execute_run(engine, _settings(), run_id, budget=budget, on_progress=show)
+        run = execute_run(database, _settings(), run_id, budget=budget, on_progress=show)
     except KeyboardInterrupt:
         fail(f"interrupted; continue with `tuneloop distill resume {run_id}`")
     except TeacherError as exc:

@@ -14,7 +14,7 @@ jobs_app = typer.Typer(help="Fine-tune jobs that continue from a model version (
                        no_args_is_help=True)
 
 
-def _engine():
+def _database():
     from tuneloop.app import prepare_database
 
     return prepare_database(get_settings())
@@ -59,7 +59,7 @@ def create(
             values[key] = json.loads(raw)
         except json.JSONDecodeError:
             values[key] = raw
-    with session_scope(_engine()) as session:
+    with session_scope(_database()) as session:
         job = _guard(create_job, session, get_settings(), actor="cli", admin=True, model=model, snapshot_id=snapshot,
                      hyperparameters=values, suffix=suffix, seed=seed, backend=backend)
         typer.echo(f"created {job.id} (status {job.status}); follow it with `tuneloop jobs follow {job.id}`")
@@ -72,7 +72,7 @@ def list_(limit: int = typer.Option(20), after: str = typer.Option(None)) -> Non
 
     from retrain.jobs.service import list_jobs
 
-    with Session(_engine()) as session:
+    with Session(_database()) as session:
         rows, has_more = _guard(list_jobs, session, after=after, limit=limit)
         for job in rows:
             typer.echo(_line(job))
@@ -88,7 +88,7 @@ def get(job_id: str) -> None:
     from retrain.jobs.service import get_job
     from retrain.jobs.openai_routes import job_response
 
-    with Session(_engine()) as session:
+    with Session(_database()) as session:
         typer.echo(json.dumps(job_response(session, _guard(get_job, session, job_id)), indent=2, default=str))
 
 
@@ -97,7 +97,7 @@ def cancel(job_id: str) -> None:
     from retrain.jobs.service import cancel_job
     from tuneloop.core.db import session_scope
 
-    with session_scope(_engine()) as session:
+    with session_scope(_database()) as session:
         job = _guard(cancel_job, session, get_settings(), job_id, actor="cli")
         typer.echo(f"{job.id}: {'cancelled' if job.status == 'cancelled' else 'cancellation requested'}")
 
@@ -108,7 +108,7 @@ def pause(job_id: str) -> None:
     from retrain.jobs.service import pause_job
     from tuneloop.core.db import session_scope
 
-    with session_scope(_engine()) as session:
+    with session_scope(_database()) as session:
         job = _guard(pause_job, session, job_id, actor="cli")
         typer.echo(f"{job.id}: pause requested; it pauses at the next step boundary")
 
@@ -119,7 +119,7 @@ def resume(job_id: str) -> None:
     from retrain.jobs.service import resume_job
     from tuneloop.core.db import session_scope
 
-    with session_scope(_engine()) as session:
+    with session_scope(_database()) as session:
         job = _guard(resume_job, session, job_id, actor="cli")
         typer.echo(f"{job.id}: {job.status}; the worker continues it from its checkpoint")
 
@@ -132,9 +132,9 @@ def follow(job_id: str, poll: float = typer.Option(1.0, help="Seconds between ch
 
     from retrain.jobs.service import FINISHED, get_job, list_events
 
-    engine, last, bar = _engine(), None, None
+    db, last, bar = _database(), None, None
     while True:
-        with Session(engine) as session:
+        with Session(db) as session:
             events, _ = _guard(list_events, session, job_id, after=last, limit=1000, oldest_first=True)
             status = get_job(session, job_id).status
         for event in events:

@@ -12,7 +12,7 @@ from tuneloop.cli.errors import fail
 memory_app = typer.Typer(help="Correction memory: verified replies, calibration.", no_args_is_help=True)
 
 
-def _engine():
+def _database():
     from tuneloop.app import prepare_database
     from tuneloop.core.settings import get_settings
 
@@ -56,7 +56,7 @@ def calibrate_(target_precision: float = typer.Option(0.99, help="Share of verif
             fail(f"--negatives {negatives}: no such file; give a text file with one question per line")
         extra = [line.strip() for line in negatives.read_text(encoding="utf-8").splitlines()
                  if line.strip() and not line.lstrip().startswith("#")]
-    settings, db = get_settings(), _engine()
+    settings, db = get_settings(), _database()
     runtime, memory, scorer = _memory_and_scorer(settings, db)
     try:
         with Session(db) as session:
@@ -73,7 +73,7 @@ def decide(question: str = typer.Argument(..., help="A customer's question.")) -
     candidates' retrieval scores, PMI under the production weights and selection probability."""
     from tuneloop.core.settings import get_settings
 
-    runtime, memory, scorer = _memory_and_scorer(get_settings(), _engine())
+    runtime, memory, scorer = _memory_and_scorer(get_settings(), _database())
     try:
         decision = memory.decide([{"role": "user", "content": question}], scorer)
     finally:

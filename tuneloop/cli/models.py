@@ -22,8 +22,8 @@ def list_versions(
     from tuneloop.app import prepare_database
     from tuneloop.core.settings import get_settings
 
-    engine = prepare_database(get_settings())
-    with Session(engine) as session:
+    db = prepare_database(get_settings())
+    with Session(db) as session:
         rows = (list(session.exec(select(ModelVersion).order_by(ModelVersion.number))) if all_
                 else versions.servable_versions(session))
         production_id = versions.production_pointer(session).version_id
@@ -34,4 +34,4 @@ def list_versions(
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    engine.dispose()
+    db.dispose()

@@ -19,8 +19,8 @@ def export(archive: Path = typer.Argument(..., help="Where to write the archive 
     from tuneloop.ops.backup import export_archive
 
     settings = get_settings()
-    engine = db.make_engine(settings.database_url)
-    manifest = export_archive(engine, settings, archive)
+    database = db.make_engine(settings.database_url)
+    manifest = export_archive(database, settings, archive)
     rows = sum(t["rows"] for t in manifest["tables"].values())
     typer.echo(f"exported {rows} rows in {len(manifest['tables'])} tables and {len(manifest['files'])} files "
                f"(schema {manifest['schema_revision']}) to {archive}")
@@ -34,9 +34,9 @@ def import_(archive: Path = typer.Argument(..., exists=True, dir_okay=False, hel
     from tuneloop.ops.backup import import_archive
 
     settings = get_settings()
-    engine = db.make_engine(settings.database_url)
-    schema.upgrade(engine)
-    manifest = import_archive(engine, settings, archive)
+    database = db.make_engine(settings.database_url)
+    schema.upgrade(database)
+    manifest = import_archive(database, settings, archive)
     rows = sum(t["rows"] for t in manifest["tables"].values())
     typer.echo(f"imported {rows} rows and {len(manifest['files'])} files from {archive} "
                f"(exported {manifest['created_at']} from {manifest['source']})")

@@ -42,11 +42,11 @@ def _admin(session, settings, username: str | None):
 def _change(action: str, version_id: str, username: str | None, **kwargs) -> None:
     from registry.models import VersionStatus
     from registry import lifecycle as registry
-    from tuneloop.core import db
+    from tuneloop.core.db import session_scope
 
-    settings, engine = _context()
+    settings, db = _context()
     try:
-        with db.session_scope(engine) as session:
+        with session_scope(db) as session:
             account = _admin(session, settings, username)
             function = getattr(registry, action)
             args = (session, settings, version_id, account) if action in ("promote", "rollback", "delete") \
@@ -93,10 +93,10 @@ def delete(version_id: str, yes: bool = typer.Option(False, "--yes", help="Do no
 def show(version_id: str, as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON.")) -> None:
     """A version with its lineage (parent chain, snapshot, job, gates) and its gate report summary."""
     from registry import lifecycle as registry
-    from tuneloop.core import db
+    from tuneloop.core.db import session_scope
 
-    _settings, engine = _context()
-    with db.session_scope(engine) as session:
+    _settings, db = _context()
+    with session_scope(db) as session:
         data = registry.version_as_dict(session, registry.get_version(session, version_id), detail=True)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -128,8 +128,8 @@ def gates(version_id: str) -> None:
     from engine.backends import servable_settings
     from retrain.gates.service import run_gates
 
-    settings, engine = _context()
-    report = run_gates(servable_settings(settings), engine, version_id,  # on what serves, as the worker gates
+    settings, db = _context()
+    report = run_gates(servable_settings(settings), db, version_id,  # on what serves, as the worker gates
                        progress=lambda stage: typer.echo(f"  {stage} …"))
     typer.echo(f"gates {'PASSED' if report.passed else 'FAILED'} for {version_id} (report {report.id})")
     for reason in report.summary.get("reasons", []):
@@ -143,10 +143,10 @@ def golden_add(question: str = typer.Option(..., help="The customer's question."
                as_: str = AS_OPTION) -> None:
     """Add a must-pass question to the golden set."""
     from registry import golden
-    from tuneloop.core import db
+    from tuneloop.core.db import session_scope
 
-    settings, engine = _context()
-    with db.session_scope(engine) as session:
+    settings, db = _context()
+    with session_scope(db) as session:
         account = _admin(session, settings, as_)
         example = golden.add_golden(session, question=question, answer=answer, key_facts=fact, actor=account.username)
         typer.echo(f"added {example.id}")
@@ -156,10 +156,10 @@ def golden_add(question: str = typer.Option(..., help="The customer's question."
 def golden_list() -> None:
     """The golden set, oldest first."""
     from registry import golden
-    from tuneloop.core import db
+    from tuneloop.core.db import session_scope
 
-    _settings, engine = _context()
-    with db.session_scope(engine) as session:
+    _settings, db = _context()
+    with session_scope(db) as session:
         for example in golden.list_golden(session):
             facts = f"  facts: {', '.join(example.key_facts)}" if example.key_facts else ""
             typer.echo(f"{example.id}  Q: {example.question}\n    A: {example.answer}{facts}")
@@ -169,10 +169,10 @@ def golden_list() -> None:
 def golden_remove(golden_id: str, as_: str = AS_OPTION) -> None:
     """Remove a question from the golden set."""
     from registry import golden
-    from tuneloop.core import db
+    from tuneloop.core.db import session_scope
 
-    settings, engine = _context()
-    with db.session_scope(engine) as session:
+    settings, db = _context()
+    with session_scope(db) as session:
         account = _admin(session, settings, as_)
         golden.remove_golden(session, golden_id, actor=account.username)
     typer.echo(f"removed {golden_id}")
@@ -197,8 +197,8 @@ def export(
 
     if format != "gguf":
         fail(f"--format {format!r} is not supported; use --format gguf")
-    settings, engine = _context()
-    with Session(engine) as session:
+    settings, db = _context()
+    with Session(db) as session:
         version = registry.get_version(session, version_id)
         if version.hosted_model:
             fail(f"{version_id} is served by a hosted API ({version.hosted_model}); there are no weights to export")

@@ -55,6 +55,6 @@ def upgrade(revision: str = typer.Argument("head", help="Target migration (defau
     from tuneloop import schema
 
     settings = get_settings()
-    engine = db.make_engine(settings.database_url)
-    schema.upgrade(engine, revision)
-    typer.echo(f"database at revision {schema.current_revision(engine)} ({engine.url.render_as_string()})")
+    database = db.make_engine(settings.database_url)
+    schema.upgrade(database, revision)
+    typer.echo(f"database at revision {schema.current_revision(database)} ({database.url.render_as_string()})")

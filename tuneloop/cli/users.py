@@ -11,7 +11,7 @@ key_app = typer.Typer(help="Bearer API keys for the HTTP API.", no_args_is_help=
 users_app.add_typer(key_app, name="key")
 
 
-def _engine():
+def _database():
     from tuneloop.app import prepare_database
     from tuneloop.core.settings import get_settings
 
@@ -31,7 +31,7 @@ def create(username: str = typer.Argument(..., help="Login name."),
         fail(f"--role must be staff or admin, not {role!r}")
     if password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         account = service.create_account(session, username=username, password=password, role=Role(role), actor="cli")
     typer.echo(f"created {role} account {account.username} ({account.id})")
 
@@ -46,7 +46,7 @@ def password(username: str = typer.Argument(..., help="Login name."),
 
     if new_password is None:
         new_password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         account = service.change_password(session, username, new_password, actor="cli")
     typer.echo(f"changed the password of {account.username}")
 
@@ -57,7 +57,7 @@ def list_() -> None:
     from tuneloop.core import db
     from tuneloop.core.accounts import service
 
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         for account in service.list_accounts(session):
             state = "" if account.active else "  (inactive)"
             typer.echo(f"{account.username:<24} {account.role:<6} {account.id}{state}")
@@ -73,7 +73,7 @@ def key_create(username: str = typer.Argument(..., help="Account the key belongs
     from tuneloop.core import db
     from tuneloop.core.accounts import service
 
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         record, key = service.create_api_key(session, service.get_account(session, username), name)
     typer.echo(key)
     typer.echo(f"key id {record.id}; this key is shown once, store it now", err=True)
@@ -85,6 +85,6 @@ def key_revoke(key_id: str = typer.Argument(..., help="The key's id (key_…), f
     from tuneloop.core import db
     from tuneloop.core.accounts import service
 
-    with db.session_scope(_engine()) as session:
+    with db.session_scope(_database()) as session:
         record = service.revoke_api_key_by_id(session, key_id, actor="cli")
     typer.echo(f"revoked {record.id}")

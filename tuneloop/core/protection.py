@@ -76,10 +76,10 @@ def account_identity(scope, key: str) -> str | None:
 
 
     app = scope.get("app")
-    engine = getattr(getattr(app, "state", None), "db", None)
-    if engine is None:
+    db = getattr(getattr(app, "state", None), "db", None)
+    if db is None:
         return None
-    with Session(engine) as session:
+    with Session(db) as session:
         account = account_for_key(session, key)
     return f"account:{account.id}" if account is not None else None
 

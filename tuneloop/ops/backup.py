@@ -48,22 +48,22 @@ class BackupError(errors.InvalidInputError):
 
 
 # --- export -----------------------------------------------------------------------------------------
-def export_archive(engine: Engine, settings: Settings, archive: Path) -> dict[str, Any]:
+def export_archive(db: Engine, settings: Settings, archive: Path) -> dict[str, Any]:
     """Write every table and the files they reference to ``archive``; returns the manifest."""
     schema.import_all_models()
-    revision = schema.current_revision(engine)
+    revision = schema.current_revision(db)
     if revision is None:
         raise BackupError("This database has no tuneloop schema; nothing to export (check TUNELOOP_DATABASE_URL).")
     manifest: dict[str, Any] = {
         "format": ARCHIVE_FORMAT, "tuneloop_version": tuneloop.__version__, "schema_revision": revision,
-        "created_at": datetime.now(UTC).isoformat(), "source": engine.dialect.name, "tables": {}, "files": {},
+        "created_at": datetime.now(UTC).isoformat(), "source": db.dialect.name, "tables": {}, "files": {},
     }
     archive = Path(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(prefix=".export-", suffix=".tar.gz", dir=archive.parent)
     os.close(fd)
     try:
-        with tarfile.open(partial, "w:gz") as tar, _snapshot_connection(engine) as conn:
+        with tarfile.open(partial, "w:gz") as tar, _snapshot_connection(db) as conn:
             for table in SQLModel.metadata.sorted_tables:
                 payload = table_jsonl(conn, table)
                 _add_bytes(tar, f"tables/{table.name}.jsonl", payload)
@@ -84,10 +84,10 @@ def export_archive(engine: Engine, settings: Settings, archive: Path) -> dict[st
 
 
 @contextmanager
-def _snapshot_connection(engine: Engine) -> Iterator[Connection]:
+def _snapshot_connection(db: Engine) -> Iterator[Connection]:
     """One read transaction for the whole export, so the tables agree with each other."""
-    options = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
-    with engine.connect().execution_options(**options) as conn, conn.begin():
+    options = {"isolation_level": "REPEATABLE READ"} if db.dialect.name == "postgresql" else {}
+    with db.connect().execution_options(**options) as conn, conn.begin():
         yield conn
 
 
@@ -138,25 +138,25 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 # --- import -----------------------------------------------------------------------------------------
-def import_archive(engine: Engine, settings: Settings, archive: Path) -> dict[str, Any]:
-    """Restore ``archive`` into the (migrated, empty) database of ``engine`` and the data directory."""
+def import_archive(db: Engine, settings: Settings, archive: Path) -> dict[str, Any]:
+    """Restore ``archive`` into the (migrated, empty) database of ``db`` and the data directory."""
     schema.import_all_models()
     with tarfile.open(archive, "r:gz") as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         if "manifest.json" not in members:
             raise BackupError(f"{archive} is not a tuneloop export (no manifest.json).")
         manifest = json.loads(tar.extractfile(members["manifest.json"]).read())
-        _check_compatible(engine, manifest)
+        _check_compatible(db, manifest)
         tables = {name: _verified(tar, members, f"tables/{name}.jsonl", meta["sha256"])
                   for name, meta in manifest["tables"].items()}
         files = {rel: _verified(tar, members, f"files/{rel}", sha) for rel, sha in manifest["files"].items()}
 
-    _refuse_unless_empty(engine)
+    _refuse_unless_empty(db)
     for rel, data in files.items():  # first: orphan files are harmless if the database import fails
         target = settings.data_dir / _safe_relative(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    with engine.begin() as conn:
+    with db.begin() as conn:
         for table in reversed(SQLModel.metadata.sorted_tables):
             conn.execute(table.delete())  # the bootstrap rows of a fresh instance
         for table in SQLModel.metadata.sorted_tables:
@@ -168,10 +168,10 @@ def import_archive(engine: Engine, settings: Settings, archive: Path) -> dict[st
     return manifest
 
 
-def _check_compatible(engine: Engine, manifest: dict[str, Any]) -> None:
+def _check_compatible(db: Engine, manifest: dict[str, Any]) -> None:
     if manifest.get("format") != ARCHIVE_FORMAT:
         raise BackupError(f"Archive format {manifest.get('format')!r} is not supported (expected {ARCHIVE_FORMAT}).")
-    revision = schema.current_revision(engine)
+    revision = schema.current_revision(db)
     if manifest["schema_revision"] != revision:
         raise BackupError(
             f"The archive has schema revision {manifest['schema_revision']}, this database {revision}; import it "
@@ -204,11 +204,11 @@ def table_counts(conn: Connection) -> dict[str, int]:
             for t in SQLModel.metadata.sorted_tables}
 
 
-def _refuse_unless_empty(engine: Engine) -> None:
+def _refuse_unless_empty(db: Engine) -> None:
     from registry.models import ModelVersion
     from tuneloop.core.accounts.models import AuditEvent
 
-    with engine.connect() as conn:
+    with db.connect() as conn:
         counts = table_counts(conn)
         versions = set(conn.execute(select(ModelVersion.id)).scalars())
         actions = set(conn.execute(select(AuditEvent.action)).scalars())

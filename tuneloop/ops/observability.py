@@ -44,8 +44,8 @@ HTTP_LATENCY = Histogram(
 class DatabaseCollector:
     """Gauges read from the database on every scrape (a handful of GROUP BY queries)."""
 
-    def __init__(self, engine, runtime=None):
-        self.engine, self.runtime = engine, runtime
+    def __init__(self, db, runtime=None):
+        self.db, self.runtime = db, runtime
 
     def collect(self):
         yield from self._serving()
@@ -80,7 +80,7 @@ class DatabaseCollector:
         from registry.models import GateReport
         from retrain.models import FineTuneJob
 
-        with Session(self.engine) as session:
+        with Session(self.db) as session:
             ratings = GaugeMetricFamily("tuneloop_ratings", "Thumbs up/down by the model version rated.",
                                         labels=["version_id", "value"])
             for version_id, value, n in session.exec(
