@@ -132,10 +132,11 @@ def bench_server(url: str, pid: int, max_tokens: int) -> list[dict]:
     return rows
 
 
-def bench_swap(url: str, database_url: str, max_tokens: int, rounds: int = 4) -> dict:
-    """8 clients ask ``rounds`` questions each, one after another, while production moves to another
-    version (the same base weights under a new id: a full load and swap) and back. A request fails
-    if it raises or ends without usage; the fingerprints say which versions answered."""
+def bench_swap(url: str, database_url: str, max_tokens: int, rounds: int = 4, clients: int = 8) -> dict:
+    """``clients`` chats ask ``rounds`` questions each, one after another (every other client streaming,
+    the rest not), while production moves to another version (the same base weights under a new id: a
+    full load and swap) and back. A request fails if it raises or ends without usage; the fingerprints
+    say which versions answered."""
     from openai import OpenAI
     from sqlmodel import Session, select
 
@@ -154,9 +155,17 @@ def bench_swap(url: str, database_url: str, max_tokens: int, rounds: int = 4) ->
 
     def ask(worker: int) -> None:
         for i in range(rounds):
+            messages = [{"role": "user", "content": QUESTIONS[(worker + i) % len(QUESTIONS)]}]
             try:
+                if worker % 2:  # not streamed: one complete response
+                    reply = client.chat.completions.create(model="tuneloop", messages=messages,
+                                                           max_tokens=max_tokens, temperature=0)
+                    if reply.usage is None or not reply.choices:
+                        raise RuntimeError("a response without usage or choices")
+                    answered_by.append(reply.system_fingerprint)
+                    continue
                 stream = client.chat.completions.create(
-                    model="tuneloop", messages=[{"role": "user", "content": QUESTIONS[(worker + i) % len(QUESTIONS)]}],
+                    model="tuneloop", messages=messages,
                     max_tokens=max_tokens, temperature=0, stream=True, stream_options={"include_usage": True})
                 chunks = list(stream)
                 if not chunks or chunks[-1].usage is None:
@@ -170,7 +179,8 @@ def bench_swap(url: str, database_url: str, max_tokens: int, rounds: int = 4) ->
             versions.set_production(session, version_id, actor="bench")
             session.commit()
 
-    threads = [threading.Thread(target=ask, args=(w,)) for w in range(8)]
+    threads = [threading.Thread(target=ask, args=(w,)) for w in range(clients)]
+    started = time.perf_counter()
     for t in threads:
         t.start()
     time.sleep(1.0)
@@ -181,8 +191,9 @@ def bench_swap(url: str, database_url: str, max_tokens: int, rounds: int = 4) ->
     for t in threads:
         t.join()
     seen = {fp: answered_by.count(fp) for fp in sorted(set(answered_by))}
-    result = {"requests": 8 * rounds, "failed": len(failed), "errors": failed[:3], "answered_by": seen}
-    print("swap under 8 streams:", result, flush=True)
+    result = {"requests": clients * rounds, "clients": clients, "failed": len(failed), "errors": failed[:3],
+              "answered_by": seen, "seconds": time.perf_counter() - started}
+    print(f"swap under {clients} chats:", result, flush=True)
     return result
 
 
@@ -254,13 +265,47 @@ def plot(rows: list[dict], baselines: dict[str, float], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def promotion_load(args) -> None:
+    """Issue 26's figure: many concurrent chats, mixed streaming and not, while production is promoted
+    and rolled back; 0 failed requests is the goal."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"TUNELOOP_DATA_DIR": args.data_dir, "TUNELOOP_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+               "TUNELOOP_ADMIN_PASSWORD": "bench-admin", "TUNELOOP_ENGINE": "llamacpp",
+               "TUNELOOP_RATE_LIMIT_PER_MINUTE": "0"}
+        seed_memory(env)
+        proc, url = start_server(env)
+        try:
+            swap = bench_swap(url, env["TUNELOOP_DATABASE_URL"], args.max_tokens, rounds=1,
+                              clients=args.promotion_load)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    m = machine()
+    text = "\n".join([
+        "## Load through a promotion (`bench/serve.py --promotion-load`)", "",
+        f"Measured {m['date']} on {m['cores']} CPU cores, llama.cpp, SmolLM2-135M-Instruct, {args.max_tokens} new tokens: "
+        f"{swap['clients']} concurrent chats through the official openai client (half streamed, half not), while "
+        "production was promoted to another version (a full load and swap) and rolled back as soon as the new one "
+        f"answered. **{swap['failed']} of {swap['requests']} requests failed** (goal 0); answered by "
+        + ", ".join(f"{fp.removeprefix('fp_tuneloop_')} {n}" for fp, n in swap["answered_by"].items())
+        + f"; all answered in {swap['seconds']:.0f} s."
+        + (f" First errors: {swap['errors']}" if swap["errors"] else ""),
+    ])
+    write_section("serve-promotion", text, {"machine": m, "swap": swap})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--data-dir", default=str(ROOT / ".bench-data"),
                         help="kept between runs so the model is converted once")
     parser.add_argument("--engines", default="llamacpp,transformers", help="tuneloop engines to measure")
+    parser.add_argument("--promotion-load", type=int, metavar="CHATS",
+                        help="only: CHATS concurrent chats (half streamed) through a promotion and a rollback on "
+                             "llama.cpp; writes the serve-promotion section")
     args = parser.parse_args()
+    if args.promotion_load:
+        return promotion_load(args)
     results: dict[str, list[dict]] = {}
     swaps: dict[str, dict] = {}
     for engine in args.engines.split(","):
