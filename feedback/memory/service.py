@@ -64,9 +64,6 @@ def is_follow_up(turn: str, *, has_history: bool, max_words: int) -> bool:
     return words[0] in _LEADING or tuple(words[:2]) in _LEADING_PAIRS or any(w in _REFERRING for w in words)
 
 
-EXACT_DENSE = 0.995  # cosine of a question with itself, up to float error and casing/punctuation
-
-
 class CorrectionMemory:
     def __init__(self, settings: Settings, db: Engine, *, refresh_seconds: float = 2.0):
         self.settings = settings
@@ -164,12 +161,6 @@ class CorrectionMemory:
                 scores, query = with_context, f"{previous} {turn}"
         if not scores:
             return MemoryDecision()
-        exact = [s for s in scores[:2] if s.dense >= EXACT_DENSE]
-        if not reason and self.settings.memory_verified_enabled and len(exact) == 1 and exact[0] is scores[0]:
-            # the approved question (or an accepted phrasing) itself, and no other correction's: what staff
-            # approved for exactly this question, whatever the selector would make of close neighbours
-            return MemoryDecision(VERIFIED, [self._hit(scores[0])], [s.as_dict() for s in scores[:LOGGED_SCORES]],
-                                  "an approved question itself")
         if self.topic_score(query) < self.settings.memory_topic_threshold:  # small talk, general: no scoring
             return MemoryDecision(NONE, [], [s.as_dict() for s in scores[:LOGGED_SCORES]],
                                   reason or "not about the company")
