@@ -232,3 +232,50 @@ def test_default_selector_is_confident_on_an_exact_match_only():
     tie = candidates_from([("a", 0.52), ("b", 0.51)])[0]
     assert DEFAULT_SELECTORS.retrieval_only.probability(exact) >= threshold
     assert DEFAULT_SELECTORS.retrieval_only.probability(tie) < threshold
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_approved_wording_itself_is_verified_whatever_the_selector_says(make_settings, tiny_model_dir,
+                                                                            database_url):
+    """Staff said what answers an approved question and its accepted phrasings: asked as written (case,
+    spacing and the question mark aside) it is verified even where no score could be (probability
+    1.0); a rewording is still left to selection, here handed off."""
+    from fastapi.testclient import TestClient
+    from openai import OpenAI
+
+    from tuneloop.app import create_app
+
+    app = create_app(make_settings(base_model=str(tiny_model_dir), database_url=database_url,
+                                   memory_verified_probability=1.0), load_model=False, mount_ui=False)
+    app.state.runtime.start(background=False)
+    try:
+        ids = approve(app, *FACTS, alternatives={1: ["What do you charge for overnight delivery?"]})
+        with TestClient(app) as http:
+            client = OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+
+            def ask(text):
+                return client.chat.completions.create(model="tuneloop", max_tokens=64,
+                                                      messages=[{"role": "user", "content": text}])
+
+            for text, correction in [("how much is NEXT-DAY delivery", ids[1]),
+                                     ("What do you charge for overnight delivery?", ids[1]),
+                                     ("  Do you rent kayaks?? ", ids[3])]:
+                reply = ask(text)
+                assert reply.model_extra["memory_outcome"] == "verified", text
+                assert reply.model_extra["memory_correction_ids"] == [correction]
+                assert reply.choices[0].message.content == FACTS[ids.index(correction)][1]
+            reworded = ask("What does it cost to get my order the next day?")
+            assert reworded.model_extra["memory_outcome"] == HANDOFF
+    finally:
+        app.state.runtime.stop()
+        app.state.db.dispose()
+
+
+def test_a_wording_two_corrections_share_is_left_to_selection():
+    from feedback.memory.retrieval import Entry
+    from feedback.memory.service import exact_wordings
+
+    exact = exact_wordings([Entry("a", "How much is shipping?", "x", ("What does delivery cost?",)),
+                            Entry("b", "How fast is delivery?", "y", ("what does delivery cost",))])
+    assert exact["how much is shipping"] == "a" and exact["how fast is delivery"] == "b"
+    assert exact["what does delivery cost"] is None

@@ -4,7 +4,10 @@ Every approved correction is indexed by its question, its alternative questions 
 (``feedback.memory.retrieval``: dense MiniLM plus BM25). Each user turn gets one of the outcomes that
 ``bot.memory`` declares:
 
-* the best ``memory_candidates`` retrieved corrections are **candidates**; the served model scores
+* a turn that *is* an approved question or accepted phrasing (case, spacing and trailing punctuation
+  aside) of exactly one correction is ``verified`` with that correction's answer: staff already said
+  what answers it, so no score can overrule them (a wording two corrections share is left to selection);
+* otherwise the best ``memory_candidates`` retrieved corrections are **candidates**; the served model scores
   each approved answer given the conversation (``feedback.memory.selection``: pointwise mutual
   information against a neutral question) and a logistic selector turns retrieval and model scores
   into the probability that a candidate is the right answer;
@@ -38,6 +41,7 @@ from sqlmodel import Session, select
 from bot.memory import (GROUNDED, HANDOFF, NONE, VERIFIED, AnswerScorer, MemoryDecision, MemoryHit,
                         memory_context)
 from feedback.corrections.models import Correction, CorrectionStatus
+from feedback.corrections.service import normalized_question
 from feedback.memory.retrieval import Entry, HybridIndex, Scored
 from engine.embeddings import embed
 from feedback.memory.topic import REFERENCE
@@ -64,6 +68,17 @@ def is_follow_up(turn: str, *, has_history: bool, max_words: int) -> bool:
     return words[0] in _LEADING or tuple(words[:2]) in _LEADING_PAIRS or any(w in _REFERRING for w in words)
 
 
+def exact_wordings(entries: list[Entry]) -> dict[str, str | None]:
+    """Each approved wording (question and accepted phrasings), normalised, to its correction; a
+    wording two corrections share maps to None: which of them answers it is not for memory to guess."""
+    exact: dict[str, str | None] = {}
+    for entry in entries:
+        for text in (entry.question, *entry.alternatives):
+            key = normalized_question(text)
+            exact[key] = entry.correction_id if exact.get(key, entry.correction_id) == entry.correction_id else None
+    return exact
+
+
 class CorrectionMemory:
     def __init__(self, settings: Settings, db: Engine, *, refresh_seconds: float = 2.0):
         self.settings = settings
@@ -73,6 +88,7 @@ class CorrectionMemory:
         self._checked_at = 0.0
         self._index = HybridIndex([])
         self._rows: dict[str, tuple[str, str]] = {}
+        self._exact: dict[str, str | None] = {}  # normalised approved wording -> its correction (None: several)
         self._vectors: dict[str, np.ndarray] = {}  # text -> vector, so refreshes embed only new texts
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -119,6 +135,7 @@ class CorrectionMemory:
         with self._lock:
             self._index = index
             self._rows = {e.correction_id: (e.question, e.answer) for e in entries}
+            self._exact = exact_wordings(entries)
             self._fingerprint = fingerprint
 
     def search(self, query: str, *, held_out: tuple[str, str] | None = None) -> list[Scored]:
@@ -161,6 +178,11 @@ class CorrectionMemory:
                 scores, query = with_context, f"{previous} {turn}"
         if not scores:
             return MemoryDecision()
+        exact = self.exact_match(turn) if not reason and self.settings.memory_verified_enabled else None
+        if exact is not None:  # the approved wording itself: staff already said what answers it
+            hit = next((s for s in scores if s.correction_id == exact), None)
+            return MemoryDecision(VERIFIED, [MemoryHit(exact, *self._rows[exact], hit.score if hit else 1.0)],
+                                  [s.as_dict() for s in scores[:LOGGED_SCORES]], "exact approved question")
         if self.topic_score(query) < self.settings.memory_topic_threshold:  # small talk, general: no scoring
             return MemoryDecision(NONE, [], [s.as_dict() for s in scores[:LOGGED_SCORES]],
                                   reason or "not about the company")
@@ -182,6 +204,12 @@ class CorrectionMemory:
             return MemoryDecision(HANDOFF, [], logged, reason or "no approved answer covers it with confidence",
                                   reply=self.settings.memory_handoff_reply)
         return MemoryDecision(NONE, [], logged, reason)
+
+    def exact_match(self, turn: str) -> str | None:
+        """The correction whose approved question or accepted phrasing ``turn`` is (case, spacing and
+        trailing punctuation aside), when exactly one correction has that wording."""
+        with self._lock:
+            return self._exact.get(normalized_question(turn))
 
     def topic_score(self, query: str) -> float:
         """How much nearer ``query`` is to what customers ask a company than to small talk and general

@@ -59,7 +59,7 @@ def golden_items(session: Session, settings: Settings) -> list[GateItem]:
             for g in list_golden(session)]
 
 
-def _example_item(gate: str, example: TrainingExample) -> GateItem:
+def example_item(gate: str, example: TrainingExample) -> GateItem:
     """A snapshot's example asked as trained: its prompt, its answer as the reference."""
     return GateItem(gate, example.name, list(example.messages), example.completion, list(example.key_facts))
 
@@ -68,7 +68,7 @@ def generalises_items(examples: list[TrainingExample]) -> list[GateItem]:
     """The held-out phrasing of each new correction that has one (``retrain.trainer.augment.split_phrasings``:
     one of two or more accepted phrasings, never trained on), asked as the correction's own question is."""
     held = ((example, held_out_phrasing(example)) for example in examples)
-    return [_example_item("generalises", example.asking(phrasing)) for example, phrasing in held
+    return [example_item("generalises", example.asking(phrasing)) for example, phrasing in held
             if phrasing is not None]
 
 
@@ -83,13 +83,13 @@ def correction_items(session: Session, settings: Settings, candidate: ModelVersi
     with no snapshot of its own, is held to its newest ancestor's snapshot."""
     ancestors = _ancestors_snapshots(session, candidate)
     own = session.get(DatasetSnapshot, candidate.snapshot_id) if candidate.snapshot_id else None
-    learned = [_example_item("learned", e) for e in new_training_examples(session, settings, candidate, ancestors)]
+    learned = [example_item("learned", e) for e in new_training_examples(session, settings, candidate, ancestors)]
     source = own or next(iter(ancestors), None)
     not_forgotten: list[GateItem] = []
     if source is not None:
         new = {e.key for e in new_since(settings, source, ancestors, splits=SPLITS)}
         examples = load_examples(settings, source, "train") + load_examples(settings, source, "valid")
-        not_forgotten = [_example_item("not_forgotten", e) for e in examples if e.key not in new]
+        not_forgotten = [example_item("not_forgotten", e) for e in examples if e.key not in new]
     return learned, not_forgotten
 
 

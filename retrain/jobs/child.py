@@ -31,6 +31,7 @@ from retrain.jobs import progress, service as jobs
 from retrain.jobs.files import get_file, read_examples
 from retrain.jobs.hosted import run_hosted_job
 from retrain.jobs.rounds import TrainingRound, plan_round, snapshot_preferences
+from retrain.jobs.serving_check import check_and_retrain
 from retrain.models import FineTuneJob
 from retrain.trainer.checkpoints import CheckpointSaver
 from retrain.trainer.config import DEFAULT_BETA, TrainConfig
@@ -94,6 +95,9 @@ def _train_locally(settings: Settings, db: Engine, job: FineTuneJob, should_canc
     supervised_dir = checkpoint_root(settings, job.id) / "supervised" if pairs else settings.model_store_dir / relative
     metrics, tokens = _train_supervised(settings, db, job, config, round_, effective, supervised_dir,
                                         should_cancel, should_pause)
+    if not pairs:
+        metrics, tokens = _check_through_serving(settings, db, job, config, round_, supervised_dir,
+                                                 metrics, tokens, should_cancel)
     if pairs:
         dpo = _dpo_pass(settings, db, job, dpo_config(config, job.hyperparameters), pairs, round_,
                         supervised_dir, relative, metrics["steps"], should_cancel, should_pause)
@@ -136,6 +140,28 @@ def _train_supervised(settings: Settings, db: Engine, job: FineTuneJob, config: 
             session.exec(update(FineTuneJob).where(FineTuneJob.id == job.id)
                          .values(effective_hyperparameters={**effective, **ran}))
     return result.metrics, result.trained_tokens
+
+
+def _check_through_serving(settings: Settings, db: Engine, job: FineTuneJob, config: TrainConfig,
+                           round_: TrainingRound, adapter_dir: Path, metrics: dict[str, Any], tokens: int,
+                           should_cancel) -> tuple[dict[str, Any], int]:
+    """The new examples asked through the serving engine, those answered wrong re-trained
+    (``retrain.jobs.serving_check``); the job's events say how many. Rounds of a snapshot only: those
+    are what the learned gate asks; a job on an uploaded file trains the epochs it asked for."""
+    if round_.new_keys is None:
+        return metrics, tokens
+    new = [e for e in round_.train if e.key in round_.new_keys]
+    provenance = {"job_id": job.id, "parent_version": job.parent_version_id, "snapshot_id": job.snapshot_id,
+                  "training_file": job.training_file_id, "first_pass_metrics": metrics}
+    check = check_and_retrain(settings, config, new, base_dir=round_.base_dir, adapter_dir=adapter_dir,
+                              train_options={"progress_callback": _Progress(db, job.id, offset=metrics["steps"]),
+                                             "should_cancel": should_cancel, "provenance": provenance})
+    if check is None:
+        return metrics, tokens
+    with session_scope(db) as session:
+        jobs.add_event(session, job.id, check.describe(), data=check.as_dict())
+    return ({**metrics, "serving_check": check.as_dict(), "steps": metrics["steps"] + check.retrained_steps},
+            tokens + check.trained_tokens)
 
 
 def _dpo_pass(settings: Settings, db: Engine, job: FineTuneJob, config: TrainConfig, pairs: list[dict],

@@ -101,6 +101,13 @@ class TrainConfig:
                                     "(not only be the argmax) for an example to count as learned. An argmax won by a "
                                     "hair passed the check and then lost to greedy decoding with other float rounding "
                                     "(another thread count, KV cache, llama.cpp), so a correction was not learned."})
+    serving_check: bool = field(default=True, metadata={"help": "Before the round ends, ask its new examples "
+                                "through the engine and artifact production will serve (greedy, memory off, judged as "
+                                "the learned gate judges) and re-train the ones answered wrong: the trainer's own check "
+                                "is teacher-forced, the gate's is not."})
+    serving_retrain_steps: int = field(default=32, metadata={"help": "Most optimizer steps spent re-training the "
+                                       "new examples the serving engine answered wrong (stopping once they are learned "
+                                       "with probability >= 0.9 per token); 0: check and report only."})
 
     def __post_init__(self) -> None:
         checks = [
@@ -132,6 +139,7 @@ class TrainConfig:
             (self.memory_distractors >= 0, "memory_distractors must be 0 or more"),
             (self.learned_checks >= 1, "learned_checks must be at least 1"),
             (0.0 < self.learned_min_prob < 1.0, "learned_min_prob must be in (0, 1)"),
+            (self.serving_retrain_steps >= 0, "serving_retrain_steps must be 0 or more"),
         ]
         for ok, message in checks:
             if not ok:
