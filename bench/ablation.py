@@ -102,6 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     from engine.protocol import VersionSpec
     from retrain.trainer.config import TrainConfig
+    from retrain.trainer.interface import RunPaths
     from retrain.trainer.train import train
     from tuneloop.core.settings import Settings
 
@@ -120,7 +121,7 @@ def main() -> None:
         started = time.perf_counter()
         out = Path(tempfile.mkdtemp()) / "adapter"
         result = train(TrainConfig(**VARIANTS[name]), examples(facts, settings.resolved_system_prompt), [],
-                       base_dir=base, parent_adapter_dir=None, output_dir=out)
+                       paths=RunPaths(base, None, out))
         seconds = time.perf_counter() - started
         step(f"asking: {name} (trained {result.steps} steps in {seconds:.0f}s)")
         results["runs"][name] = {"metrics": result.metrics, "train_seconds": seconds,

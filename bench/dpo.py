@@ -66,6 +66,7 @@ def run(facts_n: int, dpo_lr_multiplier: float = 1.0) -> dict:
     from retrain.trainer.config import TrainConfig
     from retrain.trainer.config import DEFAULT_BETA
     from retrain.trainer.dpo import train_dpo
+    from retrain.trainer.interface import RunPaths
     from retrain.trainer.train import train
     from tuneloop.core.settings import Settings
 
@@ -86,14 +87,13 @@ def run(facts_n: int, dpo_lr_multiplier: float = 1.0) -> dict:
     work = Path(tempfile.mkdtemp())
     step("supervised round")
     started = time.perf_counter()
-    supervised = train(config, train_examples, [], base_dir=base, parent_adapter_dir=None, output_dir=work / "sft")
+    supervised = train(config, train_examples, [], paths=RunPaths(base, None, work / "sft"))
     sft_seconds = time.perf_counter() - started
     pairs = preference_pairs(train_examples, disliked)
     step(f"DPO pass on {len(pairs)} pairs (beta={DEFAULT_BETA})")
     started = time.perf_counter()
     dpo_config = TrainConfig(learning_rate_multiplier=dpo_lr_multiplier)
-    dpo = train_dpo(dpo_config, DEFAULT_BETA, pairs, base_dir=base, parent_adapter_dir=supervised.output_dir,
-                    output_dir=work / "dpo")
+    dpo = train_dpo(dpo_config, DEFAULT_BETA, pairs, paths=RunPaths(base, supervised.output_dir, work / "dpo"))
     dpo_seconds = time.perf_counter() - started
     step("asking both")
     runs = {"supervised": ask(settings, VersionSpec("sft", base, supervised.output_dir), items),

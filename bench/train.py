@@ -92,6 +92,7 @@ def run_ours(base: Path, examples: list, work: Path, label: str, *, device: str,
     import torch
 
     from retrain.trainer.config import TrainConfig
+    from retrain.trainer.interface import RunHooks, RunPaths
     from retrain.trainer.train import TrainingCancelled, train
 
     config = TrainConfig(**{**LORA, "device": device, "stop_when_learned": False, **overrides})
@@ -109,9 +110,8 @@ def run_ours(base: Path, examples: list, work: Path, label: str, *, device: str,
     started = time.perf_counter()
     result = None
     try:
-        result = train(config, examples, [], base_dir=base, parent_adapter_dir=None, output_dir=work / label,
-                       should_cancel=should_cancel,
-                       progress_callback=lambda e: events.append({**e, "at": time.perf_counter()}))
+        result = train(config, examples, [], paths=RunPaths(base, None, work / label), hooks=RunHooks(
+            should_cancel=should_cancel, progress=lambda e: events.append({**e, "at": time.perf_counter()})))
     except TrainingCancelled:
         pass
     ended = time.perf_counter()
@@ -134,18 +134,17 @@ def run_ours(base: Path, examples: list, work: Path, label: str, *, device: str,
 
 def plan_of(config_overrides: dict, examples: list, base: Path, device: str) -> dict:
     """Epochs, steps and examples a round of ``examples`` trains at these settings (no training)."""
-    import torch
     from transformers import AutoTokenizer
 
     from retrain.trainer.budget import BatchBudget
     from retrain.trainer.config import TrainConfig
-    from retrain.trainer.train import _encode_all, _Run, expand_for_training
+    from retrain.trainer.train import RunData, _encode_all, _Run, expand_for_training
 
     config = TrainConfig(**{**LORA, "device": device, **config_overrides})
     encoded = [e for e, _ in _encode_all(AutoTokenizer.from_pretrained(base), expand_for_training(config, examples),
                                          config)]
     budget = BatchBudget(max(config.batch_tokens, 0), False, "plan")
-    run = _Run(config, None, torch.device("cpu"), 0, encoded, [], None, None, budget=budget)
+    run = _Run(config, None, RunData(encoded, [], 0), budget=budget)
     return {"examples": len(encoded), "epochs": run.n_epochs, "steps": run.total_steps,
             "tokens_per_example": round(statistics.fmean(len(e.input_ids) for e in encoded), 1)}
 
@@ -272,18 +271,18 @@ def step_times(base: Path, examples: list, settings: dict[str, dict], steps: int
     from retrain.trainer.budget import BatchBudget
     from retrain.trainer.config import TrainConfig
     from retrain.trainer.kl_anchor import build_anchors
-    from retrain.trainer.train import _encode_all, _Run, expand_for_training, start_training
+    from retrain.trainer.interface import RunPaths
+    from retrain.trainer.train import RunData, _encode_all, _Run, expand_for_training, start_training
 
     first = TrainConfig(**{**LORA, "device": "cpu"})
-    model, tokenizer, device = start_training(first, base, None, base / "never-written")
+    model, tokenizer, device = start_training(first, RunPaths(base, None, base / "never-written"))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [e for e, _ in _encode_all(tokenizer, expand_for_training(first, examples), first)]
-    anchors = build_anchors(model, tokenizer, examples, count=first.kl_anchors, seed=first.seed,
-                            max_seq_len=first.max_seq_len, pad_id=pad)
+    anchors = build_anchors(model, tokenizer, examples, first, pad)
     runs = {}
     for label, overrides in settings.items():
         config = TrainConfig(**{**LORA, "device": "cpu", **overrides})
-        run = _Run(config, model, device, pad, encoded, [], None, None, anchors if config.kl_weight > 0 else [],
+        run = _Run(config, model, RunData(encoded, [], pad, anchors=anchors if config.kl_weight > 0 else []),
                    budget=BatchBudget(max(config.batch_tokens, 0), False, "bench"))
         params = [p for p in model.parameters() if p.requires_grad]
         run.optimizer = torch.optim.AdamW(params, lr=config.learning_rate)

@@ -76,8 +76,8 @@ def decide(session: Session, settings: Settings) -> tuple[str, FineTuneJob | Non
     need = settings.retrain_min_new_examples
     if new < need:
         return f"skipped: {new} new examples, need {need}", None
-    job = jobs.create_job(session, settings, actor="scheduler", snapshot_id=snapshot.id,
-                          method=jobs.scheduled_method(settings))
+    job = jobs.create_job(session, settings, jobs.JobRequest(snapshot_id=snapshot.id, method=jobs.scheduled_method(settings)),
+                          actor="scheduler")
     return f"started {job.id}: {new} new examples in {snapshot.id}", job
 
 
@@ -120,8 +120,8 @@ def train_now(session: Session, settings: Settings, actor: str) -> FineTuneJob:
     known = set(session.exec(select(DatasetSnapshot.id)).all())
     snapshot = create_snapshot(session, settings, actor)
     try:
-        job = jobs.create_job(session, settings, actor=actor, snapshot_id=snapshot.id,
-                              method=jobs.scheduled_method(settings))
+        job = jobs.create_job(session, settings,
+                              jobs.JobRequest(snapshot_id=snapshot.id, method=jobs.scheduled_method(settings)), actor=actor)
     except Exception:
         if snapshot.id not in known:
             remove_snapshot_files(settings, snapshot)

@@ -81,12 +81,13 @@ def test_a_round_trains_its_gguf_answers_as_transformers_and_exports(arch_model_
     from engine.llamacpp import LlamaCppEngine
     from engine.transformers_engine import TransformersEngine
     from retrain.trainer.config import TrainConfig
+    from retrain.trainer.interface import RunPaths
     from retrain.trainer.train import train
 
     adapter = tmp_path / "adapters" / "v1"
     config = TrainConfig(n_epochs=2, batch_size=2, lora_r=4, lora_alpha=8, min_steps=0, kl_weight=0.0,
                          learning_rate_multiplier=20.0, memory_examples_fraction=0.0, stop_when_learned=False)
-    result = train(config, facts(), [], base_dir=arch_model_dir, parent_adapter_dir=None, output_dir=adapter)
+    result = train(config, facts(), [], paths=RunPaths(arch_model_dir, None, adapter))
     model_type = json.loads((arch_model_dir / "config.json").read_text())["model_type"]
     targets = json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
     assert result.steps > 0 and sorted(targets) == sorted(lora_targets(model_type, ALL_LINEAR))

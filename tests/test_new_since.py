@@ -5,7 +5,6 @@ snapshot), so the learned gate never asked the edited answer the round had just 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 from sqlmodel import Session
@@ -65,8 +64,8 @@ def test_a_correction_edited_after_the_parents_snapshot_is_new_to_all_three(env)
         # the scheduler: since the last successful job's snapshot
         assert new_examples_since_last_success(session, settings, second) == 1
         # the round continuing from v1
-        job = FineTuneJob(parent_version_id=v1, snapshot_id=second.id)
-        planned = plan_round(session, settings, job, SimpleNamespace(replay_fraction=0.0, seed=1))
+        job = FineTuneJob(parent_version_id=v1, snapshot_id=second.id, hyperparameters={"replay_fraction": 0.0}, seed=1)
+        planned = plan_round(session, settings, job)
         assert (planned.n_new, planned.new_keys, [e.key for e in planned.train]) == (1, {revision.id}, [revision.id])
         # the gates of the candidate that round made
         candidate = session.get(ModelVersion, v2)

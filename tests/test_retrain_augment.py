@@ -19,6 +19,7 @@ from retrain.trainer.augment import (add_memory_context, expand_phrasings, held_
 from retrain.trainer.batching import encode_example
 from retrain.trainer.config import TrainConfig
 from retrain.trainer.learned import LearnedCheck
+from retrain.trainer.interface import RunHooks, RunPaths
 from retrain.trainer.train import train
 
 SYSTEM = {"role": "system", "content": "You are a friendly, concise customer-service assistant for Acme Outdoor Gear. "
@@ -161,8 +162,8 @@ def test_train_until_learned_stops_early_and_reports_the_step(real_model_dir, tm
                 for i, (q, a) in enumerate(zip(QUESTIONS[:2], ["Forty-five days.", "Fourteen dollars."]))]
     seen = []
     out = tmp_path / "learned"
-    result = train(TrainConfig(**CAP), examples, [], base_dir=real_model_dir, parent_adapter_dir=None,
-                   output_dir=out, progress_callback=seen.append)
+    result = train(TrainConfig(**CAP), examples, [], paths=RunPaths(real_model_dir, None, out),
+                   hooks=RunHooks(progress=seen.append))
     metrics = result.metrics
     assert metrics["stop_reason"] == "learned" and metrics["learned_at_step"] == metrics["stopped_at_step"] == result.steps
     assert result.steps < metrics["max_steps"] == 30
@@ -183,8 +184,7 @@ def test_replayed_examples_do_not_hold_up_the_stop(real_model_dir, tmp_path):
     old = TrainingExample(id="e1", correction_id="c1", messages=[SYSTEM, {"role": "user", "content": "List our gear."}],
                           completion=" ".join(random.Random(0).choices(words, k=80)))  # no pattern to learn fast
     out = tmp_path / "a"
-    result = train(TrainConfig(**CAP), [new, old], [], base_dir=real_model_dir, parent_adapter_dir=None,
-                   output_dir=out, new_keys={"c0"})
+    result = train(TrainConfig(**CAP), [new, old], [], paths=RunPaths(real_model_dir, None, out), new_keys={"c0"})
     assert result.metrics["stop_reason"] == "learned" and result.steps < 30
     assert _all_answer_tokens_right(real_model_dir, out, [new])
     assert not _all_answer_tokens_right(real_model_dir, out, [old])

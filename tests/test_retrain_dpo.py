@@ -232,6 +232,7 @@ def test_supervised_then_dpo_pauses_in_its_dpo_pass_and_resumes_there(then_dpo_a
     from feedback.corrections.service import create_correction
     from registry.checkpoints import checkpoint_root
     from retrain.jobs import child, service as jobs
+    from retrain.jobs.strategies import Controls
     from retrain.scheduler import train_now
     from retrain.trainer.pausing import STATE_FILE, TrainingPaused
     from tuneloop.core.db import session_scope
@@ -246,9 +247,9 @@ def test_supervised_then_dpo_pauses_in_its_dpo_pass_and_resumes_there(then_dpo_a
         job = train_now(session, settings, actor="admin")
     supervised = checkpoint_root(settings, job.id) / "supervised"
     with pytest.raises(TrainingPaused) as paused:  # the child's own run, pausing once the DPO pass began
-        child._train_locally(settings, app.state.db, job, lambda: False, supervised.is_dir)
+        child.run_job(settings, app.state.db, job, Controls(lambda: False, supervised.is_dir))
     assert (checkpoint_root(settings, job.id) / "resume-dpo" / STATE_FILE).is_file()
-    result = child._train_locally(settings, app.state.db, job, lambda: False, lambda: False)
+    result = child.run_job(settings, app.state.db, job, Controls(lambda: False, lambda: False))
 
     supervised_steps = result["metrics"]["steps"]
     assert paused.value.step == supervised_steps + 1  # DPO's first step boundary, numbered on

@@ -61,9 +61,11 @@ def test_hosted_backend_completes_a_job_on_another_server(make_settings, tiny_mo
     engine = prepare_database(settings)
     with session_scope(engine) as session:
         upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(4))
-        job = jobs.create_job(session, settings, actor="t", admin=True, training_file_id=upload.id, backend="openai",
-                              hyperparameters={"n_epochs": 1, "batch_size": 2}, suffix="hosted")
-        bad = jobs.create_job(session, settings, actor="t", admin=True, training_file_id=upload.id, backend="openai", model="v0")
+        job = jobs.create_job(session, settings, jobs.JobRequest(
+            training_file_id=upload.id, backend="openai", hyperparameters={"n_epochs": 1, "batch_size": 2},
+            suffix="hosted"), actor="t", admin=True)
+        bad = jobs.create_job(session, settings, jobs.JobRequest(training_file_id=upload.id, backend="openai", model="v0"),
+                              actor="t", admin=True)
     worker = Worker(settings, engine)
     assert worker.run_next_job() == job.id
     with Session(engine) as session:

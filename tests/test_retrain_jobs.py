@@ -125,9 +125,9 @@ def test_bad_requests_get_openai_errors(app, api):
         api.fine_tuning.jobs.retrieve("ftjob-nope")
     with Session(app.state.db) as session:
         with pytest.raises(jobs.JobError, match="no dataset snapshot 'snap_nope'"):
-            jobs.create_job(session, app.state.settings, actor="t", snapshot_id="snap_nope")
+            jobs.create_job(session, app.state.settings, jobs.JobRequest(snapshot_id="snap_nope"), actor="t")
         with pytest.raises(jobs.JobError, match="no dataset snapshot yet"):
-            jobs.create_job(session, app.state.settings, actor="t")
+            jobs.create_job(session, app.state.settings, jobs.JobRequest(), actor="t")
 
 
 def test_an_invalid_training_file_fails_the_job_with_reasons(app, api):

@@ -9,6 +9,7 @@ import torch
 
 from retrain.trainer.kl_anchor import anchor_prompts, build_anchors, kl_to_parent
 from retrain.trainer.config import TrainConfig
+from retrain.trainer.interface import RunPaths
 from retrain.trainer.train import train
 from tests.test_retrain_trainer import facts
 
@@ -41,7 +42,7 @@ def _load(base_dir, adapter_dir=None):
 
 def _anchors(model, tokenizer):
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return build_anchors(model, tokenizer, facts(), count=8, seed=42, max_seq_len=512, pad_id=pad), pad
+    return build_anchors(model, tokenizer, facts(), TrainConfig(kl_anchors=8, seed=42), pad), pad
 
 
 def test_anchor_prompts_are_not_the_general_gate_questions():
@@ -71,8 +72,7 @@ def test_penalty_keeps_the_candidate_closer_to_its_parent(tiny_model_dir, tmp_pa
     drift = {}
     for weight in (0.0, 5.0):
         out = tmp_path / f"kl{weight}"
-        train(TrainConfig(**FAST, kl_weight=weight), facts(), [], base_dir=model_dir, parent_adapter_dir=None,
-              output_dir=out)
+        train(TrainConfig(**FAST, kl_weight=weight), facts(), [], paths=RunPaths(model_dir, None, out))
         candidate, _ = _load(model_dir, out)
         with torch.no_grad():
             drift[weight] = float(kl_to_parent(candidate, anchors, pad, torch.device("cpu")))

@@ -10,6 +10,7 @@ from engine.transformers_model import LoadedModel, TransformersDecoder
 from engine.prompting import prompt_ids
 from feedback.examples import TrainingExample
 from retrain.trainer.config import TrainConfig
+from retrain.trainer.interface import RunPaths
 from retrain.trainer.train import train
 
 SYSTEM = ("You are a friendly, concise customer-service assistant for Acme Outdoor Gear. "
@@ -42,8 +43,7 @@ def answers(spec: VersionSpec) -> list[str]:
 @pytest.mark.slow
 def test_real_model_learns_corrected_facts(real_model_dir, tmp_path):
     out = tmp_path / "adapter"
-    result = train(TrainConfig(), examples(), examples()[:2], base_dir=real_model_dir, parent_adapter_dir=None,
-                   output_dir=out)
+    result = train(TrainConfig(), examples(), examples()[:2], paths=RunPaths(real_model_dir, None, out))
     assert result.metrics["valid_mean_token_accuracy"] > 0.9
     before = answers(VersionSpec("parent", real_model_dir))
     after = answers(VersionSpec("candidate", real_model_dir, out))

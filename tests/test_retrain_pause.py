@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from retrain.worker import Worker
 from retrain.trainer.config import TrainConfig
 from retrain.trainer.dpo import train_dpo
+from retrain.trainer.interface import RunHooks, RunPaths
 from retrain.trainer.pausing import STATE_FILE, TrainingPaused
 from retrain.trainer.train import train
 from feedback.examples import TrainingExample
@@ -30,19 +31,19 @@ def test_a_paused_run_resumes_to_the_result_of_a_run_never_paused(tiny_model_dir
     config = TrainConfig(n_epochs=3, min_steps=0, batch_size=2, stop_when_learned=False, kl_anchors=2,
                          kl_batch_size=1, lora_dropout=0.1, device="cpu")
     examples = facts(6)  # 3 steps an epoch, 9 in all
-    common = dict(base_dir=tiny_model_dir, parent_adapter_dir=None)
-    straight = train(config, examples, [], output_dir=tmp_path / "straight", **common)
+    at = lambda name: RunPaths(tiny_model_dir, None, tmp_path / name)  # noqa: E731
+    straight = train(config, examples, [], paths=at("straight"))
 
     resume_dir = tmp_path / "resume"
     with pytest.raises(TrainingPaused) as paused:  # pauses at the boundary after step 4 (mid-epoch 2)
-        train(config, examples, [], output_dir=tmp_path / "paused", resume_dir=resume_dir,
-              should_pause=iter([False] * 3 + [True]).__next__, **common)
+        train(config, examples, [], paths=at("paused"),
+              hooks=RunHooks(resume_dir=resume_dir, should_pause=iter([False] * 3 + [True]).__next__))
     assert (paused.value.step, paused.value.epoch) == (4, 2)
     assert (resume_dir / STATE_FILE).is_file() and (resume_dir / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "paused").exists()
     steps = []
-    resumed = train(config, examples, [], output_dir=tmp_path / "paused", resume_dir=resume_dir,
-                    progress_callback=lambda row: steps.append(row["step"]), **common)
+    resumed = train(config, examples, [], paths=at("paused"),
+                    hooks=RunHooks(resume_dir=resume_dir, progress=lambda row: steps.append(row["step"])))
 
     assert steps == [5, 6, 7, 8, 9] and resumed.steps == straight.steps == 9
     assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-4)
@@ -60,13 +61,13 @@ def test_a_paused_dpo_run_resumes_to_the_result_of_a_run_never_paused(tiny_model
              "preferred_output": [{"role": "assistant", "content": f"{30 + i} days."}],
              "non_preferred_output": [{"role": "assistant", "content": "There is none."}]} for i in range(4)]
     config = TrainConfig(n_epochs=2, min_steps=0, batch_size=1, device="cpu")  # 8 steps
-    common = dict(base_dir=tiny_model_dir, parent_adapter_dir=None)
-    straight = train_dpo(config, 0.1, rows, output_dir=tmp_path / "straight", **common)
+    at = lambda name: RunPaths(tiny_model_dir, None, tmp_path / name)  # noqa: E731
+    straight = train_dpo(config, 0.1, rows, paths=at("straight"))
     with pytest.raises(TrainingPaused) as paused:
-        train_dpo(config, 0.1, rows, output_dir=tmp_path / "paused", resume_dir=tmp_path / "resume",
-                  should_pause=iter([False, False, True]).__next__, **common)
+        train_dpo(config, 0.1, rows, paths=at("paused"),
+                  hooks=RunHooks(resume_dir=tmp_path / "resume", should_pause=iter([False, False, True]).__next__))
     assert paused.value.step == 3
-    resumed = train_dpo(config, 0.1, rows, output_dir=tmp_path / "paused", resume_dir=tmp_path / "resume", **common)
+    resumed = train_dpo(config, 0.1, rows, paths=at("paused"), hooks=RunHooks(resume_dir=tmp_path / "resume"))
     assert resumed.steps == straight.steps == 8
     a, b = (load_file(d / "adapter_model.safetensors") for d in (tmp_path / "straight", tmp_path / "paused"))
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -15,7 +15,8 @@ from retrain.trainer.replay import select_for_round
 from feedback.examples import TrainingExample
 from retrain.trainer.config import TrainConfig
 from retrain.trainer.batching import EncodedExample, collate
-from retrain.trainer.train import ADAPTER_FILES, TrainingCancelled, _Run, train
+from retrain.trainer.interface import RunHooks, RunPaths
+from retrain.trainer.train import ADAPTER_FILES, RunData, TrainingCancelled, _Run, train
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant for Acme."}
 
@@ -38,8 +39,8 @@ def test_lora_run_changes_adapter_not_base_and_writes_promised_files(tiny_model_
     before = digest(tiny_model_dir)
     seen = []
     out = tmp_path / "adapters" / "a1"
-    result = train(TrainConfig(**FAST), facts(), facts(2), base_dir=tiny_model_dir, parent_adapter_dir=None,
-                   output_dir=out, progress_callback=seen.append, provenance={"snapshot_id": "snap_x"})
+    result = train(TrainConfig(**FAST), facts(), facts(2), paths=RunPaths(tiny_model_dir, None, out),
+                   hooks=RunHooks(progress=seen.append, provenance={"snapshot_id": "snap_x"}))
     assert sorted(p.name for p in out.iterdir()) == sorted(ADAPTER_FILES)
     assert [p.name for p in out.parent.iterdir()] == ["a1"]  # no staging directory left behind
     assert digest(tiny_model_dir) == before
@@ -59,11 +60,11 @@ def test_lora_run_changes_adapter_not_base_and_writes_promised_files(tiny_model_
 
 def test_continuing_starts_from_the_parent_adapter(tiny_model_dir, tmp_path):
     parent = tmp_path / "parent"
-    train(TrainConfig(**FAST), facts(), [], base_dir=tiny_model_dir, parent_adapter_dir=None, output_dir=parent)
+    train(TrainConfig(**FAST), facts(), [], paths=RunPaths(tiny_model_dir, None, parent))
     # A run that barely moves the weights must end where the parent ended, not at a fresh LoRA.
     child = tmp_path / "child"
     result = train(TrainConfig(n_epochs=1, batch_size=2, learning_rate_multiplier=1e-9, min_steps=0), facts(), [],
-                   base_dir=tiny_model_dir, parent_adapter_dir=parent, output_dir=child)
+                   paths=RunPaths(tiny_model_dir, parent, child))
     assert result.continued_from == str(parent)
     p, c = load_file(parent / "adapter_model.safetensors"), load_file(child / "adapter_model.safetensors")
     assert p.keys() == c.keys()
@@ -75,8 +76,8 @@ def test_cancel_leaves_nothing_behind(tiny_model_dir, tmp_path):
     out = tmp_path / "adapters" / "cancelled"
     calls = []
     with pytest.raises(TrainingCancelled):
-        train(TrainConfig(**FAST), facts(), [], base_dir=tiny_model_dir, parent_adapter_dir=None, output_dir=out,
-              should_cancel=lambda: len(calls) > 2 or calls.append(1) and False)
+        train(TrainConfig(**FAST), facts(), [], paths=RunPaths(tiny_model_dir, None, out),
+              hooks=RunHooks(should_cancel=lambda: len(calls) > 2 or calls.append(1) and False))
     assert not out.exists()
     assert not out.parent.exists() or not any(out.parent.iterdir())  # no staging directory either
 
@@ -115,7 +116,7 @@ def test_replay_selects_new_examples_and_a_seeded_share_of_old_ones():
 def test_few_examples_get_at_least_min_steps(tiny_model_dir, tmp_path):
     """Three examples in batches of 4 are one step per epoch: epochs are raised to reach min_steps."""
     config = TrainConfig(**{**FAST, "n_epochs": 1, "batch_size": 4, "min_steps": 5})
-    result = train(config, facts()[:3], [], base_dir=tiny_model_dir, parent_adapter_dir=None, output_dir=tmp_path / "a")
+    result = train(config, facts()[:3], [], paths=RunPaths(tiny_model_dir, None, tmp_path / "a"))
     assert result.steps == 5 and result.metrics["n_epochs"] == 5
     rows = list(csv.DictReader(open(tmp_path / "a" / "result.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
@@ -147,7 +148,7 @@ def test_an_answer_won_by_a_hair_is_not_learned(min_prob, learned):
     example = EncodedExample(input_ids=[1, 0, 0, 0], weights=[0.0, 1.0, 1.0, 1.0],
                              completion_mask=[False, True, True, True])
     run = _Run(TrainConfig(learned_min_prob=min_prob, kl_weight=0.0), _FixedLogits([1.0, 0.99, 0.0]),
-               torch.device("cpu"), 2, [example], [], None, None)
+               RunData([example], [], 2))
     _loss, correct, counted, rows_right = run._forward(collate([example], 2))
     assert (correct, counted) == (3, 3)  # the argmax is right at every answer token
     assert rows_right == [learned]
@@ -171,7 +172,7 @@ def test_the_budget_is_counted_batches_on_a_cpu_and_a_set_budget_trains(tiny_mod
     assert choose_budget(TrainConfig(), None, torch.device("cpu")).tokens == 0  # auto on a CPU: batch_size
     assert choose_budget(TrainConfig(batch_tokens=300), None, torch.device("cpu")).tokens == 300
     config = TrainConfig(**{**FAST, "batch_tokens": 300, "gradient_checkpointing": "on"})
-    result = train(config, facts(), [], base_dir=tiny_model_dir, parent_adapter_dir=None, output_dir=tmp_path / "a")
+    result = train(config, facts(), [], paths=RunPaths(tiny_model_dir, None, tmp_path / "a"))
     assert result.metrics["batch_tokens"] == 300 and result.metrics["gradient_checkpointing"] is True
     assert result.steps == result.metrics["max_steps"] and result.steps < 6  # bigger batches than 2 examples
 
@@ -182,17 +183,17 @@ def test_anchors_in_the_training_forward_pass_give_the_same_loss_and_kl(tiny_mod
     from retrain.trainer.train import _encode_all, start_training
 
     config = TrainConfig(**FAST, kl_anchors=4)
-    model, tokenizer, device = start_training(config, tiny_model_dir, None, tiny_model_dir / "never-written")
+    model, tokenizer, device = start_training(config, RunPaths(tiny_model_dir, None, tiny_model_dir / "never-written"))
     with torch.no_grad():
         model.get_base_model().model.norm.weight.mul_(40.0)  # peaked, like a real model's (test_retrain_kl_anchor)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [e for e, _ in _encode_all(tokenizer, facts(4), config)]
-    anchors = build_anchors(model, tokenizer, facts(4), count=4, seed=1, max_seq_len=512, pad_id=pad)
+    anchors = build_anchors(model, tokenizer, facts(4), config, pad)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)  # a candidate that moved from its parent, so the KL is not zero
-    run = _Run(config, model.eval(), device, pad, encoded, [], None, None, anchors)
+    run = _Run(config, model.eval(), RunData(encoded, [], pad, anchors=anchors))
     with torch.no_grad():
         merged = run._score(collate(encoded[:2], pad), anchors[:2])
         apart = run._score(collate(encoded[:2], pad), None)

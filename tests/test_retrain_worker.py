@@ -30,8 +30,8 @@ def test_killing_the_worker_mid_run_fails_the_job_and_registers_nothing(make_set
     engine = prepare_database(settings)
     with session_scope(engine) as session:
         upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(40))
-        job = jobs.create_job(session, settings, actor="t", admin=True, training_file_id=upload.id,
-                              hyperparameters={"n_epochs": 50, "batch_size": 1})
+        job = jobs.create_job(session, settings, jobs.JobRequest(
+            training_file_id=upload.id, hyperparameters={"n_epochs": 50, "batch_size": 1}), actor="t", admin=True)
     env = {**os.environ, "TUNELOOP_DATA_DIR": str(settings.data_dir), "TUNELOOP_DATABASE_URL": settings.database_url,
            "TUNELOOP_BASE_MODEL": str(tiny_model_dir), "TUNELOOP_ADMIN_PASSWORD": "admin-password"}
     worker = subprocess.Popen([sys.executable, "-m", "tuneloop.cli.main", "worker", "--no-scheduler"], env=env,

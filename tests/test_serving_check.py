@@ -13,6 +13,7 @@ from feedback.corrections.models import CorrectionStatus
 from feedback.corrections.service import create_correction
 from retrain.datasets import create_snapshot, load_examples
 from retrain.jobs import child, service as jobs
+from retrain.jobs.strategies import Controls
 from tuneloop.core.db import session_scope
 
 SHORT_ROUND = {"n_epochs": 1, "min_steps": 1, "kl_weight": 0.0, "train_on_phrasings": False,
@@ -26,10 +27,10 @@ def _round(app, hyperparameters):
             create_correction(session, settings, actor="admin", question=f"What is rule {i}?",
                               answer=f"Rule {i}: returns within {30 + i} days.", status=CorrectionStatus.approved)
         snapshot = create_snapshot(session, settings, "admin")
-        job = jobs.create_job(session, settings, actor="admin", snapshot_id=snapshot.id, admin=True,
-                              hyperparameters=hyperparameters)
+        job = jobs.create_job(session, settings, jobs.JobRequest(snapshot_id=snapshot.id, hyperparameters=hyperparameters),
+                              actor="admin", admin=True)
         new = load_examples(settings, snapshot, "train")
-    result = child._train_locally(settings, db, job, lambda: False, lambda: False)
+    result = child.run_job(settings, db, job, Controls(lambda: False, lambda: False))
     with session_scope(db) as session:
         events = [e.message for e in jobs.list_events(session, job.id, limit=1000)[0]]
         steps = [m.step for m in jobs.list_metrics(session, job.id)]

@@ -79,7 +79,8 @@ def test_admin_pauses_and_resumes_a_job(browser, ui_server, ui_app):  # noqa: F8
     settings = ui_app.state.settings
     with session_scope(ui_app.state.db) as session:  # a job as a worker runs it
         upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(4))
-        job_id = jobs.create_job(session, settings, actor="admin", admin=True, training_file_id=upload.id).id
+        job_id = jobs.create_job(session, settings, jobs.JobRequest(training_file_id=upload.id), actor="admin",
+                                 admin=True).id
         jobs.set_status(session, job_id, JobStatus.running, worker_id="host:1", heartbeat_at=utcnow())
     page = browser.new_page("admin")
     login(page, ui_server, "/admin", "admin", "admin-password")

@@ -31,8 +31,8 @@ def test_a_job_leaves_no_secret_and_no_work_dir(make_settings, tiny_model_dir):
     engine = prepare_database(settings)
     with session_scope(engine) as session:
         upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(4))
-        job = jobs.create_job(session, settings, actor="admin", admin=True, training_file_id=upload.id,
-                              hyperparameters={"n_epochs": 1, "min_steps": 1, "kl_weight": 0.0})
+        job = jobs.create_job(session, settings, jobs.JobRequest(training_file_id=upload.id, hyperparameters={
+            "n_epochs": 1, "min_steps": 1, "kl_weight": 0.0}), actor="admin", admin=True)
     assert Worker(settings, engine).run_next_job() == job.id
     with Session(engine) as session:
         assert jobs.get_job(session, job.id).status == JobStatus.succeeded
@@ -85,7 +85,8 @@ def test_cancel_of_a_job_whose_worker_died_marks_it_cancelled(make_settings):
     engine = prepare_database(settings)
     with session_scope(engine) as session:
         upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(4))
-        orphan, alive = (jobs.create_job(session, settings, actor="admin", admin=True, training_file_id=upload.id)
+        orphan, alive = (jobs.create_job(session, settings, jobs.JobRequest(training_file_id=upload.id), actor="admin",
+                                         admin=True)
                          for _ in range(2))
         for job, beat in ((orphan, utcnow() - timedelta(minutes=2)), (alive, utcnow())):
             job.status, job.worker_id, job.heartbeat_at = JobStatus.running, "host:123", beat

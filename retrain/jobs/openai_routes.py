@@ -17,7 +17,7 @@ from retrain.jobs import files as file_service, progress, service as jobs
 from retrain.models import FineTuneJob, JobEvent, TrainingFile
 from retrain.trainer.config import TrainConfig
 from tuneloop.core.accounts.service import audit
-from tuneloop.core.deps import AdminAccount, SessionDep, SettingsDep, StaffAccount
+from tuneloop.core.deps import SessionDep, SettingsDep, StaffAccount
 from tuneloop.core.errors import ParamError
 from tuneloop.core.inputs import MAX_DB_INT, OptionalId
 
@@ -194,12 +194,11 @@ def delete_file(file_id: str, session: SessionDep, settings: SettingsDep, accoun
 # --- fine-tuning jobs -------------------------------------------------------------------------------
 @router.post("/v1/fine_tuning/jobs")
 def create_job(body: CreateJobRequest, session: SessionDep, settings: SettingsDep, account: StaffAccount):
-    job = jobs.create_job(session, settings, actor=account.username, model=body.model,
-                          snapshot_id=body.snapshot_id, training_file_id=body.training_file,
-                          validation_file_id=body.validation_file, hyperparameters=body.merged_hyperparameters(),
-                          suffix=body.suffix, seed=body.seed, backend=body.backend,
-                          admin=str(account.role) == "admin", metadata=body.metadata,
-                          method=body.method_settings())
+    request = jobs.JobRequest(model=body.model, snapshot_id=body.snapshot_id, training_file_id=body.training_file,
+                              validation_file_id=body.validation_file, hyperparameters=body.merged_hyperparameters(),
+                              suffix=body.suffix, seed=body.seed, backend=body.backend, metadata=body.metadata,
+                              method=body.method_settings())
+    job = jobs.create_job(session, settings, request, actor=account.username, admin=str(account.role) == "admin")
     session.commit()
     return job_response(session, job)
 

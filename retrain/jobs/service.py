@@ -9,7 +9,7 @@ and a resume. Routes, the CLI and the scheduler all call these functions.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -115,51 +115,68 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         raise JobError(f"{name} must be {description}, not {value!r}", f"hyperparameters.{name}")
 
 
-def create_job(session: Session, settings: Settings, *, actor: str, model: str | None = None,
-               snapshot_id: str | None = None, training_file_id: str | None = None,
-               validation_file_id: str | None = None, hyperparameters: dict[str, Any] | None = None,
-               suffix: str | None = None, seed: int | None = None, backend: str = "local",
-               admin: bool = False, metadata: dict[str, str] | None = None,
-               method: dict[str, Any] | None = None) -> FineTuneJob:
-    """Queue a job that continues from ``model`` (a version id, name or the production alias).
+@dataclass
+class JobRequest:
+    """What a job is asked to do, as OpenAI's create-job body says it (``retrain.jobs.openai_routes``),
+    or the scheduler's round: continue ``model`` (a version id, name, or the production alias when None)
+    on a snapshot or an uploaded file. ``method``: None (supervised), ``{"type": "dpo", "beta": number |
+    "auto"}`` on a preference file, or ``{"type": "supervised_then_dpo"}`` on a snapshot
+    (``scheduled_method``)."""
+
+    model: str | None = None
+    snapshot_id: str | None = None
+    training_file_id: str | None = None
+    validation_file_id: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    backend: str = "local"
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any] | None = None
+
+
+def create_job(session: Session, settings: Settings, request: JobRequest, *, actor: str,
+               admin: bool = False) -> FineTuneJob:
+    """Queue the job ``request`` asks for, checked first (each refusal a ``JobError`` naming its field).
     ``admin``: the creator is an admin (or the operator at the CLI), whose job on an uploaded file
-    counts as its review. ``method``: None (supervised), ``{"type": "dpo", "beta": number | "auto"}``
-    on a preference file, or ``{"type": "supervised_then_dpo"}`` on a snapshot (``scheduled_method``)."""
-    hyper = normalize_hyperparameters(hyperparameters)
+    counts as its review."""
+    r = request
+    hyper = normalize_hyperparameters(r.hyperparameters)
     _check_caps(settings, hyper)
-    _check_metadata(metadata)
-    method = _check_method(method, training_file_id, backend)
-    if method and validation_file_id:
+    _check_metadata(r.metadata)
+    method = _check_method(r.method, r.training_file_id, r.backend)
+    if method and r.validation_file_id:
         raise JobError("DPO jobs here measure nothing on a validation file; leave validation_file unset",
                        "validation_file")
     try:
-        parent = resolve_model(session, settings, model or settings.production_alias)
+        parent = resolve_model(session, settings, r.model or settings.production_alias)
     except UnknownModelError as exc:
         raise JobError(str(exc), "model") from exc
-    if backend not in ("local", "openai"):
-        raise JobError(f"backend must be 'local' or 'openai', not {backend!r}", "backend")
-    if backend == "local" and parent.hosted_model and not parent.adapter_path:
+    if r.backend not in ("local", "openai"):
+        raise JobError(f"backend must be 'local' or 'openai', not {r.backend!r}", "backend")
+    if r.backend == "local" and parent.hosted_model and not parent.adapter_path:
         raise JobError(f"{parent.id} is a hosted model; continue it with backend='openai'", "model")
-    if suffix is not None and len(suffix) > 64:
+    if r.suffix is not None and len(r.suffix) > 64:
         raise JobError("suffix must be at most 64 characters", "suffix")
-    if validation_file_id:  # its examples steer the run (the validation loss), so it is reviewed data too
-        _check_reviewed(_require_file(session, validation_file_id, "validation_file"), actor, admin, "validation_file")
-    if training_file_id:
-        _check_reviewed(_require_file(session, training_file_id, "training_file"), actor, admin, "training_file")
+    if r.validation_file_id:  # its examples steer the run (the validation loss), so it is reviewed data too
+        _check_reviewed(_require_file(session, r.validation_file_id, "validation_file"), actor, admin, "validation_file")
+    snapshot_id = r.snapshot_id
+    if r.training_file_id:
+        _check_reviewed(_require_file(session, r.training_file_id, "training_file"), actor, admin, "training_file")
     else:
-        snapshot_id = _require_snapshot(session, snapshot_id).id
+        snapshot_id = _require_snapshot(session, r.snapshot_id).id
     _check_queue(session, settings, actor)
-    job = FineTuneJob(backend=backend, parent_version_id=parent.id, snapshot_id=snapshot_id,
-                      training_file_id=training_file_id, validation_file_id=validation_file_id,
-                      hyperparameters=hyper, suffix=suffix, seed=42 if seed is None else int(seed),
-                      created_by=actor, status=JobStatus.validating_files, user_metadata=metadata or None,
+    job = FineTuneJob(backend=r.backend, parent_version_id=parent.id, snapshot_id=snapshot_id,
+                      training_file_id=r.training_file_id, validation_file_id=r.validation_file_id,
+                      hyperparameters=hyper, suffix=r.suffix, seed=42 if r.seed is None else int(r.seed),
+                      created_by=actor, status=JobStatus.validating_files, user_metadata=r.metadata or None,
                       method=method)
     session.add(job)
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job {job.id} from {parent.id}"
-              + (f" on snapshot {snapshot_id}" if snapshot_id else f" on file {training_file_id}"))
+              + (f" on snapshot {snapshot_id}" if snapshot_id else f" on file {r.training_file_id}"))
     audit(session, actor=actor, action="finetune.created", object_type="finetunejob", object_id=job.id,
-          parent=parent.id, snapshot=snapshot_id, training_file=training_file_id)
+          parent=parent.id, snapshot=snapshot_id, training_file=r.training_file_id)
     return job
 
 

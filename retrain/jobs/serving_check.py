@@ -26,7 +26,8 @@ from feedback.examples import TrainingExample
 from retrain.gates.asking import answer_all, engine_used
 from retrain.gates.items import example_item
 from retrain.gates.matching import match_answers
-from retrain.trainer.config import TrainConfig
+from retrain.jobs.rounds import RoundPlan
+from retrain.trainer.interface import RunHooks, RunPaths
 from retrain.trainer.train import train
 from tuneloop.core.settings import Settings
 
@@ -70,35 +71,28 @@ def answered_wrong(settings: Settings, spec: VersionSpec,
     return [e for e, m in zip(examples, matches) if not m.passed], engine
 
 
-def check_and_retrain(settings: Settings, config: TrainConfig, new_examples: list[TrainingExample], *,
-                      base_dir: Path, adapter_dir: Path, train_options: dict[str, Any]) -> ServingCheck | None:
-    """Ask ``new_examples`` through the serving engine on the round's adapter at ``adapter_dir``; re-train
-    those answered wrong and put the result in its place. ``train_options`` go to ``train``
-    (progress_callback, should_cancel, provenance). None when the round has nothing to check."""
+def check_and_retrain(plan: RoundPlan, hooks: RunHooks) -> ServingCheck | None:
+    """Ask the plan's new examples through the serving engine on the round's adapter; re-train those
+    answered wrong (``hooks`` report its steps) and put the result in the adapter's place. None when the
+    round has nothing to check."""
+    config, new_examples = plan.config, plan.new_examples
     if not config.serving_check or not new_examples:
         return None
-    wrong, engine = answered_wrong(settings, VersionSpec(f"check-{adapter_dir.name}", base_dir, adapter_dir),
+    adapter_dir = plan.adapter_dir
+    wrong, engine = answered_wrong(plan.settings, VersionSpec(f"check-{plan.job.id}", plan.base_dir, adapter_dir),
                                    new_examples)
     check = ServingCheck(engine, len(new_examples), [e.name for e in wrong])
     if not wrong or not config.serving_retrain_steps:
         return check
-    result = _retrain(config, wrong, base_dir, adapter_dir, train_options)
-    check.retrained_steps, check.trained_tokens = result.steps, result.trained_tokens
-    return check
-
-
-def _retrain(config: TrainConfig, wrong: list[TrainingExample], base_dir: Path, adapter_dir: Path,
-             train_options: dict[str, Any]):
-    """Train ``wrong`` further from ``adapter_dir`` into a sibling directory, then swap it into place."""
     again = dataclasses.replace(config, n_epochs=config.learned_checks, min_steps=config.serving_retrain_steps,
                                 stop_when_learned=True, learned_min_prob=max(config.learned_min_prob, RETRAIN_MIN_PROB),
                                 serving_check=False, memory_examples_fraction=0.0, warmup_fraction=0.0)
     retrained = adapter_dir.with_name(f"{adapter_dir.name}.retrained")
     shutil.rmtree(retrained, ignore_errors=True)  # a crashed earlier try
-    result = train(again, wrong, [], base_dir=base_dir, parent_adapter_dir=adapter_dir, output_dir=retrained,
-                   **train_options)
+    result = train(again, wrong, [], paths=RunPaths(plan.base_dir, adapter_dir, retrained), hooks=hooks)
     _replace_dir(adapter_dir, retrained)
-    return result
+    check.retrained_steps, check.trained_tokens = result.steps, result.trained_tokens
+    return check
 
 
 def _replace_dir(target: Path, replacement: Path) -> None:

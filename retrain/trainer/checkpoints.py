@@ -11,7 +11,7 @@ from tuneloop.core.settings import Settings
 
 
 class CheckpointSaver:
-    """``train(..., epoch_callback=CheckpointSaver(...))``: saves the adapter, drops all but the last three."""
+    """``RunHooks(on_epoch=CheckpointSaver(...))``: saves the adapter after each epoch, drops all but the last three."""
 
     def __init__(self, settings: Settings, job_id: str, on_saved=None):
         self.settings, self.job_id, self.on_saved = settings, job_id, on_saved or (lambda epoch, step: None)

@@ -6,7 +6,7 @@ A job's ``hyperparameters`` become one (``TrainConfig.from_dict``: unknown keys 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from engine import architectures
@@ -14,6 +14,9 @@ from engine import architectures
 ALL_LINEAR = list(architectures.ALL_LINEAR)  # a fresh adapter's default: every projection, by each model's names
 
 DEFAULT_BETA = 0.1  # DPO's beta when a job says "auto" (kept here: the API reads it without loading torch)
+# A DPO run has no "learned" check to stop it early, so it keeps a lower floor of steps than the
+# supervised default (each DPO step scores two sequences under two models: about 5 s on 2 CPU cores).
+DPO_MIN_STEPS = 12
 
 @dataclass
 class TrainConfig:
@@ -170,3 +173,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown hyperparameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def dpo_config(config: TrainConfig, asked: dict[str, Any]) -> TrainConfig:
+    """``config`` for a DPO run: ``min_steps`` falls to ``DPO_MIN_STEPS`` unless the job asked for one."""
+    return config if asked.get("min_steps") is not None else replace(config, min_steps=DPO_MIN_STEPS)

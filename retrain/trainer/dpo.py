@@ -17,9 +17,9 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -27,12 +27,11 @@ from engine.chat_tokenizer import padding_id
 from feedback.examples import PREFERENCE_ROLES, TrainingExample
 from retrain.trainer.batching import EncodedExample, collate, encode_example, length_grouped_batches
 from retrain.trainer.config import TrainConfig
+from retrain.trainer.interface import RunHooks, RunPaths
 from retrain.trainer.pausing import PausePoint
-from retrain.trainer.train import TrainingCancelled, TrainResult, fit_and_save, result_of, start_training
+from retrain.trainer.train import (TrainingCancelled, TrainResult, device_of, fit_and_save, result_of,
+                                   start_training)
 
-# A DPO run has no "learned" check to stop it early, so it keeps a lower floor of steps than the
-# supervised default (each DPO step scores two sequences under two models: about 5 s on 2 CPU cores).
-DPO_MIN_STEPS = 12
 
 
 def preference_problems(rows: list[Any]) -> list[str]:
@@ -83,20 +82,13 @@ def sequence_logprobs(model: Any, pairs: list[EncodedExample], pad_id: int, devi
     return (logp * mask).sum(-1)
 
 
-def dpo_config(config: TrainConfig, asked: dict[str, Any]) -> TrainConfig:
-    """``config`` for a DPO run: ``min_steps`` falls to ``DPO_MIN_STEPS`` unless the job asked for one."""
-    return config if asked.get("min_steps") is not None else replace(config, min_steps=DPO_MIN_STEPS)
-
-
-def train_dpo(config: TrainConfig, beta: float, rows: list[dict], *, base_dir: Path, parent_adapter_dir: Path | None,
-              output_dir: Path, progress_callback: Callable[[dict[str, Any]], None] | None = None,
-              should_cancel: Callable[[], bool] | None = None, provenance: dict[str, Any] | None = None,
-              should_pause: Callable[[], bool] | None = None, resume_dir: Path | None = None) -> TrainResult:
-    """Train a LoRA adapter on preference ``rows`` and write it (atomically) to ``output_dir``.
-    ``should_pause`` / ``resume_dir``: pause at a step boundary and resume, as ``train`` does."""
+def train_dpo(config: TrainConfig, beta: float, rows: list[dict], *, paths: RunPaths,
+              hooks: RunHooks | None = None) -> TrainResult:
+    """Train a LoRA adapter on preference ``rows`` and write it (atomically) to ``paths.output_dir``;
+    ``hooks`` report, cancel, pause and resume as ``train``'s do."""
     started = time.perf_counter()
-    output_dir = Path(output_dir)
-    model, tokenizer, device = start_training(config, base_dir, parent_adapter_dir, output_dir)
+    hooks = hooks or RunHooks()
+    model, tokenizer, device = start_training(config, paths)
     pad_id = padding_id(tokenizer)
     pairs = []
     for row in rows:
@@ -110,23 +102,33 @@ def train_dpo(config: TrainConfig, beta: float, rows: list[dict], *, base_dir: P
     with torch.no_grad():  # the reference: the parent, as loaded
         reference = [(float(sequence_logprobs(model, [g], pad_id, device)), float(sequence_logprobs(model, [b], pad_id, device)))
                      for g, b in pairs]
-    pause = PausePoint(resume_dir, should_pause)
+    pause = PausePoint(hooks.resume_dir, hooks.should_pause)
     pause.load_weights(model)  # after the reference log-probabilities: they are the parent's
-    run = _DpoRun(config, beta, model, device, pad_id, pairs, reference, progress_callback, should_cancel, pause)
-    metrics = fit_and_save(run, model, output_dir, lambda staging, metrics: _write_files(
-        staging, config, beta, provenance, metrics, run.rows, base_dir, parent_adapter_dir))
-    return result_of(run, output_dir, metrics, started, parent_adapter_dir)
+    run = _DpoRun(config, beta, model, _Pairs(pairs, reference, pad_id), hooks, pause)
+    metrics = fit_and_save(run, model, paths.output_dir, lambda staging, metrics: _write_files(
+        staging, config, beta, {**(hooks.provenance or {}), "metrics": metrics}, run.rows, paths))
+    return result_of(run, paths, metrics, started)
+
+
+@dataclass
+class _Pairs:
+    """The encoded (preferred, non-preferred) pairs and the parent's log-probabilities of each."""
+
+    pairs: list[tuple[EncodedExample, EncodedExample]]
+    reference: list[tuple[float, float]]
+    pad_id: int
 
 
 class _DpoRun:
-    def __init__(self, config, beta, model, device, pad_id, pairs, reference, progress, should_cancel, pause=None):
-        self.config, self.beta, self.model, self.device, self.pad_id = config, beta, model, device, pad_id
-        self.pairs, self.reference = pairs, reference
-        self.progress = progress or (lambda _row: None)
-        self.should_cancel = should_cancel or (lambda: False)
+    def __init__(self, config: TrainConfig, beta: float, model: Any, data: _Pairs, hooks: RunHooks,
+                 pause: PausePoint | None = None):
+        self.config, self.beta, self.model, self.pad_id = config, beta, model, data.pad_id
+        self.device = device_of(model)
+        self.pairs, self.reference = data.pairs, data.reference
+        self.hooks = hooks
         self.pause = pause or PausePoint(None, None)
         self.step, self.trained_tokens, self.rows = 0, 0, []
-        self.n_epochs, per_epoch = config.run_length(len(pairs), accumulate=False)
+        self.n_epochs, per_epoch = config.run_length(len(self.pairs), accumulate=False)
         self.total_steps = per_epoch * self.n_epochs
 
     def fit(self) -> None:
@@ -145,7 +147,7 @@ class _DpoRun:
             for index in range(position if epoch == first_epoch else 0, len(batches)):
                 self.pause.check(self, epoch, index)
                 batch = batches[index]
-                if self.should_cancel():
+                if self.hooks.cancelled():
                     raise TrainingCancelled()
                 loss, accuracy = self._loss([self.pairs[i] for i in batch], [self.reference[i] for i in batch])
                 loss.backward()
@@ -159,7 +161,7 @@ class _DpoRun:
                 row = {"step": self.step, "train_loss": float(loss.detach()), "train_accuracy": accuracy,
                        "valid_loss": None, "valid_mean_token_accuracy": None}
                 self.rows.append(row)
-                self.progress({**row, "epoch": epoch + 1, "total_steps": self.total_steps,
+                self.hooks.report({**row, "epoch": epoch + 1, "total_steps": self.total_steps,
                                "trained_tokens": self.trained_tokens})
 
     def _loss(self, pairs, reference) -> tuple[torch.Tensor, float]:
@@ -183,12 +185,13 @@ class _DpoRun:
                 "n_epochs": self.n_epochs, "method": "dpo", "beta": self.beta}
 
 
-def _write_files(directory: Path, config: TrainConfig, beta: float, provenance, metrics, rows, base_dir,
-                 parent_adapter_dir) -> None:
+def _write_files(directory: Path, config: TrainConfig, beta: float, provenance: dict[str, Any],
+                 rows: list[dict[str, Any]], paths: RunPaths) -> None:
+    """training_config.json (``provenance`` ends with the run's metrics) and result.csv."""
     record = {"method": "dpo", "beta": beta, "config": asdict(config), "learning_rate": config.dpo_learning_rate,
-              "base_model": str(base_dir), "parent_adapter": str(parent_adapter_dir) if parent_adapter_dir else None,
-              "reference": "the parent version (the model as loaded before the first step)",
-              **(provenance or {}), "metrics": metrics}
+              "base_model": str(paths.base_dir),
+              "parent_adapter": str(paths.parent_adapter_dir) if paths.parent_adapter_dir else None,
+              "reference": "the parent version (the model as loaded before the first step)", **provenance}
     (directory / "training_config.json").write_text(json.dumps(record, indent=2, default=str))
     columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
     with open(directory / "result.csv", "w", newline="") as handle:

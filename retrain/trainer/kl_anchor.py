@@ -31,6 +31,8 @@ from retrain.trainer.batching import EncodedExample, collate, target_logits, to_
 
 ANCHOR_PROMPTS = Path(__file__).parent.parent / "gates" / "general" / "anchor_prompts.json"
 TOP_K = 32
+ANCHOR_MAX_NEW_TOKENS = 48  # tokens of each anchor's answer (cut-off answers are kept)
+ANCHOR_BATCH_SIZE = 16  # prompts answered together
 
 
 @dataclass
@@ -53,14 +55,16 @@ def system_message_of(examples: list[TrainingExample]) -> list[dict[str, str]]:
 
 
 @torch.no_grad()
-def build_anchors(model: Any, tokenizer: Any, examples: list[TrainingExample], *, count: int, seed: int,
-                  max_seq_len: int, pad_id: int, max_new_tokens: int = 48, batch_size: int = 16) -> list[AnchorExample]:
-    """``count`` general prompts answered greedily by ``model`` as loaded, with its top-k distribution
-    at every answer token (the generated ids themselves, up to and including the end of turn, so no
-    re-tokenization shifts them). Answers cut off at ``max_new_tokens`` are kept: the penalty is
-    about the distribution at each position, not about a finished answer."""
+def build_anchors(model: Any, tokenizer: Any, examples: list[TrainingExample], config: Any,
+                  pad_id: int) -> list[AnchorExample]:
+    """``config.kl_anchors`` general prompts (drawn with ``config.seed``) answered greedily by ``model``
+    as loaded, with its top-k distribution at every answer token (the generated ids themselves, up to
+    and including the end of turn, so no re-tokenization shifts them). Answers cut off at
+    ``ANCHOR_MAX_NEW_TOKENS`` are kept: the penalty is about the distribution at each position, not
+    about a finished answer; anchors longer than ``config.max_seq_len`` are dropped."""
+    max_new_tokens, batch_size, max_seq_len = ANCHOR_MAX_NEW_TOKENS, ANCHOR_BATCH_SIZE, config.max_seq_len
     prompts = anchor_prompts()
-    prompts = random.Random(seed).sample(prompts, min(count, len(prompts)))
+    prompts = random.Random(config.seed).sample(prompts, min(config.kl_anchors, len(prompts)))
     system = system_message_of(examples)
     device = next(model.parameters()).device
     eos = end_of_reply_ids(model.generation_config.eos_token_id, tokenizer) | {pad_id}

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from retrain.trainer.batching import (EncodedExample, collate, collate_with_anch
                                      length_grouped_batches, target_logits, to_device, token_budget_batches)
 from retrain.trainer.budget import BatchBudget, choose_budget
 from retrain.trainer.config import TrainConfig
+from retrain.trainer.interface import RunHooks, RunPaths
 from retrain.trainer.kl_anchor import AnchorExample, build_anchors, kl_from_logits, kl_to_parent
 from retrain.trainer.learned import LearnedCheck
 from retrain.trainer.pausing import PausePoint
@@ -55,54 +56,40 @@ class TrainResult:
     continued_from: str | None
 
 
-ProgressCallback = Callable[[dict[str, Any]], None]
-
-
 def train(config: TrainConfig, examples_train: list[TrainingExample], examples_valid: list[TrainingExample], *,
-          base_dir: Path,
-          parent_adapter_dir: Path | None, output_dir: Path, progress_callback: ProgressCallback | None = None,
-          should_cancel: Callable[[], bool] | None = None, provenance: dict[str, Any] | None = None,
-          epoch_callback: Callable[[Any, int, int], None] | None = None,
-          new_keys: set[str] | None = None, should_pause: Callable[[], bool] | None = None,
-          resume_dir: Path | None = None) -> TrainResult:
-    """Train a LoRA adapter on ``examples_train`` and write it (atomically) to ``output_dir``.
+          paths: RunPaths, hooks: RunHooks | None = None, new_keys: set[str] | None = None) -> TrainResult:
+    """Train a LoRA adapter on ``examples_train`` from ``paths.parent_adapter_dir`` (or a fresh LoRA on
+    ``paths.base_dir``) and write it atomically to ``paths.output_dir``.
 
     The examples are first expanded with their accepted phrasings and memory-context copies
     (``retrain.trainer.augment``). ``new_keys`` (``TrainingExample.key`` of the examples new this
     round; None: all) are the ones ``stop_when_learned`` waits for: replayed examples were learned before.
-    ``epoch_callback(model, epoch, step)`` runs after each epoch (the worker saves checkpoints there).
-    ``should_pause()`` is asked at each step boundary; when it says yes a resumable checkpoint is written
-    to ``resume_dir`` and ``TrainingPaused`` raised; a later call with the same ``resume_dir`` continues
-    from it (``retrain.trainer.pausing``)."""
+    ``hooks`` report progress, cancel, pause and resume, save per-epoch checkpoints
+    (``retrain.trainer.interface.RunHooks``)."""
     started = time.perf_counter()
-    output_dir = Path(output_dir)
-    model, tokenizer, device = start_training(config, base_dir, parent_adapter_dir, output_dir)
+    hooks = hooks or RunHooks()
+    model, tokenizer, device = start_training(config, paths)
     encoded = _encode_all(tokenizer, expand_for_training(config, examples_train), config)
-    train_set = [enc for enc, _ in encoded]
-    is_new = [new_keys is None or e.key in new_keys for _, e in encoded]
-    valid_set = [enc for enc, _ in _encode_all(tokenizer, examples_valid, config)]
-    if not train_set:
+    if not encoded:
         raise ValueError("no training example fits max_seq_len; nothing to train on")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    anchors = []
+    data = RunData([enc for enc, _ in encoded], [enc for enc, _ in _encode_all(tokenizer, examples_valid, config)],
+                   pad_id, [new_keys is None or e.key in new_keys for _, e in encoded])
     if config.kl_weight > 0:
-        anchors = build_anchors(model, tokenizer, examples_train, count=config.kl_anchors, seed=config.seed,
-                                max_seq_len=config.max_seq_len, pad_id=pad_id)
-    pause = PausePoint(resume_dir, should_pause)
+        data.anchors = build_anchors(model, tokenizer, examples_train, config, pad_id)
+    pause = PausePoint(hooks.resume_dir, hooks.should_pause)
     pause.load_weights(model)  # after the anchors: they are the parent's answers
     budget = pause.saved_budget() or choose_budget(config, model, device)
     if budget.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    run = _Run(config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel, anchors, is_new,
-               pause=pause, budget=budget)
-    run.epoch_callback = epoch_callback
-    provenance = {**(provenance or {}), "held_out_phrasings": held_out_by_correction(examples_train),
+    run = _Run(config, model, data, hooks, pause, budget)
+    provenance = {**(hooks.provenance or {}), "held_out_phrasings": held_out_by_correction(examples_train),
                   "expanded_examples": {"phrasing": sum(e.phrasing > 0 for _, e in encoded),
                                         "memory_context": sum(e.memory_context for _, e in encoded),
                                         "total": len(encoded)}}
-    metrics = fit_and_save(run, model, output_dir, lambda staging, metrics: _write_provenance(
-        staging, config, provenance, metrics, run, base_dir, parent_adapter_dir))
-    return result_of(run, output_dir, metrics, started, parent_adapter_dir)
+    metrics = fit_and_save(run, model, paths.output_dir, lambda staging, metrics: _write_provenance(
+        staging, config, {**provenance, "metrics": metrics}, run, paths))
+    return result_of(run, paths, metrics, started)
 
 
 def expand_for_training(config: TrainConfig, examples: list[TrainingExample]) -> list[TrainingExample]:
@@ -132,23 +119,21 @@ def fit_and_save(run: Any, model: Any, output_dir: Path, write_files: Callable[[
     return metrics
 
 
-def result_of(run: Any, output_dir: Path, metrics: dict[str, Any], started: float,
-              parent_adapter_dir: Path | None) -> TrainResult:
-    return TrainResult(output_dir=output_dir, steps=run.step, trained_tokens=run.trained_tokens, metrics=metrics,
-                       seconds=time.perf_counter() - started,
-                       continued_from=str(parent_adapter_dir) if parent_adapter_dir else None)
+def result_of(run: Any, paths: RunPaths, metrics: dict[str, Any], started: float) -> TrainResult:
+    return TrainResult(output_dir=paths.output_dir, steps=run.step, trained_tokens=run.trained_tokens,
+                       metrics=metrics, seconds=time.perf_counter() - started,
+                       continued_from=str(paths.parent_adapter_dir) if paths.parent_adapter_dir else None)
 
 
-def start_training(config: TrainConfig, base_dir: Path, parent_adapter_dir: Path | None,
-                   output_dir: Path) -> tuple[Any, Any, torch.device]:
+def start_training(config: TrainConfig, paths: RunPaths) -> tuple[Any, Any, torch.device]:
     """What every training run does first (supervised and DPO): refuse an existing output directory
     (adapters are never overwritten), seed, pick the device, load the base model with the LoRA to train."""
-    if output_dir.exists():
-        raise FileExistsError(f"{output_dir} already exists; adapters are never overwritten")
+    if Path(paths.output_dir).exists():
+        raise FileExistsError(f"{paths.output_dir} already exists; adapters are never overwritten")
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
                           else "cpu")
-    model, tokenizer = _load_model(config, base_dir, parent_adapter_dir, device)
+    model, tokenizer = _load_model(config, paths.base_dir, paths.parent_adapter_dir, device)
     return model, tokenizer, device
 
 
@@ -176,30 +161,49 @@ def _encode_all(tokenizer: Any, examples: list[TrainingExample],
     return [(enc, e) for enc, e in encoded if enc is not None]
 
 
+def device_of(model: Any) -> torch.device:
+    """Where ``model`` computes: its parameters' device (a CPU for one without parameters, e.g. when only
+    the run's batch plan is wanted)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu")) if model is not None \
+        else torch.device("cpu")
+
+
+@dataclass
+class RunData:
+    """What one supervised run trains and validates on, encoded: ``is_new`` per training example (the
+    ones the stop rule waits for), ``anchors`` for the KL penalty (none without it)."""
+
+    train_set: list[EncodedExample]
+    valid_set: list[EncodedExample]
+    pad_id: int
+    is_new: list[bool] | None = None
+    anchors: list[AnchorExample] = field(default_factory=list)
+
+
 class _Run:
     """The optimisation loop and its bookkeeping (one instance per ``train`` call)."""
 
-    def __init__(self, config, model, device, pad_id, train_set, valid_set, progress_callback, should_cancel,
-                 anchors=(), is_new=None, pause: PausePoint | None = None, budget: BatchBudget | None = None):
-        self.config, self.model, self.device, self.pad_id = config, model, device, pad_id
+    def __init__(self, config: TrainConfig, model: Any, data: RunData, hooks: RunHooks | None = None,
+                 pause: PausePoint | None = None, budget: BatchBudget | None = None):
+        self.config, self.model, self.pad_id = config, model, data.pad_id
+        self.device = device_of(model)
+        self.hooks = hooks or RunHooks()
         self.pause = pause or PausePoint(None, None)
         self.budget = budget or BatchBudget(0, False, "count batches")
         # Train until learned: per example, how many of its latest forward passes in a row had every answer
         # token right (each example gets one pass an epoch, so this is per-example consecutive checks)
-        self.learned = LearnedCheck(list(is_new) if is_new is not None else [True] * len(train_set),
-                                    config.learned_checks, device)
+        self.learned = LearnedCheck(list(data.is_new) if data.is_new is not None else [True] * len(data.train_set),
+                                    config.learned_checks, self.device)
         self.learned_at_step: int | None = None
-        self.anchors = list(anchors)
-        self.train_set, self.valid_set = train_set, valid_set
-        self.progress = progress_callback or (lambda _event: None)
-        self.should_cancel = should_cancel or (lambda: False)
+        self.anchors = list(data.anchors)
+        self.train_set, self.valid_set = data.train_set, data.valid_set
         self.step = 0
         self.epochs_run = 0
         self.trained_tokens = 0
         self.rows: list[dict[str, Any]] = []
         self.pending: list[dict[str, Any]] = []  # steps run but not yet read back from the device
         self.last_valid: dict[str, float] = {}
-        self.sync_every = SYNC_EVERY if device.type == "cuda" else 1
+        self.sync_every = SYNC_EVERY if self.device.type == "cuda" else 1
         self.plan = self._plan()
         self.n_epochs = len(self.plan)
         self.total_steps = sum(self._steps_in(batches) for batches in self.plan)
@@ -257,8 +261,8 @@ class _Run:
                         self.epochs_run = epoch + 1
                         return
             self.epochs_run = epoch + 1
-            if getattr(self, "epoch_callback", None):
-                self.epoch_callback(self.model, epoch + 1, self.step)
+            if self.hooks.on_epoch is not None:
+                self.hooks.on_epoch(self.model, epoch + 1, self.step)
 
     def _flush(self, *, evaluate_last: bool = False) -> bool:
         """Read the pending steps' figures back from the device (one transfer), record them, and say
@@ -305,7 +309,7 @@ class _Run:
         loss_sum = correct = torch.zeros((), device=self.device)
         counted, kl = 0, None
         for n, (idx, batch) in enumerate(zip(group, batches)):
-            if self.should_cancel():
+            if self.hooks.cancelled():
                 raise TrainingCancelled()
             merge = anchors if (n == len(group) - 1 and self.device.type == "cuda") else None
             weighted, c, count, rows_right, kl_merged = self._score(batch, merge)
@@ -393,7 +397,7 @@ class _Run:
             row["learned_share"] = learned
             row["learned_at_step"] = self.learned_at_step
         self.rows.append(row)
-        self.progress({**row, "epoch": entry["epoch"] + 1, "total_steps": self.total_steps,
+        self.hooks.report({**row, "epoch": entry["epoch"] + 1, "total_steps": self.total_steps,
                        "trained_tokens": entry["trained_tokens"]})
 
     def final_metrics(self) -> dict[str, float]:
@@ -410,11 +414,11 @@ class _Run:
         return {**metrics, **self.last_valid}
 
 
-def _write_provenance(directory: Path, config: TrainConfig, provenance: dict[str, Any] | None,
-                      metrics: dict[str, float], run: _Run, base_dir: Path, parent_adapter_dir: Path | None) -> None:
-    record = {"config": asdict(config), "learning_rate": config.learning_rate, "base_model": str(base_dir),
-              "parent_adapter": str(parent_adapter_dir) if parent_adapter_dir else None,
-              **(provenance or {}), "metrics": metrics}
+def _write_provenance(directory: Path, config: TrainConfig, provenance: dict[str, Any], run: _Run,
+                      paths: RunPaths) -> None:
+    """training_config.json (``provenance`` ends with the run's metrics) and result.csv."""
+    record = {"config": asdict(config), "learning_rate": config.learning_rate, "base_model": str(paths.base_dir),
+              "parent_adapter": str(paths.parent_adapter_dir) if paths.parent_adapter_dir else None, **provenance}
     (directory / "training_config.json").write_text(json.dumps(record, indent=2, default=str))
     columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy", "kl_to_parent"]
     with open(directory / "result.csv", "w", newline="") as handle:
