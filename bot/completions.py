@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bot.logprobs import CompletionLogprobs, completion_logprobs
 from bot.protocol import StreamOptions, Usage, check_logit_bias, fingerprint
-from engine.prompting import PromptTooLongError
 from engine.protocol import Completion, SamplingParams
 from registry.models import ModelVersion
 from tuneloop.core.settings import Settings

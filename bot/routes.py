@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from bot import chat_replies, conversations, protocol
+from bot import chat_replies, conversations, protocol, resources
 from bot.choices import close_others, drain, other_choices
 from bot.tools import with_tools
 from engine.protocol import Completion
@@ -111,8 +111,8 @@ class _SSEResponse(StreamingResponse):
 
 
 # --- models --------------------------------------------------------------------------------------
-@router.get("/v1/models", response_model=protocol.ModelList)
-def list_models(request: Request, session: SessionDep) -> protocol.ModelList:
+@router.get("/v1/models", response_model=resources.ModelList)
+def list_models(request: Request, session: SessionDep) -> resources.ModelList:
     """Every name chat accepts: the production alias, then each version by id and by name."""
     settings = request.app.state.settings
     production = versions.production_version(session)
@@ -122,23 +122,23 @@ def list_models(request: Request, session: SessionDep) -> protocol.ModelList:
         for step, _directory in checkpoint_adapters(settings, version):
             name = checkpoint_name(version.name, step)
             cards.append(_card(name, versions.resolve_model(session, settings, name)))
-    return protocol.ModelList(data=cards)
+    return resources.ModelList(data=cards)
 
 
-@router.get("/v1/models/{model:path}", response_model=protocol.ModelCard)
-def retrieve_model(model: str, request: Request, session: SessionDep) -> protocol.ModelCard:
+@router.get("/v1/models/{model:path}", response_model=resources.ModelCard)
+def retrieve_model(model: str, request: Request, session: SessionDep) -> resources.ModelCard:
     return _card(model, versions.resolve_model(session, request.app.state.settings, model))  # 404 names model
 
 
-def _card(name: str, version) -> protocol.ModelCard:
+def _card(name: str, version) -> resources.ModelCard:
     owner = "tuneloop" if not (version.adapter_path or version.hosted_model) else "org-tuneloop"
-    return protocol.ModelCard(id=name, created=protocol.unix(version.created_at), owned_by=owner)
+    return resources.ModelCard(id=name, created=protocol.unix(version.created_at), owned_by=owner)
 
 
 # --- conversations -------------------------------------------------------------------------------
-@router.post("/v1/conversations", response_model=protocol.ConversationObject, status_code=201)
-def create_conversation(body: protocol.ConversationCreate, session: SessionDep,
-                        account: OptionalAccount) -> protocol.ConversationObject:
+@router.post("/v1/conversations", response_model=resources.ConversationObject, status_code=201)
+def create_conversation(body: resources.ConversationCreate, session: SessionDep,
+                        account: OptionalAccount) -> resources.ConversationObject:
     """The conversation is the key's account's; without a key, the answer carries its one-time token."""
     owner_id, token = owner_of_new(Caller.of(account))
     conversation = conversations.create_conversation(session, end_user=body.user or "anonymous", title=body.title,
@@ -147,22 +147,22 @@ def create_conversation(body: protocol.ConversationCreate, session: SessionDep,
     return _conversation(conversation).model_copy(update={"conversation_token": token})
 
 
-@router.get("/v1/conversations", response_model=protocol.ConversationList)
+@router.get("/v1/conversations", response_model=resources.ConversationList)
 def list_conversations(session: SessionDep, _staff: StaffAccount, limit: int = Query(20, ge=1, le=100),
-                       after: str | None = None, user: str | None = None) -> protocol.ConversationList:
+                       after: str | None = None, user: str | None = None) -> resources.ConversationList:
     """Staff only: conversations hold what customers wrote."""
     try:
         page, has_more = conversations.list_conversations(session, limit=limit, after=after, end_user=user)
     except conversations.UnknownConversationError as exc:
         raise ApiError(400, f"after: {exc}", param="after") from exc
     data = [_conversation(c) for c in page]
-    return protocol.ConversationList(data=data, first_id=data[0].id if data else None,
+    return resources.ConversationList(data=data, first_id=data[0].id if data else None,
                                      last_id=data[-1].id if data else None, has_more=has_more)
 
 
-@router.get("/v1/conversations/{conversation_id}", response_model=protocol.ConversationObject)
+@router.get("/v1/conversations/{conversation_id}", response_model=resources.ConversationObject)
 def get_conversation(conversation_id: str, session: SessionDep, account: OptionalAccount,
-                     x_conversation_token: str | None = Header(None)) -> protocol.ConversationObject:
+                     x_conversation_token: str | None = Header(None)) -> resources.ConversationObject:
     """Its owner's key, its token (anonymous conversations) or staff; anyone else gets 404 (bot.ownership)."""
     caller = Caller.of(account, x_conversation_token)
     conversation = conversations.get_conversation(session, conversation_id, caller)  # 404 names conversation_id
@@ -170,13 +170,13 @@ def get_conversation(conversation_id: str, session: SessionDep, account: Optiona
     return _conversation(conversation, messages)
 
 
-def _conversation(conversation, messages=None) -> protocol.ConversationObject:
-    return protocol.ConversationObject(
+def _conversation(conversation, messages=None) -> resources.ConversationObject:
+    return resources.ConversationObject(
         id=conversation.id, created_at=protocol.unix(conversation.created_at),
         updated_at=protocol.unix(conversation.updated_at), end_user=conversation.end_user,
         channel=conversation.channel, title=conversation.title,
         messages=None if messages is None else [
-            protocol.MessageObject(
+            resources.MessageObject(
                 id=m.id, created_at=protocol.unix(m.created_at), position=m.position, role=m.role,
                 content=m.content, model_version_id=m.model_version_id, latency_ms=m.latency_ms,
                 prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens, finish_reason=m.finish_reason,

@@ -36,64 +36,11 @@ from engine.gguf_files import ensure_gguf
 from engine.llamacpp_model import LlamaModel, put_token
 from engine.prompting import PromptTooLongError, raw_prompt_ids, scored_answer_ids, trim_to_budget
 from engine.protocol import AnswerScore, Completion, NotReadyError, SamplingParams, ServedVersion, VersionSpec
-from engine import logprobs
-from engine.structured import GrammarMask, GrammarVocab
+from engine.llamacpp_requests import ChatRequest, ScoreRequest, log_softmax_at, sample_next
 from engine.text_stream import advance, request_events
 from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class _Request:
-    """One chat. The attributes ``loaded``, ``params``, ``generated``, ``emitted``, ``events`` and
-    ``finish_reason`` are what the transformers engine's text handling reads and writes."""
-
-    def __init__(self, loaded: LlamaModel, prompt_ids: list[int], params: SamplingParams):
-        self.loaded, self.prompt_ids, self.params = loaded, prompt_ids, params
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.generated: list[int] = []
-        self.decode = lambda ids: loaded.tokenizer.decode(ids, skip_special_tokens=True)
-        self.emitted = ""
-        self.finish_reason: str | None = None
-        self.seq: int | None = None
-        self.fed = 0  # prompt tokens already in the cache
-        self.cancelled = False
-        self.rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
-        self.reserved = len(prompt_ids) + params.max_tokens
-        self.grammar = GrammarMask(_grammar_vocab(loaded), params.grammar, params.grammar_param) if params.grammar else None
-        self.token_logprobs: list = []
-
-
-class _ScoreRequest:
-    """One answer to score: its conversation's prompt and the answer are fed as one sequence, and the
-    logits at every answer position are read instead of sampled (prompt evaluation only). It shares the
-    decode steps, the sequences and the prompt cache with the chats."""
-
-    def __init__(self, loaded: LlamaModel, prompt_ids: list[int], answer_ids: list[int],
-                 lead: "_ScoreRequest | None" = None):
-        self.loaded, self.prompt_ids = loaded, prompt_ids + answer_ids
-        # answers to one conversation share its prompt: the others start once the lead's prompt is in
-        # the prompt cache, and feed only their answer
-        self.lead = lead
-        self.done = False
-        self.score_from = len(prompt_ids) - 1  # the logits here predict the answer's first token
-        self.cache_ids = self.prompt_ids[:self.score_from + 1]  # what the prompt cache may stand in for
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.seq: int | None = None
-        self.fed = 0
-        self.cancelled = False
-        self.reserved = len(self.prompt_ids)
-        self.logprob, self.tokens = 0.0, len(answer_ids)
-
-    def waits_for_lead(self) -> bool:
-        lead = self.lead
-        return lead is not None and not lead.done and not lead.cancelled and lead.fed <= lead.score_from
-
-    def result(self) -> AnswerScore:
-        kind, value = self.events.get()
-        if kind == "error":
-            raise value
-        return value
 
 
 class LlamaCppEngine:
@@ -105,9 +52,9 @@ class LlamaCppEngine:
         self._extra: dict[str, LlamaModel] = {}
         self._retired: list[LlamaModel] = []
         self._lock = threading.Lock()
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._waiting: list[_Request] = []
-        self._running: list[_Request] = []
+        self._queue: queue.Queue[ChatRequest | None] = queue.Queue()
+        self._waiting: list[ChatRequest] = []
+        self._running: list[ChatRequest] = []
         self.peak_batch = 0  # the most chats decoded in one step so far (for tests and /metrics)
         self._thread = threading.Thread(target=self._run, name="tuneloop-llamacpp", daemon=True)
         self._thread.start()
@@ -142,7 +89,7 @@ class LlamaCppEngine:
                params: SamplingParams) -> Iterator[str | Completion]:
         loaded = self.loaded_for(version)
         params.check_token_ids(loaded.n_vocab)
-        request = _Request(loaded, self.encode(loaded, messages, params.max_tokens), params)
+        request = ChatRequest(loaded, self.encode(loaded, messages, params.max_tokens), params)
         self._queue.put(request)
         return self._events(request)
 
@@ -150,7 +97,7 @@ class LlamaCppEngine:
         loaded = self.loaded_for(version)
         params.check_token_ids(loaded.n_vocab)
         context = min(self.settings.context_budget, loaded.max_context)
-        request = _Request(loaded, raw_prompt_ids(loaded.tokenizer, prompt, params.max_tokens, context), params)
+        request = ChatRequest(loaded, raw_prompt_ids(loaded.tokenizer, prompt, params.max_tokens, context), params)
         self._queue.put(request)
         return self._events(request)
 
@@ -179,7 +126,7 @@ class LlamaCppEngine:
         requests, leads = [], {}
         for messages, answer in zip(conversations, answers, strict=True):
             key = repr(messages)
-            request = _ScoreRequest(loaded, *scored_answer_ids(loaded.tokenizer, messages, answer, context,
+            request = ScoreRequest(loaded, *scored_answer_ids(loaded.tokenizer, messages, answer, context,
                                                                answer_tokens),
                                     lead=leads.get(key))
             leads.setdefault(key, request)
@@ -224,7 +171,7 @@ class LlamaCppEngine:
         return loaded
 
     @staticmethod
-    def _events(request: _Request) -> Iterator[str | Completion]:
+    def _events(request: ChatRequest) -> Iterator[str | Completion]:
         """The request's deltas, then its Completion. Closing the iterator early (a client that went
         away) cancels the request: its sequence is freed at the next step."""
         try:
@@ -267,7 +214,7 @@ class LlamaCppEngine:
             loaded = request.loaded
             if request.cancelled:
                 continue
-            if isinstance(request, _ScoreRequest) and request.waits_for_lead():
+            if isinstance(request, ScoreRequest) and request.waits_for_lead():
                 still_waiting.append(request)
                 continue
             if loaded.free_seqs and loaded.has_room(request.reserved):
@@ -284,13 +231,13 @@ class LlamaCppEngine:
             self._drop(request)
         self._admit()
         self.peak_batch = max(self.peak_batch, len(self._running))
-        by_model: dict[int, list[_Request]] = {}
+        by_model: dict[int, list[ChatRequest]] = {}
         for request in self._running:
             by_model.setdefault(id(request.loaded), []).append(request)
         for requests in by_model.values():
             self._decode_once(requests[0].loaded, requests)
 
-    def _decode_once(self, loaded: LlamaModel, requests: list[_Request]) -> None:
+    def _decode_once(self, loaded: LlamaModel, requests: list[ChatRequest]) -> None:
         """One llama_decode: the next token of each running chat, and prompt tokens of new ones
         (a long prompt is fed over several steps)."""
         batch, n, wants_logits, prefilled, scored, scores_done = loaded.batch, 0, [], [], [], []
@@ -300,7 +247,7 @@ class LlamaCppEngine:
                 if room <= 0:
                     continue
                 chunk = request.prompt_ids[request.fed:request.fed + room]
-                scoring = isinstance(request, _ScoreRequest)
+                scoring = isinstance(request, ScoreRequest)
                 for offset, token in enumerate(chunk):
                     position = request.fed + offset
                     read = scoring and request.score_from <= position < len(request.prompt_ids) - 1
@@ -330,7 +277,7 @@ class LlamaCppEngine:
                                "raise TUNELOOP_LLAMACPP_CONTEXT_TOKENS)")
         for request, row, target in scored:
             logits = np.ctypeslib.as_array(loaded.lc.llama_get_logits_ith(loaded.ctx, row), shape=(loaded.n_vocab,))
-            request.logprob += _log_softmax_at(logits, target)
+            request.logprob += log_softmax_at(logits, target)
         for request in {id(r): r for r, _, _ in scored if r.lead is None}.values():
             if loaded.tokens_reserved + len(request.cache_ids) <= loaded.n_ctx:  # the other answers start here
                 loaded.prompt_cache.remember(request.seq, request.cache_ids)
@@ -344,11 +291,11 @@ class LlamaCppEngine:
         for request, row in wants_logits:
             pointer = loaded.lc.llama_get_logits_ith(loaded.ctx, row)
             logits = np.ctypeslib.as_array(pointer, shape=(loaded.n_vocab,))
-            token = _sample(request, logits)
+            token = sample_next(request, logits)
             if not advance(request, token):  # text, stop strings, max_tokens: as transformers does
                 self._drop(request)
 
-    def _drop(self, request: _Request) -> None:
+    def _drop(self, request: ChatRequest) -> None:
         self._running.remove(request)
         request.loaded.release(request.seq, request.reserved)
 
@@ -362,60 +309,3 @@ class LlamaCppEngine:
                 else:
                     loaded.close()
             self._retired = keep
-
-
-def _log_softmax_at(logits: np.ndarray, token: int) -> float:
-    values = logits.astype(np.float64)
-    top = values.max()
-    return float(values[token] - top - np.log(np.exp(values - top).sum()))
-
-
-def _grammar_vocab(loaded: LlamaModel) -> GrammarVocab:
-    """The model's vocabulary as constrained decoding reads it (``engine.structured``), made once."""
-    if getattr(loaded, "grammar_vocab", None) is None:
-        loaded.grammar_vocab = GrammarVocab(loaded.lc, loaded.lc.llama_model_get_vocab(loaded.model), loaded.eos_ids)
-    return loaded.grammar_vocab
-
-
-def _sample(request: _Request, raw: np.ndarray) -> int:
-    token = _choose(request, raw)
-    logprobs.record(request, raw, token)
-    if request.grammar is not None:
-        request.grammar.accept(token)
-    return token
-
-
-def _choose(request: _Request, logits: np.ndarray) -> int:
-    params = request.params
-    logits = _penalised(request, logits)
-    if request.grammar is not None:
-        logits = request.grammar.mask(logits)
-    if params.temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = (logits.astype(np.float64) - logits.max()) / params.temperature
-    probs = np.exp(scaled)
-    probs /= probs.sum()
-    if params.top_p < 1.0:
-        order = np.argsort(-probs)
-        cumulative = np.cumsum(probs[order])
-        cut = order[(cumulative - probs[order]) > params.top_p]
-        probs[cut] = 0
-        probs /= probs.sum()
-    return int(request.rng.choice(len(probs), p=probs))
-
-
-def _penalised(request: _Request, logits: np.ndarray) -> np.ndarray:
-    """OpenAI's frequency/presence penalties and logit_bias, when the request carries them."""
-    params = request.params
-    frequency = getattr(params, "frequency_penalty", 0.0) or 0.0
-    presence = getattr(params, "presence_penalty", 0.0) or 0.0
-    bias = getattr(params, "logit_bias", None) or {}
-    if not (frequency or presence or bias):
-        return logits
-    adjusted = logits.astype(np.float32, copy=True)
-    if request.generated and (frequency or presence):
-        tokens, counts = np.unique(np.asarray(request.generated), return_counts=True)
-        adjusted[tokens] -= frequency * counts + presence
-    for token, value in bias.items():
-        adjusted[int(token)] += float(value)
-    return adjusted

@@ -26,6 +26,7 @@ from sqlmodel import Session, col, select
 from feedback.retention import purge_expired
 from retrain.datasets import SPLITS, create_snapshot, get_snapshot, new_since
 from retrain.jobs import service as jobs
+from retrain.jobs.job_request import JobRequest, scheduled_method
 from retrain.jobs.leftovers import remove_snapshot_files
 from retrain.models import DatasetSnapshot, FineTuneJob, JobStatus, SchedulerState
 from tuneloop.core.db import session_scope
@@ -76,7 +77,7 @@ def decide(session: Session, settings: Settings) -> tuple[str, FineTuneJob | Non
     need = settings.retrain_min_new_examples
     if new < need:
         return f"skipped: {new} new examples, need {need}", None
-    job = jobs.create_job(session, settings, jobs.JobRequest(snapshot_id=snapshot.id, method=jobs.scheduled_method(settings)),
+    job = jobs.create_job(session, settings, JobRequest(snapshot_id=snapshot.id, method=scheduled_method(settings)),
                           actor="scheduler")
     return f"started {job.id}: {new} new examples in {snapshot.id}", job
 
@@ -121,7 +122,7 @@ def train_now(session: Session, settings: Settings, actor: str) -> FineTuneJob:
     snapshot = create_snapshot(session, settings, actor)
     try:
         job = jobs.create_job(session, settings,
-                              jobs.JobRequest(snapshot_id=snapshot.id, method=jobs.scheduled_method(settings)), actor=actor)
+                              JobRequest(snapshot_id=snapshot.id, method=scheduled_method(settings)), actor=actor)
     except Exception:
         if snapshot.id not in known:
             remove_snapshot_files(settings, snapshot)

@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import Session
 
 from registry.models import ModelVersion
-from retrain.jobs import service as jobs
+from retrain.jobs import job_request, service as jobs
 from retrain.jobs.files import save_upload
 from retrain.models import JobStatus
 from retrain.worker import Worker
@@ -61,10 +61,10 @@ def test_hosted_backend_completes_a_job_on_another_server(make_settings, tiny_mo
     engine = prepare_database(settings)
     with session_scope(engine) as session:
         upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(4))
-        job = jobs.create_job(session, settings, jobs.JobRequest(
+        job = jobs.create_job(session, settings, job_request.JobRequest(
             training_file_id=upload.id, backend="openai", hyperparameters={"n_epochs": 1, "batch_size": 2},
             suffix="hosted"), actor="t", admin=True)
-        bad = jobs.create_job(session, settings, jobs.JobRequest(training_file_id=upload.id, backend="openai", model="v0"),
+        bad = jobs.create_job(session, settings, job_request.JobRequest(training_file_id=upload.id, backend="openai", model="v0"),
                               actor="t", admin=True)
     worker = Worker(settings, engine)
     assert worker.run_next_job() == job.id

@@ -13,7 +13,7 @@ from openai import OpenAI
 from sqlmodel import Session
 
 from registry.models import ModelVersion
-from retrain.jobs import service as jobs
+from retrain.jobs import job_request, service as jobs
 from retrain.models import JobStatus
 from retrain.worker import Worker
 from support.retrain import admin_key, chat_jsonl
@@ -124,10 +124,10 @@ def test_bad_requests_get_openai_errors(app, api):
     with pytest.raises(openai.NotFoundError):
         api.fine_tuning.jobs.retrieve("ftjob-nope")
     with Session(app.state.db) as session:
-        with pytest.raises(jobs.JobError, match="no dataset snapshot 'snap_nope'"):
-            jobs.create_job(session, app.state.settings, jobs.JobRequest(snapshot_id="snap_nope"), actor="t")
-        with pytest.raises(jobs.JobError, match="no dataset snapshot yet"):
-            jobs.create_job(session, app.state.settings, jobs.JobRequest(), actor="t")
+        with pytest.raises(job_request.JobError, match="no dataset snapshot 'snap_nope'"):
+            jobs.create_job(session, app.state.settings, job_request.JobRequest(snapshot_id="snap_nope"), actor="t")
+        with pytest.raises(job_request.JobError, match="no dataset snapshot yet"):
+            jobs.create_job(session, app.state.settings, job_request.JobRequest(), actor="t")
 
 
 def test_an_invalid_training_file_fails_the_job_with_reasons(app, api):

@@ -15,8 +15,9 @@ from retrain.trainer.replay import select_for_round
 from feedback.examples import TrainingExample
 from retrain.trainer.config import TrainConfig
 from retrain.trainer.batching import EncodedExample, collate
-from retrain.trainer.interface import RunHooks, RunPaths
-from retrain.trainer.train import ADAPTER_FILES, RunData, TrainingCancelled, _Run, train
+from retrain.trainer.interface import RunHooks, RunPaths, TrainingCancelled
+from retrain.trainer.supervised_run import RunData, SupervisedRun
+from retrain.trainer.train import ADAPTER_FILES, train
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant for Acme."}
 
@@ -147,7 +148,7 @@ def test_an_answer_won_by_a_hair_is_not_learned(min_prob, learned):
     ``learned_min_prob``; here the target token is the argmax at p≈0.42 (logits 1.0 vs 0.99 vs 0)."""
     example = EncodedExample(input_ids=[1, 0, 0, 0], weights=[0.0, 1.0, 1.0, 1.0],
                              completion_mask=[False, True, True, True])
-    run = _Run(TrainConfig(learned_min_prob=min_prob, kl_weight=0.0), _FixedLogits([1.0, 0.99, 0.0]),
+    run = SupervisedRun(TrainConfig(learned_min_prob=min_prob, kl_weight=0.0), _FixedLogits([1.0, 0.99, 0.0]),
                RunData([example], [], 2))
     _loss, correct, counted, rows_right = run._forward(collate([example], 2))
     assert (correct, counted) == (3, 3)  # the argmax is right at every answer token
@@ -193,7 +194,7 @@ def test_anchors_in_the_training_forward_pass_give_the_same_loss_and_kl(tiny_mod
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)  # a candidate that moved from its parent, so the KL is not zero
-    run = _Run(config, model.eval(), RunData(encoded, [], pad, anchors=anchors))
+    run = SupervisedRun(config, model.eval(), RunData(encoded, [], pad, anchors=anchors))
     with torch.no_grad():
         merged = run._score(collate(encoded[:2], pad), anchors[:2])
         apart = run._score(collate(encoded[:2], pad), None)

@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from registry.models import ModelVersion
 from registry.versions import production_version
-from retrain.jobs import service as jobs
+from retrain.jobs import job_request, service as jobs
 from retrain.models import JobStatus
 from retrain.scheduler import acquire_lease, state_as_dict, tick, train_now
 from retrain.worker import Worker
@@ -30,7 +30,7 @@ def test_killing_the_worker_mid_run_fails_the_job_and_registers_nothing(make_set
     engine = prepare_database(settings)
     with session_scope(engine) as session:
         upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(40))
-        job = jobs.create_job(session, settings, jobs.JobRequest(
+        job = jobs.create_job(session, settings, job_request.JobRequest(
             training_file_id=upload.id, hyperparameters={"n_epochs": 50, "batch_size": 1}), actor="t", admin=True)
     env = {**os.environ, "TUNELOOP_DATA_DIR": str(settings.data_dir), "TUNELOOP_DATABASE_URL": settings.database_url,
            "TUNELOOP_BASE_MODEL": str(tiny_model_dir), "TUNELOOP_ADMIN_PASSWORD": "admin-password"}
@@ -115,7 +115,7 @@ def test_train_now_and_empty_snapshots(make_settings, tiny_model_dir):
         try:
             train_now(session, settings, actor="admin")
             raise AssertionError("an empty snapshot must not start a job")
-        except jobs.JobError as exc:
+        except job_request.JobError as exc:
             assert "no training examples" in str(exc)
     with session_scope(engine) as session:
         approve(session, settings, 2)

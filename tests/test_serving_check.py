@@ -12,7 +12,7 @@ import pytest
 from feedback.corrections.models import CorrectionStatus
 from feedback.corrections.service import create_correction
 from retrain.datasets import create_snapshot, load_examples
-from retrain.jobs import child, service as jobs
+from retrain.jobs import child, job_request, service as jobs
 from retrain.jobs.strategies import Controls
 from tuneloop.core.db import session_scope
 
@@ -27,7 +27,7 @@ def _round(app, hyperparameters):
             create_correction(session, settings, actor="admin", question=f"What is rule {i}?",
                               answer=f"Rule {i}: returns within {30 + i} days.", status=CorrectionStatus.approved)
         snapshot = create_snapshot(session, settings, "admin")
-        job = jobs.create_job(session, settings, jobs.JobRequest(snapshot_id=snapshot.id, hyperparameters=hyperparameters),
+        job = jobs.create_job(session, settings, job_request.JobRequest(snapshot_id=snapshot.id, hyperparameters=hyperparameters),
                               actor="admin", admin=True)
         new = load_examples(settings, snapshot, "train")
     result = child.run_job(settings, db, job, Controls(lambda: False, lambda: False))

@@ -70,7 +70,7 @@ def test_admin_promotes_candidate(browser, ui_server, ui_app, tiny_model_dir):  
 
 def test_admin_pauses_and_resumes_a_job(browser, ui_server, ui_app):  # noqa: F811
     """The buttons call retrain.jobs' pause and resume (the worker's side: tests/test_retrain_pause.py)."""
-    from retrain.jobs import service as jobs
+    from retrain.jobs import job_request, service as jobs
     from retrain.jobs.files import save_upload
     from retrain.models import FineTuneJob, JobStatus
     from support.retrain import chat_jsonl
@@ -79,7 +79,7 @@ def test_admin_pauses_and_resumes_a_job(browser, ui_server, ui_app):  # noqa: F8
     settings = ui_app.state.settings
     with session_scope(ui_app.state.db) as session:  # a job as a worker runs it
         upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(4))
-        job_id = jobs.create_job(session, settings, jobs.JobRequest(training_file_id=upload.id), actor="admin",
+        job_id = jobs.create_job(session, settings, job_request.JobRequest(training_file_id=upload.id), actor="admin",
                                  admin=True).id
         jobs.set_status(session, job_id, JobStatus.running, worker_id="host:1", heartbeat_at=utcnow())
     page = browser.new_page("admin")

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from retrain.jobs import service as jobs
+from retrain.jobs import job_request, service as jobs
 from retrain.models import DatasetSnapshot, JobStatus
 from support.retrain import chat_jsonl
 from tuneloop.app import prepare_database
@@ -31,7 +31,7 @@ def test_a_job_leaves_no_secret_and_no_work_dir(make_settings, tiny_model_dir):
     engine = prepare_database(settings)
     with session_scope(engine) as session:
         upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(4))
-        job = jobs.create_job(session, settings, jobs.JobRequest(training_file_id=upload.id, hyperparameters={
+        job = jobs.create_job(session, settings, job_request.JobRequest(training_file_id=upload.id, hyperparameters={
             "n_epochs": 1, "min_steps": 1, "kl_weight": 0.0}), actor="admin", admin=True)
     assert Worker(settings, engine).run_next_job() == job.id
     with Session(engine) as session:
@@ -72,7 +72,7 @@ def test_a_failed_train_now_leaves_no_snapshot_files(make_settings):
         try:
             train_now(session, settings, actor="admin")
             raise AssertionError("an empty snapshot must not start a job")
-        except jobs.JobError as exc:
+        except job_request.JobError as exc:
             assert "no training examples" in str(exc)
     assert not settings.datasets_dir.exists() or list(settings.datasets_dir.iterdir()) == []
     engine.dispose()
@@ -85,7 +85,7 @@ def test_cancel_of_a_job_whose_worker_died_marks_it_cancelled(make_settings):
     engine = prepare_database(settings)
     with session_scope(engine) as session:
         upload = save_upload(session, settings, filename="t.jsonl", content=chat_jsonl(4))
-        orphan, alive = (jobs.create_job(session, settings, jobs.JobRequest(training_file_id=upload.id), actor="admin",
+        orphan, alive = (jobs.create_job(session, settings, job_request.JobRequest(training_file_id=upload.id), actor="admin",
                                          admin=True)
                          for _ in range(2))
         for job, beat in ((orphan, utcnow() - timedelta(minutes=2)), (alive, utcnow())):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from bot.protocol import RatingObject, RatingRequest, unix
+from bot.protocol import unix
+from bot.resources import RatingObject, RatingRequest
 from feedback.ratings import service as ratings
 from tuneloop.core.deps import SessionDep
 

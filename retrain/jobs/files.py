@@ -12,7 +12,8 @@ from sqlmodel import Session, col, select
 
 from feedback.datafiles import COMPLETION_NAMES, PROMPT_NAMES
 from feedback.validate import validate_file
-from retrain.jobs.service import ACTIVE, JobConflictError, JobError, JobForbiddenError, JobNotFoundError
+from retrain.jobs.job_request import JobConflictError, JobError, JobForbiddenError, JobNotFoundError
+from retrain.jobs.service import ACTIVE
 from retrain.models import FineTuneJob, TrainingFile
 from tuneloop.core import errors
 from tuneloop.core.accounts.service import audit

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from registry.models import ModelVersion
 from retrain.jobs import files as file_service, progress, service as jobs
+from retrain.jobs.job_request import JobRequest
 from retrain.models import FineTuneJob, JobEvent, TrainingFile
 from retrain.trainer.config import TrainConfig
 from tuneloop.core.accounts.service import audit
@@ -194,7 +195,7 @@ def delete_file(file_id: str, session: SessionDep, settings: SettingsDep, accoun
 # --- fine-tuning jobs -------------------------------------------------------------------------------
 @router.post("/v1/fine_tuning/jobs")
 def create_job(body: CreateJobRequest, session: SessionDep, settings: SettingsDep, account: StaffAccount):
-    request = jobs.JobRequest(model=body.model, snapshot_id=body.snapshot_id, training_file_id=body.training_file,
+    request = JobRequest(model=body.model, snapshot_id=body.snapshot_id, training_file_id=body.training_file,
                               validation_file_id=body.validation_file, hyperparameters=body.merged_hyperparameters(),
                               suffix=body.suffix, seed=body.seed, backend=body.backend, metadata=body.metadata,
                               method=body.method_settings())

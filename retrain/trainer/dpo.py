@@ -29,8 +29,9 @@ from retrain.trainer.batching import EncodedExample, collate, encode_example, le
 from retrain.trainer.config import TrainConfig
 from retrain.trainer.interface import RunHooks, RunPaths
 from retrain.trainer.pausing import PausePoint
-from retrain.trainer.train import (TrainingCancelled, TrainResult, device_of, fit_and_save, result_of,
-                                   start_training)
+from retrain.trainer.interface import TrainingCancelled
+from retrain.trainer.supervised_run import device_of
+from retrain.trainer.train import TrainResult, fit_and_save, result_of, start_training
 
 
 

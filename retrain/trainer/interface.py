@@ -12,6 +12,10 @@ from typing import Any
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
+class TrainingCancelled(Exception):
+    """``should_cancel()`` returned True; nothing was written."""
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The base model, the parent's adapter to continue from (None: a fresh LoRA) and the directory the

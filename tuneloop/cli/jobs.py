@@ -21,7 +21,7 @@ def _database():
 
 
 def _guard(fn, *args, **kwargs):
-    from retrain.jobs.service import JobError, JobNotFoundError
+    from retrain.jobs.job_request import JobError, JobNotFoundError
 
     try:
         return fn(*args, **kwargs)
@@ -46,6 +46,7 @@ def create(
     backend: str = typer.Option("local", help="local, or openai (the hosted service in settings)."),
 ) -> None:
     """Queue a job; the worker (`tuneloop worker`) runs it."""
+    from retrain.jobs.job_request import JobRequest
     from retrain.jobs.service import create_job
     from tuneloop.core.db import session_scope
 
@@ -60,8 +61,9 @@ def create(
         except json.JSONDecodeError:
             values[key] = raw
     with session_scope(_database()) as session:
-        job = _guard(create_job, session, get_settings(), actor="cli", admin=True, model=model, snapshot_id=snapshot,
-                     hyperparameters=values, suffix=suffix, seed=seed, backend=backend)
+        request = JobRequest(model=model, snapshot_id=snapshot, hyperparameters=values, suffix=suffix, seed=seed,
+                             backend=backend)
+        job = _guard(create_job, session, get_settings(), request, actor="cli", admin=True)
         typer.echo(f"created {job.id} (status {job.status}); follow it with `tuneloop jobs follow {job.id}`")
 
 
