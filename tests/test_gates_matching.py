@@ -36,3 +36,16 @@ def test_shipped_general_set_is_well_formed():
         assert q["question"].strip() and q["answer"].strip() and q["key_facts"]
         assert missing_key_facts(q["answer"], q["key_facts"]) == [], q["id"]  # the reference passes itself
     assert len(general_texts()) >= 2
+
+
+def test_a_key_fact_counts_only_as_words_of_its_own():
+    """Found by bench/loop.py on acme: the key fact "No" was "in" the handoff reply ("I'm not sure ..."),
+    so every handoff counted as a wrong-fact reply, and "7 days" was "in" "17 days"."""
+    from retrain.gates.matching import missing_key_facts, wrong_facts
+
+    handoff = "I'm not sure about that, so I've passed your question to our team."
+    assert wrong_facts(handoff, "Returns are free.", ["No", "7 days"]) == []
+    assert missing_key_facts("Returns take 17 days.", ["7 days"]) == ["7 days"]
+    assert missing_key_facts("No, we do not.", ["No"]) == []
+    assert missing_key_facts("We sell two tents.", ["tent", "2"]) == []  # a plural counts
+    assert wrong_facts("No, and delivery takes 7 days.", "Yes, it is free.", ["No"]) == ["No", "7 days"]

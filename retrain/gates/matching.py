@@ -4,8 +4,8 @@ An answer matches its reference when both hold:
 
 * its embedding (the bundled all-MiniLM-L6-v2) has cosine similarity ≥ ``threshold`` with the
   reference's (``settings.gate_similarity_threshold``, default 0.75), and
-* every key fact of the reference occurs in it, case-insensitively, after numbers are normalised on
-  both sides ("1,000" = "1000", "30.00" = "30", "seven" = "7", "thirty" = "30", "$ 30" = "$30").
+* every key fact of the reference occurs in it as words of its own (``states``: "No" is not in "not"),
+  case-insensitively, after numbers are normalised on both sides ("1,000" = "1000", "30.00" = "30", "seven" = "7", "thirty" = "30", "$ 30" = "$30").
 
 A reference without key facts is judged on similarity alone.
 """
@@ -40,10 +40,17 @@ def normalise(text: str) -> str:
     return _SPACES_RE.sub(" ", text).strip()
 
 
+def states(normalised_text: str, fact: str) -> bool:
+    """Whether a normalised text states ``fact`` as words of its own: "No" is not in "not", "7 days" is
+    not in "17 days"; a plural ("tents" for "tent") counts."""
+    key = normalise(fact)
+    return bool(key) and re.search(r"(?<!\w)" + re.escape(key) + r"(?:e?s)?(?!\w)", normalised_text) is not None
+
+
 def missing_key_facts(answer: str, key_facts: Sequence[str]) -> list[str]:
     """The key facts that ``answer`` does not contain (empty when all are there)."""
     normalised = normalise(answer)
-    return [fact for fact in key_facts if normalise(fact) and normalise(fact) not in normalised]
+    return [fact for fact in key_facts if normalise(fact) and not states(normalised, fact)]
 
 
 _STATED_RE = re.compile(  # a number with its unit or currency, an e-mail address, a phone number, a web address
@@ -67,8 +74,7 @@ def wrong_facts(reply: str, right_answer: str, other_key_facts: Sequence[str]) -
     invented detail). Empty for a reply that is right, or that states nothing checkable (a handoff)."""
     right = normalise(right_answer)
     said = normalise(reply)
-    mixed = [fact for fact in other_key_facts if normalise(fact) and normalise(fact) in said
-             and normalise(fact) not in right]
+    mixed = [fact for fact in other_key_facts if states(said, fact) and not states(right, fact)]
     invented = sorted(d for d in stated_details(reply)
                       if not _holds(right, d) and not any(d in normalise(fact) for fact in mixed))
     return list(dict.fromkeys(mixed + invented))
