@@ -180,8 +180,8 @@ class CorrectionMemory:
             return MemoryDecision()
         exact = self.exact_match(turn) if not reason and self.settings.memory_verified_enabled else None
         if exact is not None:  # the approved wording itself: staff already said what answers it
-            hit = next((s for s in scores if s.correction_id == exact), None)
-            return MemoryDecision(VERIFIED, [MemoryHit(exact, *self._rows[exact], hit.score if hit else 1.0)],
+            hit = next((s for s in scores if s.correction_id == exact), Scored(exact, 1.0, 1.0, 1.0))
+            return MemoryDecision(VERIFIED, [self._hit(hit)],
                                   [s.as_dict() for s in scores[:LOGGED_SCORES]], "exact approved question")
         if self.topic_score(query) < self.settings.memory_topic_threshold:  # small talk, general: no scoring
             return MemoryDecision(NONE, [], [s.as_dict() for s in scores[:LOGGED_SCORES]],
