@@ -64,6 +64,7 @@ class Platform:
         self.worker = subprocess.Popen([sys.executable, "-m", "tuneloop.cli.main", "worker", "--no-scheduler"],
                                        env=self.full_env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self.http = httpx.Client(timeout=600)
+        self.fact_of: dict[str, str] = {}  # correction id -> the KB fact it corrects
 
     @property
     def full_env(self) -> dict[str, str]:
@@ -88,10 +89,10 @@ class Platform:
             raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
         return response.json()
 
-    def ask(self, question: str, *, memory: bool) -> dict:
+    def ask(self, question: str | list[dict], *, memory: bool) -> dict:
         url = self.url if memory else self.plain_url
-        body = {"model": "tuneloop", "messages": [{"role": "user", "content": question}],
-                "max_tokens": self.max_tokens, "temperature": 0}
+        messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
+        body = {"model": "tuneloop", "messages": messages, "max_tokens": self.max_tokens, "temperature": 0}
         response = self.http.post(f"{url}/v1/chat/completions", json=body)
         response.raise_for_status()
         return response.json()
@@ -99,6 +100,24 @@ class Platform:
     def ask_all(self, questions: list[str], *, memory: bool) -> list[dict]:
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             return list(pool.map(lambda q: self.ask(q, memory=memory), questions))
+
+    def ask_as_customer(self, question: str, fact_id: str | None, *, memory: bool) -> dict:
+        """Ask as a customer whose question is about ``fact_id`` (None: a fact nobody corrected): when the
+        bot asks back "Do you mean ...?", the customer says yes if the question offered is about their
+        fact and no otherwise, and the bot's next reply is the one judged (``clarified``: what they said)."""
+        first = self.ask(question, memory=memory)
+        if first.get("memory_outcome") != "clarify":
+            return first
+        offered = first.get("memory_correction_ids") or [None]
+        said = "yes" if fact_id is not None and self.fact_of.get(offered[0]) == fact_id else "no"
+        messages = [{"role": "user", "content": question},
+                    {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
+                    {"role": "user", "content": said}]
+        return {**self.ask(messages, memory=memory), "clarified": said}
+
+    def ask_all_as_customers(self, pairs: list[tuple[str, str | None]], *, memory: bool) -> list[dict]:
+        with ThreadPoolExecutor(CONCURRENCY) as pool:
+            return list(pool.map(lambda p: self.ask_as_customer(p[0], p[1], memory=memory), pairs))
 
     def serving(self, *, memory: bool) -> str:
         return self.ask("Hello", memory=memory)["system_fingerprint"]
@@ -123,6 +142,7 @@ def correct(platform: Platform, facts: list[dict], *, phrasings: bool, accept_al
         assert answer["message_id"] in queued, "a disliked answer is missing from the review queue"
         made = platform.call("POST", "/v1/corrections", "alice", json={
             "message_id": answer["message_id"], "answer": fact["answer"], "key_facts": fact["key_facts"]})
+        platform.fact_of[made["id"]] = fact["id"]
         if phrasings:
             found = platform.call("GET", f"/v1/corrections/{made['id']}/phrasing-suggestions?sources=logs", "alice")
             # alice keeps the suggestions that ask this very question (real customer wording); the
@@ -152,9 +172,10 @@ def instant_fix(platform: Platform, facts: list[dict], offtopic: list[str]) -> d
 
     out = {name: judged(platform, facts, memory=True, paraphrases=paraphrases)
            for name, paraphrases in (("exact", False), ("reworded", True))}
-    answers = platform.ask_all(offtopic, memory=True)
+    answers = platform.ask_all_as_customers([(q, None) for q in offtopic], memory=True)
     outcomes = [a.get("memory_outcome") for a in answers]
     out["offtopic"] = {"n": len(offtopic), "verified": outcomes.count("verified"), "handoff": outcomes.count("handoff"),
+                       "clarified": sum(bool(a.get("clarified")) for a in answers),
                        "wrong_fact": sum(bool(stated_details(a["choices"][0]["message"]["content"]))
                                          for a, o in zip(answers, outcomes) if o != "handoff")}
     return out
@@ -166,7 +187,7 @@ def judged(platform: Platform, facts: list[dict], *, memory: bool, paraphrases: 
     from retrain.gates.matching import missing_key_facts, wrong_facts
 
     pairs = [(q, f) for f in facts for q in (f["paraphrases"] if paraphrases else [f["question"]])]
-    answers = platform.ask_all([q for q, _ in pairs], memory=memory)
+    answers = platform.ask_all_as_customers([(q, f["id"]) for q, f in pairs], memory=memory)
     by_outcome: dict[str, dict] = {}
     right_total = wrong_total = 0
     for (_, fact), answer in zip(pairs, answers):
@@ -174,15 +195,19 @@ def judged(platform: Platform, facts: list[dict], *, memory: bool, paraphrases: 
         others = [k for other in KB if other["id"] != fact["id"] for k in other["key_facts"]]
         right = not missing_key_facts(reply, fact["key_facts"])
         wrong = bool(wrong_facts(reply, fact["answer"], others))
-        counts = by_outcome.setdefault(answer.get("memory_outcome") or "off", {"n": 0, "right": 0, "wrong_fact": 0})
+        outcome = answer.get("memory_outcome") or "off"
+        if answer.get("clarified"):  # the bot asked back first; the customer's yes or no decided this reply
+            outcome = f"{outcome} after clarify"
+        counts = by_outcome.setdefault(outcome, {"n": 0, "right": 0, "wrong_fact": 0})
         counts["n"] += 1
         counts["right"] += right
         counts["wrong_fact"] += wrong
         right_total, wrong_total = right_total + right, wrong_total + wrong
     n = len(pairs)
-    verified = by_outcome.get("verified", {"n": 0, "right": 0})
+    verified = [c for o, c in by_outcome.items() if o.startswith("verified")]
+    verified_n = sum(c["n"] for c in verified)
     return {"n": n, "right": right_total / n, "wrong_fact": wrong_total / n, "wrong_fact_n": wrong_total,
-            "verified": verified["n"] / n, "verified_wrong": verified["n"] - verified["right"],
+            "verified": verified_n / n, "verified_wrong": verified_n - sum(c["right"] for c in verified),
             "by_outcome": by_outcome}
 
 

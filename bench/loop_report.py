@@ -45,7 +45,8 @@ def plot(results: dict, path: Path) -> None:
 def _outcomes(judgement: dict) -> str:
     """"verified 70 (70 right, 0 wrong-fact), handoff 40 (0 / 0), ..." for one judged set."""
     parts = []
-    for outcome in ("verified", "handoff", "grounded", "none", "off"):
+    for outcome in ("verified", "verified after clarify", "handoff after clarify", "handoff", "grounded", "none",
+                    "off"):
         c = judgement["by_outcome"].get(outcome)
         if c:
             parts.append(f"{outcome} {c['n']} ({c['right']} right, {c['wrong_fact']} wrong-fact)")
@@ -63,7 +64,9 @@ def report(results: dict) -> str:
         f"through the HTTP API: examples/{results['kb']}_kb.jsonl, round 1 = {results['round1']} corrections, round 2 = "
         f"{results['round2']} more; {arm}. Rewordings are the 3 held-out paraphrases per fact (never trained on, never "
         "accepted); right = every key fact; wrong-fact = states another fact's key fact or a number, price, duration or "
-        "contact the right answer does not hold.", "",
+        "contact the right answer does not hold. When the bot asks back (\"Do you mean ...?\", outcome clarify), the "
+        "customer says yes if the question offered is about their fact and no otherwise, and the bot's next reply "
+        "is the one judged.", "",
         "| round | corrections | snapshot (s) | training (s) | gates (s) | swap (s) | last approval → serving (s) | gates |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -96,8 +99,9 @@ def report(results: dict) -> str:
                   f"{a2['round2_memory_off']['wrong_fact_n']} | — | — |"]
     lines += ["", f"Exact questions, instant fix: {pct(fix['exact']['right'])} right ({_outcomes(fix['exact'])}). "
               f"Off-topic shop questions ({fix['offtopic']['n']}, no fact answers them): {fix['offtopic']['verified']} "
-              f"verified (wrong), {fix['offtopic']['handoff']} handed off, {fix['offtopic']['wrong_fact']} other replies "
-              "stating a number or contact."]
+              f"verified (wrong), {fix['offtopic']['handoff']} handed off "
+              f"({fix['offtopic'].get('clarified', 0)} of them after the customer said no to a clarifying question), "
+              f"{fix['offtopic']['wrong_fact']} other replies stating a number or contact."]
     if "after2" in results:
         lost = max(0, round((a1['canonical_memory_off'] - results['after2']['round1_canonical_memory_off'])
                             * results['round1']))

@@ -43,6 +43,10 @@ ROUND1 = 40
 ROWS = RESULTS / "selection_rows.json"
 PROBABILITIES = [round(0.05 * i, 2) for i in range(4, 20)]
 TOPIC_THRESHOLDS = [round(-0.3 + 0.025 * i, 3) for i in range(25)]
+CLARIFY_PROBABILITIES = [round(0.05 * i, 2) for i in range(1, 19)]
+# A clarifying question ("Do you mean ...?") should offer the customer's own question at least this often,
+# averaged over the KBs' shop questions: asked back wrongly more often, customers stop trusting it.
+CLARIFY_RIGHT_SHARE = 2 / 3
 
 
 def load_kb(path: Path) -> tuple[list[dict], list[str]]:
@@ -123,20 +127,25 @@ def fit_on(kbs: list[dict]):
     return SelectorPair(fit(rows, FEATURES), fit(rows, RETRIEVAL_FEATURES))
 
 
-def judge(pair, kb: dict, probability: float, topic: float, *, scored: bool = True) -> dict:
+def judge(pair, kb: dict, probability: float, topic: float, *, clarify: float | None = None,
+          scored: bool = True) -> dict:
     """Outcomes of the held-out questions of one KB, as ``CorrectionMemory.decide`` would give them
-    (``scored``: with the model's scores where the row has them, else retrieval alone)."""
+    (``scored``: with the model's scores where the row has them, else retrieval alone; ``clarify``:
+    the probability from which a clarifying question offers the best candidate, None: never)."""
     result = {}
     for name in ("exact", "reworded", "uncovered", "general", "fit_positive", "fit_uncovered"):
         if name not in kb:
             continue
-        counts = {"n": len(kb[name]), "verified_right": 0, "verified_wrong": 0, "handoff": 0, "none": 0}
+        counts = {"n": len(kb[name]), "verified_right": 0, "verified_wrong": 0, "clarify_right": 0,
+                  "clarify_wrong": 0, "handoff": 0, "none": 0}
         for row in kb[name]:
             candidates = _candidates(row)
             selector = pair.for_scored(scored and row["by_model"])
             chance, right = max((selector.probability(c), r) for c, r in candidates) if candidates else (0.0, False)
             if chance >= probability:
                 counts["verified_right" if right else "verified_wrong"] += 1
+            elif clarify is not None and chance >= clarify and name != "general":
+                counts["clarify_right" if right else "clarify_wrong"] += 1
             elif row["topic"] >= topic:
                 counts["handoff"] += 1
             else:
@@ -149,6 +158,23 @@ def sets_of(kb: dict) -> tuple[str, str]:
     """The shop questions judged: the held-out ones when collected, else the fit sets (each KB's are
     held out of its leave-one-KB-out selector all the same)."""
     return ("reworded", "uncovered") if "reworded" in kb else ("fit_positive", "fit_uncovered")
+
+
+def choose_clarify(kbs: dict[str, dict], selectors: dict, probability: float) -> float:
+    """The lowest probability (below ``probability``) at which, averaged over the KBs, the clarifying
+    questions asked about shop questions offer the customer's own question at least ``CLARIFY_RIGHT_SHARE``
+    of the time (leave-one-out selectors): lower, more rewordings get their answer after a yes, and more
+    customers are asked about a question that is not theirs."""
+    def right_share(p: float) -> float:
+        shares = []
+        for name, kb in kbs.items():
+            j = judge(selectors[name], kb, probability, -1.0, clarify=p)
+            asked = sum(j[s]["clarify_right"] + j[s]["clarify_wrong"] for s in sets_of(kb))
+            shares.append(sum(j[s]["clarify_right"] for s in sets_of(kb)) / asked if asked else 1.0)
+        return sum(shares) / len(shares)
+
+    return next((p for p in CLARIFY_PROBABILITIES if p < probability and right_share(p) >= CLARIFY_RIGHT_SHARE),
+                probability)
 
 
 def choose(kbs: dict[str, dict], selectors: dict, wrong_budget: float = 0.01) -> tuple[float, float]:
@@ -178,12 +204,13 @@ def choose(kbs: dict[str, dict], selectors: dict, wrong_budget: float = 0.01) ->
     return probability, topic
 
 
-def report(kbs: dict[str, dict], selectors: dict, final, probability: float, topic: float) -> tuple[str, dict]:
+def report(kbs: dict[str, dict], selectors: dict, final, probability: float, topic: float,
+           clarify: float, collected: str) -> tuple[str, dict]:
     pct = lambda a, b: f"{a}/{b} ({100 * a / b:.0f}%)" if b else "-"  # noqa: E731
     figures, lines = {}, []
     for name, kb in kbs.items():
-        j = judge(selectors[name], kb, probability, topic)
-        r = judge(selectors[name], kb, probability, topic, scored=False)
+        j = judge(selectors[name], kb, probability, topic, clarify=clarify)
+        r = judge(selectors[name], kb, probability, topic, clarify=clarify, scored=False)
         figures[name] = {"with_model": j, "retrieval_only": r, "ms_per_question": kb["ms_per_question"]}
         pos, unc = sets_of(kb)
         for label, res in (("served model + retrieval", j), ("retrieval alone", r)):
@@ -191,8 +218,12 @@ def report(kbs: dict[str, dict], selectors: dict, final, probability: float, top
             lines.append(
                 f"| {name} | {label} | {exact} "
                 f"| {pct(res[pos]['verified_right'], res[pos]['n'])} "
-                f"| {res[pos]['verified_wrong']} | {res[pos]['handoff']} "
+                f"| {res[pos]['verified_wrong']} "
+                f"| {pct(res[pos]['clarify_right'], res[pos]['n'])} | {res[pos]['clarify_wrong']} "
+                f"| {pct(res[pos]['verified_right'] + res[pos]['clarify_right'], res[pos]['n'])} "
+                f"| {res[pos]['handoff']} "
                 f"| {pct(res[unc]['verified_wrong'], res[unc]['n'])} "
+                f"| {pct(res[unc]['clarify_wrong'], res[unc]['n'])} "
                 f"| {pct(res[unc]['handoff'], res[unc]['n'])} "
                 f"| {pct(res['general']['none'], res['general']['n'])} |")
     from tuneloop.core.settings import Settings
@@ -202,18 +233,21 @@ def report(kbs: dict[str, dict], selectors: dict, final, probability: float, top
     weights = ", ".join(f"{f} {w:+.2f}" for f, w in zip(final.with_model.features, final.with_model.weights))
     text = f"""## Answer selection on three knowledge bases (`bench/selection.py`)
 
-Measured {m['date']} on {m['cores']} CPU cores with the bundled SmolLM2-135M (base weights, llama.cpp), before any
-training: the first {ROUND1} facts of each KB are approved corrections (question only). Each KB's selector was fitted on
+Candidates scored {collected} on {m['cores']} CPU cores with the bundled SmolLM2-135M (base weights, llama.cpp), before
+any training; selectors fitted and judged {m['date']}: the first {ROUND1} facts of each KB are approved corrections (question only). Each KB's selector was fitted on
 the *other two* KBs (customer wordings as positives, uncovered questions as negatives) and judged on this KB's
 questions, none of which it saw: {"the 2 customer wordings per corrected fact (reworded), the customer wordings of the 20 facts not yet corrected and the even lines of the off-topic file (uncovered)" if "reworded" not in next(iter(kbs.values())) else "rewordings are the 3 paraphrases per corrected fact; uncovered shop questions are the paraphrases of the 20 facts not yet corrected and the odd lines of the off-topic file"}
 (a verified reply to an uncovered one is wrong; the right outcome is a handoff); general questions are
 bench/general_questions.json (the right outcome is the model alone). The held-out paraphrases are measured end to end,
 after training too, by `bench/loop.py` (below). Settings chosen
-on all three: verified at probability ≥ **{probability}**, about the company (handoff) at topic margin ≥ **{topic}**
-(`feedback.memory.topic`).
+on all three: verified at probability ≥ **{probability}**; a clarifying question ("Do you mean ...?", answered yes by a
+customer whose question it is, no otherwise) at probability ≥ **{clarify}** (the lowest at which, averaged over the KBs,
+at least {CLARIFY_RIGHT_SHARE:.0%} of the questions asked back offer the customer's own question); about the company
+(handoff) at topic margin ≥ **{topic}** (`feedback.memory.topic`). A clarifying question never states a fact: the wrong
+offers below cost the customer a turn and end in a handoff.
 
-| KB | selection | exact questions verified right | rewordings verified right | rewordings verified wrong | rewordings handed off | uncovered verified (wrong) | uncovered handed off | general left to the model |
-|---|---|---|---|---|---|---|---|---|
+| KB | selection | exact questions verified right | rewordings verified right | rewordings verified wrong | rewordings right after a yes | rewordings offered another question (then handed off) | rewordings right in all | rewordings handed off | uncovered verified (wrong) | uncovered asked back (then handed off) | uncovered handed off | general left to the model |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(lines)}
 
 Shipped defaults (fit on all three KBs): {weights}, bias {final.with_model.bias:+.2f}. Scoring the candidates costs
@@ -301,8 +335,11 @@ def main() -> None:
         write_section("selection-latency", text, {"machine": m, **figures})
         return
     paths = args.kb or KBS
+    collected = machine()["date"]
     if args.refit:
         kbs = json.loads(ROWS.read_text())
+        previous = json.loads((RESULTS / "selection.json").read_text()) if (RESULTS / "selection.json").is_file() else {}
+        collected = previous.get("collected") or previous.get("machine", {}).get("date", "at an unrecorded date")
     else:
         general = [q["question"] for q in json.loads((ROOT / "bench" / "general_questions.json").read_text())]
         with tempfile.TemporaryDirectory() as tmp:
@@ -311,9 +348,12 @@ def main() -> None:
         ROWS.write_text(json.dumps(kbs))
     selectors = {name: fit_on([kb for other, kb in kbs.items() if other != name] or [kbs[name]]) for name in kbs}
     probability, topic = choose(kbs, selectors)
+    clarify = choose_clarify(kbs, selectors, probability)
     final = fit_on(list(kbs.values()))
-    text, figures = report(kbs, selectors, final, probability, topic)
-    write_section("selection", text, {"machine": machine(), "probability": probability, "topic": topic,
+    text, figures = report(kbs, selectors, final, probability, topic, clarify, collected)
+    write_section("selection", text, {"machine": machine(), "collected": collected, "probability": probability,
+                                      "topic": topic,
+                                      "clarify_probability": clarify,
                                       "defaults": {"with_model": final.with_model.as_dict(),
                                                    "retrieval_only": final.retrieval_only.as_dict()},
                                       "figures": figures})

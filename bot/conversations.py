@@ -130,7 +130,7 @@ class ChatTurn:
     channel: str
     source: Iterator[str | Completion] | None = None
     memory_correction_ids: list[str] = field(default_factory=list)
-    memory_outcome: str | None = None  # verified | handoff | grounded | none; None when memory is off
+    memory_outcome: str | None = None  # verified | clarify | handoff | grounded | none; None when memory is off
     memory_scores: list[dict] = field(default_factory=list)
     store: bool = True  # False (OpenAI's ``store``): nothing is written, the turn leaves no trace
     owner_id: str | None = None  # a new conversation's owner (bot.ownership) ...

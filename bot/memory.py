@@ -2,15 +2,19 @@
 floor (``bot``) and the package that implements it (``feedback.memory``), wired in ``tuneloop.app``.
 
 Serving hands memory the conversation and a way to score answers with the weights it serves
-(``AnswerScorer``); memory returns a ``MemoryDecision`` with one of four outcomes:
+(``AnswerScorer``); memory returns a ``MemoryDecision`` with one of five outcomes:
 
-* ``verified``: the reply is an approved answer itself, chosen among the best retrieved ones;
+* ``verified``: the reply is an approved answer itself, chosen among the best retrieved ones (or the
+  one the customer confirmed after ``clarify``);
+* ``clarify``: one approved answer is likely but not certain: the reply asks whether the customer
+  means its approved question ("Do you mean ...?"); "yes" gets that answer verified, "no" a handoff.
+  A wrong guess costs the customer one turn, never a wrong fact;
 * ``handoff``: a question about the company that no approved answer covers with confidence: an honest
   "I've passed this to our team" reply (``memory_handoff_reply``), and the turn tops the review queue;
 * ``grounded``: approved answers go into the system prompt and the model answers;
 * ``none``: small talk and general questions: the model alone.
 
-Serving never inspects how the decision was made; it streams ``answer`` for the first two outcomes and
+Serving never inspects how the decision was made; it streams ``answer`` for the fixed-text outcomes and
 puts ``context`` into the system prompt for the third.
 """
 
@@ -21,9 +25,9 @@ from typing import Protocol
 
 from engine.protocol import AnswerScore
 
-VERIFIED, HANDOFF, GROUNDED, NONE = "verified", "handoff", "grounded", "none"
-OUTCOMES = (VERIFIED, HANDOFF, GROUNDED, NONE)
-CANNED = (VERIFIED, HANDOFF)  # outcomes whose reply is a fixed text, not decoded
+VERIFIED, CLARIFY, HANDOFF, GROUNDED, NONE = "verified", "clarify", "handoff", "grounded", "none"
+OUTCOMES = (VERIFIED, CLARIFY, HANDOFF, GROUNDED, NONE)
+CANNED = (VERIFIED, CLARIFY, HANDOFF)  # outcomes whose reply is a fixed text, not decoded
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,15 @@ class MemoryDecision:
     hits: list[MemoryHit] = field(default_factory=list)
     scores: list[dict] = field(default_factory=list)  # the best candidates, as logged on the message
     reason: str = ""
-    reply: str = ""  # the handoff text (outcome ``handoff``)
+    reply: str = ""  # the handoff text or the clarifying question (outcomes ``handoff``, ``clarify``)
 
     @property
     def answer(self) -> str:
-        """The fixed reply: the approved answer (``verified``) or the handoff text (``handoff``)."""
+        """The fixed reply: the approved answer (``verified``), the clarifying question (``clarify``)
+        or the handoff text (``handoff``)."""
         if self.outcome == VERIFIED:
             return self.hits[0].answer
-        return self.reply if self.outcome == HANDOFF else ""
+        return self.reply if self.outcome in (CLARIFY, HANDOFF) else ""
 
     @property
     def context(self) -> str:

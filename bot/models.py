@@ -41,7 +41,7 @@ class Message(SQLModel, table=True):
     finish_reason: str | None = None
     memory_correction_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     memory_outcome: str | None = Field(
-        default=None, sa_type=String(16), description="verified | handoff | grounded | none (bot.memory.MemoryDecision)")
+        default=None, sa_type=String(16), description="verified | clarify | handoff | grounded | none (bot.memory.MemoryDecision)")
     memory_scores: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False),
         description="the best-scoring corrections for this turn: [{correction_id, score}], best first")

@@ -11,7 +11,8 @@ from sqlmodel import Session, func, select
 
 from bot.models import Conversation, Message
 from feedback.corrections.service import approve_correction, create_correction, submit_correction
-from feedback.memory.service import GROUNDED, HANDOFF, NONE, VERIFIED, CorrectionMemory
+from bot.clarify import clarify_reply
+from feedback.memory.service import CLARIFY, GROUNDED, HANDOFF, NONE, VERIFIED, CorrectionMemory
 from tuneloop.core.accounts.models import Role
 from tuneloop.core.accounts.service import create_account
 from tuneloop.core.db import session_scope
@@ -123,10 +124,11 @@ def test_verified_switched_off_grounds_the_model_instead(make_settings, tiny_mod
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_each_outcome_is_a_setting(make_settings, database_url):
     """The same question gets each outcome as the settings allow: verified when selection is confident,
-    else grounded (when on), else handoff (when on), else none; below the topic threshold, none."""
+    else a clarifying question when it is likely, else grounded (when on), else handoff (when on), else none;
+    below the topic threshold, none."""
     from tuneloop.app import prepare_database
 
-    base = dict(database_url=database_url, allow_self_approval=True)
+    base = dict(database_url=database_url, allow_self_approval=True, memory_clarify_probability=1.0)
     engine = prepare_database(make_settings(**base))
     with session_scope(engine) as session:
         [tuneup_id, kayaks_id] = [create_correction(session, make_settings(**base), actor="a", question=q, answer=a,
@@ -134,10 +136,14 @@ def test_each_outcome_is_a_setting(make_settings, database_url):
     question = [{"role": "user", "content": "What does a tune-up for my bike cost?"}]
 
     def outcome(**overrides):
-        decision = CorrectionMemory(make_settings(**base, **overrides), engine).decide(question)
+        decision = CorrectionMemory(make_settings(**{**base, **overrides}), engine).decide(question)
         return decision.outcome, decision.correction_ids, decision.answer
 
     assert outcome(memory_verified_probability=0.0) == (VERIFIED, [tuneup_id], TUNEUP[1])
+    offer = clarify_reply(make_settings(**base), TUNEUP[0])
+    assert outcome(memory_verified_probability=1.0, memory_clarify_probability=0.0) == (CLARIFY, [tuneup_id], offer)
+    assert outcome(memory_verified_probability=1.0, memory_clarify_probability=0.0,
+                   memory_clarify_enabled=False)[0] == HANDOFF
     assert outcome(memory_verified_probability=1.0, memory_grounded_enabled=True)[:2] == (GROUNDED, [tuneup_id, kayaks_id])
     handoff = make_settings(**base).memory_handoff_reply
     assert outcome(memory_verified_probability=1.0) == (HANDOFF, [], handoff)
@@ -154,7 +160,8 @@ def test_follow_up_never_gets_a_canned_answer(make_settings, database_url):
     from tuneloop.app import prepare_database
 
     settings = make_settings(database_url=database_url, memory_verified_probability=0.05, memory_topic_threshold=-1.0,
-                             memory_max_hits=3, memory_grounded_enabled=True, allow_self_approval=True)
+                             memory_max_hits=3, memory_grounded_enabled=True, allow_self_approval=True,
+                             memory_clarify_enabled=False)
     engine = prepare_database(settings)
     with session_scope(engine) as session:
         ids = [create_correction(session, settings, actor="a", question=q, answer=a, status="approved").id

@@ -112,9 +112,10 @@ def test_uncovered_company_question_is_handed_off_to_the_top_of_the_review_queue
 
     from tuneloop.app import create_app
 
-    # no answer can be selected with confidence (probability 1.0): every shop question is handed off
+    # no answer can be selected with confidence (probability 1.0), none is offered in a clarifying
+    # question: every shop question is handed off
     app = create_app(make_settings(base_model=str(tiny_model_dir), database_url=database_url,
-                                   memory_verified_probability=1.0),
+                                   memory_verified_probability=1.0, memory_clarify_enabled=False),
                      load_model=False, mount_ui=False)
     app.state.runtime.start(background=False)
     try:
@@ -246,7 +247,8 @@ def test_an_approved_wording_itself_is_verified_whatever_the_selector_says(make_
     from tuneloop.app import create_app
 
     app = create_app(make_settings(base_model=str(tiny_model_dir), database_url=database_url,
-                                   memory_verified_probability=1.0), load_model=False, mount_ui=False)
+                                   memory_verified_probability=1.0, memory_clarify_enabled=False),
+                     load_model=False, mount_ui=False)
     app.state.runtime.start(background=False)
     try:
         ids = approve(app, *FACTS, alternatives={1: ["What do you charge for overnight delivery?"]})

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 LIKE, DISLIKE = "Like", "Dislike"
 # what correction memory did with the last turn (bot.memory), said under the chat
 OUTCOME_NOTES = {"verified": "This answer was written and approved by our support team.",
+                 "clarify": "Answer yes or no: the approved answer follows a yes, a no goes to our support team.",
                  "handoff": "Your question was passed to our support team."}
 
 

@@ -143,6 +143,8 @@ def _open(app: FastAPI, message_id: str):
     memory = {"verified": " · **verified reply** (the approved text of "
               f"{as_text(', '.join(item.message.memory_correction_ids))}: edit that correction)",
               "grounded": f" · grounded on {as_text(', '.join(item.message.memory_correction_ids))}",
+              "clarify": " · asked the customer whether they meant the approved question of "
+              f"{as_text(', '.join(item.message.memory_correction_ids))}",
               "handoff": " · **handed off** (no approved answer covered it: write one)"}.get(
                   item.message.memory_outcome or "", "")
     details = (f"**{item.reason.replace('_', ' ')}** · {item.status.value} · answered by "

@@ -23,6 +23,8 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
+from bot.clarify import confirmation, offered_question
+from bot.memory import CLARIFY
 from bot.models import Message
 from feedback.corrections.contacts import clean_fields, require_decided
 from feedback.corrections.models import Correction, CorrectionSource, CorrectionStatus
@@ -76,13 +78,21 @@ def approved_corrections(session: Session) -> list[Correction]:
     return list(session.exec(query.order_by(col(Correction.lineage_id), col(Correction.revision))).all())
 
 
-def question_before(session: Session, message: Message) -> str:
-    """The user's message that the assistant ``message`` answered."""
-    query = (select(Message).where(Message.conversation_id == message.conversation_id, Message.role == "user",
+def question_before(session: Session, settings: Settings, message: Message) -> str:
+    """The user's question that the assistant ``message`` answered: the user's message before it, or,
+    when that message only answered a clarifying question ("yes", "no"; ``bot.clarify``),
+    the question before that."""
+    query = (select(Message).where(Message.conversation_id == message.conversation_id,
                                    Message.position < message.position)
              .order_by(col(Message.position).desc()))
-    previous = session.exec(query).first()
-    return previous.content if previous else ""
+    earlier = list(session.exec(query).all())
+    users = [i for i, m in enumerate(earlier) if m.role == "user"]
+    for n, i in enumerate(users):
+        asked_back = i + 1 < len(earlier) and earlier[i + 1].role == "assistant" and (
+            earlier[i + 1].memory_outcome == CLARIFY or offered_question(settings, earlier[i + 1].content or ""))
+        if not (asked_back and confirmation(earlier[i].content)) or n + 1 == len(users):
+            return earlier[i].content
+    return ""
 
 
 def _clean(settings: Settings, question: str, answer: str, key_facts: Sequence[str],
@@ -154,7 +164,7 @@ def create_correction(session: Session, settings: Settings, *, actor: str, answe
         if message is None or message.role != "assistant":
             raise FeedbackNotFoundError(f"no assistant message {message_id!r}; pick one from GET /v1/review/queue")
         conversation_id = message.conversation_id
-        question = question if question and question.strip() else question_before(session, message)
+        question = question if question and question.strip() else question_before(session, settings, message)
         source = source or CorrectionSource.conversation
         mark_message(session, message_id, ReviewStatus.corrected, actor=actor)
     else:

@@ -13,6 +13,9 @@ Every approved correction is indexed by its question, its alternative questions 
   into the probability that a candidate is the right answer;
 * ``verified``: the best candidate's probability is ≥ ``memory_verified_probability`` and the turn
   stands on its own: the reply *is* that approved answer, no decoding;
+* ``clarify``: the best candidate's probability is ≥ ``memory_clarify_probability``: the reply asks
+  whether the customer means its approved question (``bot.clarify``); the customer's yes
+  makes the next turn ``verified`` with it, a no makes it a ``handoff``;
 * otherwise, a question about the company (``feedback.memory.topic``: nearer to what customers ask
   companies than to small talk and general questions, by ``memory_topic_threshold``) is ``grounded`` (approved answers in the prompt, only where ``memory_grounded_enabled``) or
   ``handoff``: an honest "I've passed this to our team" reply, and the turn tops the review queue;
@@ -38,10 +41,11 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from bot.memory import (GROUNDED, HANDOFF, NONE, VERIFIED, AnswerScorer, MemoryDecision, MemoryHit,
+from bot.memory import (CLARIFY, GROUNDED, HANDOFF, NONE, VERIFIED, AnswerScorer, MemoryDecision, MemoryHit,
                         memory_context)
 from feedback.corrections.models import Correction, CorrectionStatus
 from feedback.corrections.service import normalized_question
+from bot.clarify import NO, YES, clarify_reply, confirmation, offered_question
 from feedback.memory.retrieval import Entry, HybridIndex, Scored
 from engine.embeddings import embed
 from feedback.memory.topic import REFERENCE
@@ -50,7 +54,7 @@ from tuneloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CorrectionMemory", "GROUNDED", "HANDOFF", "MemoryDecision", "MemoryHit", "NONE", "VERIFIED",
+__all__ = ["CLARIFY", "CorrectionMemory", "GROUNDED", "HANDOFF", "MemoryDecision", "MemoryHit", "NONE", "VERIFIED",
            "is_follow_up", "memory_context"]
 LOGGED_SCORES = 3  # how many of the best-scoring corrections a message records
 _REFERRING = {"it", "its", "it's", "that", "that's", "this", "those", "these", "they", "them", "their", "theirs",
@@ -167,6 +171,9 @@ class CorrectionMemory:
         if not self.settings.memory_enabled or not users or not users[-1].strip():
             return MemoryDecision()
         turn, previous = users[-1], users[-2] if len(users) > 1 else ""
+        answered = self._answered_clarification(messages, turn)
+        if answered is not None:
+            return answered
         query = turn
         scores, reason = self.search(turn), ""
         if previous:
@@ -197,6 +204,11 @@ class CorrectionMemory:
         if not reason and self.settings.memory_verified_enabled \
                 and chances[best] >= (selectors.verified_probability or self.settings.memory_verified_probability):
             return MemoryDecision(VERIFIED, [self._hit(retrieved[best])], logged, reason or "selected")
+        if self.settings.memory_clarify_enabled and self.settings.memory_verified_enabled \
+                and chances[best] >= self.settings.memory_clarify_probability:  # a yes is answered verified
+            hit = self._hit(retrieved[best])
+            return MemoryDecision(CLARIFY, [hit], logged, reason or "likely, asked the customer to confirm",
+                                  reply=clarify_reply(self.settings, hit.question))
         if self.settings.memory_grounded_enabled:
             hits = [self._hit(retrieved[i]) for i in order[:self.settings.memory_max_hits]]
             return MemoryDecision(GROUNDED, hits, logged, reason or "no answer selected with confidence")
@@ -204,6 +216,29 @@ class CorrectionMemory:
             return MemoryDecision(HANDOFF, [], logged, reason or "no approved answer covers it with confidence",
                                   reply=self.settings.memory_handoff_reply)
         return MemoryDecision(NONE, [], logged, reason)
+
+    def _answered_clarification(self, messages: list[dict[str, str]], turn: str) -> MemoryDecision | None:
+        """The decision when ``turn`` answers a clarifying question of the assistant's previous reply:
+        yes → that approved answer, verified; no → handoff. None when it is not such an answer."""
+        before = [m for m in messages if m["role"] in ("user", "assistant")][:-1]
+        if not self.settings.memory_clarify_enabled or not before or before[-1]["role"] != "assistant":
+            return None
+        offered = offered_question(self.settings, before[-1]["content"] or "")
+        said = confirmation(turn) if offered else None
+        if said is None:
+            return None
+        key = normalized_question(offered)
+        with self._lock:
+            correction_id = next((cid for cid, (question, _) in self._rows.items()
+                                  if normalized_question(question) == key), None)
+        if said == YES and correction_id is not None and self.settings.memory_verified_enabled:
+            return MemoryDecision(VERIFIED, [self._hit(Scored(correction_id, 1.0, 1.0, 1.0))], [],
+                                  "confirmed by the customer")
+        reason = ("the customer said the question offered is not theirs" if said == NO
+                  else "the question offered is no longer approved")
+        if self.settings.memory_handoff_enabled:
+            return MemoryDecision(HANDOFF, [], [], reason, reply=self.settings.memory_handoff_reply)
+        return MemoryDecision(NONE, [], [], reason)
 
     def exact_match(self, turn: str) -> str | None:
         """The correction whose approved question or accepted phrasing ``turn`` is (case, spacing and

@@ -169,6 +169,18 @@ class Settings(BaseSettings):
     memory_scored_answer_tokens: int = Field(
         16, ge=1, le=512, description="Leading tokens of each candidate answer the served model scores: what tells "
         "two approved answers apart comes early, and each token is prompt evaluation on every turn.")
+    memory_clarify_enabled: bool = Field(
+        True, description="When one approved answer is likely but not certain (probability at or above "
+        "memory_clarify_probability), ask the customer whether they mean its approved question; yes gets that "
+        "answer verified, no a handoff. Off (or memory_verified_enabled off): such turns are handed off.")
+    memory_clarify_probability: float = Field(
+        0.4, ge=0.0, le=1.0,
+        description="Selector probability at or above which the best candidate is offered as a clarifying question "
+        "(below memory_verified_probability). Chosen on three knowledge bases (docs/memory.md).")
+    memory_clarify_reply: str = Field(
+        'Do you mean "{question}"? Please reply yes or no.',
+        min_length=1, max_length=1000,
+        description="The clarifying question; {question} is replaced by the approved question offered (exactly once).")
     memory_handoff_enabled: bool = Field(
         True, description="A question about the company that no approved answer covers with confidence gets "
         "memory_handoff_reply and tops the review queue, instead of a reply the model would have to guess.")
@@ -250,6 +262,13 @@ class Settings(BaseSettings):
     retention_days: int = Field(365, ge=0, description="Delete conversations idle longer than this; 0 = keep forever.")
     retention_cron: str = Field("30 4 * * *", description="When the worker's scheduler purges expired conversations "
                                 "(cron, worker's local time).")
+
+    @model_validator(mode="after")
+    def _check_clarify_reply(self) -> "Settings":
+        if self.memory_clarify_reply.count("{question}") != 1:
+            raise ValueError("memory_clarify_reply must contain {question} exactly once: it is where the approved "
+                             "question offered to the customer goes")
+        return self
 
     @model_validator(mode="after")
     def _derive_paths(self) -> "Settings":
