@@ -89,17 +89,20 @@ class Platform:
             raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
         return response.json()
 
-    def ask(self, question: str | list[dict], *, memory: bool) -> dict:
+    def ask(self, question: str | list[dict], *, memory: bool, store: bool = False) -> dict:
+        """One chat turn. Measurement asks with ``store: false``: a held-out rewording must never reach
+        the logs that phrasing suggestions and calibration read (only ``correct``'s customers are logged)."""
         url = self.url if memory else self.plain_url
         messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
-        body = {"model": "tuneloop", "messages": messages, "max_tokens": self.max_tokens, "temperature": 0}
+        body = {"model": "tuneloop", "messages": messages, "max_tokens": self.max_tokens, "temperature": 0,
+                "store": store}
         response = self.http.post(f"{url}/v1/chat/completions", json=body)
         response.raise_for_status()
         return response.json()
 
-    def ask_all(self, questions: list[str], *, memory: bool) -> list[dict]:
+    def ask_all(self, questions: list[str], *, memory: bool, store: bool = False) -> list[dict]:
         with ThreadPoolExecutor(CONCURRENCY) as pool:
-            return list(pool.map(lambda q: self.ask(q, memory=memory), questions))
+            return list(pool.map(lambda q: self.ask(q, memory=memory, store=store), questions))
 
     def ask_as_customer(self, question: str, fact_id: str | None, *, memory: bool) -> dict:
         """Ask as a customer whose question is about ``fact_id`` (None: a fact nobody corrected): when the
@@ -128,8 +131,8 @@ def correct(platform: Platform, facts: list[dict], *, phrasings: bool, accept_al
     correction memory finds in the logs (other customers' wordings of the same question, asked
     earlier); bob approves. Returns how many phrasings were suggested and accepted."""
     if phrasings:  # earlier customers asked the same things their own way (logged, not rated)
-        platform.ask_all([w for f in facts for w in f["customer_wordings"]], memory=True)
-    answers = platform.ask_all([f["question"] for f in facts], memory=True)
+        platform.ask_all([w for f in facts for w in f["customer_wordings"]], memory=True, store=True)
+    answers = platform.ask_all([f["question"] for f in facts], memory=True, store=True)
     for answer in answers:
         platform.call("POST", f"/v1/messages/{answer['message_id']}/rating", json={"value": "down"})
     queued: set[str] = set()
@@ -266,6 +269,7 @@ def general_share(platform: Platform) -> dict:
         out["memory_on" if memory else "memory_off"] = right
         if memory:
             out["handoff"] = sum(a.get("memory_outcome") == "handoff" for a in answers)
+            out["clarify"] = sum(a.get("memory_outcome") == "clarify" for a in answers)
     return out
 
 

@@ -117,7 +117,8 @@ def report(results: dict) -> str:
     lines += ["", f"General questions (bench/general_questions.json, {general[0]['n']}), right with memory off: "
               + " → ".join(str(g["memory_off"]) for g in general) + "; with memory on: "
               + " → ".join(str(g["memory_on"]) for g in general) + " (handed off: "
-              + " → ".join(str(g["handoff"]) for g in general) + ")."]
+              + " → ".join(str(g["handoff"]) for g in general) + "; asked back: "
+              + " → ".join(str(g.get("clarify", "not counted")) for g in general) + ")."]
     lines += ["", "| gate | " + " | ".join(k[:6] for k in ("round1_loop", "round2_loop") if k in results) + " |",
               "|---|" + "---|" * sum(k in results for k in ("round1_loop", "round2_loop"))]
     for gate in results["round1_loop"]["gates"]:

@@ -1,7 +1,7 @@
 """Clarifying questions (issue 24): where one approved answer is likely but not certain, the bot asks
 "Do you mean ...?" with its approved question instead of guessing; the customer's yes gets the approved
 answer verified, a no a handoff that tops the review queue, and a correction written from it is about
-the customer's question, not about "no"."""
+the customer's question, not about "no"; calibration takes a confirmed wording as a positive."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from sqlmodel import Session
 
 from bot.models import Message
-from feedback.corrections.service import create_correction
+from feedback.corrections.service import approved_corrections, create_correction
+from feedback.memory.calibration import LabelledQuestion, _negatives, confirmed_wordings
 from bot.clarify import NO, YES, clarify_reply, confirmation, offered_question
 from feedback.memory.service import CLARIFY, HANDOFF, VERIFIED
 from tuneloop.core.accounts.service import create_api_key, get_account
@@ -95,6 +96,11 @@ def test_likely_answer_is_offered_then_verified_on_yes_and_handed_off_on_no(make
                                                                                 "unanswered")
         with Session(app.state.db) as session:
             assert session.get(Message, asked.model_extra["message_id"]).memory_outcome == CLARIFY
+        with Session(app.state.db) as session:  # calibration learns from the yes, and never from "yes" or "no"
+            confirmed = confirmed_wordings(session, app.state.settings, approved_corrections(session))
+            negatives = _negatives(session, app.state.settings, app.state.runtime.memory, [])
+        assert confirmed == [LabelledQuestion(REWORDED, offered)]
+        assert not {"yes, that one", "no"} & {n.lower() for n in negatives}
         with session_scope(app.state.db) as session:  # staff answer the handed-off turn: its question is REWORDED
             correction = create_correction(session, app.state.settings, actor="writer",
                                            message_id=no.model_extra["message_id"], answer="Overnight is $14.99.")

@@ -2,10 +2,13 @@
 
 * **Positives**: every approved correction's alternative questions, each held out in turn (leave one
   out: the phrasing is removed from the index it is scored against), so they stand for a customer's
-  new wording of a known question; the right answer is their correction's.
+  new wording of a known question; the right answer is their correction's. Plus the customers' own
+  wordings they confirmed: a logged question whose clarifying question ("Do you mean ...?",
+  ``bot.clarify``) the customer answered yes, with the correction offered.
 * **Negatives**: logged user questions that no correction covers (not a copy of, and not a
-  near-duplicate by ``duplicate_question_threshold`` of, any correction's question or phrasing), plus
-  any extra off-topic questions the caller supplies. A verified reply to a negative is always wrong.
+  near-duplicate by ``duplicate_question_threshold`` of, any correction's question or phrasing, not
+  confirmed by a yes, and not themselves a yes or no), plus any extra off-topic questions the caller
+  supplies. A verified reply to a negative is always wrong.
 
 Each question's candidates are scored as serving scores them (``CorrectionMemory.candidates``: the
 served version's weights when a scorer is given) and the logistic selectors are fitted on them
@@ -24,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from sqlmodel import Session, col, select
 
+from bot.clarify import YES, confirmation, offered_question
 from bot.memory import AnswerScorer
 from bot.models import Message
 from engine.embeddings import embed
@@ -86,7 +90,12 @@ def calibrate(session: Session, settings: Settings, memory: CorrectionMemory, *,
     memory.refresh(force=True)
     corrections = approved_corrections(session)
     positives = [LabelledQuestion(alt, c.id) for c in corrections for alt in (c.alternative_questions or ())]
-    negatives = [LabelledQuestion(t, None) for t in _negatives(session, settings, memory, list(extra_negatives))]
+    confirmed = confirmed_wordings(session, settings, corrections)
+    known = {normalized_question(q.text) for q in positives}
+    positives += [q for q in confirmed if normalized_question(q.text) not in known]
+    confirmed_texts = {normalized_question(q.text) for q in confirmed}
+    negatives = [LabelledQuestion(t, None) for t in _negatives(session, settings, memory, list(extra_negatives))
+                 if normalized_question(t) not in confirmed_texts]
     notes = _data_notes(corrections, positives, negatives)
     questions = candidate_rows(memory, positives + negatives, scorer, settings.memory_candidates)
     scored = any(by_model for _, by_model in questions)
@@ -179,13 +188,39 @@ def _data_notes(corrections: list, positives: list, negatives: list) -> list[str
     return notes
 
 
+def confirmed_wordings(session: Session, settings: Settings, corrections: Sequence) -> list[LabelledQuestion]:
+    """Logged questions a customer confirmed: asked, offered a correction's approved question in a
+    clarifying reply, answered yes. Read from the conversations' text (an API client that sends the
+    history stores the offer as it was shown), newest first, each question once."""
+    recent = session.exec(select(Message).where(Message.role == "user")
+                          .order_by(col(Message.created_at).desc()).limit(NEGATIVE_SCAN_LIMIT)).all()
+    yeses = [m for m in recent if confirmation(m.content or "") == YES and m.position >= 2]
+    if not yeses:
+        return []
+    conversations = {m.conversation_id for m in yeses}
+    earlier = session.exec(select(Message).where(col(Message.conversation_id).in_(conversations))).all()
+    at = {(m.conversation_id, m.position): m for m in earlier}
+    by_question = {normalized_question(c.question): c.id for c in corrections}
+    out: dict[str, LabelledQuestion] = {}
+    for yes in yeses:
+        offer, asked = at.get((yes.conversation_id, yes.position - 1)), at.get((yes.conversation_id, yes.position - 2))
+        if offer is None or asked is None or offer.role != "assistant" or asked.role != "user":
+            continue
+        offered = offered_question(settings, offer.content or "")
+        correction_id = by_question.get(normalized_question(offered)) if offered else None
+        if correction_id and asked.content.strip():
+            out.setdefault(normalized_question(asked.content), LabelledQuestion(asked.content.strip(), correction_id))
+    return list(out.values())
+
+
 def _negatives(session: Session, settings: Settings, memory: CorrectionMemory, extra: list[str]) -> list[str]:
     """Logged user questions no correction covers, plus ``extra``; each text once."""
     rows = session.exec(select(Message.content).where(Message.role == "user")
                         .order_by(col(Message.created_at).desc()).limit(NEGATIVE_SCAN_LIMIT)).all()
     index = memory.index
     known = {normalized_question(t) for t in index.texts}
-    logged = list(dict.fromkeys(t.strip() for t in rows if t and t.strip() and normalized_question(t) not in known))
+    logged = list(dict.fromkeys(t.strip() for t in rows if t and t.strip() and normalized_question(t) not in known
+                                and confirmation(t) is None))  # a "yes" or "no" answers a clarifying question
     if logged and len(index):
         questions = index.vectors[~index.is_answer]
         nearest = (embed(logged) @ questions.T).max(axis=1)

@@ -61,6 +61,11 @@ class TrainConfig:
     target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR), metadata={
         "help": "Modules that get LoRA weights; default every linear projection of attention and MLP, by the "
         "base model's own names (Phi-3's fused qkv_proj and gate_up_proj: engine.architectures)."})
+    lora_layers: int = field(default=0, metadata={"help": "LoRA on the top this many transformer layers only "
+                             "(a fresh adapter; a continued one keeps its parent's): the backward pass then stops "
+                             "below them, so a step costs less, and fewer weights can learn. 0: every layer. "
+                             "bench/train.py measures the step time; a round's learning at a value other than 0 "
+                             "is not measured yet, so the default stays 0."})
     prompt_loss_weight: float = field(default=0.0, metadata={"help": "Loss weight of prompt tokens "
                                       "(answer tokens weigh 1). 0 trains on the answers only."})
     replay_fraction: float = field(default=1.0, metadata={"help": "Share of examples the parent already "
@@ -123,6 +128,7 @@ class TrainConfig:
             (self.lora_r >= 1, "lora_r (the LoRA rank) must be at least 1"),
             (self.lora_alpha > 0, "lora_alpha must be greater than 0"),
             (0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)"),
+            (self.lora_layers >= 0, "lora_layers must be 0 (every layer) or more"),
             (bool(self.target_modules), "target_modules must name at least one module"),
             (self.prompt_loss_weight >= 0, "prompt_loss_weight must be 0 or more"),
             (0.0 <= self.replay_fraction <= 1.0, "replay_fraction must be in [0, 1]"),

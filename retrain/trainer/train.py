@@ -139,9 +139,11 @@ def _load_model(config: TrainConfig, base_dir: Path, parent_adapter_dir: Path | 
     if parent_adapter_dir is not None:
         model = PeftModel.from_pretrained(base, parent_adapter_dir, is_trainable=True)
     else:
+        layers = base.config.num_hidden_layers
+        top = list(range(max(0, layers - config.lora_layers), layers)) if config.lora_layers else None
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=lora_targets(base.config.model_type, config.target_modules),
-                          task_type="CAUSAL_LM", bias="none")
+                          layers_to_transform=top, task_type="CAUSAL_LM", bias="none")
         model = get_peft_model(base, lora)
     return model.to(device), tokenizer
 
