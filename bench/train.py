@@ -201,15 +201,20 @@ def step_times(base: Path, examples: list, settings: dict[str, dict], steps: int
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [e for e, _ in _encode_all(tokenizer, expand_for_training(first, examples), first)]
     anchors = build_anchors(model, tokenizer, examples, first, pad)
+    models = {0: model}  # by lora_layers: a fresh adapter is zero, so every layout has the same anchors
     runs = {}
     for label, overrides in settings.items():
         config = TrainConfig(**{**LORA, "device": "cpu", **overrides})
+        if config.lora_layers not in models:
+            models[config.lora_layers] = start_training(config, RunPaths(base, None, base / "never-written"))[0]
+        model = models[config.lora_layers]
         run = SupervisedRun(config, model, RunData(encoded, [], pad, anchors=anchors if config.kl_weight > 0 else []),
                    budget=BatchBudget(max(config.batch_tokens, 0), False, "bench"))
         params = [p for p in model.parameters() if p.requires_grad]
         run.optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
         runs[label] = (run, params, [])
-    model.train()
+    for each in models.values():
+        each.train()
     for step in range(steps + 1):
         for label, (run, params, gaps) in runs.items():
             started = time.perf_counter()
@@ -236,7 +241,8 @@ def cpu_section(base: Path, examples: list, work: Path, steps: int) -> dict:
     new["batch_tokens"] = 0  # what auto resolves to on a CPU
     settings = {"today_defaults": TODAY, "new_defaults": new, "kl_off": {**TODAY, "kl_weight": 0.0},
                 "kl_every_4": {**TODAY, "kl_every": 4}, "kl_batch_1": {**TODAY, "kl_batch_size": 1},
-                "budget_2048": {**TODAY, "batch_tokens": 2048}}
+                "budget_2048": {**TODAY, "batch_tokens": 2048},
+                "lora_top_10_layers": {**TODAY, "lora_layers": 10}}
     if new == TODAY:  # the CPU defaults did not change: one run stands for both
         del settings["new_defaults"]
     section: dict = {"device": "cpu", "cores": os.cpu_count(), "steps_timed": steps, "runs": {}}

@@ -90,7 +90,7 @@ def test_cancel_leaves_nothing_behind(tiny_model_dir, tmp_path):
     (dict(prompt_loss_weight=-0.1), "prompt_loss_weight"), (dict(kl_weight=-1.0), "kl_weight must be 0 or more"),
     (dict(kl_anchors=0), "kl_anchors must be at least 1"), (dict(kl_batch_size=0), "kl_batch_size must be at least 1"),
     (dict(kl_every=0), "kl_every"), (dict(batch_tokens=-2), "batch_tokens"),
-    (dict(gradient_checkpointing="yes"), "gradient_checkpointing"),
+    (dict(gradient_checkpointing="yes"), "gradient_checkpointing"), (dict(lora_layers=-1), "lora_layers"),
 ])
 def test_bad_config_is_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -202,3 +202,17 @@ def test_anchors_in_the_training_forward_pass_give_the_same_loss_and_kl(tiny_mod
     assert float(merged[0]) == pytest.approx(float(apart[0]), rel=1e-5)
     assert float(merged[4]) == pytest.approx(float(kl), rel=1e-4) and float(kl) > 0
     assert merged[3].tolist() == apart[3].tolist()
+
+
+def test_lora_on_the_top_layers_only_trains_those_and_stops_the_backward_pass_below(tiny_model_dir):
+    """``lora_layers``: the adapter's weights sit in the top N layers; the layers below get no gradient."""
+    from retrain.trainer.train import start_training
+
+    config = TrainConfig(**FAST, lora_layers=1)
+    model, tokenizer, _ = start_training(config, RunPaths(tiny_model_dir, None, tiny_model_dir / "never-written"))
+    layers = model.get_base_model().config.num_hidden_layers
+    trained = {name.split(".layers.")[1].split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trained == {str(layers - 1)} and layers > 1
+    batch = tokenizer(["What is fact number 1?"], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
