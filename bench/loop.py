@@ -107,12 +107,14 @@ class Platform:
     def ask_as_customer(self, question: str, fact_id: str | None, *, memory: bool) -> dict:
         """Ask as a customer whose question is about ``fact_id`` (None: a fact nobody corrected): when the
         bot asks back "Do you mean ...?", the customer says yes if the question offered is about their
-        fact and no otherwise, and the bot's next reply is the one judged (``clarified``: what they said)."""
+        fact and no otherwise; offered a numbered list, they answer the number of the question about their
+        fact, or no. The bot's next reply is the one judged (``clarified``: what they said)."""
         first = self.ask(question, memory=memory)
         if first.get("memory_outcome") != "clarify":
             return first
         offered = first.get("memory_correction_ids") or [None]
-        said = "yes" if fact_id is not None and self.fact_of.get(offered[0]) == fact_id else "no"
+        theirs = [i for i, cid in enumerate(offered) if fact_id is not None and self.fact_of.get(cid) == fact_id]
+        said = "no" if not theirs else "yes" if len(offered) == 1 else str(theirs[0] + 1)
         messages = [{"role": "user", "content": question},
                     {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
                     {"role": "user", "content": said}]

@@ -65,8 +65,8 @@ def report(results: dict) -> str:
         f"{results['round2']} more; {arm}. Rewordings are the 3 held-out paraphrases per fact (never trained on, never "
         "accepted); right = every key fact; wrong-fact = states another fact's key fact or a number, price, duration or "
         "contact the right answer does not hold. When the bot asks back (\"Do you mean ...?\", outcome clarify), the "
-        "customer says yes if the question offered is about their fact and no otherwise, and the bot's next reply "
-        "is the one judged.", "",
+        "customer says yes if the question offered is about their fact and no otherwise (offered a numbered list, "
+        "the number of the question about their fact, or no), and the bot's next reply is the one judged.", "",
         "| round | corrections | snapshot (s) | training (s) | gates (s) | swap (s) | last approval → serving (s) | gates |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -100,7 +100,7 @@ def report(results: dict) -> str:
     lines += ["", f"Exact questions, instant fix: {pct(fix['exact']['right'])} right ({_outcomes(fix['exact'])}). "
               f"Off-topic shop questions ({fix['offtopic']['n']}, no fact answers them): {fix['offtopic']['verified']} "
               f"verified (wrong), {fix['offtopic']['handoff']} handed off "
-              f"({fix['offtopic'].get('clarified', 0)} of them after the customer said no to a clarifying question), "
+              f"({fix['offtopic'].get('clarified', 0)} of them after the customer said no to a clarifying question or list), "
               f"{fix['offtopic']['wrong_fact']} other replies stating a number or contact."]
     if "after2" in results:
         lost = max(0, round((a1['canonical_memory_off'] - results['after2']['round1_canonical_memory_off'])

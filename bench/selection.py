@@ -47,6 +47,12 @@ CLARIFY_PROBABILITIES = [round(0.05 * i, 2) for i in range(1, 19)]
 # A clarifying question ("Do you mean ...?") should offer the customer's own question at least this often,
 # averaged over the KBs' shop questions: asked back wrongly more often, customers stop trusting it.
 CLARIFY_RIGHT_SHARE = 2 / 3
+CHOICE_PROBABILITIES = [round(0.025 * i, 3) for i in range(0, 16)]
+# A numbered list of plausible questions is offered from the highest probability that keeps the customers'
+# questions answered within this share of the best any list threshold reaches (averaged over the KBs):
+# lower thresholds list uncovered questions back too, each costing its customer a turn before the handoff.
+CHOICE_SLACK = 0.02
+CHOICES = 3
 
 
 def load_kb(path: Path) -> tuple[list[dict], list[str]]:
@@ -128,30 +134,40 @@ def fit_on(kbs: list[dict]):
 
 
 def judge(pair, kb: dict, probability: float, topic: float, *, clarify: float | None = None,
-          scored: bool = True) -> dict:
+          choice: float | None = None, scored: bool = True) -> dict:
     """Outcomes of the held-out questions of one KB, as ``CorrectionMemory.decide`` would give them
     (``scored``: with the model's scores where the row has them, else retrieval alone; ``clarify``:
-    the probability from which a clarifying question offers the best candidate, None: never)."""
+    the probability from which a clarifying question offers the best candidate, None: never;
+    ``choice``: the probability from which a question about the company gets up to ``CHOICES``
+    candidates listed, None: never). A list is right when it holds the customer's question."""
     result = {}
     for name in ("exact", "reworded", "uncovered", "general", "fit_positive", "fit_uncovered"):
         if name not in kb:
             continue
         counts = {"n": len(kb[name]), "verified_right": 0, "verified_wrong": 0, "clarify_right": 0,
-                  "clarify_wrong": 0, "handoff": 0, "none": 0}
+                  "clarify_wrong": 0, "choices_right": 0, "choices_wrong": 0, "handoff": 0, "none": 0}
         for row in kb[name]:
-            candidates = _candidates(row)
             selector = pair.for_scored(scored and row["by_model"])
-            chance, right = max((selector.probability(c), r) for c, r in candidates) if candidates else (0.0, False)
+            ranked = sorted(((selector.probability(c), r) for c, r in _candidates(row)), key=lambda x: -x[0])
+            chance, right = ranked[0] if ranked else (0.0, False)
+            listed = [r for p, r in ranked[:CHOICES] if choice is not None and p >= choice]
             if chance >= probability:
                 counts["verified_right" if right else "verified_wrong"] += 1
-            elif clarify is not None and chance >= clarify and name != "general":
+            elif clarify is not None and chance >= clarify and row["topic"] >= topic:
                 counts["clarify_right" if right else "clarify_wrong"] += 1
-            elif row["topic"] >= topic:
-                counts["handoff"] += 1
-            else:
+            elif row["topic"] < topic:
                 counts["none"] += 1
+            elif listed and clarify is not None:
+                counts["choices_right" if any(listed) else "choices_wrong"] += 1
+            else:
+                counts["handoff"] += 1
         result[name] = counts
     return result
+
+
+def right_in_all(counts: dict) -> int:
+    """Questions whose customer gets the right approved answer: at once, after a yes, or after a pick."""
+    return counts["verified_right"] + counts["clarify_right"] + counts["choices_right"]
 
 
 def sets_of(kb: dict) -> tuple[str, str]:
@@ -175,6 +191,24 @@ def choose_clarify(kbs: dict[str, dict], selectors: dict, probability: float) ->
 
     return next((p for p in CLARIFY_PROBABILITIES if p < probability and right_share(p) >= CLARIFY_RIGHT_SHARE),
                 probability)
+
+
+def choose_choice(kbs: dict[str, dict], selectors: dict, probability: float, clarify: float, topic: float) -> float:
+    """The highest probability (below ``clarify``) from which a numbered list of candidates keeps the
+    share of customers' questions answered right, averaged over the KBs, within ``CHOICE_SLACK`` of the
+    best any list threshold reaches: every lower threshold lists more uncovered questions back for
+    little gain."""
+    def right_share(p: float) -> float:
+        shares = []
+        for name, kb in kbs.items():
+            pos = judge(selectors[name], kb, probability, topic, clarify=clarify, choice=p)[sets_of(kb)[0]]
+            shares.append(right_in_all(pos) / pos["n"])
+        return sum(shares) / len(shares)
+
+    grid = [p for p in CHOICE_PROBABILITIES if p < clarify]
+    shares = {p: right_share(p) for p in grid}
+    best = max(shares.values())
+    return max(p for p in grid if shares[p] >= best - CHOICE_SLACK)
 
 
 def choose(kbs: dict[str, dict], selectors: dict, wrong_budget: float = 0.01) -> tuple[float, float]:
@@ -205,25 +239,29 @@ def choose(kbs: dict[str, dict], selectors: dict, wrong_budget: float = 0.01) ->
 
 
 def report(kbs: dict[str, dict], selectors: dict, final, probability: float, topic: float,
-           clarify: float, collected: str) -> tuple[str, dict]:
+           clarify: float, choice: float, collected: str) -> tuple[str, dict]:
     pct = lambda a, b: f"{a}/{b} ({100 * a / b:.0f}%)" if b else "-"  # noqa: E731
     figures, lines = {}, []
     for name, kb in kbs.items():
-        j = judge(selectors[name], kb, probability, topic, clarify=clarify)
-        r = judge(selectors[name], kb, probability, topic, clarify=clarify, scored=False)
-        figures[name] = {"with_model": j, "retrieval_only": r, "ms_per_question": kb["ms_per_question"]}
+        j = judge(selectors[name], kb, probability, topic, clarify=clarify, choice=choice)
+        r = judge(selectors[name], kb, probability, topic, clarify=clarify, choice=choice, scored=False)
+        single = judge(selectors[name], kb, probability, topic, clarify=clarify)
+        figures[name] = {"with_model": j, "retrieval_only": r, "without_lists": single,
+                         "ms_per_question": kb["ms_per_question"]}
         pos, unc = sets_of(kb)
-        for label, res in (("served model + retrieval", j), ("retrieval alone", r)):
+        for label, res in (("served model + retrieval", j), ("retrieval alone", r),
+                           ("served model + retrieval, no lists", single)):
             exact = pct(res["exact"]["verified_right"], res["exact"]["n"]) if "exact" in res else "—"
             lines.append(
                 f"| {name} | {label} | {exact} "
                 f"| {pct(res[pos]['verified_right'], res[pos]['n'])} "
                 f"| {res[pos]['verified_wrong']} "
                 f"| {pct(res[pos]['clarify_right'], res[pos]['n'])} | {res[pos]['clarify_wrong']} "
-                f"| {pct(res[pos]['verified_right'] + res[pos]['clarify_right'], res[pos]['n'])} "
+                f"| {pct(res[pos]['choices_right'], res[pos]['n'])} | {res[pos]['choices_wrong']} "
+                f"| {pct(right_in_all(res[pos]), res[pos]['n'])} "
                 f"| {res[pos]['handoff']} "
                 f"| {pct(res[unc]['verified_wrong'], res[unc]['n'])} "
-                f"| {pct(res[unc]['clarify_wrong'], res[unc]['n'])} "
+                f"| {pct(res[unc]['clarify_wrong'] + res[unc]['choices_wrong'], res[unc]['n'])} "
                 f"| {pct(res[unc]['handoff'], res[unc]['n'])} "
                 f"| {pct(res['general']['none'], res['general']['n'])} |")
     from tuneloop.core.settings import Settings
@@ -243,11 +281,14 @@ after training too, by `bench/loop.py` (below). Settings chosen
 on all three: verified at probability ≥ **{probability}**; a clarifying question ("Do you mean ...?", answered yes by a
 customer whose question it is, no otherwise) at probability ≥ **{clarify}** (the lowest at which, averaged over the KBs,
 at least {CLARIFY_RIGHT_SHARE:.0%} of the questions asked back offer the customer's own question); about the company
-(handoff) at topic margin ≥ **{topic}** (`feedback.memory.topic`). A clarifying question never states a fact: the wrong
-offers below cost the customer a turn and end in a handoff.
+(handoff) at topic margin ≥ **{topic}** (`feedback.memory.topic`); below the clarifying probability, a question about
+the company gets up to {CHOICES} approved questions listed, numbered, that have probability ≥ **{choice}** (the highest at
+which, averaged over the KBs, the rewordings answered right stay within {CHOICE_SLACK:.0%} of the best any list threshold
+gives; the customer picks one by its number or says no). A clarifying question never states a fact: the wrong offers
+below cost the customer a turn and end in a handoff.
 
-| KB | selection | exact questions verified right | rewordings verified right | rewordings verified wrong | rewordings right after a yes | rewordings offered another question (then handed off) | rewordings right in all | rewordings handed off | uncovered verified (wrong) | uncovered asked back (then handed off) | uncovered handed off | general left to the model |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| KB | selection | exact questions verified right | rewordings verified right | rewordings verified wrong | rewordings right after a yes | rewordings offered another question (then handed off) | rewordings right after picking from a list | rewordings listed others (then handed off) | rewordings right in all | rewordings handed off | uncovered verified (wrong) | uncovered asked back (then handed off) | uncovered handed off | general left to the model |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(lines)}
 
 Shipped defaults (fit on all three KBs): {weights}, bias {final.with_model.bias:+.2f}. Scoring the candidates costs
@@ -349,11 +390,13 @@ def main() -> None:
     selectors = {name: fit_on([kb for other, kb in kbs.items() if other != name] or [kbs[name]]) for name in kbs}
     probability, topic = choose(kbs, selectors)
     clarify = choose_clarify(kbs, selectors, probability)
+    choice = choose_choice(kbs, selectors, probability, clarify, topic)
     final = fit_on(list(kbs.values()))
-    text, figures = report(kbs, selectors, final, probability, topic, clarify, collected)
+    text, figures = report(kbs, selectors, final, probability, topic, clarify, choice, collected)
     write_section("selection", text, {"machine": machine(), "collected": collected, "probability": probability,
                                       "topic": topic,
-                                      "clarify_probability": clarify,
+                                      "clarify_probability": clarify, "choice_probability": choice,
+                                      "choices": CHOICES,
                                       "defaults": {"with_model": final.with_model.as_dict(),
                                                    "retrieval_only": final.retrieval_only.as_dict()},
                                       "figures": figures})

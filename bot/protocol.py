@@ -283,7 +283,8 @@ class ChatCompletion(BaseModel):
                                              description="approved corrections used: the verified answer, or "
                                              "those given to the model as context")
     memory_outcome: str | None = Field(None, description="verified (the reply is an approved answer), clarify "
-                                       "(the reply asks whether the customer means one approved question; answer yes or no), handoff "
+                                       "(the reply asks whether the customer means one approved question, or lists a few by number; answer "
+                                       "yes, the number, or no), handoff "
                                        "(no approved answer covered it: passed to staff), grounded (approved answers were "
                                        "in the prompt), none; null when memory is off")
     conversation_token: str | None = Field(None, description=CONVERSATION_TOKEN)

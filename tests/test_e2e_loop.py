@@ -112,6 +112,18 @@ def test_corrections_become_what_the_bot_says(make_settings, real_model_dir, sql
         app.state.db.dispose()
 
 
+def answered_as_customer(client, question: str):
+    """The bot's reply to ``question`` once the customer has answered any clarifying question it asked
+    with a no: the reworded question must be verified without asking, and no approved answer covers the
+    uncovered one, so none offered is the customer's."""
+    reply = ask(client, question)
+    if reply.model_extra["memory_outcome"] != "clarify":
+        return reply
+    return client.chat.completions.create(model="tuneloop", max_tokens=48, messages=[
+        {"role": "user", "content": question}, {"role": "assistant", "content": reply.choices[0].message.content},
+        {"role": "user", "content": "no"}])
+
+
 def _ask_with_memory(settings, questions: list[str], staff: dict):
     """The customer-facing default: a second API process over the same database, memory on. Returns the
     replies and the first page of the review queue as ``staff`` reads it afterwards."""
@@ -122,7 +134,7 @@ def _ask_with_memory(settings, questions: list[str], staff: dict):
     try:
         with TestClient(app) as http:
             customer = OpenAI(base_url="http://testserver/v1", api_key="customer", http_client=http, max_retries=0)
-            replies = [ask(customer, question) for question in questions]
+            replies = [answered_as_customer(customer, question) for question in questions]
             queue = http.get("/v1/review/queue?limit=5", headers=staff)
             assert queue.status_code == 200, queue.text
             return *replies, queue.json()

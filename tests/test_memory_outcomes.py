@@ -128,7 +128,8 @@ def test_each_outcome_is_a_setting(make_settings, database_url):
     below the topic threshold, none."""
     from tuneloop.app import prepare_database
 
-    base = dict(database_url=database_url, allow_self_approval=True, memory_clarify_probability=1.0)
+    base = dict(database_url=database_url, allow_self_approval=True, memory_clarify_probability=1.0,
+                memory_clarify_choice_probability=1.0)
     engine = prepare_database(make_settings(**base))
     with session_scope(engine) as session:
         [tuneup_id, kayaks_id] = [create_correction(session, make_settings(**base), actor="a", question=q, answer=a,
@@ -140,8 +141,12 @@ def test_each_outcome_is_a_setting(make_settings, database_url):
         return decision.outcome, decision.correction_ids, decision.answer
 
     assert outcome(memory_verified_probability=0.0) == (VERIFIED, [tuneup_id], TUNEUP[1])
-    offer = clarify_reply(make_settings(**base), TUNEUP[0])
+    offer = clarify_reply(make_settings(**base), [TUNEUP[0]])
     assert outcome(memory_verified_probability=1.0, memory_clarify_probability=0.0) == (CLARIFY, [tuneup_id], offer)
+    listed = outcome(memory_verified_probability=1.0, memory_clarify_choice_probability=0.0)
+    questions = {tuneup_id: TUNEUP[0], kayaks_id: KAYAKS[0]}
+    assert listed[0] == CLARIFY and set(listed[1]) == {tuneup_id, kayaks_id}
+    assert listed[2] == clarify_reply(make_settings(**base), [questions[cid] for cid in listed[1]])
     assert outcome(memory_verified_probability=1.0, memory_clarify_probability=0.0,
                    memory_clarify_enabled=False)[0] == HANDOFF
     assert outcome(memory_verified_probability=1.0, memory_grounded_enabled=True)[:2] == (GROUNDED, [tuneup_id, kayaks_id])

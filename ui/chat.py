@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 LIKE, DISLIKE = "Like", "Dislike"
 # what correction memory did with the last turn (bot.memory), said under the chat
 OUTCOME_NOTES = {"verified": "This answer was written and approved by our support team.",
-                 "clarify": "Answer yes or no: the approved answer follows a yes, a no goes to our support team.",
+                 "clarify": "Answer yes (or the number of your question): our approved answer follows; a no goes to our "
+                            "support team.",
                  "handoff": "Your question was passed to our support team."}
 
 

@@ -143,7 +143,7 @@ def _open(app: FastAPI, message_id: str):
     memory = {"verified": " · **verified reply** (the approved text of "
               f"{as_text(', '.join(item.message.memory_correction_ids))}: edit that correction)",
               "grounded": f" · grounded on {as_text(', '.join(item.message.memory_correction_ids))}",
-              "clarify": " · asked the customer whether they meant the approved question of "
+              "clarify": " · asked the customer whether they meant the approved question of one of "
               f"{as_text(', '.join(item.message.memory_correction_ids))}",
               "handoff": " · **handed off** (no approved answer covered it: write one)"}.get(
                   item.message.memory_outcome or "", "")

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from bot.clarify import confirmation, offered_question
+from bot.clarify import answers_an_offer, offered_questions
 from bot.memory import CLARIFY
 from bot.models import Message
 from feedback.corrections.contacts import clean_fields, require_decided
@@ -80,7 +80,7 @@ def approved_corrections(session: Session) -> list[Correction]:
 
 def question_before(session: Session, settings: Settings, message: Message) -> str:
     """The user's question that the assistant ``message`` answered: the user's message before it, or,
-    when that message only answered a clarifying question ("yes", "no"; ``bot.clarify``),
+    when that message only answered a clarifying question ("yes", "no", "2"; ``bot.clarify``),
     the question before that."""
     query = (select(Message).where(Message.conversation_id == message.conversation_id,
                                    Message.position < message.position)
@@ -89,8 +89,8 @@ def question_before(session: Session, settings: Settings, message: Message) -> s
     users = [i for i, m in enumerate(earlier) if m.role == "user"]
     for n, i in enumerate(users):
         asked_back = i + 1 < len(earlier) and earlier[i + 1].role == "assistant" and (
-            earlier[i + 1].memory_outcome == CLARIFY or offered_question(settings, earlier[i + 1].content or ""))
-        if not (asked_back and confirmation(earlier[i].content)) or n + 1 == len(users):
+            earlier[i + 1].memory_outcome == CLARIFY or offered_questions(settings, earlier[i + 1].content or ""))
+        if not (asked_back and answers_an_offer(earlier[i].content)) or n + 1 == len(users):
             return earlier[i].content
     return ""
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from sqlmodel import Session, col, select
 
-from bot.clarify import YES, confirmation, offered_question
+from bot.clarify import NONE_OF_THEM, answers_an_offer, offered_questions, picked
 from bot.memory import AnswerScorer
 from bot.models import Message
 from engine.embeddings import embed
@@ -190,11 +190,11 @@ def _data_notes(corrections: list, positives: list, negatives: list) -> list[str
 
 def confirmed_wordings(session: Session, settings: Settings, corrections: Sequence) -> list[LabelledQuestion]:
     """Logged questions a customer confirmed: asked, offered a correction's approved question in a
-    clarifying reply, answered yes. Read from the conversations' text (an API client that sends the
+    clarifying reply, answered yes (or picked it by its number). Read from the conversations' text (an API client that sends the
     history stores the offer as it was shown), newest first, each question once."""
     recent = session.exec(select(Message).where(Message.role == "user")
                           .order_by(col(Message.created_at).desc()).limit(NEGATIVE_SCAN_LIMIT)).all()
-    yeses = [m for m in recent if confirmation(m.content or "") == YES and m.position >= 2]
+    yeses = [m for m in recent if answers_an_offer(m.content or "") and m.position >= 2]
     if not yeses:
         return []
     conversations = {m.conversation_id for m in yeses}
@@ -206,8 +206,10 @@ def confirmed_wordings(session: Session, settings: Settings, corrections: Sequen
         offer, asked = at.get((yes.conversation_id, yes.position - 1)), at.get((yes.conversation_id, yes.position - 2))
         if offer is None or asked is None or offer.role != "assistant" or asked.role != "user":
             continue
-        offered = offered_question(settings, offer.content or "")
-        correction_id = by_question.get(normalized_question(offered)) if offered else None
+        offered = offered_questions(settings, offer.content or "")
+        choice = picked(yes.content or "", len(offered)) if offered else None
+        correction_id = by_question.get(normalized_question(offered[choice])) \
+            if choice is not None and choice != NONE_OF_THEM else None
         if correction_id and asked.content.strip():
             out.setdefault(normalized_question(asked.content), LabelledQuestion(asked.content.strip(), correction_id))
     return list(out.values())
@@ -220,7 +222,7 @@ def _negatives(session: Session, settings: Settings, memory: CorrectionMemory, e
     index = memory.index
     known = {normalized_question(t) for t in index.texts}
     logged = list(dict.fromkeys(t.strip() for t in rows if t and t.strip() and normalized_question(t) not in known
-                                and confirmation(t) is None))  # a "yes" or "no" answers a clarifying question
+                                and not answers_an_offer(t)))  # "yes", "no", "2" answer a clarifying question
     if logged and len(index):
         questions = index.vectors[~index.is_answer]
         nearest = (embed(logged) @ questions.T).max(axis=1)

@@ -15,7 +15,10 @@ Every approved correction is indexed by its question, its alternative questions 
   stands on its own: the reply *is* that approved answer, no decoding;
 * ``clarify``: the best candidate's probability is ≥ ``memory_clarify_probability``: the reply asks
   whether the customer means its approved question (``bot.clarify``); the customer's yes
-  makes the next turn ``verified`` with it, a no makes it a ``handoff``;
+  makes the next turn ``verified`` with it, a no makes it a ``handoff``; when none is that likely but a
+  few are at least ``memory_clarify_choice_probability`` and the question is about the company, the
+  reply lists up to ``memory_clarify_choices`` of their approved questions and the customer picks one
+  by its number (verified) or says no (handoff);
 * otherwise, a question about the company (``feedback.memory.topic``: nearer to what customers ask
   companies than to small talk and general questions, by ``memory_topic_threshold``) is ``grounded`` (approved answers in the prompt, only where ``memory_grounded_enabled``) or
   ``handoff``: an honest "I've passed this to our team" reply, and the turn tops the review queue;
@@ -45,7 +48,7 @@ from bot.memory import (CLARIFY, GROUNDED, HANDOFF, NONE, VERIFIED, AnswerScorer
                         memory_context)
 from feedback.corrections.models import Correction, CorrectionStatus
 from feedback.corrections.service import normalized_question
-from bot.clarify import NO, YES, clarify_reply, confirmation, offered_question
+from bot.clarify import NONE_OF_THEM, clarify_reply, offered_questions, picked
 from feedback.memory.retrieval import Entry, HybridIndex, Scored
 from engine.embeddings import embed
 from feedback.memory.topic import REFERENCE
@@ -204,11 +207,17 @@ class CorrectionMemory:
         if not reason and self.settings.memory_verified_enabled \
                 and chances[best] >= (selectors.verified_probability or self.settings.memory_verified_probability):
             return MemoryDecision(VERIFIED, [self._hit(retrieved[best])], logged, reason or "selected")
-        if self.settings.memory_clarify_enabled and self.settings.memory_verified_enabled \
-                and chances[best] >= self.settings.memory_clarify_probability:  # a yes is answered verified
-            hit = self._hit(retrieved[best])
-            return MemoryDecision(CLARIFY, [hit], logged, reason or "likely, asked the customer to confirm",
-                                  reply=clarify_reply(self.settings, hit.question))
+        if self.settings.memory_clarify_enabled and self.settings.memory_verified_enabled:  # a yes is verified
+            if chances[best] >= self.settings.memory_clarify_probability:
+                offered, why = [best], "likely, asked the customer to confirm"
+            else:
+                offered = [i for i in order[:self.settings.memory_clarify_choices]
+                           if chances[i] >= self.settings.memory_clarify_choice_probability]
+                why = "plausible, asked the customer to choose"
+            if offered:
+                hits = [self._hit(retrieved[i]) for i in offered]
+                return MemoryDecision(CLARIFY, hits, logged, reason or why,
+                                      reply=clarify_reply(self.settings, [h.question for h in hits]))
         if self.settings.memory_grounded_enabled:
             hits = [self._hit(retrieved[i]) for i in order[:self.settings.memory_max_hits]]
             return MemoryDecision(GROUNDED, hits, logged, reason or "no answer selected with confidence")
@@ -223,18 +232,20 @@ class CorrectionMemory:
         before = [m for m in messages if m["role"] in ("user", "assistant")][:-1]
         if not self.settings.memory_clarify_enabled or not before or before[-1]["role"] != "assistant":
             return None
-        offered = offered_question(self.settings, before[-1]["content"] or "")
-        said = confirmation(turn) if offered else None
-        if said is None:
+        offered = offered_questions(self.settings, before[-1]["content"] or "")
+        choice = picked(turn, len(offered)) if offered else None
+        if choice is None:
             return None
-        key = normalized_question(offered)
-        with self._lock:
-            correction_id = next((cid for cid, (question, _) in self._rows.items()
-                                  if normalized_question(question) == key), None)
-        if said == YES and correction_id is not None and self.settings.memory_verified_enabled:
+        correction_id = None
+        if choice != NONE_OF_THEM:
+            key = normalized_question(offered[choice])
+            with self._lock:
+                correction_id = next((cid for cid, (question, _) in self._rows.items()
+                                      if normalized_question(question) == key), None)
+        if correction_id is not None and self.settings.memory_verified_enabled:
             return MemoryDecision(VERIFIED, [self._hit(Scored(correction_id, 1.0, 1.0, 1.0))], [],
                                   "confirmed by the customer")
-        reason = ("the customer said the question offered is not theirs" if said == NO
+        reason = ("the customer said the question offered is not theirs" if choice == NONE_OF_THEM
                   else "the question offered is no longer approved")
         if self.settings.memory_handoff_enabled:
             return MemoryDecision(HANDOFF, [], [], reason, reply=self.settings.memory_handoff_reply)

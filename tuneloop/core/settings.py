@@ -181,6 +181,23 @@ class Settings(BaseSettings):
         'Do you mean "{question}"? Please reply yes or no.',
         min_length=1, max_length=1000,
         description="The clarifying question; {question} is replaced by the approved question offered (exactly once).")
+    memory_clarify_choices: int = Field(
+        3, ge=1, le=5,
+        description="When a question is about the company but no single approved answer reaches "
+        "memory_clarify_probability, offer up to this many approved questions whose probability is at least "
+        "memory_clarify_choice_probability as a numbered list; the customer picks one by its number or says no. "
+        "1: offer only single questions.")
+    memory_clarify_choice_probability: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="Selector probability at or above which a candidate is listed in a numbered clarifying "
+        "question. Chosen on three knowledge bases (docs/memory.md): lower lists the customer's question more "
+        "often and asks more uncovered questions back (each then handed off after a no).")
+    memory_clarify_choices_reply: str = Field(
+        "I want to be sure I answer the right question. Do you mean one of these?\n{choices}\nPlease reply with "
+        "its number, or no if none of them is your question.",
+        min_length=1, max_length=1000,
+        description="The clarifying question offering several approved questions; {choices} is replaced by them as "
+        "a numbered list (exactly once, after some text of its own).")
     memory_handoff_enabled: bool = Field(
         True, description="A question about the company that no approved answer covers with confidence gets "
         "memory_handoff_reply and tops the review queue, instead of a reply the model would have to guess.")
@@ -268,6 +285,11 @@ class Settings(BaseSettings):
         if self.memory_clarify_reply.count("{question}") != 1:
             raise ValueError("memory_clarify_reply must contain {question} exactly once: it is where the approved "
                              "question offered to the customer goes")
+        before = self.memory_clarify_choices_reply.split("{choices}")[0]
+        if self.memory_clarify_choices_reply.count("{choices}") != 1 or not before.strip():
+            raise ValueError("memory_clarify_choices_reply must contain {choices} exactly once, after some text of its "
+                             "own: the numbered list of approved questions goes there, and the text before it is how "
+                             "the customer's answer is recognised")
         return self
 
     @model_validator(mode="after")
