@@ -19,7 +19,10 @@ the admin. Round 2 does the same with the next M facts. Measured:
 * the KB's off-topic shop questions (no fact answers them): verified (wrong) or handed off;
 * general questions (bench/general_questions.json, 126 with key facts) answered correctly, before and
   after each round;
-* after round 2, the round-1 corrections still answered correctly (forgetting).
+* after round 2, the round-1 corrections still answered correctly (forgetting);
+* the selector fitted for each version (``tuneloop memory calibrate --save``, before training and after
+  the round) against the shipped defaults: the rewordings and the off-topic questions never logged,
+  asked again (``--no-refit`` skips it).
 
     python bench/loop.py [--kb examples/telecom_kb.jsonl] [--round1 40] [--round2 20] [--accept-all]
 
@@ -173,17 +176,45 @@ def instant_fix(platform: Platform, facts: list[dict], offtopic: list[str]) -> d
     """Before any training, with memory on: exact questions and held-out rewordings answered with the
     corrected fact, per outcome, with wrong-fact replies; the KB's off-topic shop questions verified
     (always wrong) or handed off (right)."""
-    from retrain.gates.matching import stated_details
-
     out = {name: judged(platform, facts, memory=True, paraphrases=paraphrases)
            for name, paraphrases in (("exact", False), ("reworded", True))}
+    out["offtopic"] = offtopic_outcomes(platform, offtopic)
+    return out
+
+
+def offtopic_outcomes(platform: Platform, offtopic: list[str]) -> dict:
+    """Shop questions no fact answers, asked as customers: verified (always wrong), handed off (right),
+    and other replies that state a number or contact."""
+    from retrain.gates.matching import stated_details
+
     answers = platform.ask_all_as_customers([(q, None) for q in offtopic], memory=True)
     outcomes = [a.get("memory_outcome") for a in answers]
-    out["offtopic"] = {"n": len(offtopic), "verified": outcomes.count("verified"), "handoff": outcomes.count("handoff"),
-                       "clarified": sum(bool(a.get("clarified")) for a in answers),
-                       "wrong_fact": sum(bool(stated_details(a["choices"][0]["message"]["content"]))
-                                         for a, o in zip(answers, outcomes) if o != "handoff")}
-    return out
+    return {"n": len(offtopic), "verified": outcomes.count("verified"), "handoff": outcomes.count("handoff"),
+            "clarified": sum(bool(a.get("clarified")) for a in answers),
+            "wrong_fact": sum(bool(stated_details(a["choices"][0]["message"]["content"]))
+                              for a, o in zip(answers, outcomes) if o != "handoff")}
+
+
+def refit_selector(platform: Platform, facts: list[dict], offtopic: list[str]) -> dict:
+    """An admin fits answer selection for the version in production (``tuneloop memory calibrate
+    --save``: accepted phrasings as positives, logged questions no correction covers as negatives), then
+    the held-out rewordings and the held-out half of the off-topic questions are asked again. The
+    negatives are what a live deployment logs: the even off-topic lines were asked by earlier customers
+    (``log_uncovered_traffic``); the odd lines judged here were never logged."""
+    report = platform.call("GET", "/v1/memory/calibration", "admin", params={"save": "true"})
+    fit = {key: report[key] for key in ("positives", "negatives", "fitted", "scored_by_model", "saved_for", "selector")}
+    fit["verified_probability"] = report["suggested"]["threshold"] if report.get("suggested") else None
+    return {"fit": fit, "reworded": judged(platform, facts, memory=True),
+            "offtopic": offtopic_outcomes(platform, offtopic[1::2]), "general": general_share(platform, (True,))}
+
+
+def log_uncovered_traffic(platform: Platform, offtopic: list[str], uncorrected: list[dict]) -> int:
+    """Earlier customers asked things no correction covers (logged, not rated): the even off-topic lines
+    and the customer wordings of the facts nobody corrects in this run. Calibration reads them as
+    negatives."""
+    asked = offtopic[0::2] + [w for f in uncorrected for w in f["customer_wordings"]]
+    platform.ask_all(asked, memory=True, store=True)
+    return len(asked)
 
 
 def judged(platform: Platform, facts: list[dict], *, memory: bool, paraphrases: bool = True) -> dict:
@@ -258,13 +289,13 @@ def share_with_key_facts(platform: Platform, facts: list[dict], *, memory: bool,
     return judged(platform, facts, memory=memory, paraphrases=paraphrases)["right"]
 
 
-def general_share(platform: Platform) -> dict:
+def general_share(platform: Platform, memories: tuple[bool, ...] = (False, True)) -> dict:
     """bench/general_questions.json asked with memory on (what customers get: a general question must
     not be handed off) and off; right = every key fact in the reply."""
     from retrain.gates.matching import missing_key_facts
 
     out = {"n": len(GENERAL)}
-    for memory in (False, True):
+    for memory in memories:
         answers = platform.ask_all([q["question"] for q in GENERAL], memory=memory)
         right = sum(not missing_key_facts(a["choices"][0]["message"]["content"], q["key_facts"])
                     for a, q in zip(answers, GENERAL))
@@ -286,7 +317,7 @@ def run(args) -> dict:
         convert_gguf(bundled_gguf_path(), base)
     round1, round2 = KB[:args.round1], KB[args.round1:args.round1 + args.round2]
     results: dict = {"kb": args.kb.stem.replace("_kb", ""), "round1": len(round1), "round2": len(round2),
-                     "max_tokens": args.max_tokens, "phrasings": args.phrasings, "accept_all": args.accept_all}
+                     "max_tokens": args.max_tokens, "phrasings": args.phrasings, "accept_all": args.accept_all, "refit": args.refit}
     with tempfile.TemporaryDirectory() as tmp:
         env = {"TUNELOOP_DATA_DIR": tmp, "TUNELOOP_BASE_MODEL": str(base), "TUNELOOP_ADMIN_PASSWORD": "bench-admin",
                "TUNELOOP_RATE_LIMIT_PER_MINUTE": "0", "TUNELOOP_VERSION_POLL_SECONDS": "0.5",
@@ -300,6 +331,10 @@ def run(args) -> dict:
             step(f"round 1: {len(round1)} customers dislike, alice corrects, bob approves")
             results["phrasings1"] = correct(platform, round1, phrasings=args.phrasings, accept_all=args.accept_all)
             results["instant_fix"] = instant_fix(platform, round1, offtopic)
+            if args.refit:
+                results["uncovered_logged"] = log_uncovered_traffic(platform, offtopic, KB[args.round1 + args.round2:])
+                step("round 1: the selector fitted for the base version, measured again")
+                results["instant_fix_refit"] = refit_selector(platform, round1, offtopic)
             step("round 1: train now → gates → promote")
             results["round1_loop"] = train_and_promote(platform)
             step(f"round 1 done in {results['round1_loop']['seconds']['total']:.0f}s; measuring")
@@ -308,6 +343,9 @@ def run(args) -> dict:
                                  "canonical_memory_off": share_with_key_facts(platform, round1, memory=False,
                                                                               paraphrases=False),
                                  "general": general_share(platform)}
+            if args.refit:
+                step("round 1: the selector fitted for the new version, measured again")
+                results["after1_refit"] = refit_selector(platform, round1, offtopic)
             if round2:
                 step(f"round 2: {len(round2)} more corrections")
                 results["phrasings2"] = correct(platform, round2, phrasings=args.phrasings, accept_all=args.accept_all)
@@ -337,6 +375,9 @@ def main() -> None:
                              "in the logs that are wordings of the same fact: the KB's customer_wordings)")
     parser.add_argument("--accept-all", action="store_true",
                         help="staff accept every phrasing suggestion offered, as offered")
+    parser.add_argument("--no-refit", dest="refit", action="store_false",
+                        help="skip fitting the selector for each version (tuneloop memory calibrate --save) and "
+                             "measuring again with it")
     parser.add_argument("--data-dir", default=str(ROOT / ".bench-data"),
                         help="keeps the converted base model between runs")
     args = parser.parse_args()

@@ -14,13 +14,21 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     labels = ["base", "base +\nmemory", "round 1\nweights", "round 1 +\nmemory"]
     values = [results["before"]["paraphrases"]["right"], results["instant_fix"]["reworded"]["right"],
               results["after1"]["memory_off"]["right"], results["after1"]["memory_on"]["right"]]
     wrong = [results["before"]["paraphrases"]["wrong_fact"], results["instant_fix"]["reworded"]["wrong_fact"],
              results["after1"]["memory_off"]["wrong_fact"], results["after1"]["memory_on"]["wrong_fact"]]
-    left.bar(labels, [100 * v for v in values], color=["#999", "#9bd", "#48a", "#246"], label="right")
+    colors = ["#999", "#9bd", "#48a", "#246"]
+    for label, key, color in (("base +\nmemory,\nfitted", "instant_fix_refit", "#7ac"),
+                              ("round 1 +\nmemory,\nfitted", "after1_refit", "#135")):
+        if key in results:
+            labels.append(label)
+            values.append(results[key]["reworded"]["right"])
+            wrong.append(results[key]["reworded"]["wrong_fact"])
+            colors.append(color)
+    left.bar(labels, [100 * v for v in values], color=colors, label="right")
     left.bar(labels, [-100 * w for w in wrong], color="#c44", label="wrong fact stated")
     left.axhline(90, linestyle="--", color="#a44", linewidth=1)
     left.axhline(0, color="#333", linewidth=0.8)
@@ -88,6 +96,12 @@ def report(results: dict) -> str:
         f"{a1['memory_on']['verified_wrong']} | {_outcomes(a1['memory_on'])} |",
         f"| after round 1, weights alone | **{pct(a1['memory_off']['right'])}** | {a1['memory_off']['wrong_fact_n']} | — | — |",
     ]
+    refits = [(label, results[key]) for label, key in (("instant fix, selector fitted for the base version",
+                                                          "instant_fix_refit"),
+                                                         ("after round 1, selector fitted for the new version",
+                                                          "after1_refit")) if key in results]
+    lines += [f"| {label}, memory on | **{pct(r['reworded']['right'])}** | {r['reworded']['wrong_fact_n']} | "
+              f"{r['reworded']['verified_wrong']} | {_outcomes(r['reworded'])} |" for label, r in refits]
     if "after2" in results:
         a2 = results["after2"]
         lines += [f"| after round 2, weights alone | {pct(a2['round1_memory_off']['right'])} | "
@@ -102,6 +116,19 @@ def report(results: dict) -> str:
               f"verified (wrong), {fix['offtopic']['handoff']} handed off "
               f"({fix['offtopic'].get('clarified', 0)} of them after the customer said no to a clarifying question or list), "
               f"{fix['offtopic']['wrong_fact']} other replies stating a number or contact."]
+    for label, r in refits:
+        fit, off = r["fit"], r["offtopic"]
+        weights = ", ".join(f"{n} {w:+.2f}" for n, w in zip(fit["selector"]["features"], fit["selector"]["weights"]))
+        verified_at = "the setting" if fit["verified_probability"] is None else f"{fit['verified_probability']:.2f}"
+        lines.append(f"{label[0].upper() + label[1:]}: {'fitted' if fit['fitted'] else 'too little data, defaults'} on "
+                     f"{fit['positives']} accepted phrasings and {fit['negatives']} logged uncovered questions "
+                     f"({results.get('uncovered_logged', '?')} asked by earlier customers), "
+                     f"{'served model + retrieval' if fit['scored_by_model'] else 'retrieval alone'}: {weights}, "
+                     f"bias {fit['selector']['bias']:+.2f}, verified at probability ≥ {verified_at}; the off-topic "
+                     f"questions never logged ({off['n']}): {off['verified']} verified (wrong), {off['handoff']} "
+                     f"handed off, {off['wrong_fact']} other replies stating a number or contact; general "
+                     f"questions right with memory on {r['general']['memory_on']} (handed off {r['general']['handoff']}, "
+                     f"asked back {r['general']['clarify']}).")
     if "after2" in results:
         lost = max(0, round((a1['canonical_memory_off'] - results['after2']['round1_canonical_memory_off'])
                             * results['round1']))
