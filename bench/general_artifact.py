@@ -79,11 +79,12 @@ def main() -> None:
         answers_by[name] = answers
         rows.append({"artifact": name, "right": right(answers), "tok_s": tok_s})
         print(rows[-1], flush=True)
-    reference = transformers_answers(settings, spec, prompts)
-    rows.append({"artifact": "transformers float32, base weights", "right": right(reference)})
+    reference = "transformers float32, base weights"
+    answers_by[reference] = transformers_answers(settings, spec, prompts)
+    rows.append({"artifact": reference, "right": right(answers_by[reference])})
     first = answers_by[artifacts[0][0]]
     for row in rows:
-        mine = answers_by.get(row["artifact"], reference)
+        mine = answers_by[row["artifact"]]
         row["same_as_version_0"] = sum(a == b for a, b in zip(mine, first))
         row["flipped_vs_version_0"] = sum(_right_one(a, q) != _right_one(b, q) for a, b, q in zip(mine, first, GENERAL))
     results = {"n": len(GENERAL), "max_tokens": MAX_TOKENS, "rows": rows, "machine": machine()}
