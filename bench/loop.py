@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 GENERAL = json.loads((ROOT / "bench" / "general_questions.json").read_text())
 KB: list[dict] = []  # the knowledge base of this run (--kb)
 CONCURRENCY = 8
+CLARIFY_TURNS = 2  # a customer answers at most a question and then a list before the reply judged
 
 
 class Platform:
@@ -111,17 +112,17 @@ class Platform:
         """Ask as a customer whose question is about ``fact_id`` (None: a fact nobody corrected): when the
         bot asks back "Do you mean ...?", the customer says yes if the question offered is about their
         fact and no otherwise; offered a numbered list, they answer the number of the question about their
-        fact, or no. The bot's next reply is the one judged (``clarified``: what they said)."""
-        first = self.ask(question, memory=memory)
-        if first.get("memory_outcome") != "clarify":
-            return first
-        offered = first.get("memory_correction_ids") or [None]
-        theirs = [i for i, cid in enumerate(offered) if fact_id is not None and self.fact_of.get(cid) == fact_id]
-        said = "no" if not theirs else "yes" if len(offered) == 1 else str(theirs[0] + 1)
-        messages = [{"role": "user", "content": question},
-                    {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
-                    {"role": "user", "content": said}]
-        return {**self.ask(messages, memory=memory), "clarified": said}
+        fact, or no; after a no they may be offered a list and answer it the same way. The bot's reply after
+        their answers is the one judged (``clarified``: what they said)."""
+        messages, said, reply = [{"role": "user", "content": question}], [], self.ask(question, memory=memory)
+        while reply.get("memory_outcome") == "clarify" and len(said) < CLARIFY_TURNS:
+            offered = reply.get("memory_correction_ids") or [None]
+            theirs = [i for i, cid in enumerate(offered) if fact_id is not None and self.fact_of.get(cid) == fact_id]
+            said.append("no" if not theirs else "yes" if len(offered) == 1 else str(theirs[0] + 1))
+            messages += [{"role": "assistant", "content": reply["choices"][0]["message"]["content"]},
+                         {"role": "user", "content": said[-1]}]
+            reply = self.ask(messages, memory=memory)
+        return {**reply, "clarified": ", ".join(said)} if said else reply
 
     def ask_all_as_customers(self, pairs: list[tuple[str, str | None]], *, memory: bool) -> list[dict]:
         with ThreadPoolExecutor(CONCURRENCY) as pool:

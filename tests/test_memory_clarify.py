@@ -105,8 +105,9 @@ def answer_offer(client, offer: str, said: str):
 def test_likely_answer_is_offered_then_verified_on_yes_and_handed_off_on_no(make_settings, tiny_model_dir,
                                                                            database_url):
     # never certain (verified needs probability 1.0), always likely enough to ask (clarify from 0.0)
+    # memory_clarify_choices=1: nothing is listed after the no (test_a_no_lists_the_next_questions_found)
     with chatting(make_settings, tiny_model_dir, database_url, memory_verified_probability=1.0,
-                  memory_clarify_probability=0.0) as (app, http, client, questions, answers):
+                  memory_clarify_probability=0.0, memory_clarify_choices=1) as (app, http, client, questions, answers):
         with session_scope(app.state.db) as session:
             staff_key = create_api_key(session, get_account(session, "checker"))[1]
         asked = client.chat.completions.create(model="tuneloop", max_tokens=32,
@@ -141,6 +142,84 @@ def test_likely_answer_is_offered_then_verified_on_yes_and_handed_off_on_no(make
             assert correction.question == REWORDED
 
 
+def continue_offers(client, offer: str, *said: str):
+    """The customer answers the clarifying reply ``offer`` to REWORDED with ``said[0]``, the bot's next
+    clarifying reply with ``said[1]``, and so on: the last reply."""
+    messages = [{"role": "user", "content": REWORDED}, {"role": "assistant", "content": offer}]
+    for n, turn in enumerate(said):
+        reply = client.chat.completions.create(model="tuneloop", max_tokens=96,
+                                               messages=messages + [{"role": "user", "content": turn}])
+        if n + 1 < len(said):
+            assert reply.model_extra["memory_outcome"] == CLARIFY
+            messages += [{"role": "user", "content": turn},
+                         {"role": "assistant", "content": reply.choices[0].message.content}]
+    return reply
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_no_lists_the_next_questions_found_and_a_pick_from_them_is_verified(make_settings, tiny_model_dir,
+                                                                              database_url):
+    # every other approved question scores above the list's floor: the no lists the next 3 retrieval finds
+    with chatting(make_settings, tiny_model_dir, database_url, memory_verified_probability=1.0,
+                  memory_clarify_probability=0.0, memory_clarify_after_no_score=0.0) as (app, http, client,
+                                                                                      questions, answers):
+        settings = app.state.settings
+        asked = client.chat.completions.create(model="tuneloop", max_tokens=32,
+                                               messages=[{"role": "user", "content": REWORDED}])
+        [declined] = asked.model_extra["memory_correction_ids"]
+        offer = asked.choices[0].message.content
+
+        listed = continue_offers(client, offer, "no")
+        assert listed.model_extra["memory_outcome"] == CLARIFY
+        others = listed.model_extra["memory_correction_ids"]
+        assert len(others) == settings.memory_clarify_choices and declined not in others
+        ranked = [s.correction_id for s in app.state.runtime.memory.search(REWORDED) if s.correction_id != declined]
+        assert others == ranked[:settings.memory_clarify_choices]  # retrieval's order, the declined one left out
+        assert listed.choices[0].message.content == clarify_reply(settings, [questions[c] for c in others])
+
+        second = continue_offers(client, offer, "no", "2")
+        assert second.model_extra["memory_outcome"] == VERIFIED
+        assert second.choices[0].message.content == answers[others[1]]
+        handed_off = continue_offers(client, offer, "no", "none of them")
+        assert handed_off.model_extra["memory_outcome"] == HANDOFF
+        with Session(app.state.db) as session:  # the pick labels the customer's question, never the "no"
+            confirmed = confirmed_wordings(session, settings, approved_corrections(session))
+        assert confirmed == [LabelledQuestion(REWORDED, others[1])]
+        with session_scope(app.state.db) as session:  # staff answer the handed-off turn: its question is REWORDED
+            correction = create_correction(session, settings, actor="writer",
+                                           message_id=handed_off.model_extra["message_id"], answer="It is $14.99.")
+            assert correction.question == REWORDED
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_no_to_a_list_lists_the_next_questions_once_then_hands_off(make_settings, tiny_model_dir, database_url):
+    with chatting(make_settings, tiny_model_dir, database_url, memory_verified_probability=1.0,
+                  memory_clarify_probability=1.0, memory_clarify_choice_probability=0.0, memory_clarify_choices=2,
+                  memory_clarify_after_no_score=0.0) as (app, http, client, questions, answers):
+        asked = client.chat.completions.create(model="tuneloop", max_tokens=64,
+                                               messages=[{"role": "user", "content": REWORDED}])
+        first = asked.model_extra["memory_correction_ids"]
+        assert len(first) == 2
+        listed = continue_offers(client, asked.choices[0].message.content, "none of them")
+        assert listed.model_extra["memory_outcome"] == CLARIFY
+        ranked = [s.correction_id for s in app.state.runtime.memory.search(REWORDED) if s.correction_id not in first]
+        assert listed.model_extra["memory_correction_ids"] == ranked[:2]  # the next two, never one offered before
+        assert continue_offers(client, asked.choices[0].message.content, "none of them", "2").choices[0] \
+            .message.content == answers[ranked[1]]
+        handed_off = continue_offers(client, asked.choices[0].message.content, "none of them", "no")
+        assert handed_off.model_extra["memory_outcome"] == HANDOFF  # one more list per question, never a third
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_no_is_handed_off_when_nothing_else_is_found(make_settings, tiny_model_dir, database_url):
+    with chatting(make_settings, tiny_model_dir, database_url, memory_verified_probability=1.0,
+                  memory_clarify_probability=0.0, memory_clarify_after_no_score=1.0) as (app, http, client,
+                                                                                      questions, answers):
+        asked = client.chat.completions.create(model="tuneloop", max_tokens=32,
+                                               messages=[{"role": "user", "content": REWORDED}])
+        assert continue_offers(client, asked.choices[0].message.content, "no").model_extra["memory_outcome"] == HANDOFF
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_clarifying_switched_off_hands_the_likely_answer_off(make_settings, tiny_model_dir, database_url):
     with chatting(make_settings, tiny_model_dir, database_url, memory_verified_probability=1.0,
@@ -157,7 +236,7 @@ def test_plausible_answers_are_listed_and_the_customers_number_gets_that_answer_
     # no single answer likely enough to ask about (clarify needs 1.0), every candidate plausible enough to list
     with chatting(make_settings, tiny_model_dir, database_url, memory_verified_probability=1.0,
                   memory_clarify_probability=1.0, memory_clarify_choice_probability=0.0,
-                  memory_clarify_choices=2) as (app, http, client, questions, answers):
+                  memory_clarify_choices=2, memory_clarify_after_no_score=1.0) as (app, http, client, questions, answers):
         asked = client.chat.completions.create(model="tuneloop", max_tokens=64,
                                                messages=[{"role": "user", "content": REWORDED}])
         assert asked.model_extra["memory_outcome"] == CLARIFY

@@ -208,9 +208,12 @@ def confirmed_wordings(session: Session, settings: Settings, corrections: Sequen
             continue
         offered = offered_questions(settings, offer.content or "")
         choice = picked(yes.content or "", len(offered)) if offered else None
+        back = yes.position - 2  # a pick from the list offered after a no: the question is before the no
+        while answers_an_offer(asked.content or "") and (earlier_asked := at.get((yes.conversation_id, back - 2))):
+            asked, back = earlier_asked, back - 2
         correction_id = by_question.get(normalized_question(offered[choice])) \
             if choice is not None and choice != NONE_OF_THEM else None
-        if correction_id and asked.content.strip():
+        if correction_id and asked.role == "user" and asked.content.strip() and not answers_an_offer(asked.content):
             out.setdefault(normalized_question(asked.content), LabelledQuestion(asked.content.strip(), correction_id))
     return list(out.values())
 

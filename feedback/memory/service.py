@@ -15,10 +15,12 @@ Every approved correction is indexed by its question, its alternative questions 
   stands on its own: the reply *is* that approved answer, no decoding;
 * ``clarify``: the best candidate's probability is ≥ ``memory_clarify_probability``: the reply asks
   whether the customer means its approved question (``bot.clarify``); the customer's yes
-  makes the next turn ``verified`` with it, a no makes it a ``handoff``; when none is that likely but a
+  makes the next turn ``verified`` with it; when none is that likely but a
   few are at least ``memory_clarify_choice_probability`` and the question is about the company, the
   reply lists up to ``memory_clarify_choices`` of their approved questions and the customer picks one
-  by its number (verified) or says no (handoff);
+  by its number (verified); a no to either lists the next few questions retrieval finds for the
+  customer's question (score ≥ ``memory_clarify_after_no_score``), once, and a no to that, or nothing
+  found, is a ``handoff``;
 * otherwise, a question about the company (``feedback.memory.topic``: nearer to what customers ask
   companies than to small talk and general questions, by ``memory_topic_threshold``) is ``grounded`` (approved answers in the prompt, only where ``memory_grounded_enabled``) or
   ``handoff``: an honest "I've passed this to our team" reply, and the turn tops the review queue;
@@ -48,7 +50,7 @@ from bot.memory import (CLARIFY, GROUNDED, HANDOFF, NONE, VERIFIED, AnswerScorer
                         memory_context)
 from feedback.corrections.models import Correction, CorrectionStatus
 from feedback.corrections.service import normalized_question
-from bot.clarify import NONE_OF_THEM, clarify_reply, offered_questions, picked
+from bot.clarify import NONE_OF_THEM, answers_an_offer, clarify_reply, offered_questions, picked
 from feedback.memory.retrieval import Entry, HybridIndex, Scored
 from engine.embeddings import embed
 from feedback.memory.topic import REFERENCE
@@ -245,11 +247,33 @@ class CorrectionMemory:
         if correction_id is not None and self.settings.memory_verified_enabled:
             return MemoryDecision(VERIFIED, [self._hit(Scored(correction_id, 1.0, 1.0, 1.0))], [],
                                   "confirmed by the customer")
+        others = self._next_offer(before, offered) if choice == NONE_OF_THEM else []
+        if others:
+            return MemoryDecision(CLARIFY, others, [], "the customer said no to what was offered; offered the next "
+                                  "questions found", reply=clarify_reply(self.settings, [h.question for h in others]))
         reason = ("the customer said the question offered is not theirs" if choice == NONE_OF_THEM
                   else "the question offered is no longer approved")
         if self.settings.memory_handoff_enabled:
             return MemoryDecision(HANDOFF, [], [], reason, reply=self.settings.memory_handoff_reply)
         return MemoryDecision(NONE, [], [], reason)
+
+    def _next_offer(self, before: list[dict[str, str]], declined: list[str]) -> list[MemoryHit]:
+        """After a no to the questions offered (``declined``), the next approved questions retrieval
+        finds for the customer's question (score ≥ ``memory_clarify_after_no_score``), up to
+        ``memory_clarify_choices``; once per question: a no to this list is handed off. Replayed on the
+        three KBs' held-out rewordings, most customers who said no had their question a little further
+        down retrieval's list (docs/memory.md); a list costs them one more turn, a handoff a wait for staff."""
+        if self.settings.memory_clarify_choices < 2 or len(before) < 2 or before[-2]["role"] != "user":
+            return []
+        if len(before) >= 3 and before[-3]["role"] == "assistant" and answers_an_offer(before[-2]["content"]) \
+                and offered_questions(self.settings, before[-3]["content"] or ""):
+            return []  # this offer already followed a no
+        keys = {normalized_question(q) for q in declined}
+        with self._lock:
+            declined_ids = {cid for cid, (question, _) in self._rows.items() if normalized_question(question) in keys}
+        found = [s for s in self.search(before[-2]["content"]) if s.correction_id not in declined_ids
+                 and s.score >= self.settings.memory_clarify_after_no_score]
+        return [self._hit(s) for s in found[:self.settings.memory_clarify_choices]]
 
     def exact_match(self, turn: str) -> str | None:
         """The correction whose approved question or accepted phrasing ``turn`` is (case, spacing and

@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     memory_clarify_enabled: bool = Field(
         True, description="When one approved answer is likely but not certain (probability at or above "
         "memory_clarify_probability), ask the customer whether they mean its approved question; yes gets that "
-        "answer verified, no a handoff. Off (or memory_verified_enabled off): such turns are handed off.")
+        "answer verified, no the next questions found (memory_clarify_after_no_score) or a handoff. Off (or memory_verified_enabled off): such turns are handed off.")
     memory_clarify_probability: float = Field(
         0.4, ge=0.0, le=1.0,
         description="Selector probability at or above which the best candidate is offered as a clarifying question "
@@ -187,11 +187,17 @@ class Settings(BaseSettings):
         "memory_clarify_probability, offer up to this many approved questions whose probability is at least "
         "memory_clarify_choice_probability as a numbered list; the customer picks one by its number or says no. "
         "1: offer only single questions.")
+    memory_clarify_after_no_score: float = Field(
+        0.35, ge=0.0, le=1.0,
+        description="After a customer's no to the question or list offered, the next approved questions whose "
+        "retrieval score for their question is at least this are listed (up to memory_clarify_choices), once; "
+        "none found, or a no to that list: a handoff. Chosen on three knowledge bases (docs/memory.md): lower "
+        "lists more uncovered questions back, each costing its customer one more turn before the handoff.")
     memory_clarify_choice_probability: float = Field(
-        0.05, ge=0.0, le=1.0,
+        0.0, ge=0.0, le=1.0,
         description="Selector probability at or above which a candidate is listed in a numbered clarifying "
-        "question. Chosen on three knowledge bases (docs/memory.md): lower lists the customer's question more "
-        "often and asks more uncovered questions back (each then handed off after a no).")
+        "question (0: every candidate, in the selector's order). Chosen on three knowledge bases "
+        "(docs/memory.md): higher lists fewer uncovered questions back, and leaves out more customers' own.")
     memory_clarify_choices_reply: str = Field(
         "I want to be sure I answer the right question. Do you mean one of these?\n{choices}\nPlease reply with "
         "its number, or no if none of them is your question.",
