@@ -48,6 +48,10 @@ from common import ROOT, load_offtopic, machine, start_server  # noqa: E402
 from loop_report import render  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+from bot.clarify import offered_questions  # noqa: E402
+from tuneloop.core.settings import Settings  # noqa: E402
+
+SHOWN = Settings(admin_password="bench-admin")  # the clarifying replies' templates: the platform runs the defaults
 GENERAL = json.loads((ROOT / "bench" / "general_questions.json").read_text())
 KB: list[dict] = []  # the knowledge base of this run (--kb)
 CONCURRENCY = 8
@@ -116,11 +120,12 @@ class Platform:
         their answers is the one judged (``clarified``: what they said)."""
         messages, said, reply = [{"role": "user", "content": question}], [], self.ask(question, memory=memory)
         while reply.get("memory_outcome") == "clarify" and len(said) < CLARIFY_TURNS:
-            offered = reply.get("memory_correction_ids") or [None]
+            text = reply["choices"][0]["message"]["content"]
+            # they pick only among the questions they can read: max_tokens may have cut a list short
+            offered = (reply.get("memory_correction_ids") or [None])[:max(1, len(offered_questions(SHOWN, text)))]
             theirs = [i for i, cid in enumerate(offered) if fact_id is not None and self.fact_of.get(cid) == fact_id]
             said.append("no" if not theirs else "yes" if len(offered) == 1 else str(theirs[0] + 1))
-            messages += [{"role": "assistant", "content": reply["choices"][0]["message"]["content"]},
-                         {"role": "user", "content": said[-1]}]
+            messages += [{"role": "assistant", "content": text}, {"role": "user", "content": said[-1]}]
             reply = self.ask(messages, memory=memory)
         return {**reply, "clarified": ", ".join(said)} if said else reply
 

@@ -5,8 +5,8 @@ asks whether the customer means that answer's approved question (``memory_clarif
 question is about the company but no single answer is likely, the reply offers the few approved
 questions the selector still finds plausible as a numbered list (``memory_clarify_choices_reply``), the
 "did you mean one of these?" of help centres. The next turn decides: a yes, or a number, gets that
-approved answer itself (verified, confirmed by the customer), a no a handoff. A wrong guess therefore
-costs one turn and never states another correction's facts: the trade support teams make by hand, and
+approved answer itself (verified, confirmed by the customer), a no the next few questions retrieval finds
+(once), then a handoff. A wrong guess therefore costs a turn or two and never states another correction's facts: the trade support teams make by hand, and
 what Rasa calls a two-stage fallback.
 
 The exchange is read back from the conversation itself (the assistant's earlier text), so it works the

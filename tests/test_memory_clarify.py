@@ -1,6 +1,7 @@
 """Clarifying questions (issue 24): where one approved answer is likely but not certain, the bot asks
 "Do you mean ...?" with its approved question instead of guessing, and where a few are plausible it
-lists them; the customer's yes (or number) gets the approved answer verified, a no a handoff that tops
+lists them; the customer's yes (or number) gets the approved answer verified, a no the next questions
+found (once), then a handoff that tops
 the review queue, and a correction written from it is about the customer's question, not about "no";
 calibration takes a confirmed wording as a positive."""
 

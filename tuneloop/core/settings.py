@@ -185,7 +185,7 @@ class Settings(BaseSettings):
         3, ge=1, le=5,
         description="When a question is about the company but no single approved answer reaches "
         "memory_clarify_probability, offer up to this many approved questions whose probability is at least "
-        "memory_clarify_choice_probability as a numbered list; the customer picks one by its number or says no. "
+        "memory_clarify_choice_probability as a numbered list; the customer picks one by its number or says no (memory_clarify_after_no_score). "
         "1: offer only single questions.")
     memory_clarify_after_no_score: float = Field(
         0.35, ge=0.0, le=1.0,
