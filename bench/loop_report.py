@@ -74,7 +74,9 @@ def report(results: dict) -> str:
         "accepted); right = every key fact; wrong-fact = states another fact's key fact or a number, price, duration or "
         "contact the right answer does not hold. When the bot asks back (\"Do you mean ...?\", outcome clarify), the "
         "customer says yes if the question offered is about their fact and no otherwise (offered a numbered list, "
-        "the number of the question about their fact, or no), and the bot's next reply is the one judged.", "",
+        "the number of the question about their fact if the reply shows it, or no); after a no the bot may list the "
+        "next questions found, answered the same way, and the bot's reply after the customer's last answer is the "
+        "one judged.", "",
         "| round | corrections | snapshot (s) | training (s) | gates (s) | swap (s) | last approval → serving (s) | gates |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -287,7 +287,8 @@ at least {CLARIFY_RIGHT_SHARE:.0%} of the questions asked back offer the custome
 the company gets up to {CHOICES} approved questions listed, numbered, that have probability ≥ **{choice}** (the highest at
 which, averaged over the KBs, the rewordings answered right stay within {CHOICE_SLACK:.0%} of the best any list threshold
 gives; the customer picks one by its number or says no). A clarifying question never states a fact: the wrong offers
-below cost the customer a turn and end in a handoff.
+below cost the customer a turn. The table ends each no in a handoff; the product then lists the next questions
+retrieval finds, once (`memory_clarify_after_no_score`), which only `bench/loop.py` measures.
 
 | KB | selection | exact questions verified right | rewordings verified right | rewordings verified wrong | rewordings right after a yes | rewordings offered another question (then handed off) | rewordings right after picking from a list | rewordings listed others (then handed off) | rewordings right in all | rewordings handed off | uncovered verified (wrong) | uncovered asked back (then handed off) | uncovered handed off | general left to the model |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
