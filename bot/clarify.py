@@ -6,8 +6,8 @@ question is about the company but no single answer is likely, the reply offers t
 questions the selector still finds plausible as a numbered list (``memory_clarify_choices_reply``), the
 "did you mean one of these?" of help centres. The next turn decides: a yes, or a number, gets that
 approved answer itself (verified, confirmed by the customer), a no the next few questions retrieval finds
-(once), then a handoff. A wrong guess therefore costs a turn or two and never states another correction's facts: the trade support teams make by hand, and
-what Rasa calls a two-stage fallback.
+(once), then a handoff. A wrong guess therefore costs a turn or two and never states another correction's
+facts: the trade support teams make by hand, and what Rasa calls a two-stage fallback.
 
 The exchange is read back from the conversation itself (the assistant's earlier text), so it works the
 same through the web chat, which stores the conversation, and the API, where the client sends it.

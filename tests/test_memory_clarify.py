@@ -69,6 +69,12 @@ def test_a_choices_reply_without_its_slot_or_its_own_text_is_refused_naming_the_
             Settings(admin_password="x" * 12, memory_clarify_choices_reply=bad)
 
 
+@pytest.mark.parametrize("score", [-0.1, 1.5])
+def test_an_after_no_score_outside_0_to_1_is_refused_naming_the_setting(score):
+    with pytest.raises(ValidationError, match="memory_clarify_after_no_score"):
+        Settings(admin_password="x" * 12, memory_clarify_after_no_score=score)
+
+
 def test_a_clarifying_reply_without_the_question_slot_is_refused_naming_the_setting():
     with pytest.raises(ValidationError, match="memory_clarify_reply must contain {question} exactly once"):
         Settings(admin_password="x" * 12, memory_clarify_reply="Did you mean that?")
@@ -237,7 +243,8 @@ def test_plausible_answers_are_listed_and_the_customers_number_gets_that_answer_
     # no single answer likely enough to ask about (clarify needs 1.0), every candidate plausible enough to list
     with chatting(make_settings, tiny_model_dir, database_url, memory_verified_probability=1.0,
                   memory_clarify_probability=1.0, memory_clarify_choice_probability=0.0,
-                  memory_clarify_choices=2, memory_clarify_after_no_score=1.0) as (app, http, client, questions, answers):
+                  memory_clarify_choices=2, memory_clarify_after_no_score=1.0) as (app, http, client, questions,
+                                                                                    answers):
         asked = client.chat.completions.create(model="tuneloop", max_tokens=64,
                                                messages=[{"role": "user", "content": REWORDED}])
         assert asked.model_extra["memory_outcome"] == CLARIFY

@@ -213,7 +213,8 @@ def confirmed_wordings(session: Session, settings: Settings, corrections: Sequen
             asked, back = earlier_asked, back - 2
         correction_id = by_question.get(normalized_question(offered[choice])) \
             if choice is not None and choice != NONE_OF_THEM else None
-        if correction_id and asked.role == "user" and asked.content.strip() and not answers_an_offer(asked.content):
+        if correction_id and asked.role == "user" and asked.content.strip() \
+                and not answers_an_offer(asked.content):
             out.setdefault(normalized_question(asked.content), LabelledQuestion(asked.content.strip(), correction_id))
     return list(out.values())
 

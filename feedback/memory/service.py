@@ -238,12 +238,7 @@ class CorrectionMemory:
         choice = picked(turn, len(offered)) if offered else None
         if choice is None:
             return None
-        correction_id = None
-        if choice != NONE_OF_THEM:
-            key = normalized_question(offered[choice])
-            with self._lock:
-                correction_id = next((cid for cid, (question, _) in self._rows.items()
-                                      if normalized_question(question) == key), None)
+        correction_id = (self._ids_of([offered[choice]]) or [None])[0] if choice != NONE_OF_THEM else None
         if correction_id is not None and self.settings.memory_verified_enabled:
             return MemoryDecision(VERIFIED, [self._hit(Scored(correction_id, 1.0, 1.0, 1.0))], [],
                                   "confirmed by the customer")
@@ -268,12 +263,17 @@ class CorrectionMemory:
         if len(before) >= 3 and before[-3]["role"] == "assistant" and answers_an_offer(before[-2]["content"]) \
                 and offered_questions(self.settings, before[-3]["content"] or ""):
             return []  # this offer already followed a no
-        keys = {normalized_question(q) for q in declined}
-        with self._lock:
-            declined_ids = {cid for cid, (question, _) in self._rows.items() if normalized_question(question) in keys}
+        declined_ids = self._ids_of(declined)
         found = [s for s in self.search(before[-2]["content"]) if s.correction_id not in declined_ids
                  and s.score >= self.settings.memory_clarify_after_no_score]
         return [self._hit(s) for s in found[:self.settings.memory_clarify_choices]]
+
+    def _ids_of(self, questions: list[str]) -> list[str]:
+        """The approved corrections whose question is one of ``questions`` (as a clarifying reply showed
+        them, normalised), in the index's order."""
+        keys = {normalized_question(q) for q in questions}
+        with self._lock:
+            return [cid for cid, (question, _) in self._rows.items() if normalized_question(question) in keys]
 
     def exact_match(self, turn: str) -> str | None:
         """The correction whose approved question or accepted phrasing ``turn`` is (case, spacing and

@@ -172,7 +172,8 @@ class Settings(BaseSettings):
     memory_clarify_enabled: bool = Field(
         True, description="When one approved answer is likely but not certain (probability at or above "
         "memory_clarify_probability), ask the customer whether they mean its approved question; yes gets that "
-        "answer verified, no the next questions found (memory_clarify_after_no_score) or a handoff. Off (or memory_verified_enabled off): such turns are handed off.")
+        "answer verified, no the next questions found (memory_clarify_after_no_score) or a handoff. Off (or "
+        "memory_verified_enabled off): such turns are handed off.")
     memory_clarify_probability: float = Field(
         0.4, ge=0.0, le=1.0,
         description="Selector probability at or above which the best candidate is offered as a clarifying question "
@@ -185,7 +186,8 @@ class Settings(BaseSettings):
         3, ge=1, le=5,
         description="When a question is about the company but no single approved answer reaches "
         "memory_clarify_probability, offer up to this many approved questions whose probability is at least "
-        "memory_clarify_choice_probability as a numbered list; the customer picks one by its number or says no (memory_clarify_after_no_score). "
+        "memory_clarify_choice_probability as a numbered list; the customer picks one by its number or says no "
+        "(memory_clarify_after_no_score). "
         "1: offer only single questions.")
     memory_clarify_after_no_score: float = Field(
         0.35, ge=0.0, le=1.0,
